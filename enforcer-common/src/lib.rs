@@ -1,0 +1,317 @@
+//! Map layouts shared by the eBPF programs and the userspace daemon.
+//!
+//! Every struct here is `#[repr(C)]` with explicit padding so both sides agree byte for
+//! byte and bpftool prints named fields (the programs declare these maps as BTF maps).
+//! Addresses and ports taken straight from packets stay in network byte order; ids the
+//! daemon allocates are native-endian (they are always matched in full, so their byte
+//! order does not matter to the LPM tries).
+#![no_std]
+
+/// Pinned names of the maps, used by the loader and by operators (`bpftool map dump
+/// pinned /sys/fs/bpf/podsg/<name>`).
+pub mod map_names {
+    pub const NODE_CONFIG: &str = "NODE_CONFIG";
+    pub const POD_BY_VLAN: &str = "POD_BY_VLAN";
+    pub const POD_BY_IFINDEX: &str = "POD_BY_IFINDEX";
+    pub const PEER_V4: &str = "PEER_V4";
+    pub const PEER_V6: &str = "PEER_V6";
+    pub const PORT_RULES: &str = "PORT_RULES";
+    pub const ALWAYS_V4: &str = "ALWAYS_V4";
+    pub const ALWAYS_V6: &str = "ALWAYS_V6";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const FABRIC_VLAN_BY_MAC: &str = "FABRIC_VLAN_BY_MAC";
+    pub const ALL: [&str; 10] = [
+        NODE_CONFIG,
+        POD_BY_VLAN,
+        POD_BY_IFINDEX,
+        PEER_V4,
+        PEER_V6,
+        PORT_RULES,
+        ALWAYS_V4,
+        ALWAYS_V6,
+        FLOWS,
+        COUNTERS,
+    ];
+}
+
+/// Program names as they appear in the object file.
+pub mod prog_names {
+    pub const TRUNK_INGRESS: &str = "trunk_ingress";
+    pub const POD_EGRESS: &str = "pod_egress";
+    pub const FABRIC_INGRESS: &str = "sim_fabric_ingress";
+    pub const FABRIC_EGRESS: &str = "sim_fabric_egress";
+}
+
+/// Capacities. Userspace refuses (with an error naming the pod) anything that would not
+/// fit instead of truncating.
+pub const MAX_PODS: u32 = 1024;
+pub const MAX_PEER_ENTRIES: u32 = 65536;
+pub const MAX_PORT_ENTRIES: u32 = 262144;
+pub const MAX_ALWAYS_ENTRIES: u32 = 256;
+pub const MAX_FLOWS: u32 = 262144;
+
+pub const DIR_INGRESS: u32 = 0;
+pub const DIR_EGRESS: u32 = 1;
+
+/// Scope of a policy table entry: which compiled policy and which direction.
+#[inline(always)]
+pub const fn scope(policy_id: u32, dir: u32) -> u32 {
+    (policy_id << 1) | (dir & 1)
+}
+
+pub const AF_V4: u8 = 4;
+pub const AF_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Mode a pod was admitted with (SPEC §5). Fixed for the pod's lifetime.
+pub const MODE_STRICT: u8 = 0;
+pub const MODE_STANDARD: u8 = 1;
+
+/// `PodInfo::flags`
+pub const POD_FAIL_CLOSED: u8 = 1;
+
+/// Per-pod state the programs need. Stored under the pod's VLAN id (trunk side) and
+/// under its host-side interface index (pod side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Slot of the pod in the counters map (1..MAX_PODS; 0 counts unknown traffic).
+    pub slot: u32,
+    /// Compiled policy the pod uses; flipping this one field swaps its rule set atomically.
+    pub policy_id: u32,
+    pub host_ifindex: u32,
+    /// Pod IPv4 address, network byte order as in the packet; 0 when the pod has none.
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+    pub mac: [u8; 6],
+    pub host_mac: [u8; 6],
+    pub vlan: u16,
+    pub mode: u8,
+    pub flags: u8,
+    pub has_ipv6: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Node-wide settings (one element in `NODE_CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub trunk_ifindex: u32,
+    pub _pad0: u32,
+    /// Where frames toward the VPC are addressed (the VPC router's MAC on the trunk).
+    pub gateway_mac: [u8; 6],
+    pub _pad1: [u8; 2],
+    /// Idle timeouts in nanoseconds, SPEC §4.
+    pub tcp_syn_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+    pub udp_stream_ns: u64,
+    pub icmp_ns: u64,
+    pub other_ns: u64,
+}
+
+/// LPM key data for a remote IPv4 prefix under a policy scope.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKeyV4 {
+    pub scope: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKeyV6 {
+    pub scope: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of the scope always matched in a peer key (the prefix length adds to this).
+pub const PEER_SCOPE_BITS: u32 = 32;
+
+/// `PeerClass::flags` / `PortRule::flags`: the allowing rule creates no flow state
+/// (EC2 "untracked" flows, SPEC §4).
+pub const RULE_UNTRACKED: u32 = 1;
+
+/// Stage A result: the set of rules whose peer covers the remote address, named by class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerClass {
+    pub class_id: u32,
+    /// Non-zero when a rule for all protocols covers this peer: its cookie.
+    pub all_cookie: u32,
+    pub all_flags: u32,
+}
+
+/// Stage B key data: class, protocol, then the destination port (ICMP: type << 8 | code)
+/// in network byte order so that port ranges become prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub class_id: u32,
+    pub proto: u16,
+    pub port_be: [u8; 2],
+}
+
+/// Bits of class and protocol always matched in a port key.
+pub const PORT_FIXED_BITS: u32 = 48;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    /// Which group and rule allowed (see the daemon's rule table).
+    pub cookie: u32,
+    pub flags: u32,
+}
+
+/// Value of the always-allowed tries (SPEC §6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlwaysAllow {
+    pub id: u32,
+}
+
+/// Flow table key, seen from the pod: `local` is the pod's address. One entry serves
+/// both directions of a flow; a same-node pod-to-pod flow has one entry per pod, since
+/// each side's groups decide independently (as each ENI tracks on its own in EC2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    /// Host byte order. ICMP echo: `local_port` is the echo id, `remote_port` 0.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const FLOW_TCP_SYN: u8 = 0;
+pub const FLOW_TCP_ESTABLISHED: u8 = 1;
+pub const FLOW_TCP_CLOSING: u8 = 2;
+pub const FLOW_UDP: u8 = 3;
+pub const FLOW_UDP_STREAM: u8 = 4;
+pub const FLOW_ICMP: u8 = 5;
+pub const FLOW_OTHER: u8 = 6;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last refresh.
+    pub last_seen_ns: u64,
+    pub cookie: u32,
+    pub state: u8,
+    /// Direction (DIR_*) of the packet that created the flow.
+    pub origin_dir: u8,
+    pub seen_reply: u8,
+    pub _pad: u8,
+}
+
+/// Counter kinds: what happened to a packet. Indexes `COUNTERS` together with the pod
+/// slot: `slot * REASON_COUNT + reason`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    AllowFlow = 0,
+    AllowPolicy = 1,
+    AllowAlways = 2,
+    AllowRelated = 3,
+    PassLocal = 4,
+    DropNoRule = 5,
+    DropUnknownVlan = 6,
+    DropUnknownPod = 7,
+    DropSpoofMac = 8,
+    DropSpoofIp = 9,
+    DropEthertype = 10,
+    DropMalformed = 11,
+    DropFailClosed = 12,
+    DropFlowTableFull = 13,
+    DropFragment = 14,
+    DropInternal = 15,
+}
+
+pub const REASON_COUNT: u32 = 16;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::AllowFlow,
+        Reason::AllowPolicy,
+        Reason::AllowAlways,
+        Reason::AllowRelated,
+        Reason::PassLocal,
+        Reason::DropNoRule,
+        Reason::DropUnknownVlan,
+        Reason::DropUnknownPod,
+        Reason::DropSpoofMac,
+        Reason::DropSpoofIp,
+        Reason::DropEthertype,
+        Reason::DropMalformed,
+        Reason::DropFailClosed,
+        Reason::DropFlowTableFull,
+        Reason::DropFragment,
+        Reason::DropInternal,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::AllowFlow => "allow_flow",
+            Reason::AllowPolicy => "allow_policy",
+            Reason::AllowAlways => "allow_always",
+            Reason::AllowRelated => "allow_related",
+            Reason::PassLocal => "pass_local",
+            Reason::DropNoRule => "drop_no_rule",
+            Reason::DropUnknownVlan => "drop_unknown_vlan",
+            Reason::DropUnknownPod => "drop_unknown_pod",
+            Reason::DropSpoofMac => "drop_spoof_mac",
+            Reason::DropSpoofIp => "drop_spoof_ip",
+            Reason::DropEthertype => "drop_ethertype",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropFailClosed => "drop_fail_closed",
+            Reason::DropFlowTableFull => "drop_flow_table_full",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropInternal => "drop_internal",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= Reason::DropNoRule as u32
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub const COUNTER_ENTRIES: u32 = MAX_PODS * REASON_COUNT;
+
+#[inline(always)]
+pub const fn counter_index(slot: u32, reason: Reason) -> u32 {
+    slot * REASON_COUNT + reason as u32
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain only integers and byte arrays, and
+    // have explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for PodInfo {}
+    unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for PeerKeyV4 {}
+    unsafe impl aya::Pod for PeerKeyV6 {}
+    unsafe impl aya::Pod for PeerClass {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for AlwaysAllow {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,164 @@
+//! podsg datapath: security groups per pod, enforced at the trunk and at each pod's
+//! host-side interface.
+#![no_std]
+#![no_main]
+
+mod fabric;
+mod maps;
+mod parse;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{bpf_redirect, bpf_skb_vlan_pop},
+    macros::classifier,
+    programs::TcContext,
+};
+use enforcer_common::*;
+
+use crate::maps::*;
+use crate::parse::*;
+use crate::verdict::*;
+
+#[inline(always)]
+fn drop(ctx: &TcContext, slot: u32, reason: Reason) -> i32 {
+    count(slot, reason, ctx.len());
+    TC_ACT_SHOT
+}
+
+/// Frames from the VPC: one VLAN per branch ENI. Checks the pod's inbound rules, strips
+/// the tag and hands the frame to the pod's interface.
+#[classifier]
+pub fn trunk_ingress(ctx: TcContext) -> i32 {
+    let l2 = match parse_l2(&ctx) {
+        Ok(l2) => l2,
+        Err(e) => return drop(&ctx, 0, e.reason()),
+    };
+    // Untagged frames are the trunk's own traffic (the node's), not a branch pod's.
+    let Some(vlan) = l2.vlan else {
+        return TC_ACT_OK;
+    };
+    let Some(pod) = (unsafe { POD_BY_VLAN.get(vlan as u32) }) else {
+        return drop(&ctx, 0, Reason::DropUnknownVlan);
+    };
+    let pod = *pod;
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        return drop(&ctx, pod.slot, Reason::DropInternal);
+    };
+    let pkt = unsafe { &mut *pkt };
+    if let Err(e) = parse_l3(&ctx, &l2, pkt) {
+        return drop(&ctx, pod.slot, e.reason());
+    }
+    let reason = match decide(&pod, pkt, DIR_INGRESS) {
+        Verdict::Allow(r) => r,
+        Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
+    };
+    // Pops the tag from metadata or from the bytes, whichever holds it.
+    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        return drop(&ctx, pod.slot, Reason::DropInternal);
+    }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&pod.mac);
+    macs[6..].copy_from_slice(&pod.host_mac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return drop(&ctx, pod.slot, Reason::DropInternal);
+    }
+    count(pod.slot, reason, ctx.len());
+    unsafe { bpf_redirect(pod.host_ifindex, 0) as i32 }
+}
+
+/// Frames from a pod (TC ingress of its host-side veth): anti-spoofing, the pod's
+/// outbound rules, then out of the trunk with the pod's VLAN tag.
+#[classifier]
+pub fn pod_egress(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(pod) = (unsafe { POD_BY_IFINDEX.get(ifindex) }) else {
+        return drop(&ctx, 0, Reason::DropUnknownPod);
+    };
+    let pod = *pod;
+    let l2 = match parse_l2(&ctx) {
+        Ok(l2) => l2,
+        Err(e) => return drop(&ctx, pod.slot, e.reason()),
+    };
+    let src_mac: [u8; 6] = match ctx.load(6) {
+        Ok(m) => m,
+        Err(_) => return drop(&ctx, pod.slot, Reason::DropMalformed),
+    };
+    if src_mac != pod.mac {
+        return drop(&ctx, pod.slot, Reason::DropSpoofMac);
+    }
+    if l2.vlan.is_some() {
+        // A pod has no business tagging its own frames.
+        return drop(&ctx, pod.slot, Reason::DropEthertype);
+    }
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        return drop(&ctx, pod.slot, Reason::DropInternal);
+    };
+    let pkt = unsafe { &mut *pkt };
+    if let Err(e) = parse_l3(&ctx, &l2, pkt) {
+        return drop(&ctx, pod.slot, e.reason());
+    }
+    if pkt.family == AF_V6 && (pkt.kind == KIND_ND || is_link_scope(&pkt.outer.dst)) {
+        // Link plumbing stays on the node: the pod's gateway is the host veth.
+        count(pod.slot, Reason::PassLocal, ctx.len());
+        return TC_ACT_OK;
+    }
+    let spoofed = if pkt.family == AF_V4 {
+        pkt.outer.src[..4] != pod.ipv4
+    } else {
+        pod.has_ipv6 == 0 || pkt.outer.src != pod.ipv6
+    };
+    if spoofed {
+        return drop(&ctx, pod.slot, Reason::DropSpoofIp);
+    }
+    let reason = match decide(&pod, pkt, DIR_EGRESS) {
+        Verdict::Allow(r) => r,
+        Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
+    };
+    let Some(cfg) = NODE_CONFIG.get(0) else {
+        return drop(&ctx, pod.slot, Reason::DropInternal);
+    };
+    if push_tag(&ctx, pod.vlan, &cfg.gateway_mac, &pod.mac, l2.ethertype).is_err() {
+        return drop(&ctx, pod.slot, Reason::DropInternal);
+    }
+    count(pod.slot, reason, ctx.len());
+    unsafe { bpf_redirect(cfg.trunk_ifindex, 0) as i32 }
+}
+
+#[inline(always)]
+fn is_link_scope(dst: &[u8; 16]) -> bool {
+    // fe80::/10 and multicast ff00::/8
+    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || dst[0] == 0xff
+}
+
+/// Writes the 802.1Q tag into the frame's bytes (room made after the MAC header), the
+/// way a trunk NIC puts it on the wire. `bpf_skb_vlan_push` would only set metadata,
+/// which test_run cannot show and which a peer sees only with tx-vlan offload off.
+#[inline(always)]
+pub fn push_tag(
+    ctx: &TcContext,
+    vlan: u16,
+    dst: &[u8; 6],
+    src: &[u8; 6],
+    ethertype: u16,
+) -> Result<(), ()> {
+    ctx.adjust_room(4, BPF_ADJ_ROOM_MAC, 0).map_err(|_| ())?;
+    let mut hdr = [0u8; 18];
+    hdr[..6].copy_from_slice(dst);
+    hdr[6..12].copy_from_slice(src);
+    hdr[12] = 0x81;
+    hdr[13] = 0x00;
+    hdr[14..16].copy_from_slice(&(vlan & 0x0fff).to_be_bytes());
+    hdr[16..18].copy_from_slice(&ethertype.to_be_bytes());
+    ctx.store(0, &hdr, 0).map_err(|_| ())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,55 @@
+//! The kernel's maps. BTF maps throughout so that `bpftool map dump` names every field.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    macros::btf_map,
+};
+use enforcer_common::*;
+
+#[btf_map]
+pub static NODE_CONFIG: Array<NodeConfig, 1> = Array::new();
+
+#[btf_map]
+pub static POD_BY_VLAN: HashMap<u32, PodInfo, { MAX_PODS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static POD_BY_IFINDEX: HashMap<u32, PodInfo, { MAX_PODS as usize }> = HashMap::new();
+
+/// Stage A of the policy lookup: (policy scope, remote prefix) -> rule class.
+#[btf_map]
+pub static PEER_V4: LpmTrie<PeerKeyV4, PeerClass, { MAX_PEER_ENTRIES as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub static PEER_V6: LpmTrie<PeerKeyV6, PeerClass, { MAX_PEER_ENTRIES as usize }> =
+    LpmTrie::new();
+
+/// Stage B: (class, protocol, port prefix) -> the rule that allows it.
+#[btf_map]
+pub static PORT_RULES: LpmTrie<PortKey, PortRule, { MAX_PORT_ENTRIES as usize }> =
+    LpmTrie::new();
+
+/// Destinations security groups cannot filter (SPEC §6).
+#[btf_map]
+pub static ALWAYS_V4: LpmTrie<[u8; 4], AlwaysAllow, { MAX_ALWAYS_ENTRIES as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub static ALWAYS_V6: LpmTrie<[u8; 16], AlwaysAllow, { MAX_ALWAYS_ENTRIES as usize }> =
+    LpmTrie::new();
+
+/// Flow table. A plain hash, not an LRU: SPEC §4 says that when the table is full new
+/// flows are refused and existing ones keep working, which LRU eviction would break. The
+/// daemon sweeps idle entries; the programs also drop an idle entry they hit.
+#[btf_map]
+pub static FLOWS: HashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static COUNTERS: PerCpuArray<Counter, { COUNTER_ENTRIES as usize }> = PerCpuArray::new();
+
+/// Simulated VPC fabric only: which VLAN carries frames to a branch ENI's MAC.
+#[btf_map]
+pub static FABRIC_VLAN_BY_MAC: HashMap<[u8; 8], u32, 4096> = HashMap::new();
+
+/// Per-CPU scratch for the parsed packet (keeps it off the 512-byte stack).
+#[btf_map]
+pub static SCRATCH: PerCpuArray<crate::parse::Packet, 1> = PerCpuArray::new();

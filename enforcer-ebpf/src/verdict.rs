@@ -1,0 +1,249 @@
+//! Packet -> verdict for one pod and one direction: flow table first, policy on a miss.
+use aya_ebpf::{bindings::BPF_NOEXIST, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_coarse_ns};
+use enforcer_common::*;
+
+use crate::maps::*;
+use crate::parse::*;
+
+pub enum Verdict {
+    Allow(Reason),
+    Drop(Reason),
+}
+
+/// Refreshing `last_seen` on every packet would dirty a cache line per packet; a second
+/// of slack is nothing against timeouts of 30 s and more.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn count(slot: u32, reason: Reason, bytes: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(slot, reason)) {
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+        }
+    }
+}
+
+/// Flow key as seen from the pod: `local` is the pod side whatever the direction.
+#[inline(always)]
+fn flow_key(t: &Tuple, family: u8, dir: u32) -> FlowKey {
+    if dir == DIR_EGRESS {
+        FlowKey {
+            local: t.src,
+            remote: t.dst,
+            local_port: t.sport,
+            remote_port: t.dport,
+            proto: t.proto,
+            family,
+            _pad: [0; 2],
+        }
+    } else {
+        FlowKey {
+            local: t.dst,
+            remote: t.src,
+            local_port: t.dport,
+            remote_port: t.sport,
+            proto: t.proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Other protocols are tracked by address pair only (SPEC §4).
+#[inline(always)]
+fn normalise_ports(k: &mut FlowKey) {
+    match k.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => {}
+        _ => {
+            k.local_port = 0;
+            k.remote_port = 0;
+        }
+    }
+}
+
+#[inline(always)]
+fn timeout_ns(cfg: &NodeConfig, state: u8) -> u64 {
+    match state {
+        FLOW_TCP_SYN => cfg.tcp_syn_ns,
+        FLOW_TCP_ESTABLISHED => cfg.tcp_established_ns,
+        FLOW_TCP_CLOSING => cfg.tcp_closing_ns,
+        FLOW_UDP => cfg.udp_ns,
+        FLOW_UDP_STREAM => cfg.udp_stream_ns,
+        FLOW_ICMP => cfg.icmp_ns,
+        _ => cfg.other_ns,
+    }
+}
+
+#[inline(always)]
+fn initial_state(pkt: &Packet) -> u8 {
+    match pkt.outer.proto {
+        PROTO_TCP => {
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                FLOW_TCP_CLOSING
+            } else if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 {
+                FLOW_TCP_SYN
+            } else {
+                // Picked up mid-stream (e.g. after the table was swept): allowed by policy
+                // now, so track it as established.
+                FLOW_TCP_ESTABLISHED
+            }
+        }
+        PROTO_UDP => FLOW_UDP,
+        PROTO_ICMP | PROTO_ICMPV6 => FLOW_ICMP,
+        _ => FLOW_OTHER,
+    }
+}
+
+/// State after a packet of an existing flow.
+#[inline(always)]
+fn next_state(v: &FlowValue, pkt: &Packet, dir: u32) -> u8 {
+    let reply = dir != v.origin_dir as u32;
+    match v.state {
+        FLOW_TCP_SYN | FLOW_TCP_ESTABLISHED => {
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                FLOW_TCP_CLOSING
+            } else if reply {
+                FLOW_TCP_ESTABLISHED
+            } else {
+                v.state
+            }
+        }
+        FLOW_UDP if reply => FLOW_UDP_STREAM,
+        s => s,
+    }
+}
+
+/// Looks the flow up; refreshes it on a hit, removes it when it has gone idle.
+#[inline(always)]
+fn flow_hit(cfg: &NodeConfig, key: &FlowKey, pkt: &Packet, dir: u32, now: u64) -> bool {
+    let Some(v) = FLOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    let v = unsafe { &mut *v };
+    let age = now.saturating_sub(v.last_seen_ns);
+    if age > timeout_ns(cfg, v.state) {
+        let _ = FLOWS.remove(key);
+        return false;
+    }
+    let state = next_state(v, pkt, dir);
+    if state != v.state || age > REFRESH_NS {
+        v.state = state;
+        v.last_seen_ns = now;
+    }
+    if dir != v.origin_dir as u32 && v.seen_reply == 0 {
+        v.seen_reply = 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn always_allowed(pkt: &Packet, dir: u32) -> bool {
+    let remote = if dir == DIR_EGRESS {
+        &pkt.outer.dst
+    } else {
+        &pkt.outer.src
+    };
+    if pkt.family == AF_V4 {
+        let a = [remote[0], remote[1], remote[2], remote[3]];
+        ALWAYS_V4.get(&Key::new(32, a)).is_some()
+    } else {
+        ALWAYS_V6.get(&Key::new(128, *remote)).is_some()
+    }
+}
+
+/// Two map lookups whatever the number of rules: remote prefix -> class, then
+/// (class, protocol, port) -> rule. Returns the allowing rule's cookie and flags.
+#[inline(always)]
+fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: u32) -> Option<(u32, u32)> {
+    let sc = scope(pod.policy_id, dir);
+    let remote = if dir == DIR_EGRESS {
+        &pkt.outer.dst
+    } else {
+        &pkt.outer.src
+    };
+    let class = if pkt.family == AF_V4 {
+        let data = PeerKeyV4 {
+            scope: sc,
+            addr: [remote[0], remote[1], remote[2], remote[3]],
+        };
+        PEER_V4.get(&Key::new(PEER_SCOPE_BITS + 32, data))?
+    } else {
+        let data = PeerKeyV6 {
+            scope: sc,
+            addr: *remote,
+        };
+        PEER_V6.get(&Key::new(PEER_SCOPE_BITS + 128, data))?
+    };
+    if class.all_cookie != 0 {
+        return Some((class.all_cookie, class.all_flags));
+    }
+    let pk = PortKey {
+        class_id: class.class_id,
+        proto: pkt.outer.proto as u16,
+        port_be: pkt.policy_port.to_be_bytes(),
+    };
+    let r = PORT_RULES.get(&Key::new(PORT_FIXED_BITS + 16, pk))?;
+    Some((r.cookie, r.flags))
+}
+
+pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
+    if pkt.kind == KIND_ND {
+        return Verdict::Allow(Reason::PassLocal);
+    }
+    if always_allowed(pkt, dir) {
+        return Verdict::Allow(Reason::AllowAlways);
+    }
+    if pod.flags & POD_FAIL_CLOSED != 0 {
+        return Verdict::Drop(Reason::DropFailClosed);
+    }
+    if pkt.kind == KIND_FRAGMENT {
+        // Later fragments carry no ports; without a fragment table they cannot be tied
+        // to their first fragment's verdict, so they are refused and counted.
+        return Verdict::Drop(Reason::DropFragment);
+    }
+    let Some(cfg) = NODE_CONFIG.get(0) else {
+        return Verdict::Drop(Reason::DropInternal);
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    if pkt.kind == KIND_ICMP_ERROR {
+        // The quoted packet travelled the other way: an error about a tracked flow is
+        // related traffic and passes.
+        let back = if dir == DIR_EGRESS { DIR_INGRESS } else { DIR_EGRESS };
+        let mut k = flow_key(&pkt.inner, pkt.family, back);
+        normalise_ports(&mut k);
+        if let Some(v) = unsafe { FLOWS.get(&k) } {
+            if now.saturating_sub(v.last_seen_ns) <= timeout_ns(cfg, v.state) {
+                return Verdict::Allow(Reason::AllowRelated);
+            }
+        }
+    }
+
+    let mut key = flow_key(&pkt.outer, pkt.family, dir);
+    normalise_ports(&mut key);
+    if pkt.kind != KIND_ICMP_ERROR && flow_hit(cfg, &key, pkt, dir, now) {
+        return Verdict::Allow(Reason::AllowFlow);
+    }
+
+    let Some((cookie, flags)) = policy_allows(pod, pkt, dir) else {
+        return Verdict::Drop(Reason::DropNoRule);
+    };
+    if flags & RULE_UNTRACKED != 0 || pkt.kind == KIND_ICMP_ERROR {
+        return Verdict::Allow(Reason::AllowPolicy);
+    }
+    let v = FlowValue {
+        last_seen_ns: now,
+        cookie,
+        state: initial_state(pkt),
+        origin_dir: dir as u8,
+        seen_reply: 0,
+        _pad: 0,
+    };
+    match FLOWS.insert(&key, &v, BPF_NOEXIST as u64) {
+        Ok(()) => Verdict::Allow(Reason::AllowPolicy),
+        // Another CPU created it first.
+        Err(e) if e == -17 => Verdict::Allow(Reason::AllowPolicy),
+        Err(_) => Verdict::Drop(Reason::DropFlowTableFull),
+    }
+}
