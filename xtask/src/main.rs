@@ -1,1 +1,142 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo | bench`.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+enum Task {
+    /// Install what is missing: apt packages, nightly rust-src, bpf-linker (LLVM 22).
+    Setup,
+    /// Build the eBPF object (with BTF) into target/ebpf.
+    BuildEbpf,
+    /// Set up if needed, then run every test (unit, property, test_run, namespaces).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up if needed, build, and replay the security-groups tutorial on a simulated node.
+    Demo,
+    /// test_run ns/packet at 1, 60 and 1000 rules; writes target/bench/results.json.
+    Bench,
+}
+
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "iputils-ping",
+    "ethtool",
+    "curl",
+    "dnsmasq-base",
+    "dnsutils",
+    "socat",
+    "python3",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup")?;
+    if !String::from_utf8_lossy(&src.stdout).contains("rust-src") {
+        // Never `rustup update nightly`: newer nightlies use an LLVM bpf-linker can't read.
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    if !have("bpf-linker") {
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker@0.13.0", "--locked", "--no-default-features"])
+            .args(["--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "-p", "enforcer-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf"])
+        .current_dir(root())
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf"))
+}
+
+fn main() -> Result<()> {
+    match Task::parse() {
+        Task::Setup => setup(),
+        Task::BuildEbpf => {
+            setup()?;
+            build_ebpf()
+        }
+        Task::Test { args } => {
+            setup()?;
+            build_ebpf()?;
+            // Namespace tests share one simulated node layout; run test binaries one at
+            // a time and tests inside them on one thread.
+            run(Command::new("cargo")
+                .args(["test", "--workspace", "--release"])
+                .args(&args)
+                .args(["--", "--test-threads=1"])
+                .current_dir(root()))
+        }
+        Task::Demo => {
+            setup()?;
+            run(Command::new("cargo")
+                .args(["run", "--release", "-p", "enforcer", "--", "demo"])
+                .current_dir(root()))
+        }
+        Task::Bench => {
+            setup()?;
+            run(Command::new("cargo")
+                .args(["run", "--release", "-p", "integration-tests", "--bin", "bench"])
+                .current_dir(root()))
+        }
+    }
+}

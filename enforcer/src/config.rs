@@ -1,0 +1,245 @@
+//! Node configuration: the enforcer's own file, with the AWS VPC CNI's environment
+//! variable names where one exists (SPEC §1).
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Strict,
+    Standard,
+}
+
+/// What happens to a pod that has a branch ENI but no SecurityGroupPolicy selects.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnmatchedPods {
+    /// Drop all but the always-allowed traffic, and say so in status.
+    #[default]
+    FailClosed,
+    /// Give it the node's security groups, as AWS does for a non-branch pod.
+    NodeGroups,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u64,
+    pub tcp_established: u64,
+    pub tcp_closing: u64,
+    pub udp: u64,
+    pub udp_stream: u64,
+    pub icmp: u64,
+    pub other: u64,
+}
+
+impl Default for Timeouts {
+    /// EC2's defaults where EC2 documents one; half-open TCP, closing TCP and ICMP are
+    /// our choice (docs/SEMANTICS.md).
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 60,
+            tcp_established: 432_000,
+            tcp_closing: 60,
+            udp: 30,
+            udp_stream: 180,
+            icmp: 30,
+            other: 600,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quotas {
+    pub groups_per_pod: usize,
+    pub rules_per_group_per_family: usize,
+    pub rules_per_pod: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            groups_per_pod: 5,
+            rules_per_group_per_family: 60,
+            rules_per_pod: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSettings {
+    pub trunk_interface: String,
+    /// MAC the VPC router answers on the trunk; frames toward the VPC go to it.
+    pub gateway_mac: String,
+    #[serde(default)]
+    pub enforcing_mode: Option<Mode>,
+    #[serde(default)]
+    pub primary_ipv4: Option<IpAddr>,
+    #[serde(default)]
+    pub primary_ipv6: Option<IpAddr>,
+    #[serde(default)]
+    pub vpc_cidrs: Vec<IpNet>,
+    #[serde(default)]
+    pub node_groups: Vec<String>,
+    /// Extra always-allowed destinations; the VPC resolver (VPC base + 2), 169.254.169.253,
+    /// IMDS and time sync are added by default (SPEC §6).
+    #[serde(default)]
+    pub always_allow: Vec<IpNet>,
+    #[serde(default = "yes")]
+    pub default_always_allow: bool,
+    #[serde(default)]
+    pub unmatched_pods: UnmatchedPods,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// Host-side interface names are this prefix plus a hash of namespace/name.
+    #[serde(default = "default_prefix")]
+    pub host_veth_prefix: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_prefix() -> String {
+    "sg".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSettings,
+    /// `aws ec2 describe-security-groups` output.
+    #[serde(default)]
+    pub security_groups: Vec<PathBuf>,
+    /// `{"pl-…": <get-managed-prefix-list-entries output>}`
+    #[serde(default)]
+    pub prefix_lists: Vec<PathBuf>,
+    /// Other known members of groups (interfaces not on this node).
+    #[serde(default)]
+    pub group_members: BTreeMap<String, Vec<IpAddr>>,
+    /// Pods, SecurityGroupPolicies and ServiceAccounts (YAML or JSON).
+    #[serde(default)]
+    pub kubernetes: Vec<PathBuf>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_bpffs")]
+    pub bpffs_dir: PathBuf,
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    "/run/podsg".into()
+}
+fn default_bpffs() -> PathBuf {
+    "/sys/fs/bpf/podsg".into()
+}
+
+pub const ENV_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: Config = serde_yaml::from_str(&text)
+            .with_context(|| format!("config {}: invalid", path.display()))?;
+        cfg.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        if let Ok(m) = std::env::var(ENV_MODE) {
+            cfg.node.enforcing_mode = Some(match m.to_ascii_lowercase().as_str() {
+                "strict" => Mode::Strict,
+                "standard" => Mode::Standard,
+                _ => anyhow::bail!("{ENV_MODE}={m:?}: expected strict or standard"),
+            });
+        }
+        crate::sources::kube::parse_mac(&cfg.node.gateway_mac).with_context(|| {
+            format!("config {}: node.gatewayMac {:?} is not a MAC address", path.display(), cfg.node.gateway_mac)
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.node.enforcing_mode.unwrap_or_default()
+    }
+
+    /// SPEC §6: the explicit list of destinations no group can filter.
+    pub fn always_allowed(&self) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        if self.node.default_always_allow {
+            for c in &self.node.vpc_cidrs {
+                if let IpNet::V4(n) = c {
+                    let base = u32::from(n.network());
+                    out.push(IpNet::from(IpAddr::V4(std::net::Ipv4Addr::from(base + 2))));
+                }
+            }
+            for a in [
+                "169.254.169.253/32",
+                "169.254.169.254/32",
+                "169.254.169.123/32",
+                "fd00:ec2::253/128",
+                "fd00:ec2::254/128",
+                "fd00:ec2::123/128",
+            ] {
+                out.push(a.parse().unwrap());
+            }
+        }
+        out.extend(self.node.always_allow.iter().copied());
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Name of a pod's host-side interface: prefix + 11 hex digits of a hash of
+/// "namespace.name" (the AWS VPC CNI names them the same way, with SHA-1). FNV-1a keeps
+/// us free of a crypto dependency; only stability matters.
+pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in format!("{namespace}.{name}").bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let mut s = format!("{prefix}{h:016x}");
+    s.truncate(prefix.len() + 11);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_ifnamsiz_and_are_stable() {
+        let a = host_veth_name("sg", "ns", "pod-a");
+        assert_eq!(a.len(), 13);
+        assert_eq!(a, host_veth_name("sg", "ns", "pod-a"));
+        assert_ne!(a, host_veth_name("sg", "ns", "pod-b"));
+    }
+
+    #[test]
+    fn always_allowed_includes_vpc_resolver() {
+        let cfg: Config = serde_yaml::from_str(
+            "node: {trunkInterface: t, gatewayMac: '02:00:00:00:00:01', vpcCidrs: [10.0.0.0/16]}",
+        )
+        .unwrap();
+        let l = cfg.always_allowed();
+        assert!(l.contains(&"10.0.0.2/32".parse().unwrap()));
+        assert!(l.contains(&"169.254.169.253/32".parse().unwrap()));
+    }
+}

@@ -1,0 +1,8 @@
+//! The policy model and its compiler: pure Rust, no kernel access.
+pub mod compile;
+pub mod model;
+pub mod resolve;
+pub mod selector;
+
+#[cfg(test)]
+mod equivalence;

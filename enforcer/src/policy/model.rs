@@ -1,0 +1,99 @@
+//! The policy model: security groups and their rules, as EC2 defines them (SPEC §3).
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+/// Which way a rule applies. Inbound rules match a packet's source, outbound its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn kernel(self) -> u32 {
+        match self {
+            Direction::Inbound => enforcer_common::DIR_INGRESS,
+            Direction::Outbound => enforcer_common::DIR_EGRESS,
+        }
+    }
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::Inbound => Direction::Outbound,
+            Direction::Outbound => Direction::Inbound,
+        }
+    }
+}
+
+/// `IpProtocol` of a permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `-1`: every protocol, every port.
+    All,
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    /// Any other protocol number: all of its traffic.
+    Other(u8),
+}
+
+impl Protocol {
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Protocol::All => None,
+            Protocol::Tcp => Some(6),
+            Protocol::Udp => Some(17),
+            Protocol::Icmp => Some(1),
+            Protocol::Icmpv6 => Some(58),
+            Protocol::Other(n) => Some(n),
+        }
+    }
+}
+
+/// The remote side of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    Cidr(IpNet),
+    PrefixList(String),
+    Group(String),
+}
+
+/// One EC2 security group rule: a permission with exactly one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub protocol: Protocol,
+    /// tcp/udp: port range; icmp: type (`from`) and code (`to`), -1 = any. `None` = unset.
+    pub from_port: Option<i32>,
+    pub to_port: Option<i32>,
+    pub peer: Peer,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub inbound: Vec<Rule>,
+    pub outbound: Vec<Rule>,
+}
+
+impl SecurityGroup {
+    pub fn rules(&self, dir: Direction) -> &[Rule] {
+        match dir {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        }
+    }
+}
+
+/// Everything known about groups: the groups, prefix lists and member addresses.
+#[derive(Clone, Debug, Default)]
+pub struct GroupCatalog {
+    pub groups: BTreeMap<String, SecurityGroup>,
+    pub prefix_lists: BTreeMap<String, Vec<IpNet>>,
+    /// Private IPs of every interface carrying each group (pods on this node and any other
+    /// known members).
+    pub members: BTreeMap<String, Vec<std::net::IpAddr>>,
+}

@@ -1,0 +1,225 @@
+//! EC2 shapes: `DescribeSecurityGroups` and `GetManagedPrefixListEntries` output.
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::policy::model::{Peer, Protocol, Rule, SecurityGroup};
+use crate::sources::SourceError;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeSecurityGroups {
+    security_groups: Vec<Ec2Group>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ec2Group {
+    group_id: String,
+    #[serde(default)]
+    group_name: String,
+    #[serde(default)]
+    ip_permissions: Vec<Ec2Permission>,
+    #[serde(default)]
+    ip_permissions_egress: Vec<Ec2Permission>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ec2Permission {
+    ip_protocol: String,
+    from_port: Option<i32>,
+    to_port: Option<i32>,
+    #[serde(default)]
+    ip_ranges: Vec<IpRange>,
+    #[serde(default)]
+    ipv6_ranges: Vec<Ipv6Range>,
+    #[serde(default)]
+    prefix_list_ids: Vec<PrefixListId>,
+    #[serde(default)]
+    user_id_group_pairs: Vec<GroupPair>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IpRange {
+    cidr_ip: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Ipv6Range {
+    cidr_ipv6: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PrefixListId {
+    prefix_list_id: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GroupPair {
+    group_id: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PrefixListEntries {
+    entries: Vec<PrefixListEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PrefixListEntry {
+    cidr: String,
+}
+
+pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "-1" | "all" => Protocol::All,
+        "tcp" | "6" => Protocol::Tcp,
+        "udp" | "17" => Protocol::Udp,
+        "icmp" | "1" => Protocol::Icmp,
+        "icmpv6" | "58" => Protocol::Icmpv6,
+        other => match other.parse::<u8>() {
+            Ok(n) => Protocol::Other(n),
+            Err(_) => return Err(format!("IpProtocol {s:?} is not tcp, udp, icmp, icmpv6, -1 or a protocol number 0-255")),
+        },
+    })
+}
+
+fn cidr(s: &str, what: &str) -> Result<IpNet, String> {
+    // EC2 normalises host bits away; accept "10.0.0.5/24" the same way.
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|e| format!("{what} {s:?} is not a CIDR: {e}"))
+}
+
+fn rules(perms: Vec<Ec2Permission>, group: &str, dir: &str) -> Result<Vec<Rule>, SourceError> {
+    let mut out = Vec::new();
+    for (i, p) in perms.into_iter().enumerate() {
+        let bad = |msg: String| SourceError::Invalid {
+            object: format!("security group {group}"),
+            problem: format!("{dir} permission {i}: {msg}"),
+        };
+        let protocol = parse_protocol(&p.ip_protocol).map_err(bad)?;
+        let mk = |peer, description| Rule {
+            protocol,
+            from_port: p.from_port,
+            to_port: p.to_port,
+            peer,
+            description,
+        };
+        for r in p.ip_ranges {
+            let net = cidr(&r.cidr_ip, "CidrIp").map_err(bad)?;
+            if !matches!(net, IpNet::V4(_)) {
+                return Err(bad(format!("CidrIp {:?} is not IPv4", r.cidr_ip)));
+            }
+            out.push(mk(Peer::Cidr(net), r.description));
+        }
+        for r in p.ipv6_ranges {
+            let net = cidr(&r.cidr_ipv6, "CidrIpv6").map_err(bad)?;
+            if !matches!(net, IpNet::V6(_)) {
+                return Err(bad(format!("CidrIpv6 {:?} is not IPv6", r.cidr_ipv6)));
+            }
+            out.push(mk(Peer::Cidr(net), r.description));
+        }
+        for r in p.prefix_list_ids {
+            out.push(mk(Peer::PrefixList(r.prefix_list_id), r.description));
+        }
+        for r in p.user_id_group_pairs {
+            out.push(mk(Peer::Group(r.group_id), r.description));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `aws ec2 describe-security-groups` JSON.
+pub fn parse_security_groups(json: &str, origin: &str) -> Result<Vec<SecurityGroup>, SourceError> {
+    let doc: DescribeSecurityGroups =
+        serde_json::from_str(json).map_err(|e| SourceError::Invalid {
+            object: origin.to_string(),
+            problem: format!("not DescribeSecurityGroups output: {e}"),
+        })?;
+    doc.security_groups
+        .into_iter()
+        .map(|g| {
+            Ok(SecurityGroup {
+                inbound: rules(g.ip_permissions, &g.group_id, "inbound")?,
+                outbound: rules(g.ip_permissions_egress, &g.group_id, "outbound")?,
+                name: g.group_name,
+                id: g.group_id,
+            })
+        })
+        .collect()
+}
+
+/// Parses a map from prefix-list id to `get-managed-prefix-list-entries` output.
+pub fn parse_prefix_lists(
+    json: &str,
+    origin: &str,
+) -> Result<BTreeMap<String, Vec<IpNet>>, SourceError> {
+    let doc: BTreeMap<String, PrefixListEntries> =
+        serde_json::from_str(json).map_err(|e| SourceError::Invalid {
+            object: origin.to_string(),
+            problem: format!(
+                "expected {{\"pl-…\": <GetManagedPrefixListEntries output>}}: {e}"
+            ),
+        })?;
+    doc.into_iter()
+        .map(|(id, e)| {
+            let nets = e
+                .entries
+                .iter()
+                .map(|x| cidr(&x.cidr, "Cidr"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|problem| SourceError::Invalid {
+                    object: format!("prefix list {id}"),
+                    problem,
+                })?;
+            Ok((id, nets))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_describe_security_groups() {
+        let g = parse_security_groups(
+            r#"{"SecurityGroups":[{"GroupId":"sg-1","GroupName":"web",
+              "IpPermissions":[{"IpProtocol":"tcp","FromPort":80,"ToPort":80,
+                 "IpRanges":[{"CidrIp":"10.0.0.0/8"}],"Ipv6Ranges":[{"CidrIpv6":"::/0"}],
+                 "UserIdGroupPairs":[{"GroupId":"sg-2","UserId":"1"}],
+                 "PrefixListIds":[{"PrefixListId":"pl-1"}]}],
+              "IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}]}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(g[0].inbound.len(), 4);
+        assert_eq!(g[0].inbound[2].peer, Peer::PrefixList("pl-1".into()));
+        assert_eq!(g[0].inbound[3].peer, Peer::Group("sg-2".into()));
+        assert_eq!(g[0].outbound[0].protocol, Protocol::All);
+    }
+
+    #[test]
+    fn bad_cidr_names_group_and_permission() {
+        let e = parse_security_groups(
+            r#"{"SecurityGroups":[{"GroupId":"sg-9","IpPermissions":[
+               {"IpProtocol":"tcp","FromPort":1,"ToPort":2,"IpRanges":[{"CidrIp":"10.0.0.300/8"}]}]}]}"#,
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sg-9") && e.contains("inbound permission 0"), "{e}");
+    }
+}
