@@ -106,15 +106,12 @@ pub struct NodeConfig {
     /// Where frames toward the VPC are addressed (the VPC router's MAC on the trunk).
     pub gateway_mac: [u8; 6],
     pub _pad1: [u8; 2],
-    /// Idle timeouts in nanoseconds, SPEC §4.
-    pub tcp_syn_ns: u64,
-    pub tcp_established_ns: u64,
-    pub tcp_closing_ns: u64,
-    pub udp_ns: u64,
-    pub udp_stream_ns: u64,
-    pub icmp_ns: u64,
-    pub other_ns: u64,
+    /// Idle timeouts in nanoseconds (SPEC §4), indexed by flow state (`FLOW_*`). An
+    /// array rather than named fields so the lookup is one bounded index.
+    pub timeouts_ns: [u64; FLOW_STATES],
 }
+
+pub const FLOW_STATES: usize = 8;
 
 /// LPM key data for a remote IPv4 prefix under a policy scope.
 #[repr(C)]

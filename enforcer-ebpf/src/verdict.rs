@@ -64,15 +64,7 @@ fn normalise_ports(k: &mut FlowKey) {
 
 #[inline(always)]
 fn timeout_ns(cfg: &NodeConfig, state: u8) -> u64 {
-    match state {
-        FLOW_TCP_SYN => cfg.tcp_syn_ns,
-        FLOW_TCP_ESTABLISHED => cfg.tcp_established_ns,
-        FLOW_TCP_CLOSING => cfg.tcp_closing_ns,
-        FLOW_UDP => cfg.udp_ns,
-        FLOW_UDP_STREAM => cfg.udp_stream_ns,
-        FLOW_ICMP => cfg.icmp_ns,
-        _ => cfg.other_ns,
-    }
+    cfg.timeouts_ns[(state as usize) & (FLOW_STATES - 1)]
 }
 
 #[inline(always)]

@@ -1,0 +1,370 @@
+//! The loaded programs and maps: load, pin, write state diffs, attach, read counters.
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader, Pod,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use enforcer_common::*;
+
+use crate::datapath::state::KernelState;
+
+/// The eBPF object, built by `enforcer/build.rs` and embedded in the binary.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer.bpf.o"));
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    current: KernelState,
+    pin_dir: Option<PathBuf>,
+    trunk: Option<SchedClassifierLinkId>,
+    /// host interface name -> (ifindex attached to, link)
+    pod_links: HashMap<String, (u32, SchedClassifierLinkId)>,
+}
+
+fn map_err(map: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("map {map}: {e}")
+}
+
+/// Writes `new` over `old` for one hash map: adds and changes first, removals after.
+fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    old: &HashMap<K, V>,
+    new: &HashMap<K, V>,
+    phase: Phase,
+) -> Result<()> {
+    let mut m: BpfHashMap<&mut MapData, K, V> = ebpf
+        .map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?
+        .try_into()
+        .map_err(|e| map_err(name, e))?;
+    match phase {
+        Phase::Upsert => {
+            for (k, v) in new {
+                if old.get(k) != Some(v) {
+                    m.insert(k, v, 0).map_err(|e| map_err(name, e))?;
+                }
+            }
+        }
+        Phase::Remove => {
+            for k in old.keys().filter(|k| !new.contains_key(k)) {
+                let _ = m.remove(k);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn diff_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    old: &HashMap<(u32, K), V>,
+    new: &HashMap<(u32, K), V>,
+    phase: Phase,
+) -> Result<()> {
+    let mut m: LpmTrie<&mut MapData, K, V> = ebpf
+        .map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?
+        .try_into()
+        .map_err(|e| map_err(name, e))?;
+    match phase {
+        Phase::Upsert => {
+            for ((plen, k), v) in new {
+                if old.get(&(*plen, *k)) != Some(v) {
+                    m.insert(&Key::new(*plen, *k), v, 0).map_err(|e| map_err(name, e))?;
+                }
+            }
+        }
+        Phase::Remove => {
+            for (plen, k) in old.keys().filter(|k| !new.contains_key(k)) {
+                let _ = m.remove(&Key::new(*plen, *k));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Upsert,
+    Remove,
+}
+
+/// CLOCK_MONOTONIC_COARSE, the clock `bpf_ktime_get_coarse_ns` reads.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Datapath {
+    /// Loads the programs into the kernel (not attached yet). With `pin_dir`, every map is
+    /// pinned there for bpftool; a stale pin from an earlier run is replaced.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Datapath> {
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .context("loading the eBPF object into the kernel (are we root, with BPF enabled?)")?;
+        for name in [
+            prog_names::TRUNK_INGRESS,
+            prog_names::POD_EGRESS,
+            prog_names::FABRIC_INGRESS,
+            prog_names::FABRIC_EGRESS,
+        ] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            p.load().with_context(|| format!("verifier rejected program {name}"))?;
+        }
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating pin dir {}", dir.display()))?;
+            for name in map_names::ALL {
+                let path = dir.join(name);
+                if path.exists() {
+                    std::fs::remove_file(&path).with_context(|| format!("removing stale pin {}", path.display()))?;
+                }
+                ebpf.map(name)
+                    .ok_or_else(|| anyhow!("map {name} missing from the object"))?
+                    .pin(&path)
+                    .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+            }
+        }
+        Ok(Datapath {
+            ebpf,
+            current: KernelState::default(),
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            trunk: None,
+            pod_links: HashMap::new(),
+        })
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    pub fn ebpf(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn set_node_config(&mut self, cfg: &NodeConfig) -> Result<()> {
+        let mut a: Array<&mut MapData, NodeConfig> = self
+            .ebpf
+            .map_mut(map_names::NODE_CONFIG)
+            .ok_or_else(|| anyhow!("map NODE_CONFIG missing"))?
+            .try_into()?;
+        a.set(0, cfg, 0).map_err(|e| map_err(map_names::NODE_CONFIG, e))
+    }
+
+    /// Brings the maps from the current state to `new`, in an order that keeps every
+    /// packet's view consistent: rule tables first, then the pods' policy ids (the
+    /// atomic flip), then removal of whatever nothing refers to any more.
+    pub fn apply(&mut self, new: KernelState) -> Result<()> {
+        let old = std::mem::take(&mut self.current);
+        let e = &mut self.ebpf;
+        let r = (|| -> Result<()> {
+            diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, Phase::Upsert)?;
+            diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, Phase::Upsert)?;
+            diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, Phase::Upsert)?;
+            diff_lpm(e, map_names::ALWAYS_V4, &old.always_v4, &new.always_v4, Phase::Upsert)?;
+            diff_lpm(e, map_names::ALWAYS_V6, &old.always_v6, &new.always_v6, Phase::Upsert)?;
+            diff_hash(e, map_names::POD_BY_VLAN, &old.pods_by_vlan, &new.pods_by_vlan, Phase::Upsert)?;
+            diff_hash(e, map_names::POD_BY_IFINDEX, &old.pods_by_ifindex, &new.pods_by_ifindex, Phase::Upsert)?;
+            diff_hash(e, map_names::POD_BY_VLAN, &old.pods_by_vlan, &new.pods_by_vlan, Phase::Remove)?;
+            diff_hash(e, map_names::POD_BY_IFINDEX, &old.pods_by_ifindex, &new.pods_by_ifindex, Phase::Remove)?;
+            diff_lpm(e, map_names::ALWAYS_V4, &old.always_v4, &new.always_v4, Phase::Remove)?;
+            diff_lpm(e, map_names::ALWAYS_V6, &old.always_v6, &new.always_v6, Phase::Remove)?;
+            diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, Phase::Remove)?;
+            diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, Phase::Remove)?;
+            diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, Phase::Remove)?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                self.current = new;
+                Ok(())
+            }
+            Err(e) => {
+                // Partly written: next apply must rewrite everything it wants.
+                self.current = KernelState::default();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn current(&self) -> &KernelState {
+        &self.current
+    }
+
+    pub fn zero_counters(&mut self, slot: u32) -> Result<()> {
+        let mut c: PerCpuArray<&mut MapData, Counter> = self
+            .ebpf
+            .map_mut(map_names::COUNTERS)
+            .ok_or_else(|| anyhow!("map COUNTERS missing"))?
+            .try_into()?;
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for r in Reason::ALL {
+            let zeros = PerCpuValues::try_from(vec![Counter::default(); n])?;
+            c.set(counter_index(slot, r), zeros, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sum over CPUs of one pod slot's counters, by reason.
+    pub fn counters(&self, slot: u32) -> Result<Vec<(Reason, Counter)>> {
+        let c: PerCpuArray<&MapData, Counter> = self
+            .ebpf
+            .map(map_names::COUNTERS)
+            .ok_or_else(|| anyhow!("map COUNTERS missing"))?
+            .try_into()?;
+        let mut out = Vec::new();
+        for r in Reason::ALL {
+            let v = c.get(&counter_index(slot, r), 0)?;
+            let sum = v.iter().fold(Counter::default(), |a, b| Counter {
+                packets: a.packets + b.packets,
+                bytes: a.bytes + b.bytes,
+            });
+            if sum.packets != 0 {
+                out.push((r, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let m: BpfHashMap<&MapData, FlowKey, FlowValue> = self
+            .ebpf
+            .map(map_names::FLOWS)
+            .ok_or_else(|| anyhow!("map FLOWS missing"))?
+            .try_into()?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Removes idle flows (the programs only notice the ones they hit), and flows of
+    /// addresses no pod owns any more.
+    pub fn sweep_flows(&mut self, cfg: &NodeConfig) -> Result<usize> {
+        let now = coarse_now_ns();
+        let owned: std::collections::HashSet<[u8; 16]> = self
+            .current
+            .pods_by_vlan
+            .values()
+            .chain(self.current.pods_by_ifindex.values())
+            .flat_map(|p| {
+                let mut v4 = [0u8; 16];
+                v4[..4].copy_from_slice(&p.ipv4);
+                [v4, p.ipv6]
+            })
+            .collect();
+        let dead: Vec<FlowKey> = self
+            .flows()?
+            .into_iter()
+            .filter(|(k, v)| {
+                let timeout = cfg.timeouts_ns[v.state as usize & (FLOW_STATES - 1)];
+                now.saturating_sub(v.last_seen_ns) > timeout || !owned.contains(&k.local)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> = self
+            .ebpf
+            .map_mut(map_names::FLOWS)
+            .ok_or_else(|| anyhow!("map FLOWS missing"))?
+            .try_into()?;
+        for k in &dead {
+            let _ = m.remove(k);
+        }
+        Ok(dead.len())
+    }
+
+    pub fn attach_trunk(&mut self, ifname: &str) -> Result<()> {
+        let p = self.program(prog_names::TRUNK_INGRESS)?;
+        let link = p
+            .attach(ifname, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {} to trunk interface {ifname} (does it exist?)", prog_names::TRUNK_INGRESS))?;
+        self.trunk = Some(link);
+        Ok(())
+    }
+
+    /// Attaches the pod program to every wanted host interface not yet attached (or
+    /// re-created with a new ifindex). Links stay on interfaces that still exist even
+    /// when their pod is gone: with no pod entry the program drops everything, which is
+    /// safer than letting the interface's traffic reach the node unfiltered.
+    pub fn sync_pod_links(&mut self, wanted: &[String]) -> Vec<(String, anyhow::Error)> {
+        let mut errors = Vec::new();
+        let stale: Vec<String> = self
+            .pod_links
+            .iter()
+            .filter(|(name, (ifindex, _))| crate::netdev::ifindex(name) != Some(*ifindex))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some((_, link)) = self.pod_links.remove(&name) {
+                if let Ok(p) = self.program(prog_names::POD_EGRESS) {
+                    let _ = p.detach(link);
+                }
+            }
+        }
+        for name in wanted {
+            if self.pod_links.contains_key(name) {
+                continue;
+            }
+            let Some(ifindex) = crate::netdev::ifindex(name) else {
+                continue;
+            };
+            let r = self
+                .program(prog_names::POD_EGRESS)
+                .and_then(|p| Ok(p.attach(name, TcAttachType::Ingress)?));
+            match r {
+                Ok(link) => {
+                    self.pod_links.insert(name.clone(), (ifindex, link));
+                }
+                Err(e) => errors.push((name.clone(), e)),
+            }
+        }
+        errors
+    }
+
+    pub fn attached_pods(&self) -> usize {
+        self.pod_links.len()
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // Links go with the program fds; pins would keep the maps alive, so remove them.
+        if let Some(dir) = &self.pin_dir {
+            for name in map_names::ALL {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The kernel's node settings from the config and the trunk's interface index.
+pub fn kernel_node_config(cfg: &crate::config::Config, trunk_ifindex: u32) -> NodeConfig {
+    let t = &cfg.node.timeouts;
+    let s = |secs: u64| secs.saturating_mul(1_000_000_000);
+    NodeConfig {
+        trunk_ifindex,
+        _pad0: 0,
+        gateway_mac: crate::sources::kube::parse_mac(&cfg.node.gateway_mac).unwrap_or_default(),
+        _pad1: [0; 2],
+        timeouts_ns: {
+            let mut a = [s(t.other); FLOW_STATES];
+            a[FLOW_TCP_SYN as usize] = s(t.tcp_syn_sent);
+            a[FLOW_TCP_ESTABLISHED as usize] = s(t.tcp_established);
+            a[FLOW_TCP_CLOSING as usize] = s(t.tcp_closing);
+            a[FLOW_UDP as usize] = s(t.udp);
+            a[FLOW_UDP_STREAM as usize] = s(t.udp_stream);
+            a[FLOW_ICMP as usize] = s(t.icmp);
+            a
+        },
+    }
+}

@@ -1,0 +1,3 @@
+//! The kernel side as userspace sees it: desired map contents and the loaded programs.
+pub mod kernel;
+pub mod state;

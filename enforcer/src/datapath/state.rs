@@ -1,0 +1,276 @@
+//! The kernel's desired map contents, computed in plain Rust.
+//!
+//! Ids are content-addressed and never reused while the daemon runs: an id's entries
+//! never change meaning, so a policy change writes the new policy's entries under fresh
+//! ids, flips each pod's `policy_id` with one map update, and only then deletes what
+//! nothing points to. A packet sees the old rule set or the new one, never a mix.
+use std::collections::{BTreeMap, HashMap};
+
+use enforcer_common::*;
+use ipnet::IpNet;
+
+use crate::policy::compile::{Allow, ClassContent, CompiledPolicy};
+use crate::policy::model::Direction;
+
+/// Everything the programs read, as key -> value. LPM keys carry their prefix length.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub peers_v4: HashMap<(u32, PeerKeyV4), PeerClass>,
+    pub peers_v6: HashMap<(u32, PeerKeyV6), PeerClass>,
+    pub ports: HashMap<(u32, PortKey), PortRule>,
+    pub always_v4: HashMap<(u32, [u8; 4]), AlwaysAllow>,
+    pub always_v6: HashMap<(u32, [u8; 16]), AlwaysAllow>,
+    pub pods_by_vlan: HashMap<u32, PodInfo>,
+    pub pods_by_ifindex: HashMap<u32, PodInfo>,
+}
+
+/// A map that would overflow: the pod that needed the room is failed, with this error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("map {map} would need {needed} entries, more than its {capacity}")]
+pub struct CapacityError {
+    pub map: &'static str,
+    pub needed: usize,
+    pub capacity: usize,
+}
+
+fn flags(a: &Allow) -> u32 {
+    if a.untracked { RULE_UNTRACKED } else { 0 }
+}
+
+type PolicyShape = Vec<(Direction, IpNet, u32, Option<Allow>)>;
+
+/// Allocates content-addressed ids; see the module comment.
+#[derive(Default, Debug)]
+pub struct Ids {
+    classes: HashMap<ClassContent, u32>,
+    policies: HashMap<PolicyShape, u32>,
+    next_class: u32,
+    next_policy: u32,
+}
+
+impl Ids {
+    fn class(&mut self, c: &ClassContent) -> u32 {
+        if let Some(id) = self.classes.get(c) {
+            return *id;
+        }
+        self.next_class += 1;
+        self.classes.insert(c.clone(), self.next_class);
+        self.next_class
+    }
+
+    fn policy(&mut self, shape: PolicyShape) -> u32 {
+        if let Some(id) = self.policies.get(&shape) {
+            return *id;
+        }
+        // policy ids are shifted left once in a scope; stay below 2^31.
+        self.next_policy += 1;
+        assert!(self.next_policy < (1 << 31), "policy id space exhausted");
+        self.policies.insert(shape, self.next_policy);
+        self.next_policy
+    }
+
+    /// Forgets ids no longer in use. They are not handed out again.
+    pub fn retain(&mut self, state: &KernelState) {
+        let live_policies: std::collections::HashSet<u32> = state
+            .pods_by_vlan
+            .values()
+            .chain(state.pods_by_ifindex.values())
+            .map(|p| p.policy_id)
+            .collect();
+        self.policies.retain(|_, id| live_policies.contains(id));
+        let live_classes: std::collections::HashSet<u32> = state
+            .peers_v4
+            .values()
+            .chain(state.peers_v6.values())
+            .map(|c| c.class_id)
+            .collect();
+        self.classes.retain(|_, id| live_classes.contains(id));
+    }
+}
+
+impl KernelState {
+    /// Adds a compiled policy's entries and returns its id. Nothing is added when a map
+    /// would overflow.
+    pub fn add_policy(&mut self, ids: &mut Ids, p: &CompiledPolicy) -> Result<u32, CapacityError> {
+        let mut shape = Vec::new();
+        let mut classes = BTreeMap::new();
+        for ((dir, net), content) in &p.peers {
+            let cid = ids.class(content);
+            classes.insert(cid, content);
+            shape.push((*dir, *net, cid, content.all));
+        }
+        let pid = ids.policy(shape.clone());
+
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (dir, net, cid, all) in &shape {
+            let value = PeerClass {
+                class_id: *cid,
+                all_cookie: all.map(|a| a.cookie).unwrap_or(0),
+                all_flags: all.as_ref().map(flags).unwrap_or(0),
+            };
+            let sc = scope(pid, dir.kernel());
+            let plen = PEER_SCOPE_BITS + net.prefix_len() as u32;
+            match net {
+                IpNet::V4(n) => v4.push((
+                    (plen, PeerKeyV4 { scope: sc, addr: n.network().octets() }),
+                    value,
+                )),
+                IpNet::V6(n) => v6.push((
+                    (plen, PeerKeyV6 { scope: sc, addr: n.network().octets() }),
+                    value,
+                )),
+            }
+        }
+        let mut ports = Vec::new();
+        for (cid, content) in classes {
+            for ((proto, start, plen), a) in &content.ports {
+                ports.push((
+                    (
+                        PORT_FIXED_BITS + *plen as u32,
+                        PortKey { class_id: cid, proto: *proto as u16, port_be: start.to_be_bytes() },
+                    ),
+                    PortRule { cookie: a.cookie, flags: flags(a) },
+                ));
+            }
+        }
+        let grow = |have: usize, new: &dyn Fn() -> usize, map: &'static str, cap: u32| {
+            let needed = have + new();
+            if needed > cap as usize {
+                Err(CapacityError { map, needed, capacity: cap as usize })
+            } else {
+                Ok(())
+            }
+        };
+        grow(self.peers_v4.len(), &|| v4.iter().filter(|(k, _)| !self.peers_v4.contains_key(k)).count(), map_names::PEER_V4, MAX_PEER_ENTRIES)?;
+        grow(self.peers_v6.len(), &|| v6.iter().filter(|(k, _)| !self.peers_v6.contains_key(k)).count(), map_names::PEER_V6, MAX_PEER_ENTRIES)?;
+        grow(self.ports.len(), &|| ports.iter().filter(|(k, _)| !self.ports.contains_key(k)).count(), map_names::PORT_RULES, MAX_PORT_ENTRIES)?;
+        self.peers_v4.extend(v4);
+        self.peers_v6.extend(v6);
+        self.ports.extend(ports);
+        Ok(pid)
+    }
+
+    pub fn add_always(&mut self, nets: &[IpNet]) {
+        for (i, n) in nets.iter().enumerate() {
+            let v = AlwaysAllow { id: i as u32 + 1 };
+            match n {
+                IpNet::V4(n) => {
+                    self.always_v4.insert((n.prefix_len() as u32, n.network().octets()), v);
+                }
+                IpNet::V6(n) => {
+                    self.always_v6.insert((n.prefix_len() as u32, n.network().octets()), v);
+                }
+            }
+        }
+    }
+
+    pub fn add_pod(&mut self, info: PodInfo) {
+        if info.vlan != 0 {
+            self.pods_by_vlan.insert(info.vlan as u32, info);
+        }
+        if info.host_ifindex != 0 {
+            self.pods_by_ifindex.insert(info.host_ifindex, info);
+        }
+    }
+}
+
+/// Counter slots per pod (1..MAX_PODS); slot 0 counts traffic of no known pod.
+#[derive(Default, Debug)]
+pub struct Slots {
+    by_pod: HashMap<String, u32>,
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    /// The pod's slot and whether it is new (its counters must be zeroed).
+    pub fn get(&mut self, pod: &str) -> Option<(u32, bool)> {
+        if let Some(s) = self.by_pod.get(pod) {
+            return Some((*s, false));
+        }
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None if self.next + 1 < MAX_PODS => {
+                self.next += 1;
+                self.next
+            }
+            None => return None,
+        };
+        self.by_pod.insert(pod.to_string(), s);
+        Some((s, true))
+    }
+
+    pub fn retain(&mut self, live: &dyn Fn(&str) -> bool) {
+        let gone: Vec<String> = self.by_pod.keys().filter(|k| !live(k)).cloned().collect();
+        for k in gone {
+            if let Some(s) = self.by_pod.remove(&k) {
+                self.free.push(s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::compile::{FlatRule, compile};
+
+    fn rule(net: &str, port: u16, cookie: u32) -> FlatRule {
+        FlatRule {
+            dir: Direction::Inbound,
+            net: net.parse().unwrap(),
+            proto: Some(6),
+            lo: port,
+            hi: port,
+            cookie,
+            untracked: false,
+        }
+    }
+
+    #[test]
+    fn same_content_same_ids_new_content_new_ids() {
+        let mut ids = Ids::default();
+        let a = compile(&[rule("10.0.0.0/8", 80, 1)]);
+        let b = compile(&[rule("10.0.0.0/8", 443, 2)]);
+        let mut s = KernelState::default();
+        let pa = s.add_policy(&mut ids, &a).unwrap();
+        let pa2 = s.add_policy(&mut ids, &a).unwrap();
+        let pb = s.add_policy(&mut ids, &b).unwrap();
+        assert_eq!(pa, pa2);
+        assert_ne!(pa, pb);
+        assert_eq!(s.peers_v4.len(), 2);
+        assert_eq!(s.ports.len(), 2);
+        // Dropping policy a and re-adding it later gets a fresh id.
+        let mut only_b = KernelState::default();
+        only_b.add_policy(&mut ids, &b).unwrap();
+        only_b.add_pod(PodInfo { policy_id: pb, vlan: 1, ..Default::default() });
+        ids.retain(&only_b);
+        let pa3 = only_b.add_policy(&mut ids, &a).unwrap();
+        assert!(pa3 > pb);
+    }
+
+    #[test]
+    fn overflow_is_an_error_and_adds_nothing() {
+        let mut ids = Ids::default();
+        let mut s = KernelState::default();
+        for i in 0..MAX_PORT_ENTRIES {
+            s.ports.insert((64, PortKey { class_id: 9999, proto: 6, port_be: [0, 0] }), PortRule::default());
+            s.ports.insert((64, PortKey { class_id: 10000 + i, proto: 6, port_be: [0, 0] }), PortRule::default());
+        }
+        let before = s.clone();
+        let err = s.add_policy(&mut ids, &compile(&[rule("10.0.0.0/8", 80, 1)])).unwrap_err();
+        assert_eq!(err.map, "PORT_RULES");
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn slots_are_reused_only_after_release() {
+        let mut slots = Slots::default();
+        assert_eq!(slots.get("a"), Some((1, true)));
+        assert_eq!(slots.get("a"), Some((1, false)));
+        assert_eq!(slots.get("b"), Some((2, true)));
+        slots.retain(&|k| k != "a");
+        assert_eq!(slots.get("c"), Some((1, true)));
+    }
+}

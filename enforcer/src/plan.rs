@@ -1,0 +1,179 @@
+//! Sources -> the kernel's desired state and every pod's status. Pure: interfaces are
+//! looked up through a function so tests (and test_run, on loopback) can supply them.
+use std::collections::{BTreeMap, HashMap};
+
+use enforcer_common::*;
+
+use crate::config::{Config, Mode, host_veth_name};
+use crate::datapath::state::{Ids, KernelState, Slots};
+use crate::netdev::Iface;
+use crate::policy::compile::{CompileError, CompiledPolicy, CookieTable, compile, flatten};
+use crate::policy::model::GroupCatalog;
+use crate::policy::resolve::resolve_pods;
+use crate::sources::files::Snapshot;
+use crate::status::{PodState, PodStatus};
+
+/// What the daemon remembers between applies.
+#[derive(Default, Debug)]
+pub struct Memory {
+    pub ids: Ids,
+    pub slots: Slots,
+    pub cookies: CookieTable,
+    /// A pod's mode is fixed when it is first seen (SPEC §5).
+    pub modes: BTreeMap<String, Mode>,
+}
+
+pub struct Plan {
+    pub state: KernelState,
+    pub pods: Vec<PodStatus>,
+    /// Slots handed out in this plan: their counters must start from zero.
+    pub new_slots: Vec<u32>,
+    /// Host-side interfaces of branch pods, to attach to.
+    pub interfaces: Vec<String>,
+}
+
+pub fn plan(
+    cfg: &Config,
+    snap: &Snapshot,
+    mem: &mut Memory,
+    iface: &dyn Fn(&str) -> Option<Iface>,
+) -> Plan {
+    let resolved = resolve_pods(
+        &snap.kube,
+        &snap.catalog,
+        &cfg.node.node_groups,
+        cfg.node.unmatched_pods,
+        cfg.node.quotas.groups_per_pod,
+    );
+
+    // Referenced groups include the pods on this node that carry them (SPEC §3).
+    let mut catalog: GroupCatalog = snap.catalog.clone();
+    for r in resolved.iter().filter(|r| r.error.is_none()) {
+        let Some(eni) = &r.eni else { continue };
+        for g in &r.groups {
+            let m = catalog.members.entry(g.clone()).or_default();
+            m.extend(eni.ipv4.map(std::net::IpAddr::V4));
+            m.extend(eni.ipv6.map(std::net::IpAddr::V6));
+        }
+    }
+
+    let mut state = KernelState::default();
+    state.add_always(&cfg.always_allowed());
+    let mut compiled: HashMap<Vec<String>, Result<CompiledPolicy, CompileError>> = HashMap::new();
+    let mut pods = Vec::new();
+    let mut new_slots = Vec::new();
+    let mut interfaces = Vec::new();
+    let mut vlans: HashMap<u16, String> = HashMap::new();
+
+    for r in resolved {
+        let key = r.pod.key();
+        let mut st = PodStatus {
+            namespace: r.pod.namespace.clone(),
+            name: r.pod.name.clone(),
+            state: PodState::NotBranch,
+            groups: r.groups.clone(),
+            policies: r.policies.clone(),
+            mode: None,
+            vlan: None,
+            interface: None,
+            ipv4: None,
+            ipv6: None,
+            inbound_rules: 0,
+            outbound_rules: 0,
+            policy_id: 0,
+            slot: 0,
+            error: r.error.clone(),
+            counters: BTreeMap::new(),
+        };
+        let Some(eni) = r.eni.clone() else {
+            pods.push(st);
+            continue;
+        };
+        let mode = *mem.modes.entry(key.clone()).or_insert(cfg.mode());
+        st.mode = Some(mode);
+        st.vlan = Some(eni.vlan);
+        st.ipv4 = eni.ipv4.map(|a| a.to_string());
+        st.ipv6 = eni.ipv6.map(|a| a.to_string());
+        let ifname = host_veth_name(&cfg.node.host_veth_prefix, &r.pod.namespace, &r.pod.name);
+        st.interface = Some(ifname.clone());
+
+        let mut error = r.error.clone();
+        if error.is_none() && mode == Mode::Standard {
+            error = Some(
+                "enforcing mode standard is not supported by this version; the pod stays fail-closed \
+                 (set POD_SECURITY_GROUP_ENFORCING_MODE=strict for new pods)"
+                    .into(),
+            );
+        }
+        if let Some(other) = vlans.get(&eni.vlan) {
+            error = Some(format!("VLAN {} is already used by pod {other}", eni.vlan));
+        }
+        let mut policy_id = 0;
+        if error.is_none() {
+            let c = compiled.entry(r.groups.clone()).or_insert_with(|| {
+                flatten(&r.groups, &catalog, &cfg.node.quotas, &mut mem.cookies).map(|f| compile(&f))
+            });
+            match c {
+                Ok(p) => {
+                    st.inbound_rules = p.inbound_rules;
+                    st.outbound_rules = p.outbound_rules;
+                    match state.add_policy(&mut mem.ids, p) {
+                        Ok(id) => policy_id = id,
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                }
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        let Some((slot, fresh)) = mem.slots.get(&key) else {
+            st.state = PodState::FailClosed;
+            st.error = Some(format!("more than {} branch pods on this node", MAX_PODS - 1));
+            pods.push(st);
+            continue;
+        };
+        if fresh {
+            new_slots.push(slot);
+        }
+        st.slot = slot;
+        st.policy_id = policy_id;
+        st.error = error.clone();
+        let Some(dev) = iface(&ifname) else {
+            st.state = PodState::Pending;
+            if st.error.is_none() {
+                st.error = Some(format!(
+                    "host interface {ifname} not found (the CNI has not set the pod up yet)"
+                ));
+            }
+            pods.push(st);
+            continue;
+        };
+        vlans.insert(eni.vlan, key.clone());
+        interfaces.push(ifname);
+        st.state = if error.is_some() { PodState::FailClosed } else { PodState::Enforced };
+        state.add_pod(PodInfo {
+            slot,
+            policy_id,
+            host_ifindex: dev.ifindex,
+            ipv4: eni.ipv4.map(|a| a.octets()).unwrap_or_default(),
+            ipv6: eni.ipv6.map(|a| a.octets()).unwrap_or_default(),
+            mac: eni.mac,
+            host_mac: dev.mac,
+            vlan: eni.vlan,
+            mode: if mode == Mode::Strict { MODE_STRICT } else { MODE_STANDARD },
+            flags: if error.is_some() { POD_FAIL_CLOSED } else { 0 },
+            has_ipv6: eni.ipv6.is_some() as u8,
+            _pad: [0; 3],
+        });
+        pods.push(st);
+    }
+    let live: std::collections::HashSet<String> =
+        pods.iter().filter(|p| p.slot != 0).map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+    mem.slots.retain(&|k| live.contains(k));
+    mem.modes.retain(|k, _| snap.kube.pods.iter().any(|p| &p.key() == k));
+    Plan {
+        state,
+        pods,
+        new_slots,
+        interfaces,
+    }
+}

@@ -1,0 +1,102 @@
+//! What operators see (SPEC §8): per-pod groups, mode, VLAN, rule counts, errors and
+//! counters. The daemon writes it to `<stateDir>/status.json`; `enforcer status` reads it.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodState {
+    /// Rules are programmed and the pod's interface is attached.
+    Enforced,
+    /// Something is wrong (see `error`): only always-allowed traffic passes.
+    FailClosed,
+    /// Waiting for the pod's host-side interface to appear.
+    Pending,
+    /// Not a branch-ENI pod: not enforced by us.
+    NotBranch,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub state: PodState,
+    pub groups: Vec<String>,
+    pub policies: Vec<String>,
+    pub mode: Option<crate::config::Mode>,
+    pub vlan: Option<u16>,
+    pub interface: Option<String>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub inbound_rules: usize,
+    pub outbound_rules: usize,
+    pub policy_id: u32,
+    pub slot: u32,
+    pub error: Option<String>,
+    /// reason -> [packets, bytes]
+    #[serde(default)]
+    pub counters: BTreeMap<String, [u64; 2]>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub trunk_interface: String,
+    pub default_mode: Option<crate::config::Mode>,
+    pub always_allowed: Vec<String>,
+    /// Errors reading the sources; the last good state stays enforced meanwhile.
+    pub source_errors: Vec<String>,
+    pub pods: Vec<PodStatus>,
+    /// Traffic no pod could be named for (unknown VLAN, unknown interface).
+    #[serde(default)]
+    pub unattributed: BTreeMap<String, [u64; 2]>,
+    pub flows: usize,
+    pub generation: u64,
+}
+
+pub const STATUS_FILE: &str = "status.json";
+
+impl NodeStatus {
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "trunk {}  default mode {:?}  flows {}  generation {}\n",
+            self.trunk_interface,
+            self.default_mode.unwrap_or_default(),
+            self.flows,
+            self.generation
+        ));
+        out.push_str(&format!("always allowed: {}\n", self.always_allowed.join(", ")));
+        for e in &self.source_errors {
+            out.push_str(&format!("source error: {e}\n"));
+        }
+        out.push_str(&format!(
+            "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>9} {:>9}  {}\n",
+            "POD", "STATE", "VLAN", "MODE", "IN", "OUT", "ALLOWED", "DROPPED", "GROUPS / ERROR"
+        ));
+        for p in &self.pods {
+            let (mut allowed, mut dropped) = (0, 0);
+            for (k, v) in &p.counters {
+                if k.starts_with("drop") { dropped += v[0] } else { allowed += v[0] }
+            }
+            let state = serde_json::to_value(p.state).unwrap();
+            let mode = p.mode.map(|m| format!("{m:?}").to_lowercase()).unwrap_or("-".into());
+            out.push_str(&format!(
+                "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>9} {:>9}  {}{}\n",
+                format!("{}/{}", p.namespace, p.name),
+                state.as_str().unwrap_or("?"),
+                p.vlan.map(|v| v.to_string()).unwrap_or("-".into()),
+                mode,
+                p.inbound_rules,
+                p.outbound_rules,
+                allowed,
+                dropped,
+                p.groups.join(","),
+                p.error.as_ref().map(|e| format!("  ERROR: {e}")).unwrap_or_default()
+            ));
+        }
+        out
+    }
+}

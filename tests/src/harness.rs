@@ -1,0 +1,149 @@
+//! Loads the real programs (not attached), programs them through the daemon's own
+//! planner, and runs crafted frames through them with BPF_PROG_TEST_RUN.
+use aya::programs::{TestRun, TestRunOptions};
+use enforcer::config::Config;
+use enforcer::datapath::kernel::{Datapath, kernel_node_config};
+use enforcer::netdev::Iface;
+use enforcer::plan::{Memory, Plan, plan};
+use enforcer::policy::model::GroupCatalog;
+use enforcer::sources::{ec2, files::Snapshot, kube::KubeObjects};
+use enforcer_common::Reason;
+
+pub const GW_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0, 0x01];
+pub const HOST_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x01];
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+/// A branch pod of the test node.
+pub struct TestPod {
+    pub name: &'static str,
+    pub mac: [u8; 6],
+    pub ipv4: &'static str,
+    pub ipv6: &'static str,
+    pub vlan: u16,
+}
+
+/// The pod whose host interface is loopback: test_run runs skbs on `lo`, so the pod
+/// program sees ifindex 1 and resolves this pod.
+pub const CLIENT: TestPod = TestPod {
+    name: "client",
+    mac: [0x02, 0, 0, 0, 0x0a, 0x01],
+    ipv4: "10.0.1.10",
+    ipv6: "fd00:10:1::10",
+    vlan: 10,
+};
+
+pub const SERVER: TestPod = TestPod {
+    name: "server",
+    mac: [0x02, 0, 0, 0, 0x0a, 0x02],
+    ipv4: "10.0.1.11",
+    ipv6: "fd00:10:1::11",
+    vlan: 11,
+};
+
+pub fn node_config() -> Config {
+    let mut c: Config = serde_yaml::from_str(
+        "node: {trunkInterface: lo, gatewayMac: '02:fa:00:00:00:01', vpcCidrs: [10.0.0.0/16]}",
+    )
+    .unwrap();
+    c.node.host_veth_prefix = "t".into();
+    c
+}
+
+/// A pod manifest with its branch ENI annotation and labels.
+pub fn pod_yaml(p: &TestPod, labels: &str) -> String {
+    let mac = p.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    format!(
+        "---\nkind: Pod\nmetadata:\n  name: {}\n  namespace: test\n  labels: {labels}\n  annotations:\n    vpc.amazonaws.com/pod-eni: '[{{\"eniId\":\"eni-{}\",\"ifAddress\":\"{mac}\",\"privateIp\":\"{}\",\"ipv6Addr\":\"{}\",\"vlanId\":{}}}]'\n",
+        p.name, p.name, p.ipv4, p.ipv6, p.vlan
+    )
+}
+
+pub struct Harness {
+    pub dp: Datapath,
+    pub mem: Memory,
+    pub cfg: Config,
+    pub last: Option<Plan>,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let cfg = node_config();
+        let mut dp = Datapath::load(None).expect("load programs");
+        dp.set_node_config(&kernel_node_config(&cfg, 1)).unwrap();
+        Harness { dp, mem: Memory::default(), cfg, last: None }
+    }
+
+    /// Programs the maps from DescribeSecurityGroups JSON and Kubernetes YAML.
+    pub fn apply(&mut self, groups_json: &str, k8s: &str) -> &Plan {
+        let mut catalog = GroupCatalog::default();
+        for g in ec2::parse_security_groups(groups_json, "test").unwrap() {
+            catalog.groups.insert(g.id.clone(), g);
+        }
+        let mut kube = KubeObjects::default();
+        kube.add_documents(k8s, "test").unwrap();
+        let snap = Snapshot { catalog, kube };
+        let prefix = self.cfg.node.host_veth_prefix.clone();
+        let client_if = enforcer::config::host_veth_name(&prefix, "test", CLIENT.name);
+        let p = plan(&self.cfg, &snap, &mut self.mem, &|name: &str| {
+            // The client pod sits on lo; others get made-up interfaces (test_run never
+            // delivers, so only their VLAN matters).
+            Some(Iface {
+                ifindex: if name == client_if { 1 } else { 1000 + name.len() as u32 + name.as_bytes()[name.len() - 1] as u32 },
+                mac: HOST_MAC,
+            })
+        });
+        for s in &p.new_slots {
+            self.dp.zero_counters(*s).unwrap();
+        }
+        self.dp.apply(p.state.clone()).unwrap();
+        self.mem.ids.retain(&p.state);
+        self.last = Some(p);
+        self.last.as_ref().unwrap()
+    }
+
+    pub fn slot(&self, pod: &str) -> u32 {
+        self.last.as_ref().unwrap().pods.iter().find(|p| p.name == pod).map(|p| p.slot).unwrap()
+    }
+
+    /// Runs one frame through a program: (return value, frame out).
+    pub fn run(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 64];
+        let p = self.dp.program(prog).unwrap();
+        let r = p
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Mean ns per run over `repeat` runs.
+    pub fn time(&mut self, prog: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
+        let p = self.dp.program(prog).unwrap();
+        let r = p
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .unwrap();
+        (r.return_value, r.duration.as_nanos() as f64)
+    }
+
+    pub fn counter(&self, pod_slot: u32, reason: Reason) -> u64 {
+        self.dp
+            .counters(pod_slot)
+            .unwrap()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, c)| c.packets)
+            .unwrap_or(0)
+    }
+
+    pub fn flow_count(&self) -> usize {
+        self.dp.flows().unwrap().len()
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
