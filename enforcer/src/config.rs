@@ -80,9 +80,9 @@ pub struct NodeSettings {
     pub gateway_mac: String,
     #[serde(default)]
     pub enforcing_mode: Option<Mode>,
-    #[serde(default)]
+    #[serde(default, rename = "primaryIPv4")]
     pub primary_ipv4: Option<IpAddr>,
-    #[serde(default)]
+    #[serde(default, rename = "primaryIPv6")]
     pub primary_ipv6: Option<IpAddr>,
     #[serde(default)]
     pub vpc_cidrs: Vec<IpNet>,

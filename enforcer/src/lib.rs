@@ -6,3 +6,7 @@ pub mod plan;
 pub mod policy;
 pub mod sources;
 pub mod status;
+pub mod cli;
+pub mod daemon;
+pub mod demo;
+pub mod sim;

@@ -2,3 +2,4 @@
 //! (in `enforcer::sim`) the simulated node used by the namespace tests.
 pub mod frames;
 pub mod harness;
+pub mod net;

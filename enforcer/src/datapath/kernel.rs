@@ -94,6 +94,30 @@ enum Phase {
     Remove,
 }
 
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Pins need a bpf filesystem above `dir`. A node that never mounted one (fresh VM,
+/// minimal host) gets it mounted at the parent, as Cilium's agent does.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mount_at = dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
+    let c = std::ffi::CString::new(mount_at.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(mount_at).with_context(|| format!("creating {}", mount_at.display()))?;
+    let fs = std::ffi::CString::new("bpf")?;
+    if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(anyhow!(
+            "{} is not a bpf filesystem and mounting one there failed: {} (mount -t bpf bpf {})",
+            mount_at.display(),
+            std::io::Error::last_os_error(),
+            mount_at.display()
+        ));
+    }
+    Ok(())
+}
+
 /// CLOCK_MONOTONIC_COARSE, the clock `bpf_ktime_get_coarse_ns` reads.
 pub fn coarse_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -121,6 +145,7 @@ impl Datapath {
             p.load().with_context(|| format!("verifier rejected program {name}"))?;
         }
         if let Some(dir) = pin_dir {
+            ensure_bpffs(dir)?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating pin dir {}", dir.display()))?;
             for name in map_names::ALL {
                 let path = dir.join(name);

@@ -1,0 +1,39 @@
+//! Command-line interface.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "enforcer", about = "Security groups per pod, enforced by eBPF on the node", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and attach the datapath and enforce the configured sources until stopped.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show each pod's groups, VLAN, mode, rule counts, errors and counters.
+    Status {
+        /// The daemon's state directory (stateDir in its config).
+        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
+        state_dir: PathBuf,
+        /// Read stateDir from this config instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Replay the security-groups-for-pods tutorial on a simulated node.
+    Demo,
+}

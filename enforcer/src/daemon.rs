@@ -1,0 +1,192 @@
+//! `enforcer run`: load, attach, program the maps from the sources, and keep them
+//! current: re-read on SIGHUP, refresh status and sweep idle flows on timers, detach
+//! cleanly on SIGINT/SIGTERM.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use enforcer_common::{NodeConfig, Reason};
+use log::{error, info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::datapath::kernel::{Datapath, kernel_node_config};
+use crate::netdev;
+use crate::plan::{Memory, plan};
+use crate::sources::files;
+use crate::status::{NodeStatus, PodState, STATUS_FILE};
+
+struct Daemon {
+    config_path: PathBuf,
+    cfg: Config,
+    dp: Datapath,
+    node: NodeConfig,
+    mem: Memory,
+    status: NodeStatus,
+}
+
+fn counters_map(dp: &Datapath, slot: u32) -> std::collections::BTreeMap<String, [u64; 2]> {
+    dp.counters(slot)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(r, c): (Reason, _)| (r.name().to_string(), [c.packets, c.bytes]))
+        .collect()
+}
+
+impl Daemon {
+    /// Reads the sources and brings the kernel in line. Never fails: problems become
+    /// status errors, and the last good state stays enforced when the sources can't be read.
+    fn apply(&mut self) {
+        self.status.generation += 1;
+        let snap = match files::load(&self.cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("sources unreadable, keeping the last applied state: {e}");
+                self.status.source_errors = vec![e.to_string()];
+                return;
+            }
+        };
+        self.status.source_errors.clear();
+        let p = plan(&self.cfg, &snap, &mut self.mem, &netdev::lookup);
+        for s in &p.new_slots {
+            if let Err(e) = self.dp.zero_counters(*s) {
+                warn!("zeroing counters of slot {s}: {e:#}");
+            }
+        }
+        if let Err(e) = self.dp.apply(p.state.clone()) {
+            error!("writing maps: {e:#}");
+            self.status.source_errors.push(format!("writing maps: {e:#}"));
+        }
+        self.mem.ids.retain(&p.state);
+        for (ifname, e) in self.dp.sync_pod_links(&p.interfaces) {
+            error!("attaching to {ifname}: {e:#}");
+            self.status.source_errors.push(format!("attaching to {ifname}: {e:#}"));
+        }
+        for pod in &p.pods {
+            if let Some(e) = &pod.error {
+                warn!("pod {}/{} ({:?}): {e}", pod.namespace, pod.name, pod.state);
+            }
+        }
+        let enforced = p.pods.iter().filter(|p| p.state == PodState::Enforced).count();
+        info!(
+            "applied generation {}: {} pods, {enforced} enforced, {} attached",
+            self.status.generation,
+            p.pods.len(),
+            self.dp.attached_pods()
+        );
+        self.status.pods = p.pods;
+        self.refresh_status();
+    }
+
+    fn refresh_status(&mut self) {
+        for pod in &mut self.status.pods {
+            if pod.slot != 0 {
+                pod.counters = counters_map(&self.dp, pod.slot);
+            }
+        }
+        self.status.unattributed = counters_map(&self.dp, 0);
+        self.status.flows = self.dp.flows().map(|f| f.len()).unwrap_or(0);
+        if let Err(e) = write_status(&self.cfg.state_dir, &self.status) {
+            warn!("writing status: {e:#}");
+        }
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Ok(c) => {
+                if c.node.trunk_interface != self.cfg.node.trunk_interface {
+                    warn!("node.trunkInterface changed; restart the daemon to move to it");
+                }
+                self.cfg = c;
+                let trunk = self.node.trunk_ifindex;
+                self.node = kernel_node_config(&self.cfg, trunk);
+                if let Err(e) = self.dp.set_node_config(&self.node) {
+                    error!("updating node settings: {e:#}");
+                }
+            }
+            Err(e) => error!("config unreadable, keeping the previous one: {e:#}"),
+        }
+        self.apply();
+    }
+}
+
+fn write_status(dir: &Path, status: &NodeStatus) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
+    std::fs::rename(&tmp, dir.join(STATUS_FILE))?;
+    Ok(())
+}
+
+pub async fn run(config_path: &Path) -> Result<()> {
+    let cfg = Config::load(config_path)?;
+    let trunk = netdev::ifindex(&cfg.node.trunk_interface).with_context(|| {
+        format!(
+            "trunk interface {:?} (node.trunkInterface) does not exist in this network namespace",
+            cfg.node.trunk_interface
+        )
+    })?;
+    let mut dp = Datapath::load(Some(&cfg.bpffs_dir))?;
+    let node = kernel_node_config(&cfg, trunk);
+    dp.set_node_config(&node)?;
+    let status = NodeStatus {
+        trunk_interface: cfg.node.trunk_interface.clone(),
+        default_mode: Some(cfg.mode()),
+        always_allowed: cfg.always_allowed().iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut d = Daemon {
+        config_path: config_path.to_path_buf(),
+        cfg,
+        dp,
+        node,
+        mem: Memory::default(),
+        status,
+    };
+    // Pods' state exists before the trunk delivers anything to them.
+    d.apply();
+    d.dp.attach_trunk(&d.cfg.node.trunk_interface.clone())?;
+    info!("attached to trunk {}", d.cfg.node.trunk_interface);
+    d.refresh_status();
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { info!("SIGHUP: re-reading sources"); d.reload(); }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick() => {
+                // Pods whose interface did not exist yet are retried here.
+                if d.status.pods.iter().any(|p| p.state == PodState::Pending) {
+                    d.apply();
+                } else {
+                    d.refresh_status();
+                }
+            }
+            _ = sweep.tick() => {
+                match d.dp.sweep_flows(&d.node) {
+                    Ok(n) if n > 0 => info!("swept {n} idle flows"),
+                    Ok(_) => {}
+                    Err(e) => warn!("sweeping flows: {e:#}"),
+                }
+            }
+        }
+    }
+    info!("stopping: detaching programs and removing pins");
+    let state_dir = d.cfg.state_dir.clone();
+    drop(d);
+    let _ = std::fs::remove_file(state_dir.join(STATUS_FILE));
+    Ok(())
+}
+
+pub fn read_status(state_dir: &Path) -> Result<NodeStatus> {
+    let path = state_dir.join(STATUS_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading {} (is `enforcer run` running with this state dir?)", path.display())
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a status file", path.display()))
+}

@@ -1,0 +1,116 @@
+//! Real traffic between namespaces: echo servers and clients on threads that entered a
+//! namespace. Every socket has a timeout and every server a deadline.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use enforcer::sim::{in_netns, spawn_in_netns};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An echo server (TCP and UDP on the same address) that stops when dropped or after
+/// its lifetime.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
+    let addr: SocketAddr = addr.parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = stop.clone();
+    spawn_in_netns(ns, move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let tcp = TcpListener::bind(addr);
+        let udp = UdpSocket::bind(addr);
+        let ok = tcp.is_ok() && udp.is_ok();
+        let _ = tx.send(tcp.as_ref().err().or(udp.as_ref().err()).map(|e| e.to_string()));
+        if !ok {
+            return;
+        }
+        let (tcp, udp) = (tcp.unwrap(), udp.unwrap());
+        tcp.set_nonblocking(true).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 2048];
+        while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+            if let Ok((mut c, _)) = tcp.accept() {
+                let s2 = s.clone();
+                std::thread::spawn(move || {
+                    c.set_nonblocking(false).ok();
+                    c.set_read_timeout(Some(Duration::from_millis(100))).ok();
+                    let mut b = [0u8; 2048];
+                    let end = Instant::now() + Duration::from_secs(120);
+                    while !s2.load(Ordering::Relaxed) && Instant::now() < end {
+                        match c.read(&mut b) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if c.write_all(&b[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                });
+            }
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        }
+    })?;
+    match rx.recv_timeout(Duration::from_secs(5)).context("echo server did not start")? {
+        None => Ok(EchoServer { stop }),
+        Some(e) => anyhow::bail!("echo server on {addr} in {ns}: {e}"),
+    }
+}
+
+/// Connects and exchanges one message; Ok(true) when the echo came back.
+pub fn tcp_echo(ns: &str, addr: &str) -> Result<bool> {
+    let addr: SocketAddr = addr.parse()?;
+    in_netns(ns, move || {
+        let Ok(mut c) = TcpStream::connect_timeout(&addr, IO_TIMEOUT) else {
+            return false;
+        };
+        exchange(&mut c)
+    })
+}
+
+pub fn exchange(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    if c.write_all(b"podsg").is_err() {
+        return false;
+    }
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).is_ok() && &b == b"podsg"
+}
+
+/// An open TCP connection made from inside a namespace.
+pub fn tcp_connect(ns: &str, addr: &str) -> Result<TcpStream> {
+    let addr: SocketAddr = addr.parse()?;
+    in_netns(ns, move || TcpStream::connect_timeout(&addr, IO_TIMEOUT))?.context("connect")
+}
+
+/// One UDP datagram and its echo.
+pub fn udp_echo(ns: &str, addr: &str) -> Result<bool> {
+    let addr: SocketAddr = addr.parse()?;
+    in_netns(ns, move || {
+        let bind = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        if s.send_to(b"podsg", addr).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 16];
+        matches!(s.recv_from(&mut b), Ok((5, _)))
+    })
+}

@@ -1,0 +1,161 @@
+//! Real traffic through the real daemon on a simulated node (network namespaces).
+use std::path::PathBuf;
+
+use enforcer::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
+use integration_tests::net::*;
+
+fn enforcer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PODSG_ENFORCER_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/netns-* -> target/<profile>/enforcer
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("enforcer");
+    assert!(bin.exists(), "{} missing: build it first (`cargo xtask test` does)", bin.display());
+    bin
+}
+
+const REMOTE: &[&str] = &["10.0.2.5", "fd00:10:2::5", "10.0.2.6", "fd00:10:2::6"];
+
+fn groups() -> String {
+    r#"{"SecurityGroups":[
+ {"GroupId":"sg-web","GroupName":"web",
+  "IpPermissions":[
+    {"IpProtocol":"tcp","FromPort":8080,"ToPort":8080,"UserIdGroupPairs":[{"GroupId":"sg-client"}]},
+    {"IpProtocol":"icmp","FromPort":8,"ToPort":-1,"IpRanges":[{"CidrIp":"10.0.2.5/32"}]},
+    {"IpProtocol":"icmpv6","FromPort":128,"ToPort":-1,"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::5/128"}]}],
+  "IpPermissionsEgress":[
+    {"IpProtocol":"tcp","FromPort":443,"ToPort":443,"IpRanges":[{"CidrIp":"10.0.2.5/32"}],"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::5/128"}]},
+    {"IpProtocol":"udp","FromPort":5353,"ToPort":5353,"IpRanges":[{"CidrIp":"10.0.2.5/32"}],"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::5/128"}]},
+    {"IpProtocol":"icmp","FromPort":-1,"ToPort":-1,"IpRanges":[{"CidrIp":"10.0.2.0/24"}]},
+    {"IpProtocol":"icmpv6","FromPort":-1,"ToPort":-1,"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::/64"}]}]},
+ {"GroupId":"sg-client","GroupName":"client",
+  "IpPermissions":[{"IpProtocol":"tcp","FromPort":9000,"ToPort":9000,"UserIdGroupPairs":[{"GroupId":"sg-web"}]}],
+  "IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}],"Ipv6Ranges":[{"CidrIpv6":"::/0"}]}]},
+ {"GroupId":"sg-other","GroupName":"other",
+  "IpPermissions":[],
+  "IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}],"Ipv6Ranges":[{"CidrIpv6":"::/0"}]}]}
+]}"#
+    .to_string()
+}
+
+fn policies() -> String {
+    ["web", "client", "other"]
+        .iter()
+        .map(|n| format!(
+            "---\napiVersion: vpcresources.k8s.aws/v1beta1\nkind: SecurityGroupPolicy\nmetadata: {{name: {n}, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: {n}}}}}, securityGroups: {{groupIds: [sg-{n}]}}}}\n"
+        ))
+        .collect()
+}
+
+struct Node {
+    sim: SimNode,
+    web: SimPod,
+    client: SimPod,
+    groups_path: PathBuf,
+}
+
+fn node() -> Node {
+    let web = sim_pod("shop", "web", 1);
+    let client = sim_pod("shop", "client", 2);
+    let other = sim_pod("shop", "other", 3);
+    let pods = vec![web.clone(), client.clone(), other];
+    let mut sim = SimNode::build(&pods, REMOTE).expect("build simulated node");
+    let k8s = format!("{}{}", policies(), pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name)));
+    let cfg = write_config(&sim, &groups(), &k8s, "").unwrap();
+    sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
+    let groups_path = sim.workdir.join("groups.json");
+    Node { sim, web, client, groups_path }
+}
+
+fn v4(ip: &str, port: u16) -> String {
+    format!("{ip}:{port}")
+}
+fn v6(ip: &str, port: u16) -> String {
+    format!("[{ip}]:{port}")
+}
+
+#[test]
+fn outbound_rules_tcp_udp_icmp_both_families() {
+    let n = node();
+    let st = n.sim.status().unwrap();
+    assert!(st.pods.iter().all(|p| p.error.is_none()), "{}", st.render_table());
+    let _s: Vec<_> = ["10.0.2.5:443", "[fd00:10:2::5]:443", "10.0.2.6:443", "10.0.2.5:22", "10.0.2.5:5353", "[fd00:10:2::5]:5353", "10.0.2.6:5353"]
+        .iter()
+        .map(|a| echo_server(&n.sim.fabric_ns, a).unwrap())
+        .collect();
+    let ns = n.sim.pod_ns("web").to_string();
+    assert!(tcp_echo(&ns, "10.0.2.5:443").unwrap(), "tcp v4 allowed");
+    assert!(tcp_echo(&ns, "[fd00:10:2::5]:443").unwrap(), "tcp v6 allowed\n{}", n.sim.status().unwrap().render_table());
+    assert!(!tcp_echo(&ns, "10.0.2.6:443").unwrap(), "tcp v4 to a host no rule names");
+    assert!(!tcp_echo(&ns, "10.0.2.5:22").unwrap(), "tcp v4 to a port no rule names");
+    assert!(udp_echo(&ns, "10.0.2.5:5353").unwrap(), "udp v4 allowed, reply by state");
+    assert!(udp_echo(&ns, "[fd00:10:2::5]:5353").unwrap(), "udp v6 allowed");
+    assert!(!udp_echo(&ns, "10.0.2.6:5353").unwrap(), "udp v4 denied");
+    assert!(n.sim.ping(&ns, "10.0.2.6"), "icmp echo v4 allowed out, reply by state");
+    assert!(n.sim.ping(&ns, "fd00:10:2::6"), "icmpv6 echo allowed out");
+    let st = n.sim.status().unwrap();
+    let web = st.pods.iter().find(|p| p.name == "web").unwrap();
+    assert!(web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3, "{:?}", web.counters);
+    assert!(web.counters.get("allow_flow").map(|c| c[0]).unwrap_or(0) > 0, "{:?}", web.counters);
+}
+
+#[test]
+fn inbound_rules_and_same_node_pods_checked_on_both_sides() {
+    let n = node();
+    let (web_ns, client_ns, other_ns) = (
+        n.sim.pod_ns("web").to_string(),
+        n.sim.pod_ns("client").to_string(),
+        n.sim.pod_ns("other").to_string(),
+    );
+    // Dual-stack: serves v4 and v6.
+    let _w = echo_server(&web_ns, "[::]:8080").unwrap();
+    let _c4 = echo_server(&client_ns, "0.0.0.0:9000").unwrap();
+    // client -> web: client's outbound allows all, web's inbound admits sg-client
+    // (a referenced group whose member is the client pod). Hairpinned via the VPC.
+    assert!(tcp_echo(&client_ns, &v4(&n.web.ipv4, 8080)).unwrap(), "client -> web v4");
+    assert!(tcp_echo(&client_ns, &v6(&n.web.ipv6, 8080)).unwrap(), "client -> web v6");
+    // other -> web: other's outbound allows all, but web's inbound does not admit it.
+    assert!(!tcp_echo(&other_ns, &v4(&n.web.ipv4, 8080)).unwrap(), "receiver's inbound decides");
+    // web -> client:9000: client's inbound admits sg-web, but web's outbound does not
+    // allow it.
+    assert!(!tcp_echo(&web_ns, &v4(&n.client.ipv4, 9000)).unwrap(), "sender's outbound decides");
+    // ICMP from the VPC: admitted from 10.0.2.5 only.
+    assert!(n.sim.ping_from(&n.sim.fabric_ns, Some("10.0.2.5"), &n.web.ipv4), "icmp from 10.0.2.5");
+    assert!(!n.sim.ping_from(&n.sim.fabric_ns, Some("10.0.2.6"), &n.web.ipv4), "icmp from 10.0.2.6");
+    assert!(n.sim.ping_from(&n.sim.fabric_ns, Some("fd00:10:2::5"), &n.web.ipv6), "icmpv6 from ::5");
+    assert!(!n.sim.ping_from(&n.sim.fabric_ns, Some("fd00:10:2::6"), &n.web.ipv6), "icmpv6 from ::6");
+    let st = n.sim.status().unwrap();
+    let web = st.pods.iter().find(|p| p.name == "web").unwrap();
+    assert!(web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3, "{}", st.render_table());
+}
+
+#[test]
+fn strict_mode_checks_traffic_to_the_node() {
+    let n = node();
+    let _srv = echo_server(&n.sim.node_ns, "10.0.0.10:7000").unwrap();
+    // web's outbound allows no traffic to the node; client's allows all.
+    assert!(!tcp_echo(n.sim.pod_ns("web"), "10.0.0.10:7000").unwrap(), "web -> node denied");
+    assert!(tcp_echo(n.sim.pod_ns("client"), "10.0.0.10:7000").unwrap(), "client -> node allowed");
+    assert!(n.sim.ping(n.sim.pod_ns("client"), "fd00:10::10"), "client -> node v6");
+    // The node probing a pod is checked against the pod's inbound rules too.
+    assert!(!n.sim.ping(&n.sim.node_ns, &n.web.ipv4), "node -> web icmp not admitted");
+}
+
+#[test]
+fn revoked_rule_stops_new_flows_but_not_an_established_one() {
+    let n = node();
+    let mut n = n;
+    let _srv = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let ns = n.sim.pod_ns("web").to_string();
+    let mut conn = tcp_connect(&ns, "10.0.2.5:443").expect("allowed before the change");
+    assert!(exchange(&mut conn));
+    let revoked = groups().replace(r#""FromPort":443,"ToPort":443"#, r#""FromPort":444,"ToPort":444"#);
+    std::fs::write(&n.groups_path, revoked).unwrap();
+    n.sim.reload_daemon().unwrap();
+    let st = n.sim.status().unwrap();
+    assert_eq!(st.generation, 2);
+    assert!(exchange(&mut conn), "established tracked flow continues");
+    assert!(!tcp_echo(&ns, "10.0.2.5:443").unwrap(), "new flow refused");
+    drop(conn);
+}
