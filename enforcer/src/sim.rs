@@ -315,9 +315,19 @@ impl SimNode {
         child.wait().ok()
     }
 
+    /// Gives a namespace its own resolv.conf (`ip netns exec` bind-mounts
+    /// /etc/netns/<ns>/resolv.conf over /etc/resolv.conf).
+    pub fn set_resolver(&self, ns: &str, nameserver: &str, search: &str) -> Result<()> {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\nsearch {search}\noptions timeout:1 attempts:1\n"))?;
+        Ok(())
+    }
+
     /// Starts a long-running program in a namespace; killed when the node is dropped.
     pub fn spawn(&mut self, ns: &str, args: &[&str]) -> Result<()> {
-        let log = File::create(self.workdir.join(format!("{}.log", args[0].replace('/', "_"))))?;
+        let name = Path::new(args[0]).file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let log = File::create(self.workdir.join(format!("{}-{name}.log", self.children.len())))?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(args)
@@ -365,6 +375,7 @@ impl Drop for SimNode {
         self.fabric_dp = None;
         for ns in self.namespaces.iter().rev() {
             let _ = sh(&["ip", "netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         }
         // A daemon that died uncleanly leaves its pins behind.
         if self.bpffs_dir.exists() {
