@@ -21,6 +21,7 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FABRIC_VLAN_BY_MAC: &str = "FABRIC_VLAN_BY_MAC";
+    pub const FABRIC_VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
     pub const ALL: [&str; 10] = [
         NODE_CONFIG,
         POD_BY_VLAN,

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::TC_ACT_OK, helpers::bpf_skb_vlan_pop, macros::classifier, programs::TcContext,
 };
 
-use crate::maps::FABRIC_VLAN_BY_MAC;
+use crate::maps::{FABRIC_VLAN_BY_MAC, FABRIC_VLAN_SEEN};
 use crate::parse::parse_l2;
 
 #[classifier]
@@ -26,14 +26,21 @@ pub fn sim_fabric_egress(ctx: TcContext) -> i32 {
     let Some(vlan) = (unsafe { FABRIC_VLAN_BY_MAC.get(key) }) else {
         return TC_ACT_OK;
     };
-    let _ = crate::push_tag(&ctx, *vlan as u16, &dst, &src, l2.ethertype);
+    let _ = crate::push_tag(&ctx, *vlan as u16, &dst, &src);
     TC_ACT_OK
 }
 
 #[classifier]
 pub fn sim_fabric_ingress(ctx: TcContext) -> i32 {
     if let Ok(l2) = parse_l2(&ctx) {
-        if l2.vlan.is_some() {
+        if let Some(vlan) = l2.vlan {
+            let key = vlan as u32;
+            match FABRIC_VLAN_SEEN.get_ptr_mut(key) {
+                Some(n) => unsafe { *n += 1 },
+                None => {
+                    let _ = FABRIC_VLAN_SEEN.insert(key, 1u64, 0);
+                }
+            }
             unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
         }
     }

@@ -46,6 +46,11 @@ pub static FLOWS: HashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = HashMap:
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counter, { COUNTER_ENTRIES as usize }> = PerCpuArray::new();
 
+/// Simulated VPC fabric only: frames received per VLAN id (proves which tag a pod's
+/// traffic carried on the wire).
+#[btf_map]
+pub static FABRIC_VLAN_SEEN: HashMap<u32, u64, 4096> = HashMap::new();
+
 /// Simulated VPC fabric only: which VLAN carries frames to a branch ENI's MAC.
 #[btf_map]
 pub static FABRIC_VLAN_BY_MAC: HashMap<[u8; 8], u32, 4096> = HashMap::new();

@@ -183,10 +183,10 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
     if pkt.kind == KIND_ND {
         return Verdict::Allow(Reason::PassLocal);
     }
-    if always_allowed(pkt, dir) {
-        return Verdict::Allow(Reason::AllowAlways);
-    }
     if pod.flags & POD_FAIL_CLOSED != 0 {
+        if always_allowed(pkt, dir) {
+            return Verdict::Allow(Reason::AllowAlways);
+        }
         return Verdict::Drop(Reason::DropFailClosed);
     }
     if pkt.kind == KIND_FRAGMENT {
@@ -219,6 +219,11 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
     }
 
     let Some((cookie, flags)) = policy_allows(pod, pkt, dir) else {
+        // Checked only when no rule allows: it costs an LPM lookup that the common
+        // path should not pay.
+        if always_allowed(pkt, dir) {
+            return Verdict::Allow(Reason::AllowAlways);
+        }
         return Verdict::Drop(Reason::DropNoRule);
     };
     if flags & RULE_UNTRACKED != 0 || pkt.kind == KIND_ICMP_ERROR {

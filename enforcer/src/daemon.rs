@@ -119,6 +119,11 @@ fn write_status(dir: &Path, status: &NodeStatus) -> Result<()> {
 }
 
 pub async fn run(config_path: &Path) -> Result<()> {
+    // Before anything else: a SIGHUP during start-up must not kill the daemon (the
+    // default action), and SIGTERM must still detach cleanly.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let cfg = Config::load(config_path)?;
     let trunk = netdev::ifindex(&cfg.node.trunk_interface).with_context(|| {
         format!(
@@ -149,9 +154,6 @@ pub async fn run(config_path: &Path) -> Result<()> {
     info!("attached to trunk {}", d.cfg.node.trunk_interface);
     d.refresh_status();
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {

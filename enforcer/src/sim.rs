@@ -315,6 +315,14 @@ impl SimNode {
         child.wait().ok()
     }
 
+    /// How many frames the fabric received from the trunk tagged with `vlan`.
+    pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
+        let Some(dp) = self.fabric_dp.as_ref() else { return 0 };
+        let Some(map) = dp.map(map_names::FABRIC_VLAN_SEEN) else { return 0 };
+        let Ok(m) = aya::maps::HashMap::<_, u32, u64>::try_from(map) else { return 0 };
+        m.get(&(vlan as u32), 0).unwrap_or(0)
+    }
+
     /// Gives a namespace its own resolv.conf (`ip netns exec` bind-mounts
     /// /etc/netns/<ns>/resolv.conf over /etc/resolv.conf).
     pub fn set_resolver(&self, ns: &str, nameserver: &str, search: &str) -> Result<()> {

@@ -3,3 +3,4 @@
 pub mod frames;
 pub mod harness;
 pub mod net;
+pub mod realbench;

@@ -98,6 +98,9 @@ fn outbound_rules_tcp_udp_icmp_both_families() {
     let web = st.pods.iter().find(|p| p.name == "web").unwrap();
     assert!(web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3, "{:?}", web.counters);
     assert!(web.counters.get("allow_flow").map(|c| c[0]).unwrap_or(0) > 0, "{:?}", web.counters);
+    // Every allowed frame left the trunk tagged with web's VLAN (and no other pod sent).
+    assert!(n.sim.fabric_frames_on_vlan(n.web.vlan) >= 10, "web's frames carry VLAN {}", n.web.vlan);
+    assert_eq!(n.sim.fabric_frames_on_vlan(n.client.vlan), 0);
 }
 
 #[test]

@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "dnsutils",
     "socat",
     "python3",
+    "bpftool",
+    "tcpdump",
 ];
 
 fn root() -> PathBuf {

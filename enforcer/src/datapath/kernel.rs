@@ -179,6 +179,10 @@ impl Datapath {
         &mut self.ebpf
     }
 
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
+
     pub fn set_node_config(&mut self, cfg: &NodeConfig) -> Result<()> {
         let mut a: Array<&mut MapData, NodeConfig> = self
             .ebpf

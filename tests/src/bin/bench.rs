@@ -1,0 +1,186 @@
+//! `cargo xtask bench`: ns per packet through the real pod program (BPF_PROG_TEST_RUN)
+//! at 1, 60 and 1000 rules (spread over 5 groups), IPv4 and IPv6. The matching rule is
+//! the last one written, the worst case for anything that walks rules.
+//!
+//! - established: a packet of a tracked flow (flow-table hit, tag pushed, redirect).
+//! - new_flow: a first packet allowed by policy, which creates its flow; each packet a
+//!   different source port.
+//! - denied: a packet no rule allows (both policy lookups, no state).
+//!
+//! test_run's `repeat` re-runs the *same* skb, and an allowed packet is rewritten (tag
+//! pushed), so allowed packets are timed one run per call and averaged over many calls.
+//! A single-run timing includes the kernel's clock reads around the run; that overhead
+//! is measured on a trivial program (timed both ways) and subtracted. Denied packets are
+//! not rewritten and use `repeat` directly.
+use std::io::Write;
+
+use enforcer_common::prog_names::POD_EGRESS;
+use integration_tests::frames::{Frame, L4};
+use integration_tests::harness::*;
+
+const REPEAT: u32 = 200_000;
+const NEW_FLOWS: u16 = 20_000;
+const ROUNDS: usize = 5;
+
+/// `n` outbound tcp rules over 5 groups; rule i allows port 1000+i to a /24 (v4) or /64
+/// (v6) of its own. Returns the groups JSON and the destination of the last rule.
+fn groups(n: usize) -> String {
+    let per = n.div_ceil(5);
+    let mut groups = Vec::new();
+    for g in 0..5 {
+        let mut perms = Vec::new();
+        for i in g * per..((g + 1) * per).min(n) {
+            if i == n - 1 {
+                // The last rule also admits the real-traffic bench's UDP echo.
+                perms.push(r#"{"IpProtocol":"udp","FromPort":7000,"ToPort":7000,"IpRanges":[{"CidrIp":"10.0.2.5/32"}],"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::5/128"}]}"#.to_string());
+            }
+            perms.push(format!(
+                r#"{{"IpProtocol":"tcp","FromPort":{p},"ToPort":{p},"IpRanges":[{{"CidrIp":"10.{a}.{b}.0/24"}}],"Ipv6Ranges":[{{"CidrIpv6":"fd00:{a:x}:{b:x}::/64"}}]}}"#,
+                p = 1000 + i,
+                a = 100 + i / 256,
+                b = i % 256
+            ));
+        }
+        groups.push(format!(
+            r#"{{"GroupId":"sg-{g}","IpPermissions":[],"IpPermissionsEgress":[{}]}}"#,
+            perms.join(",")
+        ));
+    }
+    format!(r#"{{"SecurityGroups":[{}]}}"#, groups.join(","))
+}
+
+fn k8s() -> String {
+    format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-0, sg-1, sg-2, sg-3, sg-4]}}}}\n{}",
+        pod_yaml(&CLIENT, "{}")
+    )
+}
+
+const SINGLE_RUNS: usize = 4000;
+
+/// What a one-run test_run adds on top of the program: a trivial program (the fabric's
+/// ingress on an untagged frame: parse the Ethernet header, pass) timed one run per call
+/// minus the same timed with `repeat`.
+fn single_run_overhead(h: &mut Harness) -> f64 {
+    use enforcer_common::prog_names::FABRIC_INGRESS;
+    let f = Frame::new(CLIENT.mac, HOST_MAC, CLIENT.ipv4, "10.0.2.5", L4::Udp { sport: 1, dport: 2 }).bytes();
+    let single = median((0..ROUNDS).map(|_| {
+        (0..SINGLE_RUNS).map(|_| h.time(FABRIC_INGRESS, &f, 1).1).sum::<f64>() / SINGLE_RUNS as f64
+    }).collect());
+    let repeated = median((0..ROUNDS).map(|_| h.time(FABRIC_INGRESS, &f, REPEAT).1).collect());
+    eprintln!("calibration: trivial program {repeated:.1} ns with repeat, {single:.1} ns one run per call");
+    (single - repeated).max(0.0)
+}
+
+/// Steady state under real traffic (kernel run-time stats), per rule count and family.
+fn real_traffic(results: &mut Vec<String>) -> anyhow::Result<()> {
+    use integration_tests::net::echo_server;
+    use integration_tests::realbench::{RealBench, StatsGuard};
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().unwrap().join("enforcer");
+    anyhow::ensure!(bin.exists(), "{} missing: `cargo build --release -p enforcer` first", bin.display());
+    let _stats = StatsGuard::enable()?;
+    let mut rb = RealBench::start(&bin, &groups(1))?;
+    let fab = rb.fabric_ns();
+    let _e4 = echo_server(&fab, "10.0.2.5:7000")?;
+    let _e6 = echo_server(&fab, "[fd00:10:2::5]:7000")?;
+    println!("real traffic through the simulated node (kernel bpf_stats):");
+    for rules in [1usize, 60, 1000] {
+        rb.set_groups(&groups(rules))?;
+        for (fam, dst) in [("v4", "10.0.2.5:7000"), ("v6", "[fd00:10:2::5]:7000")] {
+            let m = rb.measure(dst, 20_000, 3_000)?;
+            for (case, ns) in [
+                ("floor_trivial_program", m.fabric_ingress),
+                ("established", m.egress_established),
+                ("established_trunk_ingress", m.ingress_established),
+                ("new_flow", m.egress_new_flow),
+                ("established_flood", m.egress_flood),
+                ("floor_flood_fabric_tagger", m.fabric_egress_flood),
+            ] {
+                println!("{case:<26} {fam:<4} {rules:>6} {ns:>10.1}");
+                results.push(format!(
+                    r#"{{"case":"{case}","family":"{fam}","rules":{rules},"ns_per_packet":{ns:.1},"method":"bpf_stats"}}"#
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    println!("{:<12} {:<4} {:>6} {:>10}", "case", "fam", "rules", "ns/packet");
+    for rules in [1usize] {
+        for v6 in [false, true] {
+            let mut h = Harness::new();
+            h.cfg.node.quotas.rules_per_group_per_family = 1000;
+            // n rules per family: 2n EC2 rules, over the default 1000 per pod.
+            h.cfg.node.quotas.rules_per_pod = 5000;
+            let plan = h.apply(&groups(rules), &k8s());
+            anyhow::ensure!(plan.pods[0].error.is_none(), "bench policy rejected: {:?}", plan.pods[0].error);
+            let i = rules - 1;
+            let (src, dst) = if v6 {
+                (CLIENT.ipv6.to_string(), format!("fd00:{:x}:{:x}::9", 100 + i / 256, i % 256))
+            } else {
+                (CLIENT.ipv4.to_string(), format!("10.{}.{}.9", 100 + i / 256, i % 256))
+            };
+            let port = 1000 + i as u16;
+            let frame = |sport, dport| Frame::new(CLIENT.mac, HOST_MAC, &src, &dst, L4::Syn { sport, dport }).bytes();
+            let fam = if v6 { "v6" } else { "v4" };
+
+            let overhead = single_run_overhead(&mut h);
+            // Established: create the flow once, then time hits.
+            let est = frame(40000, port);
+            assert_eq!(h.run(POD_EGRESS, &est).0, TC_ACT_REDIRECT);
+            let established = median((0..ROUNDS).map(|_| {
+                let mut total = 0.0;
+                for _ in 0..SINGLE_RUNS {
+                    let (ret, ns) = h.time(POD_EGRESS, &est, 1);
+                    assert_eq!(ret, TC_ACT_REDIRECT);
+                    total += ns;
+                }
+                total / SINGLE_RUNS as f64 - overhead
+            }).collect());
+
+            // New flows: each packet a new source port.
+            let mut per_round = Vec::new();
+            for r in 0..ROUNDS as u16 {
+                let mut total = 0.0;
+                for k in 0..NEW_FLOWS / ROUNDS as u16 {
+                    let f = frame(1024 + r * (NEW_FLOWS / ROUNDS as u16) + k, port);
+                    let (ret, ns) = h.time(POD_EGRESS, &f, 1);
+                    assert_eq!(ret, TC_ACT_REDIRECT);
+                    total += ns;
+                }
+                per_round.push(total / (NEW_FLOWS / ROUNDS as u16) as f64 - overhead);
+            }
+            let new_flow = median(per_round);
+
+            let deny = frame(40001, port + 1);
+            let denied = median((0..ROUNDS).map(|_| {
+                let (ret, ns) = h.time(POD_EGRESS, &deny, REPEAT);
+                assert_eq!(ret, TC_ACT_SHOT);
+                ns
+            }).collect());
+
+            for (case, ns) in [("established", established), ("new_flow", new_flow), ("denied", denied)] {
+                println!("{case:<12} {fam:<4} {rules:>6} {ns:>10.1}");
+                results.push(format!(
+                    r#"{{"case":"{case}","family":"{fam}","rules":{rules},"ns_per_packet":{ns:.1},"method":"test_run"}}"#
+                ));
+            }
+        }
+    }
+    real_traffic(&mut results)?;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let mut f = std::fs::File::create(dir.join("results.json"))?;
+    writeln!(f, "[\n  {}\n]", results.join(",\n  "))?;
+    println!("wrote {}", dir.join("results.json").display());
+    Ok(())
+}
