@@ -6,14 +6,26 @@ use std::{env, path::PathBuf, process::Command};
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
-    for dir in ["enforcer-ebpf/src", "enforcer-ebpf/Cargo.toml", "enforcer-common/src"] {
+    for dir in [
+        "enforcer-ebpf/src",
+        "enforcer-ebpf/Cargo.toml",
+        "enforcer-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=PODSG_EBPF_TOOLCHAIN");
     let toolchain = env::var("PODSG_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
     let target_dir = root.join("target/ebpf");
     let status = Command::new("rustup")
-        .args(["run", &toolchain, "cargo", "build", "-p", "enforcer-ebpf", "--release"])
+        .args([
+            "run",
+            &toolchain,
+            "cargo",
+            "build",
+            "-p",
+            "enforcer-ebpf",
+            "--release",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)

@@ -16,17 +16,14 @@ pub static POD_BY_IFINDEX: HashMap<u32, PodInfo, { MAX_PODS as usize }> = HashMa
 
 /// Stage A of the policy lookup: (policy scope, remote prefix) -> rule class.
 #[btf_map]
-pub static PEER_V4: LpmTrie<PeerKeyV4, PeerClass, { MAX_PEER_ENTRIES as usize }> =
-    LpmTrie::new();
+pub static PEER_V4: LpmTrie<PeerKeyV4, PeerClass, { MAX_PEER_ENTRIES as usize }> = LpmTrie::new();
 
 #[btf_map]
-pub static PEER_V6: LpmTrie<PeerKeyV6, PeerClass, { MAX_PEER_ENTRIES as usize }> =
-    LpmTrie::new();
+pub static PEER_V6: LpmTrie<PeerKeyV6, PeerClass, { MAX_PEER_ENTRIES as usize }> = LpmTrie::new();
 
 /// Stage B: (class, protocol, port prefix) -> the rule that allows it.
 #[btf_map]
-pub static PORT_RULES: LpmTrie<PortKey, PortRule, { MAX_PORT_ENTRIES as usize }> =
-    LpmTrie::new();
+pub static PORT_RULES: LpmTrie<PortKey, PortRule, { MAX_PORT_ENTRIES as usize }> = LpmTrie::new();
 
 /// Destinations security groups cannot filter (SPEC §6).
 #[btf_map]

@@ -202,7 +202,11 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
     if pkt.kind == KIND_ICMP_ERROR {
         // The quoted packet travelled the other way: an error about a tracked flow is
         // related traffic and passes.
-        let back = if dir == DIR_EGRESS { DIR_INGRESS } else { DIR_EGRESS };
+        let back = if dir == DIR_EGRESS {
+            DIR_INGRESS
+        } else {
+            DIR_EGRESS
+        };
         let mut k = flow_key(&pkt.inner, pkt.family, back);
         normalise_ports(&mut k);
         if let Some(v) = unsafe { FLOWS.get(&k) } {

@@ -161,7 +161,11 @@ impl Config {
             });
         }
         crate::sources::kube::parse_mac(&cfg.node.gateway_mac).with_context(|| {
-            format!("config {}: node.gatewayMac {:?} is not a MAC address", path.display(), cfg.node.gateway_mac)
+            format!(
+                "config {}: node.gatewayMac {:?} is not a MAC address",
+                path.display(),
+                cfg.node.gateway_mac
+            )
         })?;
         Ok(cfg)
     }

@@ -55,19 +55,27 @@ impl Daemon {
         }
         if let Err(e) = self.dp.apply(p.state.clone()) {
             error!("writing maps: {e:#}");
-            self.status.source_errors.push(format!("writing maps: {e:#}"));
+            self.status
+                .source_errors
+                .push(format!("writing maps: {e:#}"));
         }
         self.mem.ids.retain(&p.state);
         for (ifname, e) in self.dp.sync_pod_links(&p.interfaces) {
             error!("attaching to {ifname}: {e:#}");
-            self.status.source_errors.push(format!("attaching to {ifname}: {e:#}"));
+            self.status
+                .source_errors
+                .push(format!("attaching to {ifname}: {e:#}"));
         }
         for pod in &p.pods {
             if let Some(e) = &pod.error {
                 warn!("pod {}/{} ({:?}): {e}", pod.namespace, pod.name, pod.state);
             }
         }
-        let enforced = p.pods.iter().filter(|p| p.state == PodState::Enforced).count();
+        let enforced = p
+            .pods
+            .iter()
+            .filter(|p| p.state == PodState::Enforced)
+            .count();
         info!(
             "applied generation {}: {} pods, {enforced} enforced, {} attached",
             self.status.generation,
@@ -188,7 +196,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
 pub fn read_status(state_dir: &Path) -> Result<NodeStatus> {
     let path = state_dir.join(STATUS_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading {} (is `enforcer run` running with this state dir?)", path.display())
+        format!(
+            "reading {} (is `enforcer run` running with this state dir?)",
+            path.display()
+        )
     })?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a status file", path.display()))
 }

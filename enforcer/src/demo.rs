@@ -70,40 +70,73 @@ fn step(n: u32, text: &str) {
 
 fn verdict(what: &str, ok: bool, expected: bool) -> Result<()> {
     let word = if ok { "works" } else { "fails" };
-    let mark = if ok == expected { "as expected" } else { "UNEXPECTED" };
+    let mark = if ok == expected {
+        "as expected"
+    } else {
+        "UNEXPECTED"
+    };
     println!("   {what}: {word} ({mark})");
     if ok != expected {
-        bail!("{what}: expected it to {}", if expected { "work" } else { "fail" });
+        bail!(
+            "{what}: expected it to {}",
+            if expected { "work" } else { "fail" }
+        );
     }
     Ok(())
 }
 
 fn curl(sim: &SimNode, ns: &str, url: &str) -> (bool, String) {
-    match sim.exec(ns, &["curl", "-sS", "--max-time", "3", url], Duration::from_secs(5)) {
+    match sim.exec(
+        ns,
+        &["curl", "-sS", "--max-time", "3", url],
+        Duration::from_secs(5),
+    ) {
         Ok(out) => (true, out),
         // Keep curl's own words, not the command line around them.
-        Err(e) => (false, e.to_string().rsplit(" failed: ").next().unwrap_or_default().to_string()),
+        Err(e) => (
+            false,
+            e.to_string()
+                .rsplit(" failed: ")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
     }
 }
 
 fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 pub fn run() -> Result<()> {
     let bin = std::env::current_exe().context("locating the enforcer binary")?;
-    let apps: Vec<SimPod> = (0..4).map(|i| sim_pod(NS, &format!("my-deployment-{i}"), i + 1)).collect();
+    let apps: Vec<SimPod> = (0..4)
+        .map(|i| sim_pod(NS, &format!("my-deployment-{i}"), i + 1))
+        .collect();
     let coredns = sim_pod("kube-system", "coredns", 9);
     let mut all = apps.clone();
     all.push(coredns.clone());
 
-    step(1, "Simulated node: VPC fabric, node with trunk0, 4 my-app pods and a CoreDNS pod on branch ENIs");
+    step(
+        1,
+        "Simulated node: VPC fabric, node with trunk0, 4 my-app pods and a CoreDNS pod on branch ENIs",
+    );
     let mut sim = SimNode::build(&all, &[])?;
     for p in &all {
-        println!("   {}/{}: {} / {}  VLAN {}", p.namespace, p.name, p.ipv4, p.ipv6, p.vlan);
+        println!(
+            "   {}/{}: {} / {}  VLAN {}",
+            p.namespace, p.name, p.ipv4, p.ipv6, p.vlan
+        );
     }
 
-    step(2, "Security groups, the SecurityGroupPolicy, and the pods (files the daemon reads)");
+    step(
+        2,
+        "Security groups, the SecurityGroupPolicy, and the pods (files the daemon reads)",
+    );
     let k8s = format!(
         "{POLICIES}{}",
         pods_yaml(&all, &|p| if p.name == "coredns" {
@@ -113,23 +146,64 @@ pub fn run() -> Result<()> {
         })
     );
     let cfg = write_config(&sim, &groups(true), &k8s, "")?;
-    println!("   my-pod-security-group: inbound all from itself; outbound all to itself, TCP+UDP 53 to the cluster group");
+    println!(
+        "   my-pod-security-group: inbound all from itself; outbound all to itself, TCP+UDP 53 to the cluster group"
+    );
     println!("   cluster group: inbound TCP+UDP 53 from my-pod-security-group");
 
-    step(3, "Real servers: an HTTP server in each my-app pod, dnsmasq (as CoreDNS) answering for my-app");
+    step(
+        3,
+        "Real servers: an HTTP server in each my-app pod, dnsmasq (as CoreDNS) answering for my-app",
+    );
     for (i, p) in apps.iter().enumerate() {
         let dir = sim.workdir.join(format!("www{i}"));
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("index.html"), format!("<title>Welcome to nginx!</title> served by {}\n", p.name))?;
+        std::fs::write(
+            dir.join("index.html"),
+            format!("<title>Welcome to nginx!</title> served by {}\n", p.name),
+        )?;
         let ns = sim.pod_ns(&p.name).to_string();
-        sim.spawn(&ns, &[python(), "-m", "http.server", "80", "--bind", "::", "--directory", &dir.display().to_string()])?;
-        sim.set_resolver(&ns, &coredns.ipv4, &format!("{NS}.svc.cluster.local svc.cluster.local"))?;
+        sim.spawn(
+            &ns,
+            &[
+                python(),
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "::",
+                "--directory",
+                &dir.display().to_string(),
+            ],
+        )?;
+        sim.set_resolver(
+            &ns,
+            &coredns.ipv4,
+            &format!("{NS}.svc.cluster.local svc.cluster.local"),
+        )?;
     }
     let dns_ns = sim.pod_ns("coredns").to_string();
     let record = format!("--host-record={SERVICE},{}", apps[1].ipv4);
-    sim.spawn(&dns_ns, &["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--user=root", "--pid-file", "--bind-interfaces", "--listen-address", &coredns.ipv4, &record])?;
+    sim.spawn(
+        &dns_ns,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file",
+            "--bind-interfaces",
+            "--listen-address",
+            &coredns.ipv4,
+            &record,
+        ],
+    )?;
 
-    step(4, "enforcer run (in the node's namespace): load, attach, program the maps");
+    step(
+        4,
+        "enforcer run (in the node's namespace): load, attach, program the maps",
+    );
     sim.start_daemon(&bin, &cfg)?;
     print!("{}", indent(&sim.status()?.render_table()));
     wait_for_servers(&sim, &apps)?;
@@ -140,7 +214,10 @@ pub fn run() -> Result<()> {
     println!("   {}", out.trim());
     verdict("curl my-app", ok, true)?;
 
-    step(6, "Revoke the cluster group's DNS rules (my_tcp_rule, my_udp_rule) and reload (SIGHUP)");
+    step(
+        6,
+        "Revoke the cluster group's DNS rules (my_tcp_rule, my_udp_rule) and reload (SIGHUP)",
+    );
     std::fs::write(sim.workdir.join("groups.json"), groups(false))?;
     sim.reload_daemon()?;
     println!("   applied generation {}", sim.status()?.generation);
@@ -154,14 +231,28 @@ pub fn run() -> Result<()> {
     println!("   {}", out.trim());
     verdict(&format!("curl {url} (by IP)"), ok, true)?;
 
-    step(8, "enforcer status: the drops are counted on the CoreDNS pod (its inbound rules said no)");
+    step(
+        8,
+        "enforcer status: the drops are counted on the CoreDNS pod (its inbound rules said no)",
+    );
     print!("{}", indent(&sim.status()?.render_table()));
     let st = sim.status()?;
-    let dns = st.pods.iter().find(|p| p.name == "coredns").context("coredns status")?;
+    let dns = st
+        .pods
+        .iter()
+        .find(|p| p.name == "coredns")
+        .context("coredns status")?;
     let dropped = dns.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0);
-    verdict("DNS queries dropped at CoreDNS's inbound rules", dropped > 0, true)?;
+    verdict(
+        "DNS queries dropped at CoreDNS's inbound rules",
+        dropped > 0,
+        true,
+    )?;
 
-    step(9, "Tear down: daemon stopped (programs detached, pins removed), namespaces deleted");
+    step(
+        9,
+        "Tear down: daemon stopped (programs detached, pins removed), namespaces deleted",
+    );
     let status = sim.stop_daemon();
     println!("   daemon exit: {status:?}");
     drop(sim);

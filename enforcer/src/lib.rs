@@ -1,12 +1,12 @@
 //! podsg enforcer: security groups per pod, enforced by eBPF on the node.
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
+pub mod demo;
 pub mod netdev;
 pub mod plan;
 pub mod policy;
+pub mod sim;
 pub mod sources;
 pub mod status;
-pub mod cli;
-pub mod daemon;
-pub mod demo;
-pub mod sim;

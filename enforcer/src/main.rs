@@ -10,7 +10,11 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?
             .block_on(enforcer::daemon::run(&config)),
-        Command::Status { state_dir, config, output } => {
+        Command::Status {
+            state_dir,
+            config,
+            output,
+        } => {
             let dir = match config {
                 Some(c) => Config::load(&c)?.state_dir,
                 None => state_dir,

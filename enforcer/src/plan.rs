@@ -111,7 +111,8 @@ pub fn plan(
         let mut policy_id = 0;
         if error.is_none() {
             let c = compiled.entry(r.groups.clone()).or_insert_with(|| {
-                flatten(&r.groups, &catalog, &cfg.node.quotas, &mut mem.cookies).map(|f| compile(&f))
+                flatten(&r.groups, &catalog, &cfg.node.quotas, &mut mem.cookies)
+                    .map(|f| compile(&f))
             });
             match c {
                 Ok(p) => {
@@ -127,7 +128,10 @@ pub fn plan(
         }
         let Some((slot, fresh)) = mem.slots.get(&key) else {
             st.state = PodState::FailClosed;
-            st.error = Some(format!("more than {} branch pods on this node", MAX_PODS - 1));
+            st.error = Some(format!(
+                "more than {} branch pods on this node",
+                MAX_PODS - 1
+            ));
             pods.push(st);
             continue;
         };
@@ -149,7 +153,11 @@ pub fn plan(
         };
         vlans.insert(eni.vlan, key.clone());
         interfaces.push(ifname);
-        st.state = if error.is_some() { PodState::FailClosed } else { PodState::Enforced };
+        st.state = if error.is_some() {
+            PodState::FailClosed
+        } else {
+            PodState::Enforced
+        };
         state.add_pod(PodInfo {
             slot,
             policy_id,
@@ -159,17 +167,25 @@ pub fn plan(
             mac: eni.mac,
             host_mac: dev.mac,
             vlan: eni.vlan,
-            mode: if mode == Mode::Strict { MODE_STRICT } else { MODE_STANDARD },
+            mode: if mode == Mode::Strict {
+                MODE_STRICT
+            } else {
+                MODE_STANDARD
+            },
             flags: if error.is_some() { POD_FAIL_CLOSED } else { 0 },
             has_ipv6: eni.ipv6.is_some() as u8,
             _pad: [0; 3],
         });
         pods.push(st);
     }
-    let live: std::collections::HashSet<String> =
-        pods.iter().filter(|p| p.slot != 0).map(|p| format!("{}/{}", p.namespace, p.name)).collect();
+    let live: std::collections::HashSet<String> = pods
+        .iter()
+        .filter(|p| p.slot != 0)
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .collect();
     mem.slots.retain(&|k| live.contains(k));
-    mem.modes.retain(|k, _| snap.kube.pods.iter().any(|p| &p.key() == k));
+    mem.modes
+        .retain(|k, _| snap.kube.pods.iter().any(|p| &p.key() == k));
     Plan {
         state,
         pods,

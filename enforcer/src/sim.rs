@@ -40,7 +40,10 @@ pub fn sh(args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {args:?}"))?;
     if !out.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -52,7 +55,10 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
     std::thread::spawn(move || {
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow!("setns into {path}: {}", std::io::Error::last_os_error()));
+            return Err(anyhow!(
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(f())
     })
@@ -69,7 +75,10 @@ pub fn spawn_in_netns<T: Send + 'static>(
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
     Ok(std::thread::spawn(move || {
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow!("setns into {path}: {}", std::io::Error::last_os_error()));
+            return Err(anyhow!(
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(f())
     }))
@@ -98,7 +107,11 @@ impl SimPod {
 /// limited to 15 bytes; namespace names are not, but short ones read better).
 fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("ps{}x{}", std::process::id() % 100000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "ps{}x{}",
+        std::process::id() % 100000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub struct SimNode {
@@ -116,7 +129,12 @@ pub struct SimNode {
 
 impl SimNode {
     pub fn pod_ns(&self, name: &str) -> &str {
-        &self.pods.iter().find(|(p, _)| p.name == name).expect("no such pod").1
+        &self
+            .pods
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .expect("no such pod")
+            .1
     }
 
     /// Builds the namespaces, links and addresses, and the fabric's tagging programs.
@@ -159,24 +177,111 @@ impl SimNode {
         let (fab, node) = (self.fabric_ns.clone(), self.node_ns.clone());
         self.add_ns(&fab)?;
         self.add_ns(&node)?;
-        sh(&["ip", "link", "add", "trunk0", "netns", &node, "type", "veth", "peer", "name", "fab0", "netns", &fab])?;
-        sh(&["ip", "-n", &fab, "link", "set", "fab0", "address", FABRIC_MAC, "up"])?;
-        sh(&["ip", "-n", &node, "link", "set", "trunk0", "address", TRUNK_MAC, "up"])?;
-        sh(&["ip", "-n", &fab, "addr", "add", &format!("{FABRIC_IPV4}/16"), "dev", "fab0"])?;
-        sh(&["ip", "-n", &fab, "addr", "add", &format!("{FABRIC_IPV6}/32"), "dev", "fab0", "nodad"])?;
-        sh(&["ip", "-n", &node, "addr", "add", &format!("{NODE_IPV4}/16"), "dev", "trunk0"])?;
-        sh(&["ip", "-n", &node, "addr", "add", &format!("{NODE_IPV6}/32"), "dev", "trunk0", "nodad"])?;
+        sh(&[
+            "ip", "link", "add", "trunk0", "netns", &node, "type", "veth", "peer", "name", "fab0",
+            "netns", &fab,
+        ])?;
+        sh(&[
+            "ip", "-n", &fab, "link", "set", "fab0", "address", FABRIC_MAC, "up",
+        ])?;
+        sh(&[
+            "ip", "-n", &node, "link", "set", "trunk0", "address", TRUNK_MAC, "up",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &fab,
+            "addr",
+            "add",
+            &format!("{FABRIC_IPV4}/16"),
+            "dev",
+            "fab0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &fab,
+            "addr",
+            "add",
+            &format!("{FABRIC_IPV6}/32"),
+            "dev",
+            "fab0",
+            "nodad",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{NODE_IPV4}/16"),
+            "dev",
+            "trunk0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{NODE_IPV6}/32"),
+            "dev",
+            "trunk0",
+            "nodad",
+        ])?;
         // The node reaches pods through the VPC, as in strict mode on EC2.
-        sh(&["ip", "-n", &node, "route", "add", "10.0.1.0/24", "via", FABRIC_IPV4])?;
-        sh(&["ip", "-n", &node, "-6", "route", "add", "fd00:10:1::/64", "via", FABRIC_IPV6])?;
-        sh(&["ip", "-n", &node, "-6", "route", "add", "fd00:10:2::/64", "via", FABRIC_IPV6])?;
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "route",
+            "add",
+            "10.0.1.0/24",
+            "via",
+            FABRIC_IPV4,
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "-6",
+            "route",
+            "add",
+            "fd00:10:1::/64",
+            "via",
+            FABRIC_IPV6,
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "-6",
+            "route",
+            "add",
+            "fd00:10:2::/64",
+            "via",
+            FABRIC_IPV6,
+        ])?;
         for (ns, ip, mac, dev) in [
             (&fab, NODE_IPV4, TRUNK_MAC, "fab0"),
             (&fab, NODE_IPV6, TRUNK_MAC, "fab0"),
             (&node, FABRIC_IPV4, FABRIC_MAC, "trunk0"),
             (&node, FABRIC_IPV6, FABRIC_MAC, "trunk0"),
         ] {
-            sh(&["ip", "-n", ns, "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"])?;
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
         }
         Self::sysctl(
             &fab,
@@ -191,7 +296,16 @@ impl SimNode {
         )?;
         for r in remote {
             let plen = if r.contains(':') { "128" } else { "32" };
-            sh(&["ip", "-n", &fab, "addr", "add", &format!("{r}/{plen}"), "dev", "lo"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &fab,
+                "addr",
+                "add",
+                &format!("{r}/{plen}"),
+                "dev",
+                "lo",
+            ])?;
         }
 
         let mut vlan_by_mac = BTreeMap::new();
@@ -199,24 +313,124 @@ impl SimNode {
             let pns = format!("{}-{}", self.prefix, p.name);
             self.add_ns(&pns)?;
             let host = host_veth_name("sg", &p.namespace, &p.name);
-            sh(&["ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0", "netns", &pns])?;
+            sh(&[
+                "ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0",
+                "netns", &pns,
+            ])?;
             let host_mac = format!("02:ee:00:00:{:02x}:{:02x}", p.vlan >> 8, p.vlan & 0xff);
-            sh(&["ip", "-n", &node, "link", "set", &host, "address", &host_mac, "up"])?;
-            sh(&["ip", "-n", &pns, "link", "set", "eth0", "address", &p.mac, "up"])?;
-            sh(&["ip", "-n", &pns, "addr", "add", &format!("{}/32", p.ipv4), "dev", "eth0"])?;
-            sh(&["ip", "-n", &pns, "addr", "add", &format!("{}/128", p.ipv6), "dev", "eth0", "nodad"])?;
+            sh(&[
+                "ip", "-n", &node, "link", "set", &host, "address", &host_mac, "up",
+            ])?;
+            sh(&[
+                "ip", "-n", &pns, "link", "set", "eth0", "address", &p.mac, "up",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &pns,
+                "addr",
+                "add",
+                &format!("{}/32", p.ipv4),
+                "dev",
+                "eth0",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &pns,
+                "addr",
+                "add",
+                &format!("{}/128", p.ipv6),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             // The AWS VPC CNI's pod gateway: 169.254.1.1 / fe80::1 at the host veth's MAC,
             // permanent, so the pod never ARPs.
-            sh(&["ip", "-n", &pns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-            sh(&["ip", "-n", &pns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
-            sh(&["ip", "-n", &pns, "neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-            sh(&["ip", "-n", &pns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"])?;
-            sh(&["ip", "-n", &pns, "-6", "neigh", "replace", "fe80::1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-            Self::sysctl(&pns, &["net.ipv4.conf.all.accept_redirects=0", "net.ipv6.conf.all.accept_redirects=0", "net.ipv6.conf.eth0.accept_redirects=0"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &pns,
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &pns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &pns,
+                "neigh",
+                "replace",
+                "169.254.1.1",
+                "lladdr",
+                &host_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            sh(&[
+                "ip", "-n", &pns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &pns,
+                "-6",
+                "neigh",
+                "replace",
+                "fe80::1",
+                "lladdr",
+                &host_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+            Self::sysctl(
+                &pns,
+                &[
+                    "net.ipv4.conf.all.accept_redirects=0",
+                    "net.ipv6.conf.all.accept_redirects=0",
+                    "net.ipv6.conf.eth0.accept_redirects=0",
+                ],
+            )?;
             for ip in [&p.ipv4, &p.ipv6] {
-                sh(&["ip", "-n", &fab, "neigh", "replace", ip, "lladdr", &p.mac, "dev", "fab0", "nud", "permanent"])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &fab,
+                    "neigh",
+                    "replace",
+                    ip,
+                    "lladdr",
+                    &p.mac,
+                    "dev",
+                    "fab0",
+                    "nud",
+                    "permanent",
+                ])?;
             }
-            vlan_by_mac.insert(crate::sources::kube::parse_mac(&p.mac).context("pod mac")?, p.vlan);
+            vlan_by_mac.insert(
+                crate::sources::kube::parse_mac(&p.mac).context("pod mac")?,
+                p.vlan,
+            );
             self.pods.push((p.clone(), pns));
         }
 
@@ -224,16 +438,19 @@ impl SimNode {
         let dp = in_netns(&fab, move || -> Result<Datapath> {
             let mut dp = Datapath::load(None)?;
             {
-                let mut m: BpfHashMap<_, [u8; 8], u32> =
-                    BpfHashMap::try_from(dp.ebpf().map_mut(map_names::FABRIC_VLAN_BY_MAC).unwrap())?;
+                let mut m: BpfHashMap<_, [u8; 8], u32> = BpfHashMap::try_from(
+                    dp.ebpf().map_mut(map_names::FABRIC_VLAN_BY_MAC).unwrap(),
+                )?;
                 for (mac, vlan) in &vlan_by_mac {
                     let mut k = [0u8; 8];
                     k[..6].copy_from_slice(mac);
                     m.insert(k, *vlan as u32, 0)?;
                 }
             }
-            dp.program(prog_names::FABRIC_INGRESS)?.attach("fab0", TcAttachType::Ingress)?;
-            dp.program(prog_names::FABRIC_EGRESS)?.attach("fab0", TcAttachType::Egress)?;
+            dp.program(prog_names::FABRIC_INGRESS)?
+                .attach("fab0", TcAttachType::Ingress)?;
+            dp.program(prog_names::FABRIC_EGRESS)?
+                .attach("fab0", TcAttachType::Egress)?;
             Ok(dp)
         })??;
         self.fabric_dp = Some(dp);
@@ -271,18 +488,21 @@ impl SimNode {
     pub fn wait_generation(&mut self, g: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(child) = self.daemon.as_mut() {
-                if let Some(st) = child.try_wait()? {
-                    bail!("daemon exited with {st}; log:\n{}", self.daemon_log());
-                }
+            if let Some(child) = self.daemon.as_mut()
+                && let Some(st) = child.try_wait()?
+            {
+                bail!("daemon exited with {st}; log:\n{}", self.daemon_log());
             }
-            if let Ok(s) = self.status() {
-                if s.generation >= g {
-                    return Ok(());
-                }
+            if let Ok(s) = self.status()
+                && s.generation >= g
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("daemon did not reach generation {g} within 20 s; log:\n{}", self.daemon_log());
+                bail!(
+                    "daemon did not reach generation {g} within 20 s; log:\n{}",
+                    self.daemon_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -317,9 +537,15 @@ impl SimNode {
 
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
-        let Some(dp) = self.fabric_dp.as_ref() else { return 0 };
-        let Some(map) = dp.map(map_names::FABRIC_VLAN_SEEN) else { return 0 };
-        let Ok(m) = aya::maps::HashMap::<_, u32, u64>::try_from(map) else { return 0 };
+        let Some(dp) = self.fabric_dp.as_ref() else {
+            return 0;
+        };
+        let Some(map) = dp.map(map_names::FABRIC_VLAN_SEEN) else {
+            return 0;
+        };
+        let Ok(m) = aya::maps::HashMap::<_, u32, u64>::try_from(map) else {
+            return 0;
+        };
         m.get(&(vlan as u32), 0).unwrap_or(0)
     }
 
@@ -328,14 +554,24 @@ impl SimNode {
     pub fn set_resolver(&self, ns: &str, nameserver: &str, search: &str) -> Result<()> {
         let dir = PathBuf::from("/etc/netns").join(ns);
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\nsearch {search}\noptions timeout:1 attempts:1\n"))?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\nsearch {search}\noptions timeout:1 attempts:1\n"),
+        )?;
         Ok(())
     }
 
     /// Starts a long-running program in a namespace; killed when the node is dropped.
     pub fn spawn(&mut self, ns: &str, args: &[&str]) -> Result<()> {
-        let name = Path::new(args[0]).file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let log = File::create(self.workdir.join(format!("{}-{name}.log", self.children.len())))?;
+        let name = Path::new(args[0])
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let log = File::create(
+            self.workdir
+                .join(format!("{}-{name}.log", self.children.len())),
+        )?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .args(args)
@@ -363,7 +599,11 @@ impl SimNode {
 
     /// As `ping`, from a chosen source address.
     pub fn ping_from(&self, ns: &str, src: Option<&str>, dst: &str) -> bool {
-        let fam = if dst.parse::<IpAddr>().map(|a| a.is_ipv6()).unwrap_or(false) { "-6" } else { "-4" };
+        let fam = if dst.parse::<IpAddr>().map(|a| a.is_ipv6()).unwrap_or(false) {
+            "-6"
+        } else {
+            "-4"
+        };
         let mut args = vec!["ping", fam, "-c", "1", "-W", "1"];
         if let Some(s) = src {
             args.extend(["-I", s]);
@@ -399,7 +639,12 @@ impl Drop for SimNode {
 }
 
 /// Writes the daemon's config for this node (strict mode, fabric as the VPC router).
-pub fn write_config(sim: &SimNode, groups_json: &str, k8s_yaml: &str, extra_node: &str) -> Result<PathBuf> {
+pub fn write_config(
+    sim: &SimNode,
+    groups_json: &str,
+    k8s_yaml: &str,
+    extra_node: &str,
+) -> Result<PathBuf> {
     let dir = &sim.workdir;
     std::fs::write(dir.join("groups.json"), groups_json)?;
     std::fs::write(dir.join("k8s.yaml"), k8s_yaml)?;

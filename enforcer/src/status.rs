@@ -68,7 +68,10 @@ impl NodeStatus {
             self.flows,
             self.generation
         ));
-        out.push_str(&format!("always allowed: {}\n", self.always_allowed.join(", ")));
+        out.push_str(&format!(
+            "always allowed: {}\n",
+            self.always_allowed.join(", ")
+        ));
         for e in &self.source_errors {
             out.push_str(&format!("source error: {e}\n"));
         }
@@ -79,10 +82,17 @@ impl NodeStatus {
         for p in &self.pods {
             let (mut allowed, mut dropped) = (0, 0);
             for (k, v) in &p.counters {
-                if k.starts_with("drop") { dropped += v[0] } else { allowed += v[0] }
+                if k.starts_with("drop") {
+                    dropped += v[0]
+                } else {
+                    allowed += v[0]
+                }
             }
             let state = serde_json::to_value(p.state).unwrap();
-            let mode = p.mode.map(|m| format!("{m:?}").to_lowercase()).unwrap_or("-".into());
+            let mode = p
+                .mode
+                .map(|m| format!("{m:?}").to_lowercase())
+                .unwrap_or("-".into());
             out.push_str(&format!(
                 "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>9} {:>9}  {}{}\n",
                 format!("{}/{}", p.namespace, p.name),
@@ -94,7 +104,10 @@ impl NodeStatus {
                 allowed,
                 dropped,
                 p.groups.join(","),
-                p.error.as_ref().map(|e| format!("  ERROR: {e}")).unwrap_or_default()
+                p.error
+                    .as_ref()
+                    .map(|e| format!("  ERROR: {e}"))
+                    .unwrap_or_default()
             ));
         }
         out

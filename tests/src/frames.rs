@@ -5,12 +5,28 @@ use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, VlanId, icmpv4, icmpv6};
 
 #[derive(Clone, Copy, Debug)]
 pub enum L4 {
-    Syn { sport: u16, dport: u16 },
-    SynAck { sport: u16, dport: u16 },
-    Ack { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
-    EchoRequest { id: u16 },
-    EchoReply { id: u16 },
+    Syn {
+        sport: u16,
+        dport: u16,
+    },
+    SynAck {
+        sport: u16,
+        dport: u16,
+    },
+    Ack {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    EchoRequest {
+        id: u16,
+    },
+    EchoReply {
+        id: u16,
+    },
     /// Port unreachable (v4) / port unreachable (v6) quoting `quoted`'s IP packet.
     PortUnreachable,
     Gre,
@@ -59,19 +75,36 @@ impl Frame {
                 let ip = $ip;
                 let payload = self.quoted.clone().unwrap_or_default();
                 match self.l4 {
-                    L4::Syn { sport, dport } => ip.tcp(sport, dport, 1000, 64000).syn().write(&mut out, &[]),
-                    L4::SynAck { sport, dport } => ip.tcp(sport, dport, 5000, 64000).syn().ack(1001).write(&mut out, &[]),
-                    L4::Ack { sport, dport } => ip.tcp(sport, dport, 1001, 64000).ack(5001).write(&mut out, b"hello"),
+                    L4::Syn { sport, dport } => {
+                        ip.tcp(sport, dport, 1000, 64000).syn().write(&mut out, &[])
+                    }
+                    L4::SynAck { sport, dport } => ip
+                        .tcp(sport, dport, 5000, 64000)
+                        .syn()
+                        .ack(1001)
+                        .write(&mut out, &[]),
+                    L4::Ack { sport, dport } => ip
+                        .tcp(sport, dport, 1001, 64000)
+                        .ack(5001)
+                        .write(&mut out, b"hello"),
                     L4::Udp { sport, dport } => ip.udp(sport, dport).write(&mut out, b"ping"),
-                    L4::EchoRequest { id } if $v6 => ip.icmpv6_echo_request(id, 1).write(&mut out, b"x"),
+                    L4::EchoRequest { id } if $v6 => {
+                        ip.icmpv6_echo_request(id, 1).write(&mut out, b"x")
+                    }
                     L4::EchoRequest { id } => ip.icmpv4_echo_request(id, 1).write(&mut out, b"x"),
-                    L4::EchoReply { id } if $v6 => ip.icmpv6_echo_reply(id, 1).write(&mut out, b"x"),
+                    L4::EchoReply { id } if $v6 => {
+                        ip.icmpv6_echo_reply(id, 1).write(&mut out, b"x")
+                    }
                     L4::EchoReply { id } => ip.icmpv4_echo_reply(id, 1).write(&mut out, b"x"),
                     L4::PortUnreachable if $v6 => ip
-                        .icmpv6(Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port))
+                        .icmpv6(Icmpv6Type::DestinationUnreachable(
+                            icmpv6::DestUnreachableCode::Port,
+                        ))
                         .write(&mut out, &payload),
                     L4::PortUnreachable => ip
-                        .icmpv4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port))
+                        .icmpv4(Icmpv4Type::DestinationUnreachable(
+                            icmpv4::DestUnreachableHeader::Port,
+                        ))
                         .write(&mut out, &payload),
                     L4::Gre => unreachable!(),
                 }
@@ -84,12 +117,23 @@ impl Frame {
                     return self.raw_v4(47);
                 }
                 match self.vlan {
-                    Some(v) => l4!(eth.single_vlan(VlanId::try_new(v).unwrap()).ipv4(s.octets(), d.octets(), 64), false),
+                    Some(v) => l4!(
+                        eth.single_vlan(VlanId::try_new(v).unwrap()).ipv4(
+                            s.octets(),
+                            d.octets(),
+                            64
+                        ),
+                        false
+                    ),
                     None => l4!(eth.ipv4(s.octets(), d.octets(), 64), false),
                 }
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => match self.vlan {
-                Some(v) => l4!(eth.single_vlan(VlanId::try_new(v).unwrap()).ipv6(s.octets(), d.octets(), 64), true),
+                Some(v) => l4!(
+                    eth.single_vlan(VlanId::try_new(v).unwrap())
+                        .ipv6(s.octets(), d.octets(), 64),
+                    true
+                ),
                 None => l4!(eth.ipv6(s.octets(), d.octets(), 64), true),
             },
             _ => panic!("mixed address families"),
@@ -99,7 +143,9 @@ impl Frame {
 
     /// An IPv4 packet of another protocol (no L4 parsing), for "other protocols".
     fn raw_v4(&self, proto: u8) -> Vec<u8> {
-        let (IpAddr::V4(s), IpAddr::V4(d)) = (self.src, self.dst) else { panic!() };
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (self.src, self.dst) else {
+            panic!()
+        };
         let mut out = Vec::new();
         out.extend_from_slice(&self.dst_mac);
         out.extend_from_slice(&self.src_mac);
@@ -108,7 +154,9 @@ impl Frame {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out.extend_from_slice(&[0x08, 0x00]);
-        let ip = etherparse::Ipv4Header::new(4, 64, etherparse::IpNumber(proto), s.octets(), d.octets()).unwrap();
+        let ip =
+            etherparse::Ipv4Header::new(4, 64, etherparse::IpNumber(proto), s.octets(), d.octets())
+                .unwrap();
         ip.write(&mut out).unwrap();
         out.extend_from_slice(&[0, 0, 0x08, 0x00]);
         out

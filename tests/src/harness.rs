@@ -53,7 +53,12 @@ pub fn node_config() -> Config {
 
 /// A pod manifest with its branch ENI annotation and labels.
 pub fn pod_yaml(p: &TestPod, labels: &str) -> String {
-    let mac = p.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mac = p
+        .mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
     format!(
         "---\nkind: Pod\nmetadata:\n  name: {}\n  namespace: test\n  labels: {labels}\n  annotations:\n    vpc.amazonaws.com/pod-eni: '[{{\"eniId\":\"eni-{}\",\"ifAddress\":\"{mac}\",\"privateIp\":\"{}\",\"ipv6Addr\":\"{}\",\"vlanId\":{}}}]'\n",
         p.name, p.name, p.ipv4, p.ipv6, p.vlan
@@ -72,7 +77,12 @@ impl Harness {
         let cfg = node_config();
         let mut dp = Datapath::load(None).expect("load programs");
         dp.set_node_config(&kernel_node_config(&cfg, 1)).unwrap();
-        Harness { dp, mem: Memory::default(), cfg, last: None }
+        Harness {
+            dp,
+            mem: Memory::default(),
+            cfg,
+            last: None,
+        }
     }
 
     /// Programs the maps from DescribeSecurityGroups JSON and Kubernetes YAML.
@@ -90,7 +100,11 @@ impl Harness {
             // The client pod sits on lo; others get made-up interfaces (test_run never
             // delivers, so only their VLAN matters).
             Some(Iface {
-                ifindex: if name == client_if { 1 } else { 1000 + name.len() as u32 + name.as_bytes()[name.len() - 1] as u32 },
+                ifindex: if name == client_if {
+                    1
+                } else {
+                    1000 + name.len() as u32 + name.as_bytes()[name.len() - 1] as u32
+                },
                 mac: HOST_MAC,
             })
         });
@@ -104,7 +118,14 @@ impl Harness {
     }
 
     pub fn slot(&self, pod: &str) -> u32 {
-        self.last.as_ref().unwrap().pods.iter().find(|p| p.name == pod).map(|p| p.slot).unwrap()
+        self.last
+            .as_ref()
+            .unwrap()
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .map(|p| p.slot)
+            .unwrap()
     }
 
     /// Runs one frame through a program: (return value, frame out).
@@ -112,7 +133,11 @@ impl Harness {
         let mut out = vec![0u8; frame.len() + 64];
         let p = self.dp.program(prog).unwrap();
         let r = p
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
             .unwrap();
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
@@ -122,7 +147,11 @@ impl Harness {
     pub fn time(&mut self, prog: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
         let p = self.dp.program(prog).unwrap();
         let r = p
-            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::new()
+            })
             .unwrap();
         (r.return_value, r.duration.as_nanos() as f64)
     }

@@ -33,13 +33,19 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
         let tcp = TcpListener::bind(addr);
         let udp = UdpSocket::bind(addr);
         let ok = tcp.is_ok() && udp.is_ok();
-        let _ = tx.send(tcp.as_ref().err().or(udp.as_ref().err()).map(|e| e.to_string()));
+        let _ = tx.send(
+            tcp.as_ref()
+                .err()
+                .or(udp.as_ref().err())
+                .map(|e| e.to_string()),
+        );
         if !ok {
             return;
         }
         let (tcp, udp) = (tcp.unwrap(), udp.unwrap());
         tcp.set_nonblocking(true).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
             if let Ok((mut c, _)) = tcp.accept() {
@@ -57,7 +63,9 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
                                     break;
                                 }
                             }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
                             Err(_) => break,
                         }
                     }
@@ -68,7 +76,10 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
             }
         }
     })?;
-    match rx.recv_timeout(Duration::from_secs(5)).context("echo server did not start")? {
+    match rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("echo server did not start")?
+    {
         None => Ok(EchoServer { stop }),
         Some(e) => anyhow::bail!("echo server on {addr} in {ns}: {e}"),
     }
@@ -104,7 +115,11 @@ pub fn tcp_connect(ns: &str, addr: &str) -> Result<TcpStream> {
 pub fn udp_echo(ns: &str, addr: &str) -> Result<bool> {
     let addr: SocketAddr = addr.parse()?;
     in_netns(ns, move || {
-        let bind = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let bind = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
         let s = UdpSocket::bind(bind).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         if s.send_to(b"podsg", addr).is_err() {

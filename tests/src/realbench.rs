@@ -28,7 +28,9 @@ pub struct StatsGuard(String);
 
 impl StatsGuard {
     pub fn enable() -> Result<StatsGuard> {
-        let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?.trim().to_string();
+        let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")?
+            .trim()
+            .to_string();
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
         Ok(StatsGuard(prev))
     }
@@ -51,10 +53,18 @@ pub struct Measured {
     pub fabric_egress_flood: f64,
 }
 
-fn delta(before: &HashMap<String, (u64, u64)>, after: &HashMap<String, (u64, u64)>, name: &str) -> f64 {
+fn delta(
+    before: &HashMap<String, (u64, u64)>,
+    after: &HashMap<String, (u64, u64)>,
+    name: &str,
+) -> f64 {
     let (t0, c0) = before.get(name).copied().unwrap_or_default();
     let (t1, c1) = after.get(name).copied().unwrap_or_default();
-    if c1 <= c0 { f64::NAN } else { (t1 - t0) as f64 / (c1 - c0) as f64 }
+    if c1 <= c0 {
+        f64::NAN
+    } else {
+        (t1 - t0) as f64 / (c1 - c0) as f64
+    }
 }
 
 /// UDP echo through pod -> trunk -> VPC and back, `n` packets on one flow, then `new`
@@ -72,7 +82,12 @@ impl RealBench {
             "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: bench}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-0, sg-1, sg-2, sg-3, sg-4]}}}}\n{}",
             pods_yaml(std::slice::from_ref(&pod), &|_| "{}".into())
         );
-        let cfg = write_config(&sim, groups_json, &k8s, "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n")?;
+        let cfg = write_config(
+            &sim,
+            groups_json,
+            &k8s,
+            "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n",
+        )?;
         sim.start_daemon(enforcer_bin, &cfg)?;
         let ns = sim.pod_ns("pod").to_string();
         Ok(RealBench { sim, ns })

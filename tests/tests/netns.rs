@@ -11,7 +11,11 @@ fn enforcer_bin() -> PathBuf {
     // target/<profile>/deps/netns-* -> target/<profile>/enforcer
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("enforcer");
-    assert!(bin.exists(), "{} missing: build it first (`cargo xtask test` does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
     bin
 }
 
@@ -61,11 +65,20 @@ fn node() -> Node {
     let other = sim_pod("shop", "other", 3);
     let pods = vec![web.clone(), client.clone(), other];
     let mut sim = SimNode::build(&pods, REMOTE).expect("build simulated node");
-    let k8s = format!("{}{}", policies(), pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name)));
+    let k8s = format!(
+        "{}{}",
+        policies(),
+        pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name))
+    );
     let cfg = write_config(&sim, &groups(), &k8s, "").unwrap();
     sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
     let groups_path = sim.workdir.join("groups.json");
-    Node { sim, web, client, groups_path }
+    Node {
+        sim,
+        web,
+        client,
+        groups_path,
+    }
 }
 
 fn v4(ip: &str, port: u16) -> String {
@@ -79,27 +92,70 @@ fn v6(ip: &str, port: u16) -> String {
 fn outbound_rules_tcp_udp_icmp_both_families() {
     let n = node();
     let st = n.sim.status().unwrap();
-    assert!(st.pods.iter().all(|p| p.error.is_none()), "{}", st.render_table());
-    let _s: Vec<_> = ["10.0.2.5:443", "[fd00:10:2::5]:443", "10.0.2.6:443", "10.0.2.5:22", "10.0.2.5:5353", "[fd00:10:2::5]:5353", "10.0.2.6:5353"]
-        .iter()
-        .map(|a| echo_server(&n.sim.fabric_ns, a).unwrap())
-        .collect();
+    assert!(
+        st.pods.iter().all(|p| p.error.is_none()),
+        "{}",
+        st.render_table()
+    );
+    let _s: Vec<_> = [
+        "10.0.2.5:443",
+        "[fd00:10:2::5]:443",
+        "10.0.2.6:443",
+        "10.0.2.5:22",
+        "10.0.2.5:5353",
+        "[fd00:10:2::5]:5353",
+        "10.0.2.6:5353",
+    ]
+    .iter()
+    .map(|a| echo_server(&n.sim.fabric_ns, a).unwrap())
+    .collect();
     let ns = n.sim.pod_ns("web").to_string();
     assert!(tcp_echo(&ns, "10.0.2.5:443").unwrap(), "tcp v4 allowed");
-    assert!(tcp_echo(&ns, "[fd00:10:2::5]:443").unwrap(), "tcp v6 allowed\n{}", n.sim.status().unwrap().render_table());
-    assert!(!tcp_echo(&ns, "10.0.2.6:443").unwrap(), "tcp v4 to a host no rule names");
-    assert!(!tcp_echo(&ns, "10.0.2.5:22").unwrap(), "tcp v4 to a port no rule names");
-    assert!(udp_echo(&ns, "10.0.2.5:5353").unwrap(), "udp v4 allowed, reply by state");
-    assert!(udp_echo(&ns, "[fd00:10:2::5]:5353").unwrap(), "udp v6 allowed");
+    assert!(
+        tcp_echo(&ns, "[fd00:10:2::5]:443").unwrap(),
+        "tcp v6 allowed\n{}",
+        n.sim.status().unwrap().render_table()
+    );
+    assert!(
+        !tcp_echo(&ns, "10.0.2.6:443").unwrap(),
+        "tcp v4 to a host no rule names"
+    );
+    assert!(
+        !tcp_echo(&ns, "10.0.2.5:22").unwrap(),
+        "tcp v4 to a port no rule names"
+    );
+    assert!(
+        udp_echo(&ns, "10.0.2.5:5353").unwrap(),
+        "udp v4 allowed, reply by state"
+    );
+    assert!(
+        udp_echo(&ns, "[fd00:10:2::5]:5353").unwrap(),
+        "udp v6 allowed"
+    );
     assert!(!udp_echo(&ns, "10.0.2.6:5353").unwrap(), "udp v4 denied");
-    assert!(n.sim.ping(&ns, "10.0.2.6"), "icmp echo v4 allowed out, reply by state");
+    assert!(
+        n.sim.ping(&ns, "10.0.2.6"),
+        "icmp echo v4 allowed out, reply by state"
+    );
     assert!(n.sim.ping(&ns, "fd00:10:2::6"), "icmpv6 echo allowed out");
     let st = n.sim.status().unwrap();
     let web = st.pods.iter().find(|p| p.name == "web").unwrap();
-    assert!(web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3, "{:?}", web.counters);
-    assert!(web.counters.get("allow_flow").map(|c| c[0]).unwrap_or(0) > 0, "{:?}", web.counters);
+    assert!(
+        web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3,
+        "{:?}",
+        web.counters
+    );
+    assert!(
+        web.counters.get("allow_flow").map(|c| c[0]).unwrap_or(0) > 0,
+        "{:?}",
+        web.counters
+    );
     // Every allowed frame left the trunk tagged with web's VLAN (and no other pod sent).
-    assert!(n.sim.fabric_frames_on_vlan(n.web.vlan) >= 10, "web's frames carry VLAN {}", n.web.vlan);
+    assert!(
+        n.sim.fabric_frames_on_vlan(n.web.vlan) >= 10,
+        "web's frames carry VLAN {}",
+        n.web.vlan
+    );
     assert_eq!(n.sim.fabric_frames_on_vlan(n.client.vlan), 0);
 }
 
@@ -116,21 +172,53 @@ fn inbound_rules_and_same_node_pods_checked_on_both_sides() {
     let _c4 = echo_server(&client_ns, "0.0.0.0:9000").unwrap();
     // client -> web: client's outbound allows all, web's inbound admits sg-client
     // (a referenced group whose member is the client pod). Hairpinned via the VPC.
-    assert!(tcp_echo(&client_ns, &v4(&n.web.ipv4, 8080)).unwrap(), "client -> web v4");
-    assert!(tcp_echo(&client_ns, &v6(&n.web.ipv6, 8080)).unwrap(), "client -> web v6");
+    assert!(
+        tcp_echo(&client_ns, &v4(&n.web.ipv4, 8080)).unwrap(),
+        "client -> web v4"
+    );
+    assert!(
+        tcp_echo(&client_ns, &v6(&n.web.ipv6, 8080)).unwrap(),
+        "client -> web v6"
+    );
     // other -> web: other's outbound allows all, but web's inbound does not admit it.
-    assert!(!tcp_echo(&other_ns, &v4(&n.web.ipv4, 8080)).unwrap(), "receiver's inbound decides");
+    assert!(
+        !tcp_echo(&other_ns, &v4(&n.web.ipv4, 8080)).unwrap(),
+        "receiver's inbound decides"
+    );
     // web -> client:9000: client's inbound admits sg-web, but web's outbound does not
     // allow it.
-    assert!(!tcp_echo(&web_ns, &v4(&n.client.ipv4, 9000)).unwrap(), "sender's outbound decides");
+    assert!(
+        !tcp_echo(&web_ns, &v4(&n.client.ipv4, 9000)).unwrap(),
+        "sender's outbound decides"
+    );
     // ICMP from the VPC: admitted from 10.0.2.5 only.
-    assert!(n.sim.ping_from(&n.sim.fabric_ns, Some("10.0.2.5"), &n.web.ipv4), "icmp from 10.0.2.5");
-    assert!(!n.sim.ping_from(&n.sim.fabric_ns, Some("10.0.2.6"), &n.web.ipv4), "icmp from 10.0.2.6");
-    assert!(n.sim.ping_from(&n.sim.fabric_ns, Some("fd00:10:2::5"), &n.web.ipv6), "icmpv6 from ::5");
-    assert!(!n.sim.ping_from(&n.sim.fabric_ns, Some("fd00:10:2::6"), &n.web.ipv6), "icmpv6 from ::6");
+    assert!(
+        n.sim
+            .ping_from(&n.sim.fabric_ns, Some("10.0.2.5"), &n.web.ipv4),
+        "icmp from 10.0.2.5"
+    );
+    assert!(
+        !n.sim
+            .ping_from(&n.sim.fabric_ns, Some("10.0.2.6"), &n.web.ipv4),
+        "icmp from 10.0.2.6"
+    );
+    assert!(
+        n.sim
+            .ping_from(&n.sim.fabric_ns, Some("fd00:10:2::5"), &n.web.ipv6),
+        "icmpv6 from ::5"
+    );
+    assert!(
+        !n.sim
+            .ping_from(&n.sim.fabric_ns, Some("fd00:10:2::6"), &n.web.ipv6),
+        "icmpv6 from ::6"
+    );
     let st = n.sim.status().unwrap();
     let web = st.pods.iter().find(|p| p.name == "web").unwrap();
-    assert!(web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3, "{}", st.render_table());
+    assert!(
+        web.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0) >= 3,
+        "{}",
+        st.render_table()
+    );
 }
 
 #[test]
@@ -138,11 +226,23 @@ fn strict_mode_checks_traffic_to_the_node() {
     let n = node();
     let _srv = echo_server(&n.sim.node_ns, "10.0.0.10:7000").unwrap();
     // web's outbound allows no traffic to the node; client's allows all.
-    assert!(!tcp_echo(n.sim.pod_ns("web"), "10.0.0.10:7000").unwrap(), "web -> node denied");
-    assert!(tcp_echo(n.sim.pod_ns("client"), "10.0.0.10:7000").unwrap(), "client -> node allowed");
-    assert!(n.sim.ping(n.sim.pod_ns("client"), "fd00:10::10"), "client -> node v6");
+    assert!(
+        !tcp_echo(n.sim.pod_ns("web"), "10.0.0.10:7000").unwrap(),
+        "web -> node denied"
+    );
+    assert!(
+        tcp_echo(n.sim.pod_ns("client"), "10.0.0.10:7000").unwrap(),
+        "client -> node allowed"
+    );
+    assert!(
+        n.sim.ping(n.sim.pod_ns("client"), "fd00:10::10"),
+        "client -> node v6"
+    );
     // The node probing a pod is checked against the pod's inbound rules too.
-    assert!(!n.sim.ping(&n.sim.node_ns, &n.web.ipv4), "node -> web icmp not admitted");
+    assert!(
+        !n.sim.ping(&n.sim.node_ns, &n.web.ipv4),
+        "node -> web icmp not admitted"
+    );
 }
 
 #[test]
@@ -153,7 +253,10 @@ fn revoked_rule_stops_new_flows_but_not_an_established_one() {
     let ns = n.sim.pod_ns("web").to_string();
     let mut conn = tcp_connect(&ns, "10.0.2.5:443").expect("allowed before the change");
     assert!(exchange(&mut conn));
-    let revoked = groups().replace(r#""FromPort":443,"ToPort":443"#, r#""FromPort":444,"ToPort":444"#);
+    let revoked = groups().replace(
+        r#""FromPort":443,"ToPort":443"#,
+        r#""FromPort":444,"ToPort":444"#,
+    );
     std::fs::write(&n.groups_path, revoked).unwrap();
     n.sim.reload_daemon().unwrap();
     let st = n.sim.status().unwrap();

@@ -45,13 +45,21 @@ fn setup() -> Harness {
 
 /// From the client pod, as its host veth receives it.
 fn out(dst: &str, l4: L4) -> Frame {
-    let src = if dst.contains(':') { CLIENT.ipv6 } else { CLIENT.ipv4 };
+    let src = if dst.contains(':') {
+        CLIENT.ipv6
+    } else {
+        CLIENT.ipv4
+    };
     Frame::new(CLIENT.mac, HOST_MAC, src, dst, l4)
 }
 
 /// Toward the client pod, as the trunk receives it.
 fn into(src: &str, l4: L4) -> Frame {
-    let dst = if src.contains(':') { CLIENT.ipv6 } else { CLIENT.ipv4 };
+    let dst = if src.contains(':') {
+        CLIENT.ipv6
+    } else {
+        CLIENT.ipv4
+    };
     Frame::new(GW_MAC, CLIENT.mac, src, dst, l4).tagged(CLIENT.vlan)
 }
 
@@ -59,30 +67,156 @@ fn into(src: &str, l4: L4) -> Frame {
 fn pod_egress_table() {
     let mut h = setup();
     let slot = h.slot("client");
-    let syn = |d| L4::Syn { sport: 40000, dport: d };
+    let syn = |d| L4::Syn {
+        sport: 40000,
+        dport: d,
+    };
     let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
-        ("v4 tcp 443 allowed", out("10.0.2.5", syn(443)).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("v4 tcp 22 denied", out("10.0.2.5", syn(22)).bytes(), TC_ACT_SHOT, Reason::DropNoRule),
-        ("v4 tcp 443 outside prefix", out("10.0.9.5", syn(443)).bytes(), TC_ACT_SHOT, Reason::DropNoRule),
-        ("v6 tcp 443 allowed", out("fd00:10:2::5", syn(443)).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("v6 tcp 22 denied", out("fd00:10:2::5", syn(22)).bytes(), TC_ACT_SHOT, Reason::DropNoRule),
-        ("v4 udp 53 allowed", out("10.0.2.53", L4::Udp { sport: 5000, dport: 53 }).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("v4 udp 53 other host", out("10.0.2.54", L4::Udp { sport: 5000, dport: 53 }).bytes(), TC_ACT_SHOT, Reason::DropNoRule),
-        ("v6 udp 53 allowed", out("fd00:10:2::53", L4::Udp { sport: 5000, dport: 53 }).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("v4 echo allowed", out("10.0.2.7", L4::EchoRequest { id: 7 }).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("v6 echo allowed", out("fd00:10:2::7", L4::EchoRequest { id: 7 }).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("v4 echo reply not allowed out", out("10.0.2.7", L4::EchoReply { id: 9 }).bytes(), TC_ACT_SHOT, Reason::DropNoRule),
-        ("gre to allowed host", out("10.0.2.9", L4::Gre).bytes(), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("gre elsewhere", out("10.0.2.10", L4::Gre).bytes(), TC_ACT_SHOT, Reason::DropNoRule),
-        ("vpc resolver always allowed", out("10.0.0.2", L4::Udp { sport: 5001, dport: 53 }).bytes(), TC_ACT_REDIRECT, Reason::AllowAlways),
-        ("ipv4 options, port 443", with_ipv4_options(&out("10.0.2.5", L4::Syn { sport: 40100, dport: 443 }).bytes(), 14, 2), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("ipv4 options, port 22", with_ipv4_options(&out("10.0.2.5", syn(22)).bytes(), 14, 3), TC_ACT_SHOT, Reason::DropNoRule),
+        (
+            "v4 tcp 443 allowed",
+            out("10.0.2.5", syn(443)).bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "v4 tcp 22 denied",
+            out("10.0.2.5", syn(22)).bytes(),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "v4 tcp 443 outside prefix",
+            out("10.0.9.5", syn(443)).bytes(),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "v6 tcp 443 allowed",
+            out("fd00:10:2::5", syn(443)).bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "v6 tcp 22 denied",
+            out("fd00:10:2::5", syn(22)).bytes(),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "v4 udp 53 allowed",
+            out(
+                "10.0.2.53",
+                L4::Udp {
+                    sport: 5000,
+                    dport: 53,
+                },
+            )
+            .bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "v4 udp 53 other host",
+            out(
+                "10.0.2.54",
+                L4::Udp {
+                    sport: 5000,
+                    dport: 53,
+                },
+            )
+            .bytes(),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "v6 udp 53 allowed",
+            out(
+                "fd00:10:2::53",
+                L4::Udp {
+                    sport: 5000,
+                    dport: 53,
+                },
+            )
+            .bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "v4 echo allowed",
+            out("10.0.2.7", L4::EchoRequest { id: 7 }).bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "v6 echo allowed",
+            out("fd00:10:2::7", L4::EchoRequest { id: 7 }).bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "v4 echo reply not allowed out",
+            out("10.0.2.7", L4::EchoReply { id: 9 }).bytes(),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "gre to allowed host",
+            out("10.0.2.9", L4::Gre).bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "gre elsewhere",
+            out("10.0.2.10", L4::Gre).bytes(),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "vpc resolver always allowed",
+            out(
+                "10.0.0.2",
+                L4::Udp {
+                    sport: 5001,
+                    dport: 53,
+                },
+            )
+            .bytes(),
+            TC_ACT_REDIRECT,
+            Reason::AllowAlways,
+        ),
+        (
+            "ipv4 options, port 443",
+            with_ipv4_options(
+                &out(
+                    "10.0.2.5",
+                    L4::Syn {
+                        sport: 40100,
+                        dport: 443,
+                    },
+                )
+                .bytes(),
+                14,
+                2,
+            ),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "ipv4 options, port 22",
+            with_ipv4_options(&out("10.0.2.5", syn(22)).bytes(), 14, 3),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
     ];
     for (name, frame, want, reason) in cases {
         let before = h.counter(slot, reason);
         let (ret, bytes) = h.run(POD_EGRESS, &frame);
         assert_eq!(ret, want, "{name}");
-        assert_eq!(h.counter(slot, reason), before + 1, "{name}: counter {reason:?}");
+        assert_eq!(
+            h.counter(slot, reason),
+            before + 1,
+            "{name}: counter {reason:?}"
+        );
         if want == TC_ACT_REDIRECT {
             // Addressed to the VPC router, payload unchanged. The VLAN tag goes into skb
             // metadata, which test_run does not return; the namespace tests check the
@@ -98,10 +232,20 @@ fn pod_egress_table() {
 fn pod_egress_rejects_spoofing_and_junk() {
     let mut h = setup();
     let slot = h.slot("client");
-    let syn = L4::Syn { sport: 1, dport: 443 };
+    let syn = L4::Syn {
+        sport: 1,
+        dport: 443,
+    };
     let spoof_ip = Frame::new(CLIENT.mac, HOST_MAC, "10.0.1.99", "10.0.2.5", syn).bytes();
     let spoof_ip6 = Frame::new(CLIENT.mac, HOST_MAC, "fd00:10:1::99", "fd00:10:2::5", syn).bytes();
-    let spoof_mac = Frame::new([2, 0, 0, 0, 0, 0x99], HOST_MAC, CLIENT.ipv4, "10.0.2.5", syn).bytes();
+    let spoof_mac = Frame::new(
+        [2, 0, 0, 0, 0, 0x99],
+        HOST_MAC,
+        CLIENT.ipv4,
+        "10.0.2.5",
+        syn,
+    )
+    .bytes();
     let truncated = out("10.0.2.5", syn).bytes()[..14 + 20 + 6].to_vec();
     let tagged = out("10.0.2.5", syn).tagged(5).bytes();
     let mut arp = vec![0xffu8; 6];
@@ -128,13 +272,32 @@ fn pod_egress_rejects_spoofing_and_junk() {
 fn trunk_ingress_table() {
     let mut h = setup();
     let slot = h.slot("client");
-    let syn = |p| L4::Syn { sport: 50000, dport: p };
+    let syn = |p| L4::Syn {
+        sport: 50000,
+        dport: p,
+    };
     for (name, frame, want) in [
-        ("v4 8080 from allowed prefix", into("10.0.3.5", syn(8080)), TC_ACT_REDIRECT),
-        ("v6 8080 from allowed prefix", into("fd00:10:3::5", syn(8080)), TC_ACT_REDIRECT),
-        ("v4 8080 from elsewhere", into("10.0.4.5", syn(8080)), TC_ACT_SHOT),
+        (
+            "v4 8080 from allowed prefix",
+            into("10.0.3.5", syn(8080)),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "v6 8080 from allowed prefix",
+            into("fd00:10:3::5", syn(8080)),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            "v4 8080 from elsewhere",
+            into("10.0.4.5", syn(8080)),
+            TC_ACT_SHOT,
+        ),
         ("v4 other port", into("10.0.3.5", syn(8081)), TC_ACT_SHOT),
-        ("v6 other port", into("fd00:10:3::5", syn(8081)), TC_ACT_SHOT),
+        (
+            "v6 other port",
+            into("fd00:10:3::5", syn(8081)),
+            TC_ACT_SHOT,
+        ),
     ] {
         let bytes = frame.bytes();
         let (ret, outb) = h.run(TRUNK_INGRESS, &bytes);
@@ -149,7 +312,9 @@ fn trunk_ingress_table() {
     assert_eq!(h.counter(slot, Reason::AllowPolicy), 2);
     assert_eq!(h.counter(slot, Reason::DropNoRule), 3);
 
-    let unknown = Frame::new(GW_MAC, CLIENT.mac, "10.0.3.5", CLIENT.ipv4, syn(8080)).tagged(99).bytes();
+    let unknown = Frame::new(GW_MAC, CLIENT.mac, "10.0.3.5", CLIENT.ipv4, syn(8080))
+        .tagged(99)
+        .bytes();
     assert_eq!(h.run(TRUNK_INGRESS, &unknown).0, TC_ACT_SHOT);
     assert_eq!(h.counter(0, Reason::DropUnknownVlan), 1);
     // Untagged frames are the node's own traffic on the trunk: left to the stack.
@@ -162,28 +327,108 @@ fn replies_pass_by_state_only() {
     let mut h = setup();
     let slot = h.slot("client");
     // TCP: SYN out, SYN-ACK back passes by state; an unsolicited SYN-ACK does not.
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 40000, dport: 443 }).bytes()).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 40000,
+                    dport: 443
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
     assert_eq!(h.flow_count(), 1);
-    let synack = into("10.0.2.5", L4::SynAck { sport: 443, dport: 40000 });
+    let synack = into(
+        "10.0.2.5",
+        L4::SynAck {
+            sport: 443,
+            dport: 40000,
+        },
+    );
     assert_eq!(h.run(TRUNK_INGRESS, &synack.bytes()).0, TC_ACT_REDIRECT);
     assert_eq!(h.counter(slot, Reason::AllowFlow), 1);
     let flows = h.dp.flows().unwrap();
     assert_eq!(flows[0].1.state, enforcer_common::FLOW_TCP_ESTABLISHED);
-    let stray = into("10.0.2.6", L4::SynAck { sport: 443, dport: 40000 });
+    let stray = into(
+        "10.0.2.6",
+        L4::SynAck {
+            sport: 443,
+            dport: 40000,
+        },
+    );
     assert_eq!(h.run(TRUNK_INGRESS, &stray.bytes()).0, TC_ACT_SHOT);
-    let wrong_port = into("10.0.2.5", L4::SynAck { sport: 443, dport: 40001 });
+    let wrong_port = into(
+        "10.0.2.5",
+        L4::SynAck {
+            sport: 443,
+            dport: 40001,
+        },
+    );
     assert_eq!(h.run(TRUNK_INGRESS, &wrong_port.bytes()).0, TC_ACT_SHOT);
 
     // UDP and ICMP echo (v4 and v6).
     for (req, reply) in [
-        (out("10.0.2.53", L4::Udp { sport: 5353, dport: 53 }), into("10.0.2.53", L4::Udp { sport: 53, dport: 5353 })),
-        (out("fd00:10:2::53", L4::Udp { sport: 5353, dport: 53 }), into("fd00:10:2::53", L4::Udp { sport: 53, dport: 5353 })),
-        (out("10.0.2.7", L4::EchoRequest { id: 77 }), into("10.0.2.7", L4::EchoReply { id: 77 })),
-        (out("fd00:10:2::7", L4::EchoRequest { id: 78 }), into("fd00:10:2::7", L4::EchoReply { id: 78 })),
+        (
+            out(
+                "10.0.2.53",
+                L4::Udp {
+                    sport: 5353,
+                    dport: 53,
+                },
+            ),
+            into(
+                "10.0.2.53",
+                L4::Udp {
+                    sport: 53,
+                    dport: 5353,
+                },
+            ),
+        ),
+        (
+            out(
+                "fd00:10:2::53",
+                L4::Udp {
+                    sport: 5353,
+                    dport: 53,
+                },
+            ),
+            into(
+                "fd00:10:2::53",
+                L4::Udp {
+                    sport: 53,
+                    dport: 5353,
+                },
+            ),
+        ),
+        (
+            out("10.0.2.7", L4::EchoRequest { id: 77 }),
+            into("10.0.2.7", L4::EchoReply { id: 77 }),
+        ),
+        (
+            out("fd00:10:2::7", L4::EchoRequest { id: 78 }),
+            into("fd00:10:2::7", L4::EchoReply { id: 78 }),
+        ),
     ] {
-        assert_eq!(h.run(TRUNK_INGRESS, &reply.bytes()).0, TC_ACT_SHOT, "reply before request: {reply:?}");
-        assert_eq!(h.run(POD_EGRESS, &req.bytes()).0, TC_ACT_REDIRECT, "{req:?}");
-        assert_eq!(h.run(TRUNK_INGRESS, &reply.bytes()).0, TC_ACT_REDIRECT, "{reply:?}");
+        assert_eq!(
+            h.run(TRUNK_INGRESS, &reply.bytes()).0,
+            TC_ACT_SHOT,
+            "reply before request: {reply:?}"
+        );
+        assert_eq!(
+            h.run(POD_EGRESS, &req.bytes()).0,
+            TC_ACT_REDIRECT,
+            "{req:?}"
+        );
+        assert_eq!(
+            h.run(TRUNK_INGRESS, &reply.bytes()).0,
+            TC_ACT_REDIRECT,
+            "{reply:?}"
+        );
     }
     let other_id = into("10.0.2.7", L4::EchoReply { id: 79 });
     assert_eq!(h.run(TRUNK_INGRESS, &other_id.bytes()).0, TC_ACT_SHOT);
@@ -193,17 +438,39 @@ fn replies_pass_by_state_only() {
 fn icmp_errors_about_tracked_flows_only() {
     let mut h = setup();
     let slot = h.slot("client");
-    let req = out("10.0.2.53", L4::Udp { sport: 5353, dport: 53 });
+    let req = out(
+        "10.0.2.53",
+        L4::Udp {
+            sport: 5353,
+            dport: 53,
+        },
+    );
     let err = into("10.0.2.53", L4::PortUnreachable).quoting(req.ip_packet());
-    assert_eq!(h.run(TRUNK_INGRESS, &err.bytes()).0, TC_ACT_SHOT, "error before the flow exists");
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &err.bytes()).0,
+        TC_ACT_SHOT,
+        "error before the flow exists"
+    );
     assert_eq!(h.run(POD_EGRESS, &req.bytes()).0, TC_ACT_REDIRECT);
     assert_eq!(h.run(TRUNK_INGRESS, &err.bytes()).0, TC_ACT_REDIRECT);
     assert_eq!(h.counter(slot, Reason::AllowRelated), 1);
-    let unrelated = out("10.0.2.53", L4::Udp { sport: 6000, dport: 53 });
+    let unrelated = out(
+        "10.0.2.53",
+        L4::Udp {
+            sport: 6000,
+            dport: 53,
+        },
+    );
     let err2 = into("10.0.2.53", L4::PortUnreachable).quoting(unrelated.ip_packet());
     assert_eq!(h.run(TRUNK_INGRESS, &err2.bytes()).0, TC_ACT_SHOT);
 
-    let req6 = out("fd00:10:2::53", L4::Udp { sport: 5353, dport: 53 });
+    let req6 = out(
+        "fd00:10:2::53",
+        L4::Udp {
+            sport: 5353,
+            dport: 53,
+        },
+    );
     let err6 = into("fd00:10:2::53", L4::PortUnreachable).quoting(req6.ip_packet());
     assert_eq!(h.run(TRUNK_INGRESS, &err6.bytes()).0, TC_ACT_SHOT);
     assert_eq!(h.run(POD_EGRESS, &req6.bytes()).0, TC_ACT_REDIRECT);
@@ -214,32 +481,120 @@ fn icmp_errors_about_tracked_flows_only() {
 fn referenced_group_members_are_peers() {
     let mut h = setup();
     let to_server = |src: &str| {
-        Frame::new(GW_MAC, SERVER.mac, src, SERVER.ipv4, L4::Syn { sport: 1234, dport: 80 }).tagged(SERVER.vlan)
+        Frame::new(
+            GW_MAC,
+            SERVER.mac,
+            src,
+            SERVER.ipv4,
+            L4::Syn {
+                sport: 1234,
+                dport: 80,
+            },
+        )
+        .tagged(SERVER.vlan)
     };
     // The client pod carries sg-client, which sg-server admits on port 80.
-    assert_eq!(h.run(TRUNK_INGRESS, &to_server(CLIENT.ipv4).bytes()).0, TC_ACT_REDIRECT);
-    assert_eq!(h.run(TRUNK_INGRESS, &to_server("10.0.1.99").bytes()).0, TC_ACT_SHOT);
-    let to_server6 = Frame::new(GW_MAC, SERVER.mac, CLIENT.ipv6, SERVER.ipv6, L4::Syn { sport: 1234, dport: 80 })
-        .tagged(SERVER.vlan);
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &to_server(CLIENT.ipv4).bytes()).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &to_server("10.0.1.99").bytes()).0,
+        TC_ACT_SHOT
+    );
+    let to_server6 = Frame::new(
+        GW_MAC,
+        SERVER.mac,
+        CLIENT.ipv6,
+        SERVER.ipv6,
+        L4::Syn {
+            sport: 1234,
+            dport: 80,
+        },
+    )
+    .tagged(SERVER.vlan);
     assert_eq!(h.run(TRUNK_INGRESS, &to_server6.bytes()).0, TC_ACT_REDIRECT);
 }
 
 #[test]
 fn revoked_rule_keeps_tracked_flows_and_stops_new_ones() {
     let mut h = setup();
-    let ack = out("10.0.2.5", L4::Ack { sport: 40000, dport: 443 });
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 40000, dport: 443 }).bytes()).0, TC_ACT_REDIRECT);
+    let ack = out(
+        "10.0.2.5",
+        L4::Ack {
+            sport: 40000,
+            dport: 443,
+        },
+    );
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 40000,
+                    dport: 443
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
     let old_policy = h.last.as_ref().unwrap().pods[0].policy_id;
     // Revoke every outbound rule of sg-client.
-    let revoked = GROUPS.replace(r#""FromPort":443,"ToPort":443"#, r#""FromPort":444,"ToPort":444"#);
+    let revoked = GROUPS.replace(
+        r#""FromPort":443,"ToPort":443"#,
+        r#""FromPort":444,"ToPort":444"#,
+    );
     h.apply(&revoked, &k8s());
     let new_policy = h.last.as_ref().unwrap().pods[0].policy_id;
-    assert_ne!(old_policy, new_policy, "a changed rule set gets a new policy id");
-    assert_eq!(h.run(POD_EGRESS, &ack.bytes()).0, TC_ACT_REDIRECT, "tracked flow survives");
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 40001, dport: 443 }).bytes()).0, TC_ACT_SHOT);
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 40002, dport: 444 }).bytes()).0, TC_ACT_REDIRECT);
+    assert_ne!(
+        old_policy, new_policy,
+        "a changed rule set gets a new policy id"
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &ack.bytes()).0,
+        TC_ACT_REDIRECT,
+        "tracked flow survives"
+    );
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 40001,
+                    dport: 443
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 40002,
+                    dport: 444
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
     // Old policy's entries are gone from the maps.
-    assert!(h.dp.current().peers_v4.keys().all(|(_, k)| k.scope >> 1 != old_policy));
+    assert!(
+        h.dp.current()
+            .peers_v4
+            .keys()
+            .all(|(_, k)| k.scope >> 1 != old_policy)
+    );
 }
 
 #[test]
@@ -253,13 +608,32 @@ fn untracked_flows_are_cut_when_the_rule_goes() {
     );
     let mut h = Harness::new();
     h.apply(open, &k);
-    let syn = into("10.9.9.9", L4::Syn { sport: 50000, dport: 22 });
+    let syn = into(
+        "10.9.9.9",
+        L4::Syn {
+            sport: 50000,
+            dport: 22,
+        },
+    );
     assert_eq!(h.run(TRUNK_INGRESS, &syn.bytes()).0, TC_ACT_REDIRECT);
     assert_eq!(h.flow_count(), 0, "0/0 in with all-open out: untracked");
-    let closed = open.replace(r#""FromPort":22,"ToPort":22"#, r#""FromPort":23,"ToPort":23"#);
+    let closed = open.replace(
+        r#""FromPort":22,"ToPort":22"#,
+        r#""FromPort":23,"ToPort":23"#,
+    );
     h.apply(&closed, &k);
-    let ack = into("10.9.9.9", L4::Ack { sport: 50000, dport: 22 });
-    assert_eq!(h.run(TRUNK_INGRESS, &ack.bytes()).0, TC_ACT_SHOT, "untracked flow is cut at once");
+    let ack = into(
+        "10.9.9.9",
+        L4::Ack {
+            sport: 50000,
+            dport: 22,
+        },
+    );
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &ack.bytes()).0,
+        TC_ACT_SHOT,
+        "untracked flow is cut at once"
+    );
 }
 
 #[test]
@@ -271,35 +645,127 @@ fn fail_closed_pod_keeps_only_always_allowed() {
     let mut h = Harness::new();
     let p = h.apply(GROUPS, &k);
     let err = p.pods[0].error.clone().unwrap();
-    assert!(err.contains("InvalidSecurityGroupID.NotFound") && err.contains("sg-missing"), "{err}");
+    assert!(
+        err.contains("InvalidSecurityGroupID.NotFound") && err.contains("sg-missing"),
+        "{err}"
+    );
     let slot = h.slot("client");
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 1, dport: 443 }).bytes()).0, TC_ACT_SHOT);
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 1,
+                    dport: 443
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_SHOT
+    );
     assert_eq!(h.counter(slot, Reason::DropFailClosed), 1);
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.0.2", L4::Udp { sport: 1, dport: 53 }).bytes()).0, TC_ACT_REDIRECT);
-    assert_eq!(h.run(TRUNK_INGRESS, &into("10.0.0.2", L4::Udp { sport: 53, dport: 1 }).bytes()).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.0.2",
+                L4::Udp {
+                    sport: 1,
+                    dport: 53
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        h.run(
+            TRUNK_INGRESS,
+            &into(
+                "10.0.0.2",
+                L4::Udp {
+                    sport: 53,
+                    dport: 1
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
 }
 
 #[test]
 fn flow_table_full_refuses_new_flows_keeps_old() {
     let mut h = setup();
     let slot = h.slot("client");
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 40000, dport: 443 }).bytes()).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 40000,
+                    dport: 443
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_REDIRECT
+    );
     {
         use aya::maps::HashMap;
         use enforcer_common::{FLOW_UDP, FlowKey, FlowValue, MAX_FLOWS};
-        let mut m: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(h.dp.ebpf().map_mut("FLOWS").unwrap()).unwrap();
+        let mut m: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(h.dp.ebpf().map_mut("FLOWS").unwrap()).unwrap();
         let now = enforcer::datapath::kernel::coarse_now_ns();
         for i in 0..MAX_FLOWS - 1 {
-            let mut k = FlowKey { proto: 17, family: 4, ..Default::default() };
+            let mut k = FlowKey {
+                proto: 17,
+                family: 4,
+                ..Default::default()
+            };
             k.local[..4].copy_from_slice(&[10, 0, 1, 10]);
             k.remote[..4].copy_from_slice(&i.to_be_bytes());
-            let v = FlowValue { last_seen_ns: now, state: FLOW_UDP, ..Default::default() };
+            let v = FlowValue {
+                last_seen_ns: now,
+                state: FLOW_UDP,
+                ..Default::default()
+            };
             m.insert(k, v, 0).unwrap();
         }
     }
     assert_eq!(h.flow_count(), enforcer_common::MAX_FLOWS as usize);
-    assert_eq!(h.run(POD_EGRESS, &out("10.0.2.5", L4::Syn { sport: 40001, dport: 443 }).bytes()).0, TC_ACT_SHOT);
+    assert_eq!(
+        h.run(
+            POD_EGRESS,
+            &out(
+                "10.0.2.5",
+                L4::Syn {
+                    sport: 40001,
+                    dport: 443
+                }
+            )
+            .bytes()
+        )
+        .0,
+        TC_ACT_SHOT
+    );
     assert_eq!(h.counter(slot, Reason::DropFlowTableFull), 1);
-    let ack = out("10.0.2.5", L4::Ack { sport: 40000, dport: 443 });
-    assert_eq!(h.run(POD_EGRESS, &ack.bytes()).0, TC_ACT_REDIRECT, "existing flows keep working");
+    let ack = out(
+        "10.0.2.5",
+        L4::Ack {
+            sport: 40000,
+            dport: 443,
+        },
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &ack.bytes()).0,
+        TC_ACT_REDIRECT,
+        "existing flows keep working"
+    );
 }

@@ -43,7 +43,10 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -72,6 +75,16 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 fn setup() -> Result<()> {
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("rustup")?;
+    if !String::from_utf8_lossy(&toolchains.stdout).contains("nightly") {
+        // Installing today's nightly would bring an LLVM that bpf-linker 0.13 can't read.
+        bail!(
+            "no nightly toolchain: the eBPF build needs the machine's preinstalled nightly (LLVM 22)"
+        );
+    }
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
@@ -90,11 +103,22 @@ fn setup() -> Result<()> {
         .context("rustup")?;
     if !String::from_utf8_lossy(&src.stdout).contains("rust-src") {
         // Never `rustup update nightly`: newer nightlies use an LLVM bpf-linker can't read.
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if !have("bpf-linker") {
         run(Command::new("cargo")
-            .args(["install", "bpf-linker@0.13.0", "--locked", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker@0.13.0",
+                "--locked",
+                "--no-default-features",
+            ])
             .args(["--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
@@ -103,7 +127,15 @@ fn setup() -> Result<()> {
 
 fn build_ebpf() -> Result<()> {
     run(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "build", "-p", "enforcer-ebpf", "--release"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "-p",
+            "enforcer-ebpf",
+            "--release",
+        ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--target-dir", "target/ebpf"])
         .current_dir(root())
@@ -120,8 +152,11 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup()?;
             build_ebpf()?;
-            // Namespace tests share one simulated node layout; run test binaries one at
-            // a time and tests inside them on one thread.
+            // The namespace tests run the real daemon binary.
+            run(Command::new("cargo")
+                .args(["build", "--release", "-p", "enforcer"])
+                .current_dir(root()))?;
+            // Tests that load programs and build namespaces run one at a time.
             run(Command::new("cargo")
                 .args(["test", "--workspace", "--release"])
                 .args(&args)
@@ -137,7 +172,17 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup()?;
             run(Command::new("cargo")
-                .args(["run", "--release", "-p", "integration-tests", "--bin", "bench"])
+                .args(["build", "--release", "-p", "enforcer"])
+                .current_dir(root()))?;
+            run(Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "integration-tests",
+                    "--bin",
+                    "bench",
+                ])
                 .current_dir(root()))
         }
     }

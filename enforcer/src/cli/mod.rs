@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "enforcer", about = "Security groups per pod, enforced by eBPF on the node", version)]
+#[command(
+    name = "enforcer",
+    about = "Security groups per pod, enforced by eBPF on the node",
+    version
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    },
     programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
 };
 use enforcer_common::*;
@@ -75,7 +77,8 @@ fn diff_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
         Phase::Upsert => {
             for ((plen, k), v) in new {
                 if old.get(&(*plen, *k)) != Some(v) {
-                    m.insert(&Key::new(*plen, *k), v, 0).map_err(|e| map_err(name, e))?;
+                    m.insert(&Key::new(*plen, *k), v, 0)
+                        .map_err(|e| map_err(name, e))?;
                 }
             }
         }
@@ -105,7 +108,8 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    std::fs::create_dir_all(mount_at).with_context(|| format!("creating {}", mount_at.display()))?;
+    std::fs::create_dir_all(mount_at)
+        .with_context(|| format!("creating {}", mount_at.display()))?;
     let fs = std::ffi::CString::new("bpf")?;
     if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
         return Err(anyhow!(
@@ -120,7 +124,10 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
 
 /// CLOCK_MONOTONIC_COARSE, the clock `bpf_ktime_get_coarse_ns` reads.
 pub fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -142,15 +149,18 @@ impl Datapath {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
-            p.load().with_context(|| format!("verifier rejected program {name}"))?;
+            p.load()
+                .with_context(|| format!("verifier rejected program {name}"))?;
         }
         if let Some(dir) = pin_dir {
             ensure_bpffs(dir)?;
-            std::fs::create_dir_all(dir).with_context(|| format!("creating pin dir {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating pin dir {}", dir.display()))?;
             for name in map_names::ALL {
                 let path = dir.join(name);
                 if path.exists() {
-                    std::fs::remove_file(&path).with_context(|| format!("removing stale pin {}", path.display()))?;
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing stale pin {}", path.display()))?;
                 }
                 ebpf.map(name)
                     .ok_or_else(|| anyhow!("map {name} missing from the object"))?
@@ -189,7 +199,8 @@ impl Datapath {
             .map_mut(map_names::NODE_CONFIG)
             .ok_or_else(|| anyhow!("map NODE_CONFIG missing"))?
             .try_into()?;
-        a.set(0, cfg, 0).map_err(|e| map_err(map_names::NODE_CONFIG, e))
+        a.set(0, cfg, 0)
+            .map_err(|e| map_err(map_names::NODE_CONFIG, e))
     }
 
     /// Brings the maps from the current state to `new`, in an order that keeps every
@@ -199,20 +210,104 @@ impl Datapath {
         let old = std::mem::take(&mut self.current);
         let e = &mut self.ebpf;
         let r = (|| -> Result<()> {
-            diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, Phase::Upsert)?;
-            diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, Phase::Upsert)?;
-            diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, Phase::Upsert)?;
-            diff_lpm(e, map_names::ALWAYS_V4, &old.always_v4, &new.always_v4, Phase::Upsert)?;
-            diff_lpm(e, map_names::ALWAYS_V6, &old.always_v6, &new.always_v6, Phase::Upsert)?;
-            diff_hash(e, map_names::POD_BY_VLAN, &old.pods_by_vlan, &new.pods_by_vlan, Phase::Upsert)?;
-            diff_hash(e, map_names::POD_BY_IFINDEX, &old.pods_by_ifindex, &new.pods_by_ifindex, Phase::Upsert)?;
-            diff_hash(e, map_names::POD_BY_VLAN, &old.pods_by_vlan, &new.pods_by_vlan, Phase::Remove)?;
-            diff_hash(e, map_names::POD_BY_IFINDEX, &old.pods_by_ifindex, &new.pods_by_ifindex, Phase::Remove)?;
-            diff_lpm(e, map_names::ALWAYS_V4, &old.always_v4, &new.always_v4, Phase::Remove)?;
-            diff_lpm(e, map_names::ALWAYS_V6, &old.always_v6, &new.always_v6, Phase::Remove)?;
-            diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, Phase::Remove)?;
-            diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, Phase::Remove)?;
-            diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, Phase::Remove)?;
+            diff_lpm(
+                e,
+                map_names::PORT_RULES,
+                &old.ports,
+                &new.ports,
+                Phase::Upsert,
+            )?;
+            diff_lpm(
+                e,
+                map_names::PEER_V4,
+                &old.peers_v4,
+                &new.peers_v4,
+                Phase::Upsert,
+            )?;
+            diff_lpm(
+                e,
+                map_names::PEER_V6,
+                &old.peers_v6,
+                &new.peers_v6,
+                Phase::Upsert,
+            )?;
+            diff_lpm(
+                e,
+                map_names::ALWAYS_V4,
+                &old.always_v4,
+                &new.always_v4,
+                Phase::Upsert,
+            )?;
+            diff_lpm(
+                e,
+                map_names::ALWAYS_V6,
+                &old.always_v6,
+                &new.always_v6,
+                Phase::Upsert,
+            )?;
+            diff_hash(
+                e,
+                map_names::POD_BY_VLAN,
+                &old.pods_by_vlan,
+                &new.pods_by_vlan,
+                Phase::Upsert,
+            )?;
+            diff_hash(
+                e,
+                map_names::POD_BY_IFINDEX,
+                &old.pods_by_ifindex,
+                &new.pods_by_ifindex,
+                Phase::Upsert,
+            )?;
+            diff_hash(
+                e,
+                map_names::POD_BY_VLAN,
+                &old.pods_by_vlan,
+                &new.pods_by_vlan,
+                Phase::Remove,
+            )?;
+            diff_hash(
+                e,
+                map_names::POD_BY_IFINDEX,
+                &old.pods_by_ifindex,
+                &new.pods_by_ifindex,
+                Phase::Remove,
+            )?;
+            diff_lpm(
+                e,
+                map_names::ALWAYS_V4,
+                &old.always_v4,
+                &new.always_v4,
+                Phase::Remove,
+            )?;
+            diff_lpm(
+                e,
+                map_names::ALWAYS_V6,
+                &old.always_v6,
+                &new.always_v6,
+                Phase::Remove,
+            )?;
+            diff_lpm(
+                e,
+                map_names::PEER_V4,
+                &old.peers_v4,
+                &new.peers_v4,
+                Phase::Remove,
+            )?;
+            diff_lpm(
+                e,
+                map_names::PEER_V6,
+                &old.peers_v6,
+                &new.peers_v6,
+                Phase::Remove,
+            )?;
+            diff_lpm(
+                e,
+                map_names::PORT_RULES,
+                &old.ports,
+                &new.ports,
+                Phase::Remove,
+            )?;
             Ok(())
         })();
         match r {
@@ -313,9 +408,12 @@ impl Datapath {
 
     pub fn attach_trunk(&mut self, ifname: &str) -> Result<()> {
         let p = self.program(prog_names::TRUNK_INGRESS)?;
-        let link = p
-            .attach(ifname, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {} to trunk interface {ifname} (does it exist?)", prog_names::TRUNK_INGRESS))?;
+        let link = p.attach(ifname, TcAttachType::Ingress).with_context(|| {
+            format!(
+                "attaching {} to trunk interface {ifname} (does it exist?)",
+                prog_names::TRUNK_INGRESS
+            )
+        })?;
         self.trunk = Some(link);
         Ok(())
     }
@@ -333,10 +431,10 @@ impl Datapath {
             .map(|(n, _)| n.clone())
             .collect();
         for name in stale {
-            if let Some((_, link)) = self.pod_links.remove(&name) {
-                if let Ok(p) = self.program(prog_names::POD_EGRESS) {
-                    let _ = p.detach(link);
-                }
+            if let Some((_, link)) = self.pod_links.remove(&name)
+                && let Ok(p) = self.program(prog_names::POD_EGRESS)
+            {
+                let _ = p.detach(link);
             }
         }
         for name in wanted {

@@ -113,11 +113,23 @@ impl KernelState {
             let plen = PEER_SCOPE_BITS + net.prefix_len() as u32;
             match net {
                 IpNet::V4(n) => v4.push((
-                    (plen, PeerKeyV4 { scope: sc, addr: n.network().octets() }),
+                    (
+                        plen,
+                        PeerKeyV4 {
+                            scope: sc,
+                            addr: n.network().octets(),
+                        },
+                    ),
                     value,
                 )),
                 IpNet::V6(n) => v6.push((
-                    (plen, PeerKeyV6 { scope: sc, addr: n.network().octets() }),
+                    (
+                        plen,
+                        PeerKeyV6 {
+                            scope: sc,
+                            addr: n.network().octets(),
+                        },
+                    ),
                     value,
                 )),
             }
@@ -128,23 +140,62 @@ impl KernelState {
                 ports.push((
                     (
                         PORT_FIXED_BITS + *plen as u32,
-                        PortKey { class_id: cid, proto: *proto as u16, port_be: start.to_be_bytes() },
+                        PortKey {
+                            class_id: cid,
+                            proto: *proto as u16,
+                            port_be: start.to_be_bytes(),
+                        },
                     ),
-                    PortRule { cookie: a.cookie, flags: flags(a) },
+                    PortRule {
+                        cookie: a.cookie,
+                        flags: flags(a),
+                    },
                 ));
             }
         }
         let grow = |have: usize, new: &dyn Fn() -> usize, map: &'static str, cap: u32| {
             let needed = have + new();
             if needed > cap as usize {
-                Err(CapacityError { map, needed, capacity: cap as usize })
+                Err(CapacityError {
+                    map,
+                    needed,
+                    capacity: cap as usize,
+                })
             } else {
                 Ok(())
             }
         };
-        grow(self.peers_v4.len(), &|| v4.iter().filter(|(k, _)| !self.peers_v4.contains_key(k)).count(), map_names::PEER_V4, MAX_PEER_ENTRIES)?;
-        grow(self.peers_v6.len(), &|| v6.iter().filter(|(k, _)| !self.peers_v6.contains_key(k)).count(), map_names::PEER_V6, MAX_PEER_ENTRIES)?;
-        grow(self.ports.len(), &|| ports.iter().filter(|(k, _)| !self.ports.contains_key(k)).count(), map_names::PORT_RULES, MAX_PORT_ENTRIES)?;
+        grow(
+            self.peers_v4.len(),
+            &|| {
+                v4.iter()
+                    .filter(|(k, _)| !self.peers_v4.contains_key(k))
+                    .count()
+            },
+            map_names::PEER_V4,
+            MAX_PEER_ENTRIES,
+        )?;
+        grow(
+            self.peers_v6.len(),
+            &|| {
+                v6.iter()
+                    .filter(|(k, _)| !self.peers_v6.contains_key(k))
+                    .count()
+            },
+            map_names::PEER_V6,
+            MAX_PEER_ENTRIES,
+        )?;
+        grow(
+            self.ports.len(),
+            &|| {
+                ports
+                    .iter()
+                    .filter(|(k, _)| !self.ports.contains_key(k))
+                    .count()
+            },
+            map_names::PORT_RULES,
+            MAX_PORT_ENTRIES,
+        )?;
         self.peers_v4.extend(v4);
         self.peers_v6.extend(v6);
         self.ports.extend(ports);
@@ -156,10 +207,12 @@ impl KernelState {
             let v = AlwaysAllow { id: i as u32 + 1 };
             match n {
                 IpNet::V4(n) => {
-                    self.always_v4.insert((n.prefix_len() as u32, n.network().octets()), v);
+                    self.always_v4
+                        .insert((n.prefix_len() as u32, n.network().octets()), v);
                 }
                 IpNet::V6(n) => {
-                    self.always_v6.insert((n.prefix_len() as u32, n.network().octets()), v);
+                    self.always_v6
+                        .insert((n.prefix_len() as u32, n.network().octets()), v);
                 }
             }
         }
@@ -244,7 +297,11 @@ mod tests {
         // Dropping policy a and re-adding it later gets a fresh id.
         let mut only_b = KernelState::default();
         only_b.add_policy(&mut ids, &b).unwrap();
-        only_b.add_pod(PodInfo { policy_id: pb, vlan: 1, ..Default::default() });
+        only_b.add_pod(PodInfo {
+            policy_id: pb,
+            vlan: 1,
+            ..Default::default()
+        });
         ids.retain(&only_b);
         let pa3 = only_b.add_policy(&mut ids, &a).unwrap();
         assert!(pa3 > pb);
@@ -255,11 +312,33 @@ mod tests {
         let mut ids = Ids::default();
         let mut s = KernelState::default();
         for i in 0..MAX_PORT_ENTRIES {
-            s.ports.insert((64, PortKey { class_id: 9999, proto: 6, port_be: [0, 0] }), PortRule::default());
-            s.ports.insert((64, PortKey { class_id: 10000 + i, proto: 6, port_be: [0, 0] }), PortRule::default());
+            s.ports.insert(
+                (
+                    64,
+                    PortKey {
+                        class_id: 9999,
+                        proto: 6,
+                        port_be: [0, 0],
+                    },
+                ),
+                PortRule::default(),
+            );
+            s.ports.insert(
+                (
+                    64,
+                    PortKey {
+                        class_id: 10000 + i,
+                        proto: 6,
+                        port_be: [0, 0],
+                    },
+                ),
+                PortRule::default(),
+            );
         }
         let before = s.clone();
-        let err = s.add_policy(&mut ids, &compile(&[rule("10.0.0.0/8", 80, 1)])).unwrap_err();
+        let err = s
+            .add_policy(&mut ids, &compile(&[rule("10.0.0.0/8", 80, 1)]))
+            .unwrap_err();
         assert_eq!(err.map, "PORT_RULES");
         assert_eq!(s, before);
     }

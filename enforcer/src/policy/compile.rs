@@ -95,10 +95,14 @@ fn port_range(rule: &Rule) -> Result<(Option<u8>, u16, u16), String> {
             let n = rule.protocol.number();
             match (from, to) {
                 (None, None) | (Some(-1), Some(-1)) | (Some(-1), None) => Ok((n, 0, 0xffff)),
-                (Some(f), Some(t)) if (0..=65535).contains(&f) && (0..=65535).contains(&t) && f <= t => {
+                (Some(f), Some(t))
+                    if (0..=65535).contains(&f) && (0..=65535).contains(&t) && f <= t =>
+                {
                     Ok((n, f as u16, t as u16))
                 }
-                _ => Err(format!("port range {from:?}..{to:?} is not within 0..65535 with FromPort <= ToPort")),
+                _ => Err(format!(
+                    "port range {from:?}..{to:?} is not within 0..65535 with FromPort <= ToPort"
+                )),
             }
         }
         Protocol::Icmp | Protocol::Icmpv6 => {
@@ -107,7 +111,9 @@ fn port_range(rule: &Rule) -> Result<(Option<u8>, u16, u16), String> {
             let code = to.unwrap_or(-1);
             match (ty, code) {
                 (-1, _) => Ok((n, 0, 0xffff)),
-                (t, -1) if (0..=255).contains(&t) => Ok((n, (t as u16) << 8, ((t as u16) << 8) | 0xff)),
+                (t, -1) if (0..=255).contains(&t) => {
+                    Ok((n, (t as u16) << 8, ((t as u16) << 8) | 0xff))
+                }
                 (t, c) if (0..=255).contains(&t) && (0..=255).contains(&c) => {
                     let v = ((t as u16) << 8) | c as u16;
                     Ok((n, v, v))
@@ -124,7 +130,9 @@ fn peer_nets(peer: &Peer, catalog: &GroupCatalog) -> Result<Vec<IpNet>, String> 
         Peer::PrefixList(id) => catalog
             .prefix_lists
             .get(id)
-            .ok_or_else(|| format!("prefix list {id} is not known (no entries were provided for it)"))?
+            .ok_or_else(|| {
+                format!("prefix list {id} is not known (no entries were provided for it)")
+            })?
             .clone(),
         Peer::Group(g) => {
             let mut v: Vec<IpNet> = catalog
@@ -289,7 +297,11 @@ pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (lo as u32, hi as u32);
     let mut out = Vec::new();
     while lo <= hi {
-        let mut size = if lo == 0 { 1u32 << 16 } else { lo & lo.wrapping_neg() };
+        let mut size = if lo == 0 {
+            1u32 << 16
+        } else {
+            lo & lo.wrapping_neg()
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -365,7 +377,11 @@ impl CompiledPolicy {
             .ports
             .iter()
             .filter(|((p, start, plen), _)| {
-                let mask: u16 = if *plen == 0 { 0 } else { u16::MAX << (16 - *plen) };
+                let mask: u16 = if *plen == 0 {
+                    0
+                } else {
+                    u16::MAX << (16 - *plen)
+                };
                 *p == proto && port & mask == *start
             })
             .max_by_key(|((_, _, plen), _)| *plen)
@@ -386,7 +402,13 @@ mod tests {
         } else {
             Peer::Cidr(peer.parse().unwrap())
         };
-        Rule { protocol: proto, from_port: from, to_port: to, peer, description: None }
+        Rule {
+            protocol: proto,
+            from_port: from,
+            to_port: to,
+            peer,
+            description: None,
+        }
     }
 
     fn catalog(groups: Vec<SecurityGroup>) -> GroupCatalog {
@@ -398,12 +420,24 @@ mod tests {
     }
 
     fn sg(id: &str, inbound: Vec<Rule>, outbound: Vec<Rule>) -> SecurityGroup {
-        SecurityGroup { id: id.into(), name: id.into(), inbound, outbound }
+        SecurityGroup {
+            id: id.into(),
+            name: id.into(),
+            inbound,
+            outbound,
+        }
     }
 
     #[test]
     fn port_blocks_cover_exactly() {
-        for (lo, hi) in [(0u16, 65535u16), (80, 80), (1, 65535), (1024, 2047), (53, 1000), (65535, 65535)] {
+        for (lo, hi) in [
+            (0u16, 65535u16),
+            (80, 80),
+            (1, 65535),
+            (1024, 2047),
+            (53, 1000),
+            (65535, 65535),
+        ] {
             let blocks = port_blocks(lo, hi);
             assert!(blocks.len() <= 30, "{lo}-{hi}: {}", blocks.len());
             let covered: u32 = blocks.iter().map(|(_, p)| 1u32 << (16 - *p as u32)).sum();
@@ -423,13 +457,22 @@ mod tests {
             ],
             vec![],
         )]);
-        let rules = flatten(&["sg-1".into()], &c, &Quotas::default(), &mut CookieTable::default()).unwrap();
+        let rules = flatten(
+            &["sg-1".into()],
+            &c,
+            &Quotas::default(),
+            &mut CookieTable::default(),
+        )
+        .unwrap();
         let p = compile(&rules);
         let a: IpAddr = "10.1.2.3".parse().unwrap();
         // The /16 is the longest match, yet the /8 rule still applies.
         assert!(p.lookup(Direction::Inbound, a, 6, 80).is_some());
         assert!(p.lookup(Direction::Inbound, a, 17, 53).is_some());
-        assert!(p.lookup(Direction::Inbound, "10.2.0.1".parse().unwrap(), 17, 53).is_none());
+        assert!(
+            p.lookup(Direction::Inbound, "10.2.0.1".parse().unwrap(), 17, 53)
+                .is_none()
+        );
         assert!(p.lookup(Direction::Outbound, a, 6, 80).is_none());
     }
 
@@ -443,7 +486,13 @@ mod tests {
             ],
             vec![],
         )]);
-        let rules = flatten(&["sg-1".into()], &c, &Quotas::default(), &mut CookieTable::default()).unwrap();
+        let rules = flatten(
+            &["sg-1".into()],
+            &c,
+            &Quotas::default(),
+            &mut CookieTable::default(),
+        )
+        .unwrap();
         let p = compile(&rules);
         let v4: IpAddr = "1.2.3.4".parse().unwrap();
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
@@ -465,17 +514,42 @@ mod tests {
             ],
             vec![],
         )]);
-        c.members.insert("sg-1".into(), vec!["10.0.1.5".parse().unwrap(), "fd00::5".parse().unwrap()]);
-        c.prefix_lists.insert("pl-1".into(), vec!["192.168.0.0/24".parse().unwrap()]);
-        let rules = flatten(&["sg-1".into()], &c, &Quotas::default(), &mut CookieTable::default()).unwrap();
+        c.members.insert(
+            "sg-1".into(),
+            vec!["10.0.1.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+        );
+        c.prefix_lists
+            .insert("pl-1".into(), vec!["192.168.0.0/24".parse().unwrap()]);
+        let rules = flatten(
+            &["sg-1".into()],
+            &c,
+            &Quotas::default(),
+            &mut CookieTable::default(),
+        )
+        .unwrap();
         let p = compile(&rules);
-        assert!(p.lookup(Direction::Inbound, "10.0.1.5".parse().unwrap(), 17, 9).is_some());
-        assert!(p.lookup(Direction::Inbound, "fd00::5".parse().unwrap(), 6, 1).is_some());
-        assert!(p.lookup(Direction::Inbound, "10.0.1.6".parse().unwrap(), 17, 9).is_none());
-        assert!(p.lookup(Direction::Inbound, "192.168.0.9".parse().unwrap(), 6, 443).is_some());
+        assert!(
+            p.lookup(Direction::Inbound, "10.0.1.5".parse().unwrap(), 17, 9)
+                .is_some()
+        );
+        assert!(
+            p.lookup(Direction::Inbound, "fd00::5".parse().unwrap(), 6, 1)
+                .is_some()
+        );
+        assert!(
+            p.lookup(Direction::Inbound, "10.0.1.6".parse().unwrap(), 17, 9)
+                .is_none()
+        );
+        assert!(
+            p.lookup(Direction::Inbound, "192.168.0.9".parse().unwrap(), 6, 443)
+                .is_some()
+        );
         let e = flatten(
             &["sg-1".into()],
-            &GroupCatalog { prefix_lists: Default::default(), ..c },
+            &GroupCatalog {
+                prefix_lists: Default::default(),
+                ..c
+            },
             &Quotas::default(),
             &mut CookieTable::default(),
         )
@@ -489,8 +563,24 @@ mod tests {
             .map(|i| rule(Protocol::Tcp, Some(i), Some(i), "10.0.0.0/8"))
             .collect();
         let c = catalog(vec![sg("sg-big", many, vec![])]);
-        let e = flatten(&["sg-big".into()], &c, &Quotas::default(), &mut CookieTable::default()).unwrap_err();
-        assert!(matches!(e, CompileError::GroupQuota { count: 61, limit: 60, .. }), "{e}");
+        let e = flatten(
+            &["sg-big".into()],
+            &c,
+            &Quotas::default(),
+            &mut CookieTable::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CompileError::GroupQuota {
+                    count: 61,
+                    limit: 60,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("sg-big"));
     }
 
@@ -512,8 +602,16 @@ mod tests {
         let open = flatten(&["sg-open".into()], &c, &q, &mut CookieTable::default()).unwrap();
         // Inbound 22 from 0/0 with outbound open to all: untracked. The outbound rule is
         // tracked, since inbound is not open to all traffic.
-        assert!(open.iter().any(|r| r.dir == Direction::Inbound && r.untracked), "{open:?}");
-        assert!(open.iter().any(|r| r.dir == Direction::Outbound && !r.untracked), "{open:?}");
+        assert!(
+            open.iter()
+                .any(|r| r.dir == Direction::Inbound && r.untracked),
+            "{open:?}"
+        );
+        assert!(
+            open.iter()
+                .any(|r| r.dir == Direction::Outbound && !r.untracked),
+            "{open:?}"
+        );
         let narrow = flatten(&["sg-narrow".into()], &c, &q, &mut CookieTable::default()).unwrap();
         assert!(narrow.iter().all(|r| !r.untracked));
     }

@@ -20,9 +20,22 @@ fn addr() -> impl Strategy<Value = IpAddr> {
 }
 fn net() -> impl Strategy<Value = IpNet> {
     prop_oneof![
-        (v4(), prop_oneof![Just(0u8), Just(8), Just(16), Just(24), Just(30), Just(32)])
+        (
+            v4(),
+            prop_oneof![Just(0u8), Just(8), Just(16), Just(24), Just(30), Just(32)]
+        )
             .prop_map(|(a, l)| IpNet::new(IpAddr::V4(a), l).unwrap().trunc()),
-        (v6(), prop_oneof![Just(0u8), Just(16), Just(32), Just(112), Just(127), Just(128)])
+        (
+            v6(),
+            prop_oneof![
+                Just(0u8),
+                Just(16),
+                Just(32),
+                Just(112),
+                Just(127),
+                Just(128)
+            ]
+        )
             .prop_map(|(a, l)| IpNet::new(IpAddr::V6(a), l).unwrap().trunc()),
     ]
 }
@@ -30,15 +43,34 @@ fn dir() -> impl Strategy<Value = Direction> {
     prop_oneof![Just(Direction::Inbound), Just(Direction::Outbound)]
 }
 fn proto() -> impl Strategy<Value = Option<u8>> {
-    prop_oneof![Just(None), Just(Some(6)), Just(Some(17)), Just(Some(1)), Just(Some(58)), Just(Some(47))]
+    prop_oneof![
+        Just(None),
+        Just(Some(6)),
+        Just(Some(17)),
+        Just(Some(1)),
+        Just(Some(58)),
+        Just(Some(47))
+    ]
 }
 fn port() -> impl Strategy<Value = u16> {
     prop_oneof![0u16..40, 65500u16..=65535, any::<u16>()]
 }
 fn rule() -> impl Strategy<Value = FlatRule> {
     (dir(), net(), proto(), port(), port(), 1u32..50).prop_map(|(dir, net, proto, a, b, cookie)| {
-        let (lo, hi) = if proto.is_none() { (0, 0xffff) } else { (a.min(b), a.max(b)) };
-        FlatRule { dir, net, proto, lo, hi, cookie, untracked: false }
+        let (lo, hi) = if proto.is_none() {
+            (0, 0xffff)
+        } else {
+            (a.min(b), a.max(b))
+        };
+        FlatRule {
+            dir,
+            net,
+            proto,
+            lo,
+            hi,
+            cookie,
+            untracked: false,
+        }
     })
 }
 

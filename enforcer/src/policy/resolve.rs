@@ -20,7 +20,11 @@ pub struct Resolved {
     pub not_branch: bool,
 }
 
-fn policy_matches(p: &SecurityGroupPolicy, pod: &Pod, sa_labels: &BTreeMap<String, String>) -> bool {
+fn policy_matches(
+    p: &SecurityGroupPolicy,
+    pod: &Pod,
+    sa_labels: &BTreeMap<String, String>,
+) -> bool {
     if p.group_ids.is_empty() {
         return false;
     }
@@ -106,12 +110,12 @@ pub fn resolve_pods(
                 r.groups.join(",")
             ));
         }
-        if r.error.is_none() {
-            if let Some(g) = r.groups.iter().find(|g| !catalog.groups.contains_key(*g)) {
-                r.error = Some(format!(
-                    "InvalidSecurityGroupID.NotFound: The security group '{g}' does not exist"
-                ));
-            }
+        if r.error.is_none()
+            && let Some(g) = r.groups.iter().find(|g| !catalog.groups.contains_key(*g))
+        {
+            r.error = Some(format!(
+                "InvalidSecurityGroupID.NotFound: The security group '{g}' does not exist"
+            ));
         }
         out.push(r);
     }
@@ -134,7 +138,12 @@ mod tests {
         for id in ids {
             c.groups.insert(
                 id.to_string(),
-                SecurityGroup { id: id.to_string(), name: String::new(), inbound: vec![], outbound: vec![] },
+                SecurityGroup {
+                    id: id.to_string(),
+                    name: String::new(),
+                    inbound: vec![],
+                    outbound: vec![],
+                },
             );
         }
         c
@@ -184,7 +193,13 @@ metadata: {name: payer, namespace: ns1, labels: {team: pay}}
             pod("db", "ns1", "{role: db}", "payer"),
         );
         let k = objects(&y);
-        let r = resolve_pods(&k, &catalog(&["sg-1", "sg-2", "sg-3", "sg-4"]), &[], UnmatchedPods::FailClosed, 5);
+        let r = resolve_pods(
+            &k,
+            &catalog(&["sg-1", "sg-2", "sg-3", "sg-4"]),
+            &[],
+            UnmatchedPods::FailClosed,
+            5,
+        );
         assert_eq!(r[0].groups, vec!["sg-1", "sg-2", "sg-3"]);
         assert_eq!(r[1].groups, vec!["sg-1", "sg-2", "sg-3", "sg-4"]);
         assert_eq!(r[2].groups, vec!["sg-2", "sg-3"]);
@@ -198,18 +213,57 @@ metadata: {name: payer, namespace: ns1, labels: {team: pay}}
             "kind: SecurityGroupPolicy\nmetadata: {name: a, namespace: ns1}\nspec: {podSelector: {}, securityGroups: {groupIds: [sg-1, sg-missing]}}\n",
             pod("p", "ns1", "{}", "default")
         );
-        let r = resolve_pods(&objects(&y), &catalog(&["sg-1"]), &[], UnmatchedPods::FailClosed, 5);
-        assert!(r[0].error.as_ref().unwrap().contains("InvalidSecurityGroupID.NotFound"));
-        let r = resolve_pods(&objects(&y), &catalog(&["sg-1", "sg-missing"]), &[], UnmatchedPods::FailClosed, 1);
-        assert!(r[0].error.as_ref().unwrap().contains("exceed the limit of 1"));
+        let r = resolve_pods(
+            &objects(&y),
+            &catalog(&["sg-1"]),
+            &[],
+            UnmatchedPods::FailClosed,
+            5,
+        );
+        assert!(
+            r[0].error
+                .as_ref()
+                .unwrap()
+                .contains("InvalidSecurityGroupID.NotFound")
+        );
+        let r = resolve_pods(
+            &objects(&y),
+            &catalog(&["sg-1", "sg-missing"]),
+            &[],
+            UnmatchedPods::FailClosed,
+            1,
+        );
+        assert!(
+            r[0].error
+                .as_ref()
+                .unwrap()
+                .contains("exceed the limit of 1")
+        );
     }
 
     #[test]
     fn branch_pod_without_policy_is_explicit() {
         let y = pod("p", "ns1", "{}", "default");
-        let r = resolve_pods(&objects(&y), &catalog(&["sg-node"]), &["sg-node".into()], UnmatchedPods::FailClosed, 5);
-        assert!(r[0].error.as_ref().unwrap().contains("no SecurityGroupPolicy"));
-        let r = resolve_pods(&objects(&y), &catalog(&["sg-node"]), &["sg-node".into()], UnmatchedPods::NodeGroups, 5);
+        let r = resolve_pods(
+            &objects(&y),
+            &catalog(&["sg-node"]),
+            &["sg-node".into()],
+            UnmatchedPods::FailClosed,
+            5,
+        );
+        assert!(
+            r[0].error
+                .as_ref()
+                .unwrap()
+                .contains("no SecurityGroupPolicy")
+        );
+        let r = resolve_pods(
+            &objects(&y),
+            &catalog(&["sg-node"]),
+            &["sg-node".into()],
+            UnmatchedPods::NodeGroups,
+            5,
+        );
         assert_eq!(r[0].groups, vec!["sg-node"]);
     }
 }

@@ -77,7 +77,9 @@ mod tests {
     use super::*;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -92,9 +94,19 @@ mod tests {
         .unwrap();
         assert!(sel.matches(&labels(&[("role", "web"), ("tier", "a"), ("team", "x")])));
         assert!(!sel.matches(&labels(&[("role", "web"), ("tier", "c"), ("team", "x")])));
-        assert!(!sel.matches(&labels(&[("role", "web"), ("tier", "a"), ("team", "x"), ("env", "prod")])));
+        assert!(!sel.matches(&labels(&[
+            ("role", "web"),
+            ("tier", "a"),
+            ("team", "x"),
+            ("env", "prod")
+        ])));
         assert!(!sel.matches(&labels(&[("role", "web"), ("tier", "a")])));
-        assert!(!sel.matches(&labels(&[("role", "web"), ("tier", "a"), ("team", "x"), ("legacy", "1")])));
+        assert!(!sel.matches(&labels(&[
+            ("role", "web"),
+            ("tier", "a"),
+            ("team", "x"),
+            ("legacy", "1")
+        ])));
         assert!(!sel.matches(&labels(&[("role", "db"), ("tier", "a"), ("team", "x")])));
         assert!(LabelSelector::default().matches(&labels(&[])));
     }

@@ -90,7 +90,11 @@ pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
         "icmpv6" | "58" => Protocol::Icmpv6,
         other => match other.parse::<u8>() {
             Ok(n) => Protocol::Other(n),
-            Err(_) => return Err(format!("IpProtocol {s:?} is not tcp, udp, icmp, icmpv6, -1 or a protocol number 0-255")),
+            Err(_) => {
+                return Err(format!(
+                    "IpProtocol {s:?} is not tcp, udp, icmp, icmpv6, -1 or a protocol number 0-255"
+                ));
+            }
         },
     })
 }
@@ -169,9 +173,7 @@ pub fn parse_prefix_lists(
     let doc: BTreeMap<String, PrefixListEntries> =
         serde_json::from_str(json).map_err(|e| SourceError::Invalid {
             object: origin.to_string(),
-            problem: format!(
-                "expected {{\"pl-…\": <GetManagedPrefixListEntries output>}}: {e}"
-            ),
+            problem: format!("expected {{\"pl-…\": <GetManagedPrefixListEntries output>}}: {e}"),
         })?;
     doc.into_iter()
         .map(|(id, e)| {
@@ -220,6 +222,9 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("sg-9") && e.contains("inbound permission 0"), "{e}");
+        assert!(
+            e.contains("sg-9") && e.contains("inbound permission 0"),
+            "{e}"
+        );
     }
 }

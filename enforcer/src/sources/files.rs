@@ -29,9 +29,10 @@ pub fn load(cfg: &Config) -> Result<Snapshot, SourceError> {
     }
     for p in &cfg.prefix_lists {
         let p = cfg.resolve(p);
-        catalog
-            .prefix_lists
-            .extend(ec2::parse_prefix_lists(&read(&p)?, &p.display().to_string())?);
+        catalog.prefix_lists.extend(ec2::parse_prefix_lists(
+            &read(&p)?,
+            &p.display().to_string(),
+        )?);
     }
     for (g, ips) in &cfg.group_members {
         catalog.members.entry(g.clone()).or_default().extend(ips);

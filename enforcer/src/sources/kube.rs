@@ -114,10 +114,15 @@ pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
         return Err(format!("annotation {POD_ENI_ANNOTATION} is an empty array"));
     };
     let mac = parse_mac(&e.if_address).ok_or_else(|| {
-        format!("annotation {POD_ENI_ANNOTATION}: ifAddress {:?} is not a MAC address", e.if_address)
+        format!(
+            "annotation {POD_ENI_ANNOTATION}: ifAddress {:?} is not a MAC address",
+            e.if_address
+        )
     })?;
     if mac == [0; 6] {
-        return Err(format!("annotation {POD_ENI_ANNOTATION}: ifAddress is all zero"));
+        return Err(format!(
+            "annotation {POD_ENI_ANNOTATION}: ifAddress is all zero"
+        ));
     }
     let vlan = match &e.vlan_id {
         serde_json::Value::Number(n) => n.as_u64(),
@@ -137,18 +142,26 @@ pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
         None
     } else {
         Some(e.private_ip.parse::<Ipv4Addr>().map_err(|_| {
-            format!("annotation {POD_ENI_ANNOTATION}: privateIp {:?} is not an IPv4 address", e.private_ip)
+            format!(
+                "annotation {POD_ENI_ANNOTATION}: privateIp {:?} is not an IPv4 address",
+                e.private_ip
+            )
         })?)
     };
     let ipv6 = if e.ipv6_addr.is_empty() {
         None
     } else {
         Some(e.ipv6_addr.parse::<Ipv6Addr>().map_err(|_| {
-            format!("annotation {POD_ENI_ANNOTATION}: ipv6Addr {:?} is not an IPv6 address", e.ipv6_addr)
+            format!(
+                "annotation {POD_ENI_ANNOTATION}: ipv6Addr {:?} is not an IPv6 address",
+                e.ipv6_addr
+            )
         })?)
     };
     if ipv4.is_none_or(|a| a.is_unspecified()) && ipv6.is_none_or(|a| a.is_unspecified()) {
-        return Err(format!("annotation {POD_ENI_ANNOTATION}: no privateIp or ipv6Addr"));
+        return Err(format!(
+            "annotation {POD_ENI_ANNOTATION}: no privateIp or ipv6Addr"
+        ));
     }
     Ok(BranchEni {
         eni_id: e.eni_id,
@@ -210,7 +223,11 @@ impl KubeObjects {
             object: origin.to_string(),
             problem: format!("not a Kubernetes object: {e}"),
         })?;
-        let ns = obj.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = obj
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let what = format!("{} {}/{}", obj.kind, ns, obj.metadata.name);
         match obj.kind.as_str() {
             "List" | "PodList" | "SecurityGroupPolicyList" | "ServiceAccountList" => {
@@ -286,10 +303,22 @@ mod tests {
         for (raw, needle) in [
             (r#"{"eniId":"x"}"#, "JSON array"),
             (r#"[]"#, "empty"),
-            (r#"[{"ifAddress":"zz","privateIp":"10.0.0.1","vlanId":1}]"#, "ifAddress"),
-            (r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"10.0.0.1","vlanId":0}]"#, "vlanId"),
-            (r#"[{"ifAddress":"02:00:00:00:00:01","vlanId":2}]"#, "no privateIp"),
-            (r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"0.0.0.0","vlanId":2}]"#, "no privateIp"),
+            (
+                r#"[{"ifAddress":"zz","privateIp":"10.0.0.1","vlanId":1}]"#,
+                "ifAddress",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"10.0.0.1","vlanId":0}]"#,
+                "vlanId",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","vlanId":2}]"#,
+                "no privateIp",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"0.0.0.0","vlanId":2}]"#,
+                "no privateIp",
+            ),
         ] {
             let e = parse_pod_eni(raw).unwrap_err();
             assert!(e.contains(needle), "{raw}: {e}");

@@ -63,12 +63,32 @@ const SINGLE_RUNS: usize = 4000;
 /// minus the same timed with `repeat`.
 fn single_run_overhead(h: &mut Harness) -> f64 {
     use enforcer_common::prog_names::FABRIC_INGRESS;
-    let f = Frame::new(CLIENT.mac, HOST_MAC, CLIENT.ipv4, "10.0.2.5", L4::Udp { sport: 1, dport: 2 }).bytes();
-    let single = median((0..ROUNDS).map(|_| {
-        (0..SINGLE_RUNS).map(|_| h.time(FABRIC_INGRESS, &f, 1).1).sum::<f64>() / SINGLE_RUNS as f64
-    }).collect());
-    let repeated = median((0..ROUNDS).map(|_| h.time(FABRIC_INGRESS, &f, REPEAT).1).collect());
-    eprintln!("calibration: trivial program {repeated:.1} ns with repeat, {single:.1} ns one run per call");
+    let f = Frame::new(
+        CLIENT.mac,
+        HOST_MAC,
+        CLIENT.ipv4,
+        "10.0.2.5",
+        L4::Udp { sport: 1, dport: 2 },
+    )
+    .bytes();
+    let single = median(
+        (0..ROUNDS)
+            .map(|_| {
+                (0..SINGLE_RUNS)
+                    .map(|_| h.time(FABRIC_INGRESS, &f, 1).1)
+                    .sum::<f64>()
+                    / SINGLE_RUNS as f64
+            })
+            .collect(),
+    );
+    let repeated = median(
+        (0..ROUNDS)
+            .map(|_| h.time(FABRIC_INGRESS, &f, REPEAT).1)
+            .collect(),
+    );
+    eprintln!(
+        "calibration: trivial program {repeated:.1} ns with repeat, {single:.1} ns one run per call"
+    );
     (single - repeated).max(0.0)
 }
 
@@ -78,7 +98,11 @@ fn real_traffic(results: &mut Vec<String>) -> anyhow::Result<()> {
     use integration_tests::realbench::{RealBench, StatsGuard};
     let exe = std::env::current_exe()?;
     let bin = exe.parent().unwrap().join("enforcer");
-    anyhow::ensure!(bin.exists(), "{} missing: `cargo build --release -p enforcer` first", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} missing: `cargo build --release -p enforcer` first",
+        bin.display()
+    );
     let _stats = StatsGuard::enable()?;
     let mut rb = RealBench::start(&bin, &groups(1))?;
     let fab = rb.fabric_ns();
@@ -114,7 +138,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
-    println!("{:<12} {:<4} {:>6} {:>10}", "case", "fam", "rules", "ns/packet");
+    println!(
+        "{:<12} {:<4} {:>6} {:>10}",
+        "case", "fam", "rules", "ns/packet"
+    );
     for rules in [1usize] {
         for v6 in [false, true] {
             let mut h = Harness::new();
@@ -122,30 +149,46 @@ fn main() -> anyhow::Result<()> {
             // n rules per family: 2n EC2 rules, over the default 1000 per pod.
             h.cfg.node.quotas.rules_per_pod = 5000;
             let plan = h.apply(&groups(rules), &k8s());
-            anyhow::ensure!(plan.pods[0].error.is_none(), "bench policy rejected: {:?}", plan.pods[0].error);
+            anyhow::ensure!(
+                plan.pods[0].error.is_none(),
+                "bench policy rejected: {:?}",
+                plan.pods[0].error
+            );
             let i = rules - 1;
             let (src, dst) = if v6 {
-                (CLIENT.ipv6.to_string(), format!("fd00:{:x}:{:x}::9", 100 + i / 256, i % 256))
+                (
+                    CLIENT.ipv6.to_string(),
+                    format!("fd00:{:x}:{:x}::9", 100 + i / 256, i % 256),
+                )
             } else {
-                (CLIENT.ipv4.to_string(), format!("10.{}.{}.9", 100 + i / 256, i % 256))
+                (
+                    CLIENT.ipv4.to_string(),
+                    format!("10.{}.{}.9", 100 + i / 256, i % 256),
+                )
             };
             let port = 1000 + i as u16;
-            let frame = |sport, dport| Frame::new(CLIENT.mac, HOST_MAC, &src, &dst, L4::Syn { sport, dport }).bytes();
+            let frame = |sport, dport| {
+                Frame::new(CLIENT.mac, HOST_MAC, &src, &dst, L4::Syn { sport, dport }).bytes()
+            };
             let fam = if v6 { "v6" } else { "v4" };
 
             let overhead = single_run_overhead(&mut h);
             // Established: create the flow once, then time hits.
             let est = frame(40000, port);
             assert_eq!(h.run(POD_EGRESS, &est).0, TC_ACT_REDIRECT);
-            let established = median((0..ROUNDS).map(|_| {
-                let mut total = 0.0;
-                for _ in 0..SINGLE_RUNS {
-                    let (ret, ns) = h.time(POD_EGRESS, &est, 1);
-                    assert_eq!(ret, TC_ACT_REDIRECT);
-                    total += ns;
-                }
-                total / SINGLE_RUNS as f64 - overhead
-            }).collect());
+            let established = median(
+                (0..ROUNDS)
+                    .map(|_| {
+                        let mut total = 0.0;
+                        for _ in 0..SINGLE_RUNS {
+                            let (ret, ns) = h.time(POD_EGRESS, &est, 1);
+                            assert_eq!(ret, TC_ACT_REDIRECT);
+                            total += ns;
+                        }
+                        total / SINGLE_RUNS as f64 - overhead
+                    })
+                    .collect(),
+            );
 
             // New flows: each packet a new source port.
             let mut per_round = Vec::new();
@@ -162,13 +205,21 @@ fn main() -> anyhow::Result<()> {
             let new_flow = median(per_round);
 
             let deny = frame(40001, port + 1);
-            let denied = median((0..ROUNDS).map(|_| {
-                let (ret, ns) = h.time(POD_EGRESS, &deny, REPEAT);
-                assert_eq!(ret, TC_ACT_SHOT);
-                ns
-            }).collect());
+            let denied = median(
+                (0..ROUNDS)
+                    .map(|_| {
+                        let (ret, ns) = h.time(POD_EGRESS, &deny, REPEAT);
+                        assert_eq!(ret, TC_ACT_SHOT);
+                        ns
+                    })
+                    .collect(),
+            );
 
-            for (case, ns) in [("established", established), ("new_flow", new_flow), ("denied", denied)] {
+            for (case, ns) in [
+                ("established", established),
+                ("new_flow", new_flow),
+                ("denied", denied),
+            ] {
                 println!("{case:<12} {fam:<4} {rules:>6} {ns:>10.1}");
                 results.push(format!(
                     r#"{{"case":"{case}","family":"{fam}","rules":{rules},"ns_per_packet":{ns:.1},"method":"test_run"}}"#
