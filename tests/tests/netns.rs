@@ -265,3 +265,143 @@ fn revoked_rule_stops_new_flows_but_not_an_established_one() {
     assert!(!tcp_echo(&ns, "10.0.2.5:443").unwrap(), "new flow refused");
     drop(conn);
 }
+
+#[test]
+fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
+    let web = sim_pod("shop", "web", 1);
+    let ghost = sim_pod("shop", "ghost", 2);
+    let crowded = sim_pod("shop", "crowded", 3);
+    let broken = sim_pod("shop", "broken", 4);
+    let pods = vec![web.clone(), ghost.clone(), crowded.clone(), broken.clone()];
+    let mut sim = SimNode::build(&pods, REMOTE).expect("build simulated node");
+    let many: Vec<String> = (0..6)
+        .map(|i| format!(r#"{{"GroupId":"sg-x{i}"}}"#))
+        .collect();
+    let groups = groups().replace("\n]}", &format!(",{}\n]}}", many.join(",")));
+    let k8s = format!(
+        "{}{}{}{}",
+        policies(),
+        "---\nkind: SecurityGroupPolicy\nmetadata: {name: ghost, namespace: shop}\nspec: {podSelector: {matchLabels: {app: ghost}}, securityGroups: {groupIds: [sg-web, sg-missing]}}\n\
+         ---\nkind: SecurityGroupPolicy\nmetadata: {name: crowded, namespace: shop}\nspec: {podSelector: {matchLabels: {app: crowded}}, securityGroups: {groupIds: [sg-x0, sg-x1, sg-x2, sg-x3, sg-x4, sg-x5]}}\n",
+        pods_yaml(&pods[..3], &|p| format!("{{app: {}}}", p.name)),
+        // A pod-eni annotation that is not valid: this pod, and only it, fails.
+        "---\nkind: Pod\nmetadata:\n  name: broken\n  namespace: shop\n  labels: {app: web}\n  annotations:\n    vpc.amazonaws.com/pod-eni: '[{\"eniId\":\"eni-b\",\"ifAddress\":\"not-a-mac\",\"privateIp\":\"10.0.1.14\",\"vlanId\":14}]'\n"
+    );
+    let cfg = write_config(&sim, &groups, &k8s, "").unwrap();
+    let bin = enforcer_bin();
+    sim.start_daemon(&bin, &cfg).expect("daemon");
+
+    let st = sim.status().unwrap();
+    let pod = |n: &str| st.pods.iter().find(|p| p.name == n).unwrap().clone();
+    assert_eq!(
+        pod("web").state,
+        enforcer::status::PodState::Enforced,
+        "{}",
+        st.render_table()
+    );
+    let e = pod("ghost").error.unwrap();
+    assert!(
+        e.contains("InvalidSecurityGroupID.NotFound") && e.contains("sg-missing"),
+        "{e}"
+    );
+    assert_eq!(pod("ghost").state, enforcer::status::PodState::FailClosed);
+    assert!(
+        pod("crowded")
+            .error
+            .unwrap()
+            .contains("exceed the limit of 5")
+    );
+    assert!(pod("broken").error.unwrap().contains("ifAddress"));
+
+    let _srv = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
+    assert!(
+        tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "good pod enforced as usual"
+    );
+    assert!(
+        !tcp_echo(sim.pod_ns("ghost"), "10.0.2.5:443").unwrap(),
+        "fail-closed pod passes nothing"
+    );
+    let ghost_drops = sim
+        .status()
+        .unwrap()
+        .pods
+        .iter()
+        .find(|p| p.name == "ghost")
+        .unwrap()
+        .counters
+        .clone();
+    assert!(
+        ghost_drops
+            .get("drop_fail_closed")
+            .map(|c| c[0])
+            .unwrap_or(0)
+            > 0,
+        "{ghost_drops:?}"
+    );
+
+    // A file that no longer parses: the last good state stays, and status says why.
+    std::fs::write(sim.workdir.join("groups.json"), "{ not json").unwrap();
+    sim.reload_daemon().unwrap();
+    let st = sim.status().unwrap();
+    assert!(
+        st.source_errors.iter().any(|e| e.contains("groups.json")),
+        "{:?}",
+        st.source_errors
+    );
+    assert!(
+        tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "still enforced after bad reload"
+    );
+
+    // The operator's view, through the real binary.
+    let out = std::process::Command::new(&bin)
+        .args(["status", "-o", "json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web_json = v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "web")
+        .unwrap();
+    assert_eq!(web_json["vlan"], 11);
+    assert_eq!(web_json["mode"], "strict");
+    assert_eq!(web_json["groups"][0], "sg-web");
+    assert!(
+        v["alwaysAllowed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "10.0.0.2/32")
+    );
+    let table = std::process::Command::new(&bin)
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("shop/ghost") && table.contains("fail-closed"),
+        "{table}"
+    );
+
+    // SIGTERM: clean exit, pins removed, pod traffic no longer passes the trunk.
+    let bpffs = sim.bpffs_dir.clone();
+    assert!(bpffs.join("FLOWS").exists());
+    let status = sim.stop_daemon().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!bpffs.exists(), "pins removed on stop");
+    assert!(
+        !tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "detached: no redirect to the trunk"
+    );
+    let _ = (&ghost, &crowded, &broken);
+}
