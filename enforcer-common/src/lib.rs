@@ -177,7 +177,8 @@ pub struct AlwaysAllow {
 /// Flow table key, seen from the pod: `local` is the pod's address. One entry serves
 /// both directions of a flow; a same-node pod-to-pod flow has one entry per pod, since
 /// each side's groups decide independently (as each ENI tracks on its own in EC2).
-#[repr(C)]
+/// Aligned to 8 so the programs fill the address fields with word stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub local: [u8; 16],

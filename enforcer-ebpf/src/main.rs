@@ -38,10 +38,10 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     let Some(vlan) = l2.vlan else {
         return TC_ACT_OK;
     };
+    // A reference, not a copy: hash values stay valid for the program's run (RCU).
     let Some(pod) = (unsafe { POD_BY_VLAN.get(vlan as u32) }) else {
         return drop(&ctx, 0, Reason::DropUnknownVlan);
     };
-    let pod = *pod;
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         return drop(&ctx, pod.slot, Reason::DropInternal);
     };
@@ -49,7 +49,7 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     if let Err(e) = parse_l3(&ctx, &l2, pkt) {
         return drop(&ctx, pod.slot, e.reason());
     }
-    let reason = match decide(&pod, pkt, DIR_INGRESS) {
+    let reason = match decide(pod, pkt, DIR_INGRESS) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };
@@ -57,10 +57,7 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
         return drop(&ctx, pod.slot, Reason::DropInternal);
     }
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&pod.mac);
-    macs[6..].copy_from_slice(&pod.host_mac);
-    if ctx.store(0, &macs, 0).is_err() {
+    if set_macs(&ctx, &pod.mac, &pod.host_mac).is_err() {
         return drop(&ctx, pod.slot, Reason::DropInternal);
     }
     count(pod.slot, reason, ctx.len());
@@ -75,15 +72,13 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     let Some(pod) = (unsafe { POD_BY_IFINDEX.get(ifindex) }) else {
         return drop(&ctx, 0, Reason::DropUnknownPod);
     };
-    let pod = *pod;
     let l2 = match parse_l2(&ctx) {
         Ok(l2) => l2,
         Err(e) => return drop(&ctx, pod.slot, e.reason()),
     };
-    if ctx.data() + 14 > ctx.data_end() {
+    let Ok(src_mac) = load::<[u8; 6]>(&ctx, 6) else {
         return drop(&ctx, pod.slot, Reason::DropMalformed);
-    }
-    let src_mac: [u8; 6] = unsafe { core::ptr::read_unaligned((ctx.data() + 6) as *const [u8; 6]) };
+    };
     if src_mac != pod.mac {
         return drop(&ctx, pod.slot, Reason::DropSpoofMac);
     }
@@ -104,14 +99,15 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     }
     let spoofed = if pkt.family == AF_V4 {
-        pkt.outer.src[..4] != pod.ipv4
+        pkt.outer.src[0] != u32::from_ne_bytes(pod.ipv4)
     } else {
-        pod.has_ipv6 == 0 || pkt.outer.src != pod.ipv6
+        pod.has_ipv6 == 0
+            || pkt.outer.src != unsafe { core::mem::transmute::<[u8; 16], Addr>(pod.ipv6) }
     };
     if spoofed {
         return drop(&ctx, pod.slot, Reason::DropSpoofIp);
     }
-    let reason = match decide(&pod, pkt, DIR_EGRESS) {
+    let reason = match decide(pod, pkt, DIR_EGRESS) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };
@@ -126,9 +122,28 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn is_link_scope(dst: &[u8; 16]) -> bool {
-    // fe80::/10 and multicast ff00::/8
-    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || dst[0] == 0xff
+fn is_link_scope(dst: &Addr) -> bool {
+    // fe80::/10 and multicast ff00::/8: the first two bytes, as they sit in the word.
+    let (b0, b1) = (dst[0] as u8, (dst[0] >> 8) as u8);
+    (b0 == 0xfe && b1 & 0xc0 == 0x80) || b0 == 0xff
+}
+
+/// Rewrites both MAC addresses in place (packet pointers re-read: the helper that ran
+/// before may have moved the data).
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+    let data = ctx.data();
+    if data + 12 > ctx.data_end() {
+        return Err(());
+    }
+    // Word stores: a 6-byte array copy is a memmove call.
+    unsafe {
+        *(data as *mut u32) = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        *((data + 4) as *mut u16) = u16::from_ne_bytes([dst[4], dst[5]]);
+        *((data + 6) as *mut u16) = u16::from_ne_bytes([src[0], src[1]]);
+        *((data + 8) as *mut u32) = u32::from_ne_bytes([src[2], src[3], src[4], src[5]]);
+    }
+    Ok(())
 }
 
 /// Tags the frame with the pod's VLAN and addresses it to the VPC router. The tag goes
@@ -141,10 +156,7 @@ pub fn push_tag(ctx: &TcContext, vlan: u16, dst: &[u8; 6], src: &[u8; 6]) -> Res
     if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), vlan & 0x0fff) } != 0 {
         return Err(());
     }
-    let mut hdr = [0u8; 12];
-    hdr[..6].copy_from_slice(dst);
-    hdr[6..].copy_from_slice(src);
-    ctx.store(0, &hdr, 0).map_err(|_| ())
+    set_macs(ctx, dst, src)
 }
 
 #[cfg(not(test))]

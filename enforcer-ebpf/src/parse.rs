@@ -2,7 +2,7 @@
 //! IPv6 extension headers, ICMP errors with their quoted inner packet.
 use aya_ebpf::programs::TcContext;
 use enforcer_common::*;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
@@ -34,13 +34,18 @@ pub const KIND_ND: u8 = 2;
 /// A non-first fragment: no L4 header.
 pub const KIND_FRAGMENT: u8 = 3;
 
+/// An address as four 32-bit words holding the packet's bytes in network order (IPv4:
+/// first word, rest zero). Words, not bytes: byte arrays are copied by the compiler with
+/// `memcpy`/`memset` subprograms, which cost more than the rest of the parse.
+pub type Addr = [u32; 4];
+
 /// A 5-tuple with ports in host order. For ICMP echo both ports are the echo id, so
 /// requests and replies land on the same flow.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct Tuple {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -56,6 +61,7 @@ pub struct Packet {
     /// Port the policy matches on: destination port, or ICMP `type << 8 | code`.
     pub policy_port: u16,
     pub outer: Tuple,
+    /// Only meaningful for `KIND_ICMP_ERROR`.
     pub inner: Tuple,
 }
 
@@ -74,15 +80,44 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, ParseError> {
     Ok((start + off) as *const T)
 }
 
+/// A typed load from the packet. Packet loads need no alignment where we run (x86-64,
+/// arm64: the verifier enforces it only under strict alignment), and a typed load is
+/// one instruction where `read_unaligned` is a byte loop.
+///
+/// Never with a 1-byte type: LLVM turns `p + off + 1 > end` into `p + off >= end`, from
+/// which the verifier proves no range at a variable offset. Take bytes out of a u16/u32.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
+pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
+    const { assert!(core::mem::size_of::<T>() > 1) };
     let p = ptr_at::<T>(ctx, off)?;
-    Ok(unsafe { core::ptr::read_unaligned(p) })
+    Ok(unsafe { *p })
 }
 
+/// An IPv6 address at `off`, as four word loads (a 16-byte copy is a memmove call).
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
-    u16::from_be_bytes(b)
+pub fn load_addr(ctx: &TcContext, off: usize) -> Result<Addr, ParseError> {
+    let p = ptr_at::<Addr>(ctx, off)? as *const u32;
+    Ok(unsafe { [*p, *p.add(1), *p.add(2), *p.add(3)] })
+}
+
+/// Two packet bytes at `off`, as (first, second).
+#[inline(always)]
+fn bytes2(ctx: &TcContext, off: usize) -> Result<(u8, u8), ParseError> {
+    let w: u16 = load(ctx, off)?;
+    Ok((w as u8, (w >> 8) as u8))
+}
+
+/// Two big-endian bytes at `off` as a host-order u16.
+#[inline(always)]
+fn be16_at(ctx: &TcContext, off: usize) -> Result<u16, ParseError> {
+    Ok(u16::from_be(load::<u16>(ctx, off)?))
+}
+
+/// Source and destination ports (the first 4 bytes of TCP/UDP) in host order.
+#[inline(always)]
+fn ports_at(ctx: &TcContext, off: usize) -> Result<(u16, u16), ParseError> {
+    let w: u32 = load(ctx, off)?;
+    Ok((u16::from_be(w as u16), u16::from_be((w >> 16) as u16)))
 }
 
 /// L2 view of a frame: where the network header starts and what it is.
@@ -97,8 +132,7 @@ pub struct L2 {
 /// tag into `__sk_buff` (real receive) or it is still in the bytes (test_run, XDP).
 #[inline(always)]
 pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
-    let eth: EthHdr = read(ctx, 0)?;
-    let ethertype = u16::from_be(eth.ether_type);
+    let ethertype = be16_at(ctx, 12)?;
     let skb = unsafe { &*ctx.skb.skb };
     if skb.vlan_present != 0 {
         return Ok(L2 {
@@ -108,11 +142,10 @@ pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
         });
     }
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let tag: [u8; 4] = read(ctx, EthHdr::LEN)?;
         return Ok(L2 {
             l3_off: EthHdr::LEN + 4,
-            ethertype: be16([tag[2], tag[3]]),
-            vlan: Some(be16([tag[0], tag[1]]) & 0x0fff),
+            ethertype: be16_at(ctx, EthHdr::LEN + 2)?,
+            vlan: Some(be16_at(ctx, EthHdr::LEN)? & 0x0fff),
         });
     }
     Ok(L2 {
@@ -122,75 +155,74 @@ pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
     })
 }
 
+/// IPv4 header fields we use: (IHL in bytes, protocol, fragment offset, src, dst).
 #[inline(always)]
-fn v4_in_16(a: [u8; 4]) -> [u8; 16] {
-    let mut o = [0u8; 16];
-    o[0] = a[0];
-    o[1] = a[1];
-    o[2] = a[2];
-    o[3] = a[3];
-    o
+fn ipv4_at(ctx: &TcContext, off: usize) -> Result<(usize, u8, u16, u32, u32), ParseError> {
+    let (vihl, _) = bytes2(ctx, off)?;
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(ParseError::Truncated);
+    }
+    let frag = be16_at(ctx, off + 6)? & 0x1fff;
+    let (_, proto) = bytes2(ctx, off + 8)?;
+    let src: u32 = load(ctx, off + 12)?;
+    let dst: u32 = load(ctx, off + 16)?;
+    Ok((((vihl & 0x0f) as usize) * 4, proto, frag, src, dst))
 }
 
 #[inline(always)]
 pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError> {
-    pkt.family = 0;
     pkt.kind = KIND_NORMAL;
     pkt.tcp_flags = 0;
     pkt.policy_port = 0;
     pkt.outer.sport = 0;
     pkt.outer.dport = 0;
-    pkt.inner = Tuple::default();
     let l4_off;
     match l2.ethertype {
         ETH_P_IP => {
-            let ip: Ipv4Hdr = read(ctx, l2.l3_off)?;
-            let ihl = (ip.vihl & 0x0f) as usize;
-            if ihl < 5 || (ip.vihl >> 4) != 4 {
-                return Err(ParseError::Truncated);
-            }
+            let (ihl, proto, frag, src, dst) = ipv4_at(ctx, l2.l3_off)?;
             pkt.family = AF_V4;
-            pkt.outer.proto = ip.proto;
-            pkt.outer.src = v4_in_16(ip.src_addr);
-            pkt.outer.dst = v4_in_16(ip.dst_addr);
-            let frags = be16(ip.frags);
-            if frags & 0x1fff != 0 {
+            pkt.outer.proto = proto;
+            pkt.outer.src = [src, 0, 0, 0];
+            pkt.outer.dst = [dst, 0, 0, 0];
+            if frag != 0 {
                 pkt.kind = KIND_FRAGMENT;
                 return Ok(());
             }
-            l4_off = l2.l3_off + ihl * 4;
+            l4_off = l2.l3_off + ihl;
         }
         ETH_P_IPV6 => {
-            let first: [u8; 8] = read(ctx, l2.l3_off)?;
-            if first[0] >> 4 != 6 {
+            let (version, _) = bytes2(ctx, l2.l3_off)?;
+            if version >> 4 != 6 {
                 return Err(ParseError::Truncated);
             }
             pkt.family = AF_V6;
-            pkt.outer.src = read(ctx, l2.l3_off + 8)?;
-            pkt.outer.dst = read(ctx, l2.l3_off + 24)?;
-            let mut next = first[6];
+            pkt.outer.src = load_addr(ctx, l2.l3_off + 8)?;
+            pkt.outer.dst = load_addr(ctx, l2.l3_off + 24)?;
+            let (mut next, _) = bytes2(ctx, l2.l3_off + 6)?;
             let mut off = l2.l3_off + Ipv6Hdr::LEN;
-            // Hop-by-hop, routing, fragment and destination options; a bounded walk.
+            // Hop-by-hop, routing, fragment and destination options; a bounded walk. Rare,
+            // so read with the load helper: a loop of direct packet reads at growing
+            // offsets is where LLVM's merged bounds checks lose the verifier.
             let mut i = 0;
-            while i < 6 {
+            while i < 6 && matches!(next, 0 | 43 | 60 | 44) {
                 i += 1;
-                match next {
-                    0 | 43 | 60 => {
-                        let h: [u8; 2] = read(ctx, off)?;
-                        next = h[0];
-                        off += ((h[1] as usize) + 1) * 8;
+                let h: [u8; 4] = ctx.load(off).map_err(|_| ParseError::Truncated)?;
+                if next == 44 {
+                    let frag = u16::from_be_bytes([h[2], h[3]]);
+                    next = h[0];
+                    off += 8;
+                    if frag & 0xfff8 != 0 {
+                        pkt.outer.proto = next;
+                        pkt.kind = KIND_FRAGMENT;
+                        return Ok(());
                     }
-                    44 => {
-                        let h: [u8; 4] = read(ctx, off)?;
-                        next = h[0];
-                        off += 8;
-                        if be16([h[2], h[3]]) & 0xfff8 != 0 {
-                            pkt.outer.proto = next;
-                            pkt.kind = KIND_FRAGMENT;
-                            return Ok(());
-                        }
-                    }
-                    _ => break,
+                } else {
+                    next = h[0];
+                    off += ((h[1] as usize) + 1) * 8;
+                }
+                // Keeps the offset's range small for the verifier.
+                if off > 1024 {
+                    return Err(ParseError::Truncated);
                 }
             }
             if matches!(next, 0 | 43 | 60 | 44) {
@@ -209,21 +241,16 @@ pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseE
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseError> {
     match pkt.outer.proto {
         PROTO_TCP => {
-            let h: [u8; 14] = read(ctx, off)?;
-            pkt.outer.sport = be16([h[0], h[1]]);
-            pkt.outer.dport = be16([h[2], h[3]]);
-            pkt.tcp_flags = h[13];
+            (pkt.outer.sport, pkt.outer.dport) = ports_at(ctx, off)?;
+            pkt.tcp_flags = bytes2(ctx, off + 12)?.1;
             pkt.policy_port = pkt.outer.dport;
         }
         PROTO_UDP => {
-            let h: [u8; 4] = read(ctx, off)?;
-            pkt.outer.sport = be16([h[0], h[1]]);
-            pkt.outer.dport = be16([h[2], h[3]]);
+            (pkt.outer.sport, pkt.outer.dport) = ports_at(ctx, off)?;
             pkt.policy_port = pkt.outer.dport;
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let h: [u8; 8] = read(ctx, off)?;
-            let (ty, code) = (h[0], h[1]);
+            let (ty, code) = bytes2(ctx, off)?;
             pkt.policy_port = ((ty as u16) << 8) | code as u16;
             let v6 = pkt.outer.proto == PROTO_ICMPV6;
             let echo = if v6 {
@@ -232,15 +259,15 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseEr
                 ty == 8 || ty == 0
             };
             let error = if v6 {
-                ty >= 1 && ty <= 4
+                (1..=4).contains(&ty)
             } else {
                 ty == 3 || ty == 11 || ty == 12
             };
             if echo {
-                let id = be16([h[4], h[5]]);
+                let id = be16_at(ctx, off + 4)?;
                 pkt.outer.sport = id;
                 pkt.outer.dport = id;
-            } else if v6 && (ty >= 133 && ty <= 137 || ty == 130 || ty == 131 || ty == 143) {
+            } else if v6 && ((133..=137).contains(&ty) || ty == 130 || ty == 131 || ty == 143) {
                 pkt.kind = KIND_ND;
             } else if error {
                 pkt.kind = KIND_ICMP_ERROR;
@@ -257,30 +284,25 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseEr
 fn parse_inner(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Result<(), ParseError> {
     let l4;
     if v6 {
-        let first: [u8; 8] = read(ctx, off)?;
-        pkt.inner.src = read(ctx, off + 8)?;
-        pkt.inner.dst = read(ctx, off + 24)?;
-        pkt.inner.proto = first[6];
+        pkt.inner.src = load_addr(ctx, off + 8)?;
+        pkt.inner.dst = load_addr(ctx, off + 24)?;
+        pkt.inner.proto = bytes2(ctx, off + 6)?.0;
         l4 = off + Ipv6Hdr::LEN;
     } else {
-        let ip: Ipv4Hdr = read(ctx, off)?;
-        let ihl = (ip.vihl & 0x0f) as usize;
-        if ihl < 5 {
-            return Err(ParseError::Truncated);
-        }
-        pkt.inner.src = v4_in_16(ip.src_addr);
-        pkt.inner.dst = v4_in_16(ip.dst_addr);
-        pkt.inner.proto = ip.proto;
-        l4 = off + ihl * 4;
+        let (ihl, proto, _, src, dst) = ipv4_at(ctx, off)?;
+        pkt.inner.src = [src, 0, 0, 0];
+        pkt.inner.dst = [dst, 0, 0, 0];
+        pkt.inner.proto = proto;
+        l4 = off + ihl;
     }
-    let h: [u8; 8] = read(ctx, l4)?;
+    pkt.inner.sport = 0;
+    pkt.inner.dport = 0;
     match pkt.inner.proto {
         PROTO_TCP | PROTO_UDP => {
-            pkt.inner.sport = be16([h[0], h[1]]);
-            pkt.inner.dport = be16([h[2], h[3]]);
+            (pkt.inner.sport, pkt.inner.dport) = ports_at(ctx, l4)?;
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let id = be16([h[4], h[5]]);
+            let id = be16_at(ctx, l4 + 4)?;
             pkt.inner.sport = id;
             pkt.inner.dport = id;
         }

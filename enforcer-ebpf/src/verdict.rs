@@ -24,30 +24,40 @@ pub fn count(slot: u32, reason: Reason, bytes: u32) {
     }
 }
 
+/// Stores an address into a map key's byte-array field with word stores. The maps keep
+/// bytes (bpftool prints them readably); a 16-byte array copy would be a memmove call.
+/// `dst` must be 4-byte aligned, which every key struct here guarantees.
+#[inline(always)]
+fn put_addr(dst: &mut [u8; 16], a: &Addr) {
+    let p = dst as *mut [u8; 16] as *mut u32;
+    unsafe {
+        *p = a[0];
+        *p.add(1) = a[1];
+        *p.add(2) = a[2];
+        *p.add(3) = a[3];
+    }
+}
+
 /// Flow key as seen from the pod: `local` is the pod side whatever the direction.
 #[inline(always)]
 fn flow_key(t: &Tuple, family: u8, dir: u32) -> FlowKey {
+    let mut k = FlowKey {
+        proto: t.proto,
+        family,
+        ..FlowKey::default()
+    };
     if dir == DIR_EGRESS {
-        FlowKey {
-            local: t.src,
-            remote: t.dst,
-            local_port: t.sport,
-            remote_port: t.dport,
-            proto: t.proto,
-            family,
-            _pad: [0; 2],
-        }
+        put_addr(&mut k.local, &t.src);
+        put_addr(&mut k.remote, &t.dst);
+        k.local_port = t.sport;
+        k.remote_port = t.dport;
     } else {
-        FlowKey {
-            local: t.dst,
-            remote: t.src,
-            local_port: t.dport,
-            remote_port: t.sport,
-            proto: t.proto,
-            family,
-            _pad: [0; 2],
-        }
+        put_addr(&mut k.local, &t.dst);
+        put_addr(&mut k.remote, &t.src);
+        k.local_port = t.dport;
+        k.remote_port = t.sport;
     }
+    k
 }
 
 /// Other protocols are tracked by address pair only (SPEC §4).
@@ -137,10 +147,16 @@ fn always_allowed(pkt: &Packet, dir: u32) -> bool {
         &pkt.outer.src
     };
     if pkt.family == AF_V4 {
-        let a = [remote[0], remote[1], remote[2], remote[3]];
-        ALWAYS_V4.get(&Key::new(32, a)).is_some()
+        ALWAYS_V4
+            .get(&Key::new(32, remote[0].to_ne_bytes()))
+            .is_some()
     } else {
-        ALWAYS_V6.get(&Key::new(128, *remote)).is_some()
+        // [u32; 4] and [u8; 16] share size; the u32 view keeps the key aligned.
+        ALWAYS_V6
+            .get(&Key::new(128, unsafe {
+                core::mem::transmute::<Addr, [u8; 16]>(*remote)
+            }))
+            .is_some()
     }
 }
 
@@ -157,14 +173,15 @@ fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: u32) -> Option<(u32, u32)> {
     let class = if pkt.family == AF_V4 {
         let data = PeerKeyV4 {
             scope: sc,
-            addr: [remote[0], remote[1], remote[2], remote[3]],
+            addr: remote[0].to_ne_bytes(),
         };
         PEER_V4.get(&Key::new(PEER_SCOPE_BITS + 32, data))?
     } else {
-        let data = PeerKeyV6 {
+        let mut data = PeerKeyV6 {
             scope: sc,
-            addr: *remote,
+            addr: [0; 16],
         };
+        put_addr(&mut data.addr, remote);
         PEER_V6.get(&Key::new(PEER_SCOPE_BITS + 128, data))?
     };
     if class.all_cookie != 0 {
@@ -179,6 +196,7 @@ fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: u32) -> Option<(u32, u32)> {
     Some((r.cookie, r.flags))
 }
 
+#[inline(always)]
 pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
     if pkt.kind == KIND_ND {
         return Verdict::Allow(Reason::PassLocal);

@@ -1,0 +1,73 @@
+//! Where the time goes: frames that leave the pod program at successive stages (all
+//! drops, so test_run `repeat` re-runs an unmodified packet and the figure is exact).
+use enforcer_common::prog_names::{FABRIC_INGRESS, POD_EGRESS, TRUNK_INGRESS};
+use integration_tests::frames::{Frame, L4};
+use integration_tests::harness::*;
+
+fn main() {
+    let mut h = Harness::new();
+    let groups = r#"{"SecurityGroups":[{"GroupId":"sg-1","IpPermissionsEgress":[{"IpProtocol":"tcp","FromPort":443,"ToPort":443,"IpRanges":[{"CidrIp":"10.0.2.0/24"}]}]}]}"#;
+    let k8s = format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-1]}}}}\n{}",
+        pod_yaml(&CLIENT, "{}")
+    );
+    h.apply(groups, &k8s);
+    let syn = |src: &str, dst: &str, mac, port| {
+        Frame::new(
+            mac,
+            HOST_MAC,
+            src,
+            dst,
+            L4::Syn {
+                sport: 1,
+                dport: port,
+            },
+        )
+        .bytes()
+    };
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "trivial program (fabric, untagged)",
+            FABRIC_INGRESS,
+            syn(CLIENT.ipv4, "10.0.2.5", CLIENT.mac, 443),
+        ),
+        (
+            "trunk: unknown VLAN",
+            TRUNK_INGRESS,
+            Frame::new(
+                GW_MAC,
+                CLIENT.mac,
+                "10.0.2.5",
+                CLIENT.ipv4,
+                L4::Syn { sport: 1, dport: 2 },
+            )
+            .tagged(99)
+            .bytes(),
+        ),
+        (
+            "pod: spoofed MAC (pod lookup)",
+            POD_EGRESS,
+            syn(CLIENT.ipv4, "10.0.2.5", [2, 0, 0, 0, 0, 9], 443),
+        ),
+        (
+            "pod: spoofed IP (+ parse)",
+            POD_EGRESS,
+            syn("10.0.1.99", "10.0.2.5", CLIENT.mac, 443),
+        ),
+        (
+            "pod: no peer (+ flow miss, LPM A, always)",
+            POD_EGRESS,
+            syn(CLIENT.ipv4, "10.0.9.5", CLIENT.mac, 443),
+        ),
+        (
+            "pod: no port (+ LPM B)",
+            POD_EGRESS,
+            syn(CLIENT.ipv4, "10.0.2.5", CLIENT.mac, 22),
+        ),
+    ];
+    for (name, prog, frame) in cases {
+        let mut v: Vec<f64> = (0..7).map(|_| h.time(prog, &frame, 200_000).1).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("{name:<45} {:>6.1} ns", v[3]);
+    }
+}
