@@ -182,3 +182,34 @@ pub fn with_ipv4_options(frame: &[u8], l3: usize, words: usize) -> Vec<u8> {
     out[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
     out
 }
+
+/// Inserts an 8-byte IPv6 extension header (`kind`: 0 hop-by-hop, 60 destination
+/// options, 44 fragment with `frag_offset` in 8-byte units) after the fixed header.
+pub fn with_ipv6_ext(frame: &[u8], l3: usize, kind: u8, frag_offset: u16) -> Vec<u8> {
+    let next = frame[l3 + 6];
+    let mut ext = [0u8; 8];
+    ext[0] = next;
+    if kind == 44 {
+        ext[2..4].copy_from_slice(&(frag_offset << 3).to_be_bytes());
+        ext[4..8].copy_from_slice(&0x1234u32.to_be_bytes());
+    } else {
+        // Hdr Ext Len 0 (8 bytes), then a PadN option filling the rest.
+        ext[2] = 1;
+        ext[3] = 4;
+    }
+    let mut out = frame[..l3 + 40].to_vec();
+    out[l3 + 6] = kind;
+    let plen = u16::from_be_bytes([out[l3 + 4], out[l3 + 5]]) + 8;
+    out[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&frame[l3 + 40..]);
+    out
+}
+
+/// Marks an IPv4 packet as a fragment at `offset` (8-byte units); 0 with MF = first.
+pub fn as_ipv4_fragment(frame: &[u8], l3: usize, offset: u16, more: bool) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let v = offset | if more { 0x2000 } else { 0 };
+    out[l3 + 6..l3 + 8].copy_from_slice(&v.to_be_bytes());
+    out
+}
