@@ -774,26 +774,86 @@ fn flow_table_full_refuses_new_flows_keeps_old() {
 fn ipv6_extension_headers_and_fragments() {
     let mut h = setup();
     let slot = h.slot("client");
-    let syn = |p| out("fd00:10:2::5", L4::Syn { sport: 41000, dport: p }).bytes();
+    let syn = |p| {
+        out(
+            "fd00:10:2::5",
+            L4::Syn {
+                sport: 41000,
+                dport: p,
+            },
+        )
+        .bytes()
+    };
     let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
-        ("hop-by-hop then tcp 443", with_ipv6_ext(&syn(443), 14, 0, 0), TC_ACT_REDIRECT, Reason::AllowPolicy),
-        ("dest options then tcp 22", with_ipv6_ext(&syn(22), 14, 60, 0), TC_ACT_SHOT, Reason::DropNoRule),
         (
-            "first fragment, tcp 443",
-            with_ipv6_ext(&out("fd00:10:2::5", L4::Syn { sport: 41001, dport: 443 }).bytes(), 14, 44, 0),
+            "hop-by-hop then tcp 443",
+            with_ipv6_ext(&syn(443), 14, 0, 0),
             TC_ACT_REDIRECT,
             Reason::AllowPolicy,
         ),
-        ("later fragment", with_ipv6_ext(&syn(443), 14, 44, 100), TC_ACT_SHOT, Reason::DropFragment),
+        (
+            "dest options then tcp 22",
+            with_ipv6_ext(&syn(22), 14, 60, 0),
+            TC_ACT_SHOT,
+            Reason::DropNoRule,
+        ),
+        (
+            "first fragment, tcp 443",
+            with_ipv6_ext(
+                &out(
+                    "fd00:10:2::5",
+                    L4::Syn {
+                        sport: 41001,
+                        dport: 443,
+                    },
+                )
+                .bytes(),
+                14,
+                44,
+                0,
+            ),
+            TC_ACT_REDIRECT,
+            Reason::AllowPolicy,
+        ),
+        (
+            "later fragment",
+            with_ipv6_ext(&syn(443), 14, 44, 100),
+            TC_ACT_SHOT,
+            Reason::DropFragment,
+        ),
         (
             "ipv4 later fragment",
-            as_ipv4_fragment(&out("10.0.2.5", L4::Syn { sport: 41002, dport: 443 }).bytes(), 14, 100, false),
+            as_ipv4_fragment(
+                &out(
+                    "10.0.2.5",
+                    L4::Syn {
+                        sport: 41002,
+                        dport: 443,
+                    },
+                )
+                .bytes(),
+                14,
+                100,
+                false,
+            ),
             TC_ACT_SHOT,
             Reason::DropFragment,
         ),
         (
             "ipv4 first fragment (MF), tcp 443",
-            as_ipv4_fragment(&out("10.0.2.5", L4::Syn { sport: 41003, dport: 443 }).bytes(), 14, 0, true),
+            as_ipv4_fragment(
+                &out(
+                    "10.0.2.5",
+                    L4::Syn {
+                        sport: 41003,
+                        dport: 443,
+                    },
+                )
+                .bytes(),
+                14,
+                0,
+                true,
+            ),
             TC_ACT_REDIRECT,
             Reason::AllowPolicy,
         ),
@@ -801,7 +861,11 @@ fn ipv6_extension_headers_and_fragments() {
     for (name, frame, want, reason) in cases {
         let before = h.counter(slot, reason);
         assert_eq!(h.run(POD_EGRESS, &frame).0, want, "{name}");
-        assert_eq!(h.counter(slot, reason), before + 1, "{name}: counter {reason:?}");
+        assert_eq!(
+            h.counter(slot, reason),
+            before + 1,
+            "{name}: counter {reason:?}"
+        );
     }
 }
 
@@ -816,10 +880,17 @@ fn neighbour_discovery_stays_on_the_node() {
         etherparse::PacketBuilder::ethernet2(CLIENT.mac, [0x33, 0x33, 0xff, 0, 0, 1])
             .ipv6(
                 "fe80::1:1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
-                "ff02::1:ff00:1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                "ff02::1:ff00:1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
                 255,
             )
-            .icmpv6(etherparse::Icmpv6Type::Unknown { type_u8: 135, code_u8: 0, bytes5to8: [0; 4] })
+            .icmpv6(etherparse::Icmpv6Type::Unknown {
+                type_u8: 135,
+                code_u8: 0,
+                bytes5to8: [0; 4],
+            })
             .write(&mut f, &[0u8; 16])
             .unwrap();
         f

@@ -21,7 +21,8 @@ enum Task {
     },
     /// Set up if needed, build, and replay the security-groups tutorial on a simulated node.
     Demo,
-    /// test_run ns/packet at 1, 60 and 1000 rules; writes target/bench/results.json.
+    /// ns/packet at 1, 60 and 1000 rules (test_run and real traffic), then the cost of
+    /// each stage; writes target/bench/results.json.
     Bench,
 }
 

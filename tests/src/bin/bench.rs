@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         "{:<12} {:<4} {:>6} {:>10}",
         "case", "fam", "rules", "ns/packet"
     );
-    for rules in [1usize] {
+    for rules in [1usize, 60, 1000] {
         for v6 in [false, true] {
             let mut h = Harness::new();
             h.cfg.node.quotas.rules_per_group_per_family = 1000;
