@@ -20,9 +20,10 @@ pub mod map_names {
     pub const ALWAYS_V6: &str = "ALWAYS_V6";
     pub const FLOWS: &str = "FLOWS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const FRAGS: &str = "FRAGS";
     pub const FABRIC_VLAN_BY_MAC: &str = "FABRIC_VLAN_BY_MAC";
     pub const FABRIC_VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         NODE_CONFIG,
         POD_BY_VLAN,
         POD_BY_IFINDEX,
@@ -32,6 +33,7 @@ pub mod map_names {
         ALWAYS_V4,
         ALWAYS_V6,
         FLOWS,
+        FRAGS,
         COUNTERS,
     ];
 }
@@ -191,6 +193,32 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// Fragments of one datagram: (addresses, IP id, protocol). A first fragment that is
+/// allowed records its verdict here; later fragments (no ports to judge) follow it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub first_seen_ns: u64,
+    /// Rule behind the first fragment's verdict (0: state or always-allowed).
+    pub cookie: u32,
+    pub _pad: u32,
+}
+
+pub const MAX_FRAGS: u32 = 16384;
+/// How long later fragments follow their first (Linux reassembly waits 30 s too).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
 pub const FLOW_TCP_SYN: u8 = 0;
 pub const FLOW_TCP_ESTABLISHED: u8 = 1;
 pub const FLOW_TCP_CLOSING: u8 = 2;
@@ -233,9 +261,11 @@ pub enum Reason {
     DropFlowTableFull = 13,
     DropFragment = 14,
     DropInternal = 15,
+    /// A later fragment whose first fragment was allowed.
+    AllowFragment = 16,
 }
 
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -255,6 +285,7 @@ impl Reason {
         Reason::DropFlowTableFull,
         Reason::DropFragment,
         Reason::DropInternal,
+        Reason::AllowFragment,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -275,11 +306,20 @@ impl Reason {
             Reason::DropFlowTableFull => "drop_flow_table_full",
             Reason::DropFragment => "drop_fragment",
             Reason::DropInternal => "drop_internal",
+            Reason::AllowFragment => "allow_fragment",
         }
     }
 
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= Reason::DropNoRule as u32
+        !matches!(
+            self,
+            Reason::AllowFlow
+                | Reason::AllowPolicy
+                | Reason::AllowAlways
+                | Reason::AllowRelated
+                | Reason::PassLocal
+                | Reason::AllowFragment
+        )
     }
 }
 
@@ -313,4 +353,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
 }

@@ -1,6 +1,6 @@
 //! The kernel's maps. BTF maps throughout so that `bpftool map dump` names every field.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use enforcer_common::*;
@@ -39,6 +39,11 @@ pub static ALWAYS_V6: LpmTrie<[u8; 16], AlwaysAllow, { MAX_ALWAYS_ENTRIES as usi
 /// daemon sweeps idle entries; the programs also drop an idle entry they hit.
 #[btf_map]
 pub static FLOWS: HashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = HashMap::new();
+
+/// First-fragment verdicts for later fragments. An LRU: fragments are short-lived and an
+/// evicted entry only costs the rest of one datagram.
+#[btf_map]
+pub static FRAGS: LruHashMap<FragKey, FragValue, { MAX_FRAGS as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counter, { COUNTER_ENTRIES as usize }> = PerCpuArray::new();

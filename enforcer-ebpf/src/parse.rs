@@ -63,6 +63,10 @@ pub struct Packet {
     pub outer: Tuple,
     /// Only meaningful for `KIND_ICMP_ERROR`.
     pub inner: Tuple,
+    /// IP identification (IPv4: 16 bits; IPv6: the fragment header's 32).
+    pub frag_id: u32,
+    /// The first fragment of a fragmented datagram (offset 0, more to come).
+    pub frag_first: u8,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -155,14 +159,14 @@ pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
     })
 }
 
-/// IPv4 header fields we use: (IHL in bytes, protocol, fragment offset, src, dst).
+/// IPv4 header fields we use: (IHL in bytes, protocol, flags+fragment offset, src, dst).
 #[inline(always)]
 fn ipv4_at(ctx: &TcContext, off: usize) -> Result<(usize, u8, u16, u32, u32), ParseError> {
     let (vihl, _) = bytes2(ctx, off)?;
     if vihl >> 4 != 4 || vihl & 0x0f < 5 {
         return Err(ParseError::Truncated);
     }
-    let frag = be16_at(ctx, off + 6)? & 0x1fff;
+    let frag = be16_at(ctx, off + 6)?;
     let (_, proto) = bytes2(ctx, off + 8)?;
     let src: u32 = load(ctx, off + 12)?;
     let dst: u32 = load(ctx, off + 16)?;
@@ -176,6 +180,7 @@ pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseE
     pkt.policy_port = 0;
     pkt.outer.sport = 0;
     pkt.outer.dport = 0;
+    pkt.frag_first = 0;
     let l4_off;
     match l2.ethertype {
         ETH_P_IP => {
@@ -184,9 +189,14 @@ pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseE
             pkt.outer.proto = proto;
             pkt.outer.src = [src, 0, 0, 0];
             pkt.outer.dst = [dst, 0, 0, 0];
-            if frag != 0 {
-                pkt.kind = KIND_FRAGMENT;
-                return Ok(());
+            if frag & 0x3fff != 0 {
+                // MF set or an offset: part of a fragmented datagram.
+                pkt.frag_id = be16_at(ctx, l2.l3_off + 4)? as u32;
+                if frag & 0x1fff != 0 {
+                    pkt.kind = KIND_FRAGMENT;
+                    return Ok(());
+                }
+                pkt.frag_first = 1;
             }
             l4_off = l2.l3_off + ihl;
         }
@@ -209,6 +219,8 @@ pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseE
                 let h: [u8; 4] = ctx.load(off).map_err(|_| ParseError::Truncated)?;
                 if next == 44 {
                     let frag = u16::from_be_bytes([h[2], h[3]]);
+                    let id: [u8; 4] = ctx.load(off + 4).map_err(|_| ParseError::Truncated)?;
+                    pkt.frag_id = u32::from_be_bytes(id);
                     next = h[0];
                     off += 8;
                     if frag & 0xfff8 != 0 {
@@ -216,6 +228,7 @@ pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseE
                         pkt.kind = KIND_FRAGMENT;
                         return Ok(());
                     }
+                    pkt.frag_first = (frag & 1) as u8;
                 } else {
                     next = h[0];
                     off += ((h[1] as usize) + 1) * 8;

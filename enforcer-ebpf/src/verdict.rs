@@ -207,16 +207,51 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
         }
         return Verdict::Drop(Reason::DropFailClosed);
     }
-    if pkt.kind == KIND_FRAGMENT {
-        // Later fragments carry no ports; without a fragment table they cannot be tied
-        // to their first fragment's verdict, so they are refused and counted.
-        return Verdict::Drop(Reason::DropFragment);
-    }
     let Some(cfg) = NODE_CONFIG.get(0) else {
         return Verdict::Drop(Reason::DropInternal);
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if pkt.kind == KIND_FRAGMENT {
+        // Later fragments carry no ports: they follow their first fragment's verdict.
+        return match unsafe { FRAGS.get(&frag_key(pkt)) } {
+            Some(f) if now.saturating_sub(f.first_seen_ns) <= FRAG_TIMEOUT_NS => {
+                Verdict::Allow(Reason::AllowFragment)
+            }
+            _ => Verdict::Drop(Reason::DropFragment),
+        };
+    }
+    let v = decide_packet(cfg, pod, pkt, dir, now);
+    if pkt.frag_first != 0 {
+        if let Verdict::Allow(_) = v {
+            let f = FragValue {
+                first_seen_ns: now,
+                cookie: 0,
+                _pad: 0,
+            };
+            // Best effort: an LRU insert only fails under memory pressure, and then the
+            // later fragments are dropped (and counted), never wrongly allowed.
+            let _ = FRAGS.insert(&frag_key(pkt), &f, 0);
+        }
+    }
+    v
+}
 
+#[inline(always)]
+fn frag_key(pkt: &Packet) -> FragKey {
+    let mut k = FragKey {
+        id: pkt.frag_id,
+        proto: pkt.outer.proto,
+        family: pkt.family,
+        ..FragKey::default()
+    };
+    put_addr(&mut k.src, &pkt.outer.src);
+    put_addr(&mut k.dst, &pkt.outer.dst);
+    k
+}
+
+/// The verdict for a packet with ports (or a first fragment): state, then policy.
+#[inline(always)]
+fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u64) -> Verdict {
     if pkt.kind == KIND_ICMP_ERROR {
         // The quoted packet travelled the other way: an error about a tracked flow is
         // related traffic and passes.

@@ -190,7 +190,9 @@ pub fn with_ipv6_ext(frame: &[u8], l3: usize, kind: u8, frag_offset: u16) -> Vec
     let mut ext = [0u8; 8];
     ext[0] = next;
     if kind == 44 {
-        ext[2..4].copy_from_slice(&(frag_offset << 3).to_be_bytes());
+        // M flag set on the first fragment (offset 0), as a sender splitting a datagram.
+        let more = if frag_offset == 0 { 1 } else { 0 };
+        ext[2..4].copy_from_slice(&((frag_offset << 3) | more).to_be_bytes());
         ext[4..8].copy_from_slice(&0x1234u32.to_be_bytes());
     } else {
         // Hdr Ext Len 0 (8 bytes), then a PadN option filling the rest.
@@ -206,9 +208,10 @@ pub fn with_ipv6_ext(frame: &[u8], l3: usize, kind: u8, frag_offset: u16) -> Vec
     out
 }
 
-/// Marks an IPv4 packet as a fragment at `offset` (8-byte units); 0 with MF = first.
-pub fn as_ipv4_fragment(frame: &[u8], l3: usize, offset: u16, more: bool) -> Vec<u8> {
+/// Marks an IPv4 packet as fragment `id` at `offset` (8-byte units); 0 with MF = first.
+pub fn as_ipv4_fragment(frame: &[u8], l3: usize, id: u16, offset: u16, more: bool) -> Vec<u8> {
     let mut out = frame.to_vec();
+    out[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
     let v = offset | if more { 0x2000 } else { 0 };
     out[l3 + 6..l3 + 8].copy_from_slice(&v.to_be_bytes());
     out

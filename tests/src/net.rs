@@ -46,7 +46,7 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
         tcp.set_nonblocking(true).unwrap();
         udp.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
             if let Ok((mut c, _)) = tcp.accept() {
                 let s2 = s.clone();
@@ -113,6 +113,11 @@ pub fn tcp_connect(ns: &str, addr: &str) -> Result<TcpStream> {
 
 /// One UDP datagram and its echo.
 pub fn udp_echo(ns: &str, addr: &str) -> Result<bool> {
+    udp_echo_sized(ns, addr, 5)
+}
+
+/// A UDP datagram of `size` bytes (over the MTU: IP fragments both ways) and its echo.
+pub fn udp_echo_sized(ns: &str, addr: &str, size: usize) -> Result<bool> {
     let addr: SocketAddr = addr.parse()?;
     in_netns(ns, move || {
         let bind = if addr.is_ipv6() {
@@ -122,10 +127,11 @@ pub fn udp_echo(ns: &str, addr: &str) -> Result<bool> {
         };
         let s = UdpSocket::bind(bind).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        if s.send_to(b"podsg", addr).is_err() {
+        let msg: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        if s.send_to(&msg, addr).is_err() {
             return false;
         }
-        let mut b = [0u8; 16];
-        matches!(s.recv_from(&mut b), Ok((5, _)))
+        let mut b = vec![0u8; 65536];
+        matches!(s.recv_from(&mut b), Ok((n, _)) if n == size && b[..n] == msg[..])
     })
 }

@@ -133,6 +133,15 @@ fn outbound_rules_tcp_udp_icmp_both_families() {
         "udp v6 allowed"
     );
     assert!(!udp_echo(&ns, "10.0.2.6:5353").unwrap(), "udp v4 denied");
+    // Over the MTU: the datagram and its echo travel as IP fragments.
+    assert!(
+        udp_echo_sized(&ns, "10.0.2.5:5353", 4000).unwrap(),
+        "fragmented udp v4"
+    );
+    assert!(
+        udp_echo_sized(&ns, "[fd00:10:2::5]:5353", 4000).unwrap(),
+        "fragmented udp v6"
+    );
     assert!(
         n.sim.ping(&ns, "10.0.2.6"),
         "icmp echo v4 allowed out, reply by state"

@@ -816,10 +816,11 @@ fn ipv6_extension_headers_and_fragments() {
             Reason::AllowPolicy,
         ),
         (
-            "later fragment",
+            // Same datagram id as the first fragment above: follows its verdict.
+            "later fragment of the allowed datagram",
             with_ipv6_ext(&syn(443), 14, 44, 100),
-            TC_ACT_SHOT,
-            Reason::DropFragment,
+            TC_ACT_REDIRECT,
+            Reason::AllowFragment,
         ),
         (
             "ipv4 later fragment",
@@ -833,6 +834,7 @@ fn ipv6_extension_headers_and_fragments() {
                 )
                 .bytes(),
                 14,
+                77,
                 100,
                 false,
             ),
@@ -851,6 +853,7 @@ fn ipv6_extension_headers_and_fragments() {
                 )
                 .bytes(),
                 14,
+                78,
                 0,
                 true,
             ),
@@ -898,4 +901,96 @@ fn neighbour_discovery_stays_on_the_node() {
     assert_eq!(h.run(POD_EGRESS, &ns).0, TC_ACT_OK);
     assert_eq!(h.counter(slot, Reason::PassLocal), 1);
     assert_eq!(h.flow_count(), 0);
+}
+
+#[test]
+fn later_fragments_follow_their_first_fragment() {
+    let mut h = setup();
+    let slot = h.slot("client");
+    let tcp = |dport| {
+        out(
+            "10.0.2.5",
+            L4::Syn {
+                sport: 42000,
+                dport,
+            },
+        )
+        .bytes()
+    };
+    // IPv4: id 5 allowed (443), id 6 denied (22).
+    assert_eq!(
+        h.run(POD_EGRESS, &as_ipv4_fragment(&tcp(443), 14, 5, 0, true))
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &as_ipv4_fragment(&tcp(443), 14, 5, 185, true))
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &as_ipv4_fragment(&tcp(443), 14, 5, 370, false))
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(h.counter(slot, Reason::AllowFragment), 2);
+    assert_eq!(
+        h.run(POD_EGRESS, &as_ipv4_fragment(&tcp(22), 14, 6, 0, true))
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &as_ipv4_fragment(&tcp(22), 14, 6, 185, false))
+            .0,
+        TC_ACT_SHOT
+    );
+    // Another datagram's id, same addresses: not covered.
+    assert_eq!(
+        h.run(POD_EGRESS, &as_ipv4_fragment(&tcp(443), 14, 9, 185, false))
+            .0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(h.counter(slot, Reason::DropFragment), 2);
+    // IPv6: the fragment header carries the id (0x1234 in these frames).
+    let v6 = out(
+        "fd00:10:2::5",
+        L4::Syn {
+            sport: 42001,
+            dport: 443,
+        },
+    )
+    .bytes();
+    assert_eq!(
+        h.run(POD_EGRESS, &with_ipv6_ext(&v6, 14, 44, 100)).0,
+        TC_ACT_SHOT,
+        "before its first"
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &with_ipv6_ext(&v6, 14, 44, 0)).0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        h.run(POD_EGRESS, &with_ipv6_ext(&v6, 14, 44, 100)).0,
+        TC_ACT_REDIRECT,
+        "after its first"
+    );
+    // Inbound: the first fragment of a reply passes by state, and so do the rest.
+    let reply = into(
+        "10.0.2.5",
+        L4::SynAck {
+            sport: 443,
+            dport: 42000,
+        },
+    )
+    .bytes();
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &as_ipv4_fragment(&reply, 18, 11, 0, true))
+            .0,
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &as_ipv4_fragment(&reply, 18, 11, 185, false))
+            .0,
+        TC_ACT_REDIRECT
+    );
 }
