@@ -94,6 +94,7 @@ impl Daemon {
         }
         self.status.unattributed = counters_map(&self.dp, 0);
         self.status.flows = self.dp.flows().map(|f| f.len()).unwrap_or(0);
+        self.status.maps = self.dp.fill_levels(self.status.flows);
         if let Err(e) = write_status(&self.cfg.state_dir, &self.status) {
             warn!("writing status: {e:#}");
         }

@@ -86,6 +86,21 @@ pub fn plan(
             counters: BTreeMap::new(),
         };
         let Some(eni) = r.eni.clone() else {
+            if !r.not_branch {
+                // A branch-ENI annotation we cannot use: we know the pod's interface
+                // (from its name) but not its VLAN, MAC or IPs, so everything from it
+                // is dropped. It must not run unenforced.
+                fail_closed_without_eni(
+                    cfg,
+                    &r,
+                    &mut st,
+                    mem,
+                    iface,
+                    &mut state,
+                    &mut interfaces,
+                    &mut new_slots,
+                );
+            }
             pods.push(st);
             continue;
         };
@@ -192,4 +207,39 @@ pub fn plan(
         new_slots,
         interfaces,
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fail_closed_without_eni(
+    cfg: &Config,
+    r: &crate::policy::resolve::Resolved,
+    st: &mut PodStatus,
+    mem: &mut Memory,
+    iface: &dyn Fn(&str) -> Option<Iface>,
+    state: &mut KernelState,
+    interfaces: &mut Vec<String>,
+    new_slots: &mut Vec<u32>,
+) {
+    let ifname = host_veth_name(&cfg.node.host_veth_prefix, &r.pod.namespace, &r.pod.name);
+    st.interface = Some(ifname.clone());
+    let Some((slot, fresh)) = mem.slots.get(&r.pod.key()) else {
+        return;
+    };
+    if fresh {
+        new_slots.push(slot);
+    }
+    st.slot = slot;
+    let Some(dev) = iface(&ifname) else {
+        st.state = PodState::Pending;
+        return;
+    };
+    st.state = PodState::FailClosed;
+    interfaces.push(ifname);
+    state.add_pod(PodInfo {
+        slot,
+        host_ifindex: dev.ifindex,
+        host_mac: dev.mac,
+        flags: POD_FAIL_CLOSED,
+        ..PodInfo::default()
+    });
 }

@@ -53,6 +53,9 @@ pub struct NodeStatus {
     #[serde(default)]
     pub unattributed: BTreeMap<String, [u64; 2]>,
     pub flows: usize,
+    /// Map name -> [entries in use, capacity]: how full each table is.
+    #[serde(default)]
+    pub maps: BTreeMap<String, [usize; 2]>,
     pub generation: u64,
 }
 
@@ -72,6 +75,14 @@ impl NodeStatus {
             "always allowed: {}\n",
             self.always_allowed.join(", ")
         ));
+        if !self.maps.is_empty() {
+            let fill: Vec<String> = self
+                .maps
+                .iter()
+                .map(|(name, [used, cap])| format!("{name} {used}/{cap}"))
+                .collect();
+            out.push_str(&format!("maps: {}\n", fill.join(", ")));
+        }
         for e in &self.source_errors {
             out.push_str(&format!("source error: {e}\n"));
         }

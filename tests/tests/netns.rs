@@ -321,6 +321,8 @@ fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
             .contains("exceed the limit of 5")
     );
     assert!(pod("broken").error.unwrap().contains("ifAddress"));
+    // Its branch ENI is unusable, but its interface is known: attached, fail-closed.
+    assert_eq!(pod("broken").state, enforcer::status::PodState::FailClosed);
 
     let _srv = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
     assert!(
@@ -330,6 +332,10 @@ fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
     assert!(
         !tcp_echo(sim.pod_ns("ghost"), "10.0.2.5:443").unwrap(),
         "fail-closed pod passes nothing"
+    );
+    assert!(
+        !tcp_echo(sim.pod_ns("broken"), "10.0.2.5:443").unwrap(),
+        "bad annotation: nothing passes"
     );
     let ghost_drops = sim
         .status()
@@ -400,6 +406,37 @@ fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
     assert!(
         table.contains("shop/ghost") && table.contains("fail-closed"),
         "{table}"
+    );
+
+    assert!(
+        table.contains("maps: ") && table.contains("POD_BY_VLAN 3/1024"),
+        "{table}\n{v:#}"
+    );
+    assert_eq!(v["maps"]["FLOWS"][1], enforcer_common::MAX_FLOWS);
+
+    // Operators read the pinned maps with bpftool: BTF gives named fields.
+    let out = enforcer::sim::sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        &sim.bpffs_dir.join("POD_BY_VLAN").display().to_string(),
+    ])
+    .unwrap();
+    let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let web_entry = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["formatted"]["key"] == 11)
+        .unwrap_or_else(|| panic!("no formatted entry for VLAN 11: {out}"));
+    assert_eq!(web_entry["formatted"]["value"]["vlan"], 11);
+    assert!(
+        web_entry["formatted"]["value"]["policy_id"]
+            .as_u64()
+            .unwrap()
+            > 0
     );
 
     // SIGTERM: clean exit, pins removed, pod traffic no longer passes the trunk.

@@ -457,6 +457,24 @@ impl Datapath {
         errors
     }
 
+    /// Entries in use and capacity of each table the daemon fills, and of the flow table.
+    pub fn fill_levels(&self, flows: usize) -> std::collections::BTreeMap<String, [usize; 2]> {
+        let c = &self.current;
+        [
+            (map_names::POD_BY_VLAN, c.pods_by_vlan.len(), MAX_PODS),
+            (map_names::POD_BY_IFINDEX, c.pods_by_ifindex.len(), MAX_PODS),
+            (map_names::PEER_V4, c.peers_v4.len(), MAX_PEER_ENTRIES),
+            (map_names::PEER_V6, c.peers_v6.len(), MAX_PEER_ENTRIES),
+            (map_names::PORT_RULES, c.ports.len(), MAX_PORT_ENTRIES),
+            (map_names::ALWAYS_V4, c.always_v4.len(), MAX_ALWAYS_ENTRIES),
+            (map_names::ALWAYS_V6, c.always_v6.len(), MAX_ALWAYS_ENTRIES),
+            (map_names::FLOWS, flows, MAX_FLOWS),
+        ]
+        .into_iter()
+        .map(|(n, used, cap)| (n.to_string(), [used, cap as usize]))
+        .collect()
+    }
+
     pub fn attached_pods(&self) -> usize {
         self.pod_links.len()
     }
