@@ -14,6 +14,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::error;
 use enforcer_common::*;
 
 use crate::maps::*;
@@ -24,6 +25,18 @@ use crate::verdict::*;
 fn drop(ctx: &TcContext, slot: u32, reason: Reason) -> i32 {
     count(slot, reason, ctx.len());
     TC_ACT_SHOT
+}
+
+/// A helper failed on a packet we meant to pass: counted like any drop, and logged
+/// (aya-log), since it means a kernel or daemon problem, not a policy decision. Never on
+/// the common path, so the log machinery costs nothing per packet.
+#[inline(never)]
+fn internal_error(ctx: &TcContext, slot: u32, what: &str) -> i32 {
+    error!(
+        ctx,
+        "podsg: {} failed (pod slot {}), packet dropped", what, slot
+    );
+    drop(ctx, slot, Reason::DropInternal)
 }
 
 /// Frames from the VPC: one VLAN per branch ENI. Checks the pod's inbound rules, strips
@@ -55,10 +68,10 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     };
     // Pops the tag from metadata or from the bytes, whichever holds it.
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
-        return drop(&ctx, pod.slot, Reason::DropInternal);
+        return internal_error(&ctx, pod.slot, "VLAN pop");
     }
     if set_macs(&ctx, &pod.mac, &pod.host_mac).is_err() {
-        return drop(&ctx, pod.slot, Reason::DropInternal);
+        return internal_error(&ctx, pod.slot, "MAC rewrite");
     }
     count(pod.slot, reason, ctx.len());
     unsafe { bpf_redirect(pod.host_ifindex, 0) as i32 }
@@ -112,10 +125,10 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };
     let Some(cfg) = NODE_CONFIG.get(0) else {
-        return drop(&ctx, pod.slot, Reason::DropInternal);
+        return internal_error(&ctx, pod.slot, "node config lookup");
     };
     if push_tag(&ctx, pod.vlan, &cfg.gateway_mac, &pod.mac).is_err() {
-        return drop(&ctx, pod.slot, Reason::DropInternal);
+        return internal_error(&ctx, pod.slot, "VLAN push");
     }
     count(pod.slot, reason, ctx.len());
     unsafe { bpf_redirect(cfg.trunk_ifindex, 0) as i32 }

@@ -119,6 +119,35 @@ impl Daemon {
     }
 }
 
+/// The programs log rare internal failures with aya-log; relay them to our log.
+fn forward_kernel_logs(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {e}");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for
+    // as long as the logger lives, and the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: {}", e.into_parts().1);
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
 fn write_status(dir: &Path, status: &NodeStatus) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
@@ -141,6 +170,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         )
     })?;
     let mut dp = Datapath::load(Some(&cfg.bpffs_dir))?;
+    forward_kernel_logs(dp.ebpf());
     let node = kernel_node_config(&cfg, trunk);
     dp.set_node_config(&node)?;
     let status = NodeStatus {
