@@ -100,6 +100,10 @@ pub struct NodeSettings {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub quotas: Quotas,
+    /// AWS fixes a pod's groups when the pod is created; by default we apply policy
+    /// changes to running pods (SPEC §2). `true` keeps AWS's behaviour.
+    #[serde(default)]
+    pub freeze_pod_groups: bool,
     /// Host-side interface names are this prefix plus a hash of namespace/name.
     #[serde(default = "default_prefix")]
     pub host_veth_prefix: String,

@@ -21,6 +21,8 @@ pub struct Memory {
     pub cookies: CookieTable,
     /// A pod's mode is fixed when it is first seen (SPEC §5).
     pub modes: BTreeMap<String, Mode>,
+    /// With `freezePodGroups`: each pod's groups as first resolved.
+    pub frozen_groups: BTreeMap<String, Vec<String>>,
 }
 
 pub struct Plan {
@@ -38,13 +40,17 @@ pub fn plan(
     mem: &mut Memory,
     iface: &dyn Fn(&str) -> Option<Iface>,
 ) -> Plan {
-    let resolved = resolve_pods(
+    let mut resolved = resolve_pods(
         &snap.kube,
         &snap.catalog,
         &cfg.node.node_groups,
         cfg.node.unmatched_pods,
         cfg.node.quotas.groups_per_pod,
     );
+
+    if cfg.node.freeze_pod_groups {
+        freeze_groups(&mut resolved, &snap.catalog, mem);
+    }
 
     // Referenced groups include the pods on this node that carry them (SPEC §3).
     let mut catalog: GroupCatalog = snap.catalog.clone();
@@ -199,8 +205,9 @@ pub fn plan(
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect();
     mem.slots.retain(&|k| live.contains(k));
-    mem.modes
-        .retain(|k, _| snap.kube.pods.iter().any(|p| &p.key() == k));
+    let present = |k: &String| snap.kube.pods.iter().any(|p| &p.key() == k);
+    mem.modes.retain(|k, _| present(k));
+    mem.frozen_groups.retain(|k, _| present(k));
     Plan {
         state,
         pods,
@@ -242,4 +249,141 @@ fn fail_closed_without_eni(
         flags: POD_FAIL_CLOSED,
         ..PodInfo::default()
     });
+}
+
+/// AWS's behaviour: a pod keeps the groups it was first given, whatever policies say
+/// later. The groups' rules still follow changes (they are the same groups).
+fn freeze_groups(
+    resolved: &mut [crate::policy::resolve::Resolved],
+    catalog: &GroupCatalog,
+    mem: &mut Memory,
+) {
+    for r in resolved.iter_mut().filter(|r| r.eni.is_some()) {
+        let key = r.pod.key();
+        match mem.frozen_groups.get(&key) {
+            Some(groups) => {
+                r.groups = groups.clone();
+                r.error = groups.iter().find(|g| !catalog.groups.contains_key(*g)).map(|g| {
+                    format!("InvalidSecurityGroupID.NotFound: The security group '{g}' does not exist")
+                });
+            }
+            None if r.error.is_none() => {
+                mem.frozen_groups.insert(key, r.groups.clone());
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::ec2::parse_security_groups;
+    use crate::sources::kube::KubeObjects;
+
+    const GROUPS: &str = r#"{"SecurityGroups":[
+        {"GroupId":"sg-a","IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]},
+        {"GroupId":"sg-b","IpPermissions":[{"IpProtocol":"tcp","FromPort":80,"ToPort":80,"IpRanges":[{"CidrIp":"10.0.0.0/8"}]}]}]}"#;
+
+    fn pod(name: &str, vlan: u16) -> String {
+        format!(
+            "---\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ns\n  annotations:\n    vpc.amazonaws.com/pod-eni: '[{{\"ifAddress\":\"02:00:00:00:00:{vlan:02x}\",\"privateIp\":\"10.0.1.{vlan}\",\"vlanId\":{vlan}}}]'\n"
+        )
+    }
+
+    fn snapshot(group: &str, pods: &[(&str, u16)]) -> Snapshot {
+        let mut catalog = GroupCatalog::default();
+        for g in parse_security_groups(GROUPS, "t").unwrap() {
+            catalog.groups.insert(g.id.clone(), g);
+        }
+        let mut kube = KubeObjects::default();
+        let mut yaml = format!(
+            "kind: SecurityGroupPolicy\nmetadata: {{name: p, namespace: ns}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [{group}]}}}}\n"
+        );
+        for (n, v) in pods {
+            yaml.push_str(&pod(n, *v));
+        }
+        kube.add_documents(&yaml, "t").unwrap();
+        Snapshot { catalog, kube }
+    }
+
+    fn config(extra: &str) -> Config {
+        serde_yaml::from_str(&format!(
+            "node: {{trunkInterface: t, gatewayMac: '02:00:00:00:00:01'{extra}}}"
+        ))
+        .unwrap()
+    }
+
+    fn any_iface(_: &str) -> Option<Iface> {
+        Some(Iface {
+            ifindex: 7,
+            mac: [2, 0, 0, 0, 0, 9],
+        })
+    }
+
+    #[test]
+    fn groups_follow_policy_changes_unless_frozen() {
+        for (freeze, want) in [(false, "sg-b"), (true, "sg-a")] {
+            let cfg = config(&format!(", freezePodGroups: {freeze}"));
+            let mut mem = Memory::default();
+            plan(&cfg, &snapshot("sg-a", &[("p1", 11)]), &mut mem, &any_iface);
+            let p = plan(&cfg, &snapshot("sg-b", &[("p1", 11)]), &mut mem, &any_iface);
+            assert_eq!(p.pods[0].groups, vec![want], "freeze {freeze}");
+            assert_eq!(p.pods[0].state, PodState::Enforced);
+        }
+    }
+
+    #[test]
+    fn mode_is_fixed_when_a_pod_is_first_seen() {
+        let mut mem = Memory::default();
+        plan(
+            &config(""),
+            &snapshot("sg-a", &[("old", 11)]),
+            &mut mem,
+            &any_iface,
+        );
+        let p = plan(
+            &config(", enforcingMode: standard"),
+            &snapshot("sg-a", &[("old", 11), ("new", 12)]),
+            &mut mem,
+            &any_iface,
+        );
+        let old = p.pods.iter().find(|p| p.name == "old").unwrap();
+        let new = p.pods.iter().find(|p| p.name == "new").unwrap();
+        assert_eq!(old.mode, Some(Mode::Strict));
+        assert_eq!(old.state, PodState::Enforced);
+        assert_eq!(new.mode, Some(Mode::Standard));
+        assert_eq!(
+            new.state,
+            PodState::FailClosed,
+            "standard mode is not implemented: explicit"
+        );
+    }
+
+    #[test]
+    fn a_deleted_pod_leaves_no_state() {
+        let cfg = config("");
+        let mut mem = Memory::default();
+        let before = plan(
+            &cfg,
+            &snapshot("sg-b", &[("p1", 11), ("p2", 12)]),
+            &mut mem,
+            &any_iface,
+        );
+        assert!(before.state.pods_by_vlan.contains_key(&12));
+        let after = plan(&cfg, &snapshot("sg-b", &[("p1", 11)]), &mut mem, &any_iface);
+        assert!(!after.state.pods_by_vlan.contains_key(&12));
+        assert_eq!(after.pods.len(), 1);
+        assert!(!mem.modes.contains_key("ns/p2"));
+        // Its counter slot is free again, and a new pod gets it with fresh counters.
+        let again = plan(
+            &cfg,
+            &snapshot("sg-b", &[("p1", 11), ("p3", 13)]),
+            &mut mem,
+            &any_iface,
+        );
+        let p3 = again.pods.iter().find(|p| p.name == "p3").unwrap();
+        assert_eq!(p3.slot, before.pods[1].slot);
+        assert!(again.new_slots.contains(&p3.slot));
+    }
 }

@@ -86,6 +86,17 @@ impl NodeStatus {
         for e in &self.source_errors {
             out.push_str(&format!("source error: {e}\n"));
         }
+        if !self.unattributed.is_empty() {
+            let c: Vec<String> = self
+                .unattributed
+                .iter()
+                .map(|(reason, [packets, _])| format!("{reason} {packets}"))
+                .collect();
+            out.push_str(&format!(
+                "no pod (unknown VLAN or interface): {}\n",
+                c.join(", ")
+            ));
+        }
         out.push_str(&format!(
             "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>9} {:>9}  {}\n",
             "POD", "STATE", "VLAN", "MODE", "IN", "OUT", "ALLOWED", "DROPPED", "GROUPS / ERROR"
