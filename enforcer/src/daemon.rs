@@ -201,8 +201,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
-                // Pods whose interface did not exist yet are retried here.
-                if d.status.pods.iter().any(|p| p.state == PodState::Pending) {
+                // Pods whose interface did not exist yet, or was re-created by the CNI,
+                // are (re)attached here.
+                if d.status.pods.iter().any(|p| p.state == PodState::Pending) || d.dp.links_stale() {
                     d.apply();
                 } else {
                     d.refresh_status();

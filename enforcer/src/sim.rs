@@ -312,105 +312,7 @@ impl SimNode {
         for p in pods {
             let pns = format!("{}-{}", self.prefix, p.name);
             self.add_ns(&pns)?;
-            let host = host_veth_name("sg", &p.namespace, &p.name);
-            sh(&[
-                "ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0",
-                "netns", &pns,
-            ])?;
-            let host_mac = format!("02:ee:00:00:{:02x}:{:02x}", p.vlan >> 8, p.vlan & 0xff);
-            sh(&[
-                "ip", "-n", &node, "link", "set", &host, "address", &host_mac, "up",
-            ])?;
-            sh(&[
-                "ip", "-n", &pns, "link", "set", "eth0", "address", &p.mac, "up",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &pns,
-                "addr",
-                "add",
-                &format!("{}/32", p.ipv4),
-                "dev",
-                "eth0",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &pns,
-                "addr",
-                "add",
-                &format!("{}/128", p.ipv6),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
-            // The AWS VPC CNI's pod gateway: 169.254.1.1 / fe80::1 at the host veth's MAC,
-            // permanent, so the pod never ARPs.
-            sh(&[
-                "ip",
-                "-n",
-                &pns,
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &pns,
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &pns,
-                "neigh",
-                "replace",
-                "169.254.1.1",
-                "lladdr",
-                &host_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            sh(&[
-                "ip", "-n", &pns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-            ])?;
-            sh(&[
-                "ip",
-                "-n",
-                &pns,
-                "-6",
-                "neigh",
-                "replace",
-                "fe80::1",
-                "lladdr",
-                &host_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
-            Self::sysctl(
-                &pns,
-                &[
-                    "net.ipv4.conf.all.accept_redirects=0",
-                    "net.ipv6.conf.all.accept_redirects=0",
-                    "net.ipv6.conf.eth0.accept_redirects=0",
-                ],
-            )?;
+            self.connect_pod(p, &pns)?;
             for ip in [&p.ipv4, &p.ipv6] {
                 sh(&[
                     "ip",
@@ -455,6 +357,141 @@ impl SimNode {
         })??;
         self.fabric_dp = Some(dp);
         Ok(())
+    }
+
+    /// The pod's veth pair, addresses, routes and gateway neighbour: what the CNI does
+    /// when a pod starts.
+    fn connect_pod(&self, p: &SimPod, pns: &str) -> Result<()> {
+        let node = self.node_ns.clone();
+        let pns = pns.to_string();
+        let host = host_veth_name("sg", &p.namespace, &p.name);
+        sh(&[
+            "ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0",
+            "netns", &pns,
+        ])?;
+        let host_mac = format!("02:ee:00:00:{:02x}:{:02x}", p.vlan >> 8, p.vlan & 0xff);
+        sh(&[
+            "ip", "-n", &node, "link", "set", &host, "address", &host_mac, "up",
+        ])?;
+        sh(&[
+            "ip", "-n", &pns, "link", "set", "eth0", "address", &p.mac, "up",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &pns,
+            "addr",
+            "add",
+            &format!("{}/32", p.ipv4),
+            "dev",
+            "eth0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &pns,
+            "addr",
+            "add",
+            &format!("{}/128", p.ipv6),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        // The AWS VPC CNI's pod gateway: 169.254.1.1 / fe80::1 at the host veth's MAC,
+        // permanent, so the pod never ARPs.
+        sh(&[
+            "ip",
+            "-n",
+            &pns,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &pns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &pns,
+            "neigh",
+            "replace",
+            "169.254.1.1",
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        sh(&[
+            "ip", "-n", &pns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &pns,
+            "-6",
+            "neigh",
+            "replace",
+            "fe80::1",
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        Self::sysctl(
+            &pns,
+            &[
+                "net.ipv4.conf.all.accept_redirects=0",
+                "net.ipv6.conf.all.accept_redirects=0",
+                "net.ipv6.conf.eth0.accept_redirects=0",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a pod's veth pair, as the CNI does when the pod's sandbox goes away.
+    pub fn disconnect_pod(&self, name: &str) -> Result<()> {
+        let (p, _) = self
+            .pods
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .context("no such pod")?;
+        sh(&[
+            "ip",
+            "-n",
+            &self.node_ns,
+            "link",
+            "del",
+            &host_veth_name("sg", &p.namespace, &p.name),
+        ])?;
+        Ok(())
+    }
+
+    /// Sets a disconnected pod up again (a new host interface, with a new ifindex).
+    pub fn reconnect_pod(&self, name: &str) -> Result<()> {
+        let (p, pns) = self
+            .pods
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .context("no such pod")?;
+        self.connect_pod(p, pns)
     }
 
     /// Starts `enforcer run` inside the node namespace (`nsenter --net`, which, unlike

@@ -451,3 +451,75 @@ fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
     );
     let _ = (&ghost, &crowded, &broken);
 }
+
+#[test]
+fn a_pod_whose_interface_appears_later_is_enforced_then() {
+    let web = sim_pod("shop", "web", 1);
+    let mut sim = SimNode::build(std::slice::from_ref(&web), REMOTE).expect("build simulated node");
+    // The daemon learns the pod before the CNI has set its interface up.
+    sim.disconnect_pod("web").unwrap();
+    let k8s = format!(
+        "{}{}",
+        policies(),
+        pods_yaml(std::slice::from_ref(&web), &|_| "{app: web}".into())
+    );
+    let cfg = write_config(&sim, &groups(), &k8s, "").unwrap();
+    sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
+    let st = sim.status().unwrap();
+    assert_eq!(
+        st.pods[0].state,
+        enforcer::status::PodState::Pending,
+        "{}",
+        st.render_table()
+    );
+    assert!(st.pods[0].error.as_ref().unwrap().contains("not found"));
+
+    sim.reconnect_pod("web").unwrap();
+    // The daemon retries pending pods every 2 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sim.status().unwrap().pods[0].state != enforcer::status::PodState::Enforced {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            sim.status().unwrap().render_table()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _srv = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
+    assert!(
+        tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "allowed once attached"
+    );
+    assert!(
+        !tcp_echo(sim.pod_ns("web"), "10.0.2.6:443").unwrap(),
+        "and enforced"
+    );
+
+    // The CNI re-creates the interface (new ifindex): the daemon notices by itself.
+    let g = sim.status().unwrap().generation;
+    sim.disconnect_pod("web").unwrap();
+    sim.reconnect_pod("web").unwrap();
+    // A tick may land between the two steps (pod pending for a moment): wait for a
+    // later generation in which the pod is enforced again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = sim.status().unwrap();
+        if st.generation > g && st.pods[0].state == enforcer::status::PodState::Enforced {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            st.render_table()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "re-attached to the new interface"
+    );
+    assert!(
+        !tcp_echo(sim.pod_ns("web"), "10.0.2.6:443").unwrap(),
+        "still enforced"
+    );
+}

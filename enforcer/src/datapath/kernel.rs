@@ -475,6 +475,14 @@ impl Datapath {
         .collect()
     }
 
+    /// True when an attached interface is gone or was re-created (new ifindex): the
+    /// CNI restarted the pod's sandbox and the pod needs attaching again.
+    pub fn links_stale(&self) -> bool {
+        self.pod_links
+            .iter()
+            .any(|(name, (ifindex, _))| crate::netdev::ifindex(name) != Some(*ifindex))
+    }
+
     pub fn attached_pods(&self) -> usize {
         self.pod_links.len()
     }
