@@ -466,13 +466,16 @@ impl SimNode {
         Ok(())
     }
 
-    /// Removes a pod's veth pair, as the CNI does when the pod's sandbox goes away.
-    pub fn disconnect_pod(&self, name: &str) -> Result<()> {
-        let (p, _) = self
-            .pods
+    fn sim_pod(&self, name: &str) -> Result<&(SimPod, String)> {
+        self.pods
             .iter()
             .find(|(p, _)| p.name == name)
-            .context("no such pod")?;
+            .with_context(|| format!("no simulated pod {name}"))
+    }
+
+    /// Removes a pod's veth pair, as the CNI does when the pod's sandbox goes away.
+    pub fn disconnect_pod(&self, name: &str) -> Result<()> {
+        let (p, _) = self.sim_pod(name)?;
         sh(&[
             "ip",
             "-n",
@@ -486,11 +489,7 @@ impl SimNode {
 
     /// Sets a disconnected pod up again (a new host interface, with a new ifindex).
     pub fn reconnect_pod(&self, name: &str) -> Result<()> {
-        let (p, pns) = self
-            .pods
-            .iter()
-            .find(|(p, _)| p.name == name)
-            .context("no such pod")?;
+        let (p, pns) = self.sim_pod(name)?;
         self.connect_pod(p, pns)
     }
 

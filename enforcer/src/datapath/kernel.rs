@@ -31,7 +31,40 @@ fn map_err(map: &str, e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("map {map}: {e}")
 }
 
-/// Writes `new` over `old` for one hash map: adds and changes first, removals after.
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
+    ebpf.map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))
+}
+
+/// One phase of bringing a map from `old` to `new`: upserts (new or changed entries)
+/// or removals (entries `new` no longer has).
+fn diff<K: Eq + Hash, V: PartialEq>(
+    name: &str,
+    old: &HashMap<K, V>,
+    new: &HashMap<K, V>,
+    phase: Phase,
+    mut insert: impl FnMut(&K, &V) -> Result<(), aya::maps::MapError>,
+    mut remove: impl FnMut(&K),
+) -> Result<()> {
+    match phase {
+        Phase::Upsert => {
+            for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
+                insert(k, v).map_err(|e| map_err(name, e))?;
+            }
+        }
+        Phase::Remove => old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .for_each(&mut remove),
+    }
+    Ok(())
+}
+
 fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     ebpf: &mut Ebpf,
     name: &str,
@@ -39,28 +72,24 @@ fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     new: &HashMap<K, V>,
     phase: Phase,
 ) -> Result<()> {
-    let mut m: BpfHashMap<&mut MapData, K, V> = ebpf
-        .map_mut(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the object"))?
+    let m: BpfHashMap<&mut MapData, K, V> = map_mut(ebpf, name)?
         .try_into()
         .map_err(|e| map_err(name, e))?;
-    match phase {
-        Phase::Upsert => {
-            for (k, v) in new {
-                if old.get(k) != Some(v) {
-                    m.insert(k, v, 0).map_err(|e| map_err(name, e))?;
-                }
-            }
-        }
-        Phase::Remove => {
-            for k in old.keys().filter(|k| !new.contains_key(k)) {
-                let _ = m.remove(k);
-            }
-        }
-    }
-    Ok(())
+    let m = std::cell::RefCell::new(m);
+    diff(
+        name,
+        old,
+        new,
+        phase,
+        |k, v| m.borrow_mut().insert(k, v, 0),
+        |k| {
+            // Already gone is fine: removal is the goal.
+            let _ = m.borrow_mut().remove(k);
+        },
+    )
 }
 
+/// LPM keys are (prefix length, key data).
 fn diff_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     ebpf: &mut Ebpf,
     name: &str,
@@ -68,27 +97,20 @@ fn diff_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     new: &HashMap<(u32, K), V>,
     phase: Phase,
 ) -> Result<()> {
-    let mut m: LpmTrie<&mut MapData, K, V> = ebpf
-        .map_mut(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the object"))?
+    let m: LpmTrie<&mut MapData, K, V> = map_mut(ebpf, name)?
         .try_into()
         .map_err(|e| map_err(name, e))?;
-    match phase {
-        Phase::Upsert => {
-            for ((plen, k), v) in new {
-                if old.get(&(*plen, *k)) != Some(v) {
-                    m.insert(&Key::new(*plen, *k), v, 0)
-                        .map_err(|e| map_err(name, e))?;
-                }
-            }
-        }
-        Phase::Remove => {
-            for (plen, k) in old.keys().filter(|k| !new.contains_key(k)) {
-                let _ = m.remove(&Key::new(*plen, *k));
-            }
-        }
-    }
-    Ok(())
+    let m = std::cell::RefCell::new(m);
+    diff(
+        name,
+        old,
+        new,
+        phase,
+        |(plen, k), v| m.borrow_mut().insert(&Key::new(*plen, *k), v, 0),
+        |(plen, k)| {
+            let _ = m.borrow_mut().remove(&Key::new(*plen, *k));
+        },
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -162,8 +184,7 @@ impl Datapath {
                     std::fs::remove_file(&path)
                         .with_context(|| format!("removing stale pin {}", path.display()))?;
                 }
-                ebpf.map(name)
-                    .ok_or_else(|| anyhow!("map {name} missing from the object"))?
+                map_ref(&ebpf, name)?
                     .pin(&path)
                     .with_context(|| format!("pinning map {name} at {}", path.display()))?;
             }
@@ -194,11 +215,8 @@ impl Datapath {
     }
 
     pub fn set_node_config(&mut self, cfg: &NodeConfig) -> Result<()> {
-        let mut a: Array<&mut MapData, NodeConfig> = self
-            .ebpf
-            .map_mut(map_names::NODE_CONFIG)
-            .ok_or_else(|| anyhow!("map NODE_CONFIG missing"))?
-            .try_into()?;
+        let mut a: Array<&mut MapData, NodeConfig> =
+            map_mut(&mut self.ebpf, map_names::NODE_CONFIG)?.try_into()?;
         a.set(0, cfg, 0)
             .map_err(|e| map_err(map_names::NODE_CONFIG, e))
     }
@@ -328,11 +346,8 @@ impl Datapath {
     }
 
     pub fn zero_counters(&mut self, slot: u32) -> Result<()> {
-        let mut c: PerCpuArray<&mut MapData, Counter> = self
-            .ebpf
-            .map_mut(map_names::COUNTERS)
-            .ok_or_else(|| anyhow!("map COUNTERS missing"))?
-            .try_into()?;
+        let mut c: PerCpuArray<&mut MapData, Counter> =
+            map_mut(&mut self.ebpf, map_names::COUNTERS)?.try_into()?;
         let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         for r in Reason::ALL {
             let zeros = PerCpuValues::try_from(vec![Counter::default(); n])?;
@@ -343,11 +358,8 @@ impl Datapath {
 
     /// Sum over CPUs of one pod slot's counters, by reason.
     pub fn counters(&self, slot: u32) -> Result<Vec<(Reason, Counter)>> {
-        let c: PerCpuArray<&MapData, Counter> = self
-            .ebpf
-            .map(map_names::COUNTERS)
-            .ok_or_else(|| anyhow!("map COUNTERS missing"))?
-            .try_into()?;
+        let c: PerCpuArray<&MapData, Counter> =
+            map_ref(&self.ebpf, map_names::COUNTERS)?.try_into()?;
         let mut out = Vec::new();
         for r in Reason::ALL {
             let v = c.get(&counter_index(slot, r), 0)?;
@@ -363,11 +375,8 @@ impl Datapath {
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
-        let m: BpfHashMap<&MapData, FlowKey, FlowValue> = self
-            .ebpf
-            .map(map_names::FLOWS)
-            .ok_or_else(|| anyhow!("map FLOWS missing"))?
-            .try_into()?;
+        let m: BpfHashMap<&MapData, FlowKey, FlowValue> =
+            map_ref(&self.ebpf, map_names::FLOWS)?.try_into()?;
         Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
 
@@ -395,11 +404,8 @@ impl Datapath {
             })
             .map(|(k, _)| k)
             .collect();
-        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> = self
-            .ebpf
-            .map_mut(map_names::FLOWS)
-            .ok_or_else(|| anyhow!("map FLOWS missing"))?
-            .try_into()?;
+        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+            map_mut(&mut self.ebpf, map_names::FLOWS)?.try_into()?;
         for k in &dead {
             let _ = m.remove(k);
         }
