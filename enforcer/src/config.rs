@@ -113,7 +113,8 @@ fn yes() -> bool {
     true
 }
 fn default_prefix() -> String {
-    "sg".into()
+    // What the AWS VPC CNI uses for branch-ENI pods.
+    "vlan".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -214,18 +215,13 @@ impl Config {
     }
 }
 
-/// Name of a pod's host-side interface: prefix + 11 hex digits of a hash of
-/// "namespace.name" (the AWS VPC CNI names them the same way, with SHA-1). FNV-1a keeps
-/// us free of a crypto dependency; only stability matters.
+/// Name of a pod's host-side interface, as the AWS VPC CNI derives it: the prefix and
+/// the first 11 hex digits of SHA-1("namespace.name").
 pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in format!("{namespace}.{name}").bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    let mut s = format!("{prefix}{h:016x}");
-    s.truncate(prefix.len() + 11);
-    s
+    use sha1::Digest;
+    let digest = sha1::Sha1::digest(format!("{namespace}.{name}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..11])
 }
 
 #[cfg(test)]
@@ -233,11 +229,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn veth_names_fit_ifnamsiz_and_are_stable() {
-        let a = host_veth_name("sg", "ns", "pod-a");
-        assert_eq!(a.len(), 13);
-        assert_eq!(a, host_veth_name("sg", "ns", "pod-a"));
-        assert_ne!(a, host_veth_name("sg", "ns", "pod-b"));
+    fn veth_names_match_the_aws_vpc_cni() {
+        // Reference value from Python's hashlib: sha1(b"my-namespace.my-deployment-0").
+        assert_eq!(
+            host_veth_name("vlan", "my-namespace", "my-deployment-0"),
+            "vlan87953dc27b8"
+        );
+        assert!(host_veth_name("vlan", "ns", "pod").len() <= 15, "IFNAMSIZ");
     }
 
     #[test]

@@ -25,6 +25,9 @@ use enforcer_common::{map_names, prog_names};
 use crate::config::host_veth_name;
 use crate::datapath::kernel::Datapath;
 
+/// The simulated CNI names host interfaces as the AWS VPC CNI does (and as the daemon's
+/// default `hostVethPrefix` expects).
+pub const SIM_VETH_PREFIX: &str = "vlan";
 pub const FABRIC_MAC: &str = "02:fa:00:00:00:01";
 pub const TRUNK_MAC: &str = "02:7e:00:00:00:01";
 pub const NODE_IPV4: &str = "10.0.0.10";
@@ -364,7 +367,7 @@ impl SimNode {
     fn connect_pod(&self, p: &SimPod, pns: &str) -> Result<()> {
         let node = self.node_ns.clone();
         let pns = pns.to_string();
-        let host = host_veth_name("sg", &p.namespace, &p.name);
+        let host = host_veth_name(SIM_VETH_PREFIX, &p.namespace, &p.name);
         sh(&[
             "ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0",
             "netns", &pns,
@@ -482,7 +485,7 @@ impl SimNode {
             &self.node_ns,
             "link",
             "del",
-            &host_veth_name("sg", &p.namespace, &p.name),
+            &host_veth_name(SIM_VETH_PREFIX, &p.namespace, &p.name),
         ])?;
         Ok(())
     }
