@@ -70,6 +70,8 @@ pub fn plan(
     let mut new_slots = Vec::new();
     let mut interfaces = Vec::new();
     let mut vlans: HashMap<u16, String> = HashMap::new();
+    // Flows are keyed by the pod's address: two pods must never share one.
+    let mut addrs: HashMap<std::net::IpAddr, String> = HashMap::new();
 
     for r in resolved {
         let key = r.pod.key();
@@ -126,8 +128,21 @@ pub fn plan(
                     .into(),
             );
         }
-        if let Some(other) = vlans.get(&eni.vlan) {
+        // A pod whose VLAN another pod already has is reachable by its interface only:
+        // its entry must not replace the other pod's under that VLAN.
+        let vlan_taken = vlans.get(&eni.vlan).cloned();
+        if let Some(other) = &vlan_taken {
             error = Some(format!("VLAN {} is already used by pod {other}", eni.vlan));
+        }
+        let ips = eni
+            .ipv4
+            .map(std::net::IpAddr::V4)
+            .into_iter()
+            .chain(eni.ipv6.map(std::net::IpAddr::V6));
+        for ip in ips.clone() {
+            if let Some(other) = addrs.get(&ip) {
+                error = Some(format!("address {ip} is already used by pod {other}"));
+            }
         }
         let mut policy_id = 0;
         if error.is_none() {
@@ -172,7 +187,12 @@ pub fn plan(
             pods.push(st);
             continue;
         };
-        vlans.insert(eni.vlan, key.clone());
+        if vlan_taken.is_none() {
+            vlans.insert(eni.vlan, key.clone());
+        }
+        if error.is_none() {
+            addrs.extend(ips.map(|ip| (ip, key.clone())));
+        }
         interfaces.push(ifname);
         st.state = if error.is_some() {
             PodState::FailClosed
@@ -187,7 +207,7 @@ pub fn plan(
             ipv6: eni.ipv6.map(|a| a.octets()).unwrap_or_default(),
             mac: eni.mac,
             host_mac: dev.mac,
-            vlan: eni.vlan,
+            vlan: if vlan_taken.is_some() { 0 } else { eni.vlan },
             mode: if mode == Mode::Strict {
                 MODE_STRICT
             } else {
@@ -358,6 +378,25 @@ mod tests {
             PodState::FailClosed,
             "standard mode is not implemented: explicit"
         );
+    }
+
+    #[test]
+    fn duplicate_vlan_or_address_fails_the_second_pod() {
+        let mut mem = Memory::default();
+        // pod() derives the IP from the VLAN: same VLAN, same IP.
+        let p = plan(
+            &config(""),
+            &snapshot("sg-a", &[("a", 11), ("b", 11)]),
+            &mut mem,
+            &any_iface,
+        );
+        assert_eq!(p.pods[0].state, PodState::Enforced);
+        assert_eq!(p.pods[1].state, PodState::FailClosed);
+        let e = p.pods[1].error.as_ref().unwrap();
+        assert!(e.contains("ns/a"), "{e}");
+        // The first pod keeps its VLAN entry; the second is reachable by interface only.
+        assert_eq!(p.state.pods_by_vlan[&11].slot, p.pods[0].slot);
+        assert_eq!(p.state.pods_by_vlan.len(), 1);
     }
 
     #[test]
