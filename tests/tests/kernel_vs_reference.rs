@@ -116,7 +116,7 @@ fn reference_rules(groups_json: &str, ids: &[String]) -> Vec<FlatRule> {
 
 #[test]
 fn kernel_agrees_with_reference_on_random_policies() {
-    let mut rng = Rng(0x5eed_0f_9095);
+    let mut rng = Rng(0x005e_ed0f_9095);
     let mut checked = (0, 0);
     for round in 0..16 {
         let (json, ids) = groups(&mut rng);
