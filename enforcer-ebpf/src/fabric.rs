@@ -32,17 +32,17 @@ pub fn sim_fabric_egress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn sim_fabric_ingress(ctx: TcContext) -> i32 {
-    if let Ok(l2) = parse_l2(&ctx) {
-        if let Some(vlan) = l2.vlan {
-            let key = vlan as u32;
-            match FABRIC_VLAN_SEEN.get_ptr_mut(key) {
-                Some(n) => unsafe { *n += 1 },
-                None => {
-                    let _ = FABRIC_VLAN_SEEN.insert(key, 1u64, 0);
-                }
+    if let Ok(l2) = parse_l2(&ctx)
+        && let Some(vlan) = l2.vlan
+    {
+        let key = vlan as u32;
+        match FABRIC_VLAN_SEEN.get_ptr_mut(key) {
+            Some(n) => unsafe { *n += 1 },
+            None => {
+                let _ = FABRIC_VLAN_SEEN.insert(key, 1u64, 0);
             }
-            unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
         }
+        unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
     }
     TC_ACT_OK
 }

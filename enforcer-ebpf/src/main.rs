@@ -27,6 +27,9 @@ fn drop(ctx: &TcContext, slot: u32, reason: Reason) -> i32 {
     TC_ACT_SHOT
 }
 
+/// The step of a rewrite that failed, named in the internal-error log.
+type Step = &'static str;
+
 /// A helper failed on a packet we meant to pass: counted like any drop, and logged
 /// (aya-log), since it means a kernel or daemon problem, not a policy decision. Never on
 /// the common path, so the log machinery costs nothing per packet.
@@ -70,8 +73,8 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
         return internal_error(&ctx, pod.slot, "VLAN pop");
     }
-    if set_macs(&ctx, &pod.mac, &pod.host_mac).is_err() {
-        return internal_error(&ctx, pod.slot, "MAC rewrite");
+    if let Err(step) = set_macs(&ctx, &pod.mac, &pod.host_mac) {
+        return internal_error(&ctx, pod.slot, step);
     }
     count(pod.slot, reason, ctx.len());
     unsafe { bpf_redirect(pod.host_ifindex, 0) as i32 }
@@ -127,8 +130,8 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     let Some(cfg) = NODE_CONFIG.get(0) else {
         return internal_error(&ctx, pod.slot, "node config lookup");
     };
-    if push_tag(&ctx, pod.vlan, &cfg.gateway_mac, &pod.mac).is_err() {
-        return internal_error(&ctx, pod.slot, "VLAN push");
+    if let Err(step) = push_tag(&ctx, pod.vlan, &cfg.gateway_mac, &pod.mac) {
+        return internal_error(&ctx, pod.slot, step);
     }
     count(pod.slot, reason, ctx.len());
     unsafe { bpf_redirect(cfg.trunk_ifindex, 0) as i32 }
@@ -144,10 +147,10 @@ fn is_link_scope(dst: &Addr) -> bool {
 /// Rewrites both MAC addresses in place (packet pointers re-read: the helper that ran
 /// before may have moved the data).
 #[inline(always)]
-fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Step> {
     let data = ctx.data();
     if data + 12 > ctx.data_end() {
-        return Err(());
+        return Err("MAC rewrite");
     }
     // Word stores: a 6-byte array copy is a memmove call.
     unsafe {
@@ -165,9 +168,9 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
 /// it into the bytes instead (`bpf_skb_adjust_room`) measured ~800 ns per packet: a
 /// locally built skb has ~2 bytes of headroom left, so every packet was reallocated.
 #[inline(always)]
-pub fn push_tag(ctx: &TcContext, vlan: u16, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), ()> {
+pub fn push_tag(ctx: &TcContext, vlan: u16, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Step> {
     if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), vlan & 0x0fff) } != 0 {
-        return Err(());
+        return Err("VLAN push");
     }
     set_macs(ctx, dst, src)
 }

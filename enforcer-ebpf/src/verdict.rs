@@ -5,6 +5,9 @@ use enforcer_common::*;
 use crate::maps::*;
 use crate::parse::*;
 
+/// `-EEXIST` from a map insert with `BPF_NOEXIST`.
+const EEXIST: i32 = -17;
+
 pub enum Verdict {
     Allow(Reason),
     Drop(Reason),
@@ -213,7 +216,7 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if pkt.kind == KIND_FRAGMENT {
         // Later fragments carry no ports: they follow their first fragment's verdict.
-        return match unsafe { FRAGS.get(&frag_key(pkt)) } {
+        return match unsafe { FRAGS.get(frag_key(pkt)) } {
             Some(f) if now.saturating_sub(f.first_seen_ns) <= FRAG_TIMEOUT_NS => {
                 Verdict::Allow(Reason::AllowFragment)
             }
@@ -221,17 +224,17 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
         };
     }
     let v = decide_packet(cfg, pod, pkt, dir, now);
-    if pkt.frag_first != 0 {
-        if let Verdict::Allow(_) = v {
-            let f = FragValue {
-                first_seen_ns: now,
-                cookie: 0,
-                _pad: 0,
-            };
-            // Best effort: an LRU insert only fails under memory pressure, and then the
-            // later fragments are dropped (and counted), never wrongly allowed.
-            let _ = FRAGS.insert(&frag_key(pkt), &f, 0);
-        }
+    if pkt.frag_first != 0
+        && let Verdict::Allow(_) = v
+    {
+        let f = FragValue {
+            first_seen_ns: now,
+            cookie: 0,
+            _pad: 0,
+        };
+        // Best effort: an LRU insert only fails under memory pressure, and then the
+        // later fragments are dropped (and counted), never wrongly allowed.
+        let _ = FRAGS.insert(frag_key(pkt), f, 0);
     }
     v
 }
@@ -262,10 +265,10 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         };
         let mut k = flow_key(&pkt.inner, pkt.family, back);
         normalise_ports(&mut k);
-        if let Some(v) = unsafe { FLOWS.get(&k) } {
-            if now.saturating_sub(v.last_seen_ns) <= timeout_ns(cfg, v.state) {
-                return Verdict::Allow(Reason::AllowRelated);
-            }
+        if let Some(v) = unsafe { FLOWS.get(k) }
+            && now.saturating_sub(v.last_seen_ns) <= timeout_ns(cfg, v.state)
+        {
+            return Verdict::Allow(Reason::AllowRelated);
         }
     }
 
@@ -294,10 +297,10 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         seen_reply: 0,
         _pad: 0,
     };
-    match FLOWS.insert(&key, &v, BPF_NOEXIST as u64) {
+    match FLOWS.insert(key, v, BPF_NOEXIST as u64) {
         Ok(()) => Verdict::Allow(Reason::AllowPolicy),
         // Another CPU created it first.
-        Err(e) if e == -17 => Verdict::Allow(Reason::AllowPolicy),
+        Err(EEXIST) => Verdict::Allow(Reason::AllowPolicy),
         Err(_) => Verdict::Drop(Reason::DropFlowTableFull),
     }
 }
