@@ -66,8 +66,60 @@ fn main() {
         ),
     ];
     for (name, prog, frame) in cases {
-        let mut v: Vec<f64> = (0..7).map(|_| h.time(prog, &frame, 200_000).1).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("{name:<45} {:>6.1} ns", v[3]);
+        println!("{name:<45} {:>6.1} ns", median_ns(&mut h, prog, &frame));
+    }
+    lpm_depth();
+}
+
+fn median_ns(h: &mut Harness, prog: &str, frame: &[u8]) -> f64 {
+    let mut v: Vec<f64> = (0..7).map(|_| h.time(prog, frame, 200_000).1).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[3]
+}
+
+/// Which lookups grow with the rule count: a stage-A miss exits near the trie's root; a
+/// hit walks to its depth (log2 of the entries), and so does stage B under it.
+fn lpm_depth() {
+    println!("\nLPM depth: n outbound tcp rules, each its own /24 and port");
+    for n in [1usize, 60, 1000] {
+        let mut h = Harness::new();
+        h.cfg.node.quotas.rules_per_group_per_family = 1000;
+        let perms: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"IpProtocol":"tcp","FromPort":{p},"ToPort":{p},"IpRanges":[{{"CidrIp":"10.{a}.{b}.0/24"}}]}}"#,
+                    p = 1000 + i,
+                    a = 100 + i / 256,
+                    b = i % 256
+                )
+            })
+            .collect();
+        let groups = format!(
+            r#"{{"SecurityGroups":[{{"GroupId":"sg-1","IpPermissionsEgress":[{}]}}]}}"#,
+            perms.join(",")
+        );
+        let k8s = format!(
+            "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-1]}}}}\n{}",
+            pod_yaml(&CLIENT, "{}")
+        );
+        h.apply(&groups, &k8s);
+        let i = n - 1;
+        let last = format!("10.{}.{}.9", 100 + i / 256, i % 256);
+        let syn = |dst: &str, port| {
+            Frame::new(
+                CLIENT.mac,
+                HOST_MAC,
+                CLIENT.ipv4,
+                dst,
+                L4::Syn {
+                    sport: 1,
+                    dport: port,
+                },
+            )
+            .bytes()
+        };
+        let miss = median_ns(&mut h, POD_EGRESS, &syn("10.50.0.1", 1000));
+        let hit = median_ns(&mut h, POD_EGRESS, &syn(&last, 9));
+        println!("{n:>5} rules: stage A miss {miss:>6.1} ns   stage A hit, B miss {hit:>6.1} ns");
     }
 }
