@@ -107,14 +107,48 @@ impl SimPod {
 }
 
 /// Short, unique prefix for the names of one simulated node (interface names are
-/// limited to 15 bytes; namespace names are not, but short ones read better).
+/// limited to 15 bytes; namespace names are not, but short ones read better). It carries
+/// the creating process's id so leftovers of a killed run can be recognised.
 fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "ps{}x{}",
-        std::process::id() % 100000,
+        std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Removes what simulated nodes of processes that no longer exist left behind: a test
+/// killed by a timeout never runs its guards.
+fn remove_leftovers() {
+    let Ok(list) = sh(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(prefix) = ns.split('-').next() else {
+            continue;
+        };
+        let Some(pid) = prefix
+            .strip_prefix("ps")
+            .and_then(|r| r.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = sh(&["ip", "netns", "del", ns]);
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/podsg-{prefix}"));
+        if let Ok(entries) = std::fs::read_dir(&pins) {
+            entries
+                .flatten()
+                .for_each(|e| drop(std::fs::remove_file(e.path())));
+        }
+        let _ = std::fs::remove_dir(&pins);
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("podsg-{prefix}")));
+    }
 }
 
 pub struct SimNode {
@@ -143,6 +177,7 @@ impl SimNode {
     /// Builds the namespaces, links and addresses, and the fabric's tagging programs.
     /// `remote` are addresses the fabric hosts (VPC hosts off this node).
     pub fn build(pods: &[SimPod], remote: &[&str]) -> Result<SimNode> {
+        remove_leftovers();
         let prefix = unique_prefix();
         let workdir = std::env::temp_dir().join(format!("podsg-{prefix}"));
         std::fs::create_dir_all(&workdir)?;
