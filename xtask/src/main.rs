@@ -181,16 +181,12 @@ fn main() -> Result<()> {
             run(Command::new("cargo")
                 .args(["build", "--release", "-p", "enforcer"])
                 .current_dir(root()))?;
-            run(Command::new("cargo")
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "integration-tests",
-                    "--bin",
-                    "bench",
-                ])
-                .current_dir(root()))
+            for bin in ["bench", "stages"] {
+                run(Command::new("cargo")
+                    .args(["run", "--release", "-p", "integration-tests", "--bin", bin])
+                    .current_dir(root()))?;
+            }
+            Ok(())
         }
     }
 }
