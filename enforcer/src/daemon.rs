@@ -225,6 +225,20 @@ pub async fn run(config_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What `run` would enforce with this config, computed without the kernel (interfaces
+/// are still looked up, so pods whose interface is missing show as pending).
+pub fn dry_run(cfg: &Config) -> Result<NodeStatus> {
+    let snap = files::load(cfg)?;
+    let p = plan(cfg, &snap, &mut Memory::default(), &netdev::lookup);
+    Ok(NodeStatus {
+        trunk_interface: cfg.node.trunk_interface.clone(),
+        default_mode: Some(cfg.mode()),
+        always_allowed: cfg.always_allowed().iter().map(|n| n.to_string()).collect(),
+        pods: p.pods,
+        ..Default::default()
+    })
+}
+
 pub fn read_status(state_dir: &Path) -> Result<NodeStatus> {
     let path = state_dir.join(STATUS_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {

@@ -27,5 +27,27 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Demo => enforcer::demo::run(),
+        Command::Check { config, output } => {
+            let cfg = Config::load(&config)?;
+            let s = enforcer::daemon::dry_run(&cfg)?;
+            match output {
+                Output::Table => print!("{}", s.render_table()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+            }
+            let failed: Vec<String> = s
+                .pods
+                .iter()
+                .filter(|p| p.state != enforcer::status::PodState::NotBranch && p.error.is_some())
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
+            if !failed.is_empty() {
+                anyhow::bail!(
+                    "{} pod(s) would be fail-closed: {}",
+                    failed.len(),
+                    failed.join(", ")
+                );
+            }
+            Ok(())
+        }
     }
 }

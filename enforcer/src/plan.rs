@@ -91,6 +91,7 @@ pub fn plan(
             policy_id: 0,
             slot: 0,
             error: r.error.clone(),
+            waiting: None,
             counters: BTreeMap::new(),
         };
         let Some(eni) = r.eni.clone() else {
@@ -179,11 +180,9 @@ pub fn plan(
         st.error = error.clone();
         let Some(dev) = iface(&ifname) else {
             st.state = PodState::Pending;
-            if st.error.is_none() {
-                st.error = Some(format!(
-                    "host interface {ifname} not found (the CNI has not set the pod up yet)"
-                ));
-            }
+            st.waiting = Some(format!(
+                "host interface {ifname} not found (the CNI has not set the pod up yet)"
+            ));
             pods.push(st);
             continue;
         };
@@ -258,6 +257,7 @@ fn fail_closed_without_eni(
     st.slot = slot;
     let Some(dev) = iface(&ifname) else {
         st.state = PodState::Pending;
+        st.waiting = Some(format!("host interface {ifname} not found"));
         return;
     };
     st.state = PodState::FailClosed;

@@ -34,7 +34,11 @@ pub struct PodStatus {
     pub outbound_rules: usize,
     pub policy_id: u32,
     pub slot: u32,
+    /// A configuration problem: the pod is (or, once attached, will be) fail-closed.
     pub error: Option<String>,
+    /// What the pod waits for before it can be attached (its host interface).
+    #[serde(default)]
+    pub waiting: Option<String>,
     /// reason -> [packets, bytes]
     #[serde(default)]
     pub counters: BTreeMap<String, [u64; 2]>,
@@ -126,10 +130,13 @@ impl NodeStatus {
                 allowed,
                 dropped,
                 p.groups.join(","),
-                p.error
-                    .as_ref()
-                    .map(|e| format!("  ERROR: {e}"))
-                    .unwrap_or_default()
+                [
+                    p.error.as_ref().map(|e| format!("  ERROR: {e}")),
+                    p.waiting.as_ref().map(|w| format!("  WAITING: {w}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<String>()
             ));
         }
         out

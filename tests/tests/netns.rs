@@ -2,22 +2,8 @@
 use std::path::PathBuf;
 
 use enforcer::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
+use integration_tests::enforcer_bin;
 use integration_tests::net::*;
-
-fn enforcer_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("PODSG_ENFORCER_BIN") {
-        return p.into();
-    }
-    // target/<profile>/deps/netns-* -> target/<profile>/enforcer
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("enforcer");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
 
 const REMOTE: &[&str] = &["10.0.2.5", "fd00:10:2::5", "10.0.2.6", "fd00:10:2::6"];
 
@@ -472,7 +458,8 @@ fn a_pod_whose_interface_appears_later_is_enforced_then() {
         "{}",
         st.render_table()
     );
-    assert!(st.pods[0].error.as_ref().unwrap().contains("not found"));
+    assert!(st.pods[0].waiting.as_ref().unwrap().contains("not found"));
+    assert!(st.pods[0].error.is_none());
 
     sim.reconnect_pod("web").unwrap();
     // The daemon retries pending pods every 2 s.

@@ -27,6 +27,15 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Dry run: read the config and every source, resolve and compile, and show what
+    /// would be enforced, without touching the kernel. Exits 1 when a pod would be
+    /// fail-closed or a source cannot be read.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Show each pod's groups, VLAN, mode, rule counts, errors and counters.
     Status {
         /// The daemon's state directory (stateDir in its config).
