@@ -206,6 +206,7 @@ pub fn run() -> Result<()> {
     );
     sim.start_daemon(&bin, &cfg)?;
     print!("{}", indent(&sim.status()?.render_table()));
+    show_pinned_pod(&sim, apps[0].vlan);
     wait_for_servers(&sim, &apps)?;
 
     let client = sim.pod_ns(&apps[0].name).to_string();
@@ -257,6 +258,28 @@ pub fn run() -> Result<()> {
     drop(sim);
     println!("\ndemo: every verdict matched the tutorial");
     Ok(())
+}
+
+/// What an operator sees with bpftool: the pinned map entry of one pod, fields named
+/// through BTF. Informational: a missing bpftool is mentioned, not fatal.
+fn show_pinned_pod(sim: &SimNode, vlan: u16) {
+    let path = sim.bpffs_dir.join(enforcer_common::map_names::POD_BY_VLAN);
+    let path = path.display().to_string();
+    match crate::sim::sh(&["bpftool", "-j", "map", "dump", "pinned", &path]) {
+        Ok(out) => {
+            let entries: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let entry = entries
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["formatted"]["key"] == vlan as u64);
+            if let Some(e) = entry {
+                println!("   bpftool map dump pinned {path}  (VLAN {vlan}):");
+                println!("   {}", e["formatted"]["value"]);
+            }
+        }
+        Err(e) => println!("   (bpftool not available: {e})"),
+    }
 }
 
 fn indent(s: &str) -> String {
