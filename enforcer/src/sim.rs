@@ -51,6 +51,20 @@ pub fn sh(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `ip -n NS <command>`, the command split on whitespace (no argument here has a space).
+fn ip(ns: &str, command: &str) -> Result<String> {
+    let mut args = vec!["ip", "-n", ns];
+    args.extend(command.split_whitespace());
+    sh(&args)
+}
+
+/// `ip <command>` in our own namespace.
+fn ip_root(command: &str) -> Result<String> {
+    let mut args = vec!["ip"];
+    args.extend(command.split_whitespace());
+    sh(&args)
+}
+
 /// Runs `f` on a thread that has entered the named network namespace. Sockets it opens
 /// belong to that namespace.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -198,9 +212,9 @@ impl SimNode {
     }
 
     fn add_ns(&mut self, name: &str) -> Result<()> {
-        sh(&["ip", "netns", "add", name])?;
+        ip_root(&format!("netns add {name}"))?;
         self.namespaces.push(name.to_string());
-        sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        ip(name, "link set lo up")?;
         Ok(())
     }
 
@@ -215,111 +229,35 @@ impl SimNode {
         let (fab, node) = (self.fabric_ns.clone(), self.node_ns.clone());
         self.add_ns(&fab)?;
         self.add_ns(&node)?;
-        sh(&[
-            "ip", "link", "add", "trunk0", "netns", &node, "type", "veth", "peer", "name", "fab0",
-            "netns", &fab,
-        ])?;
-        sh(&[
-            "ip", "-n", &fab, "link", "set", "fab0", "address", FABRIC_MAC, "up",
-        ])?;
-        sh(&[
-            "ip", "-n", &node, "link", "set", "trunk0", "address", TRUNK_MAC, "up",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &fab,
-            "addr",
-            "add",
-            &format!("{FABRIC_IPV4}/16"),
-            "dev",
-            "fab0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &fab,
-            "addr",
-            "add",
-            &format!("{FABRIC_IPV6}/32"),
-            "dev",
-            "fab0",
-            "nodad",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
+        ip_root(&format!(
+            "link add trunk0 netns {node} type veth peer name fab0 netns {fab}"
+        ))?;
+        ip(&fab, &format!("link set fab0 address {FABRIC_MAC} up"))?;
+        ip(&node, &format!("link set trunk0 address {TRUNK_MAC} up"))?;
+        ip(&fab, &format!("addr add {FABRIC_IPV4}/16 dev fab0"))?;
+        ip(&fab, &format!("addr add {FABRIC_IPV6}/32 dev fab0 nodad"))?;
+        ip(&node, &format!("addr add {NODE_IPV4}/16 dev trunk0"))?;
+        ip(&node, &format!("addr add {NODE_IPV6}/32 dev trunk0 nodad"))?;
+        // The node reaches pods (and the VPC's hosts) through the VPC, as in strict mode.
+        ip(&node, &format!("route add 10.0.1.0/24 via {FABRIC_IPV4}"))?;
+        ip(
             &node,
-            "addr",
-            "add",
-            &format!("{NODE_IPV4}/16"),
-            "dev",
-            "trunk0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
+            &format!("-6 route add fd00:10:1::/64 via {FABRIC_IPV6}"),
+        )?;
+        ip(
             &node,
-            "addr",
-            "add",
-            &format!("{NODE_IPV6}/32"),
-            "dev",
-            "trunk0",
-            "nodad",
-        ])?;
-        // The node reaches pods through the VPC, as in strict mode on EC2.
-        sh(&[
-            "ip",
-            "-n",
-            &node,
-            "route",
-            "add",
-            "10.0.1.0/24",
-            "via",
-            FABRIC_IPV4,
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &node,
-            "-6",
-            "route",
-            "add",
-            "fd00:10:1::/64",
-            "via",
-            FABRIC_IPV6,
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &node,
-            "-6",
-            "route",
-            "add",
-            "fd00:10:2::/64",
-            "via",
-            FABRIC_IPV6,
-        ])?;
-        for (ns, ip, mac, dev) in [
+            &format!("-6 route add fd00:10:2::/64 via {FABRIC_IPV6}"),
+        )?;
+        for (ns, addr, mac, dev) in [
             (&fab, NODE_IPV4, TRUNK_MAC, "fab0"),
             (&fab, NODE_IPV6, TRUNK_MAC, "fab0"),
             (&node, FABRIC_IPV4, FABRIC_MAC, "trunk0"),
             (&node, FABRIC_IPV6, FABRIC_MAC, "trunk0"),
         ] {
-            sh(&[
-                "ip",
-                "-n",
+            ip(
                 ns,
-                "neigh",
-                "replace",
-                ip,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
+                &format!("neigh replace {addr} lladdr {mac} dev {dev} nud permanent"),
+            )?;
         }
         Self::sysctl(
             &fab,
@@ -334,16 +272,7 @@ impl SimNode {
         )?;
         for r in remote {
             let plen = if r.contains(':') { "128" } else { "32" };
-            sh(&[
-                "ip",
-                "-n",
-                &fab,
-                "addr",
-                "add",
-                &format!("{r}/{plen}"),
-                "dev",
-                "lo",
-            ])?;
+            ip(&fab, &format!("addr add {r}/{plen} dev lo"))?;
         }
 
         let mut vlan_by_mac = BTreeMap::new();
@@ -351,21 +280,14 @@ impl SimNode {
             let pns = format!("{}-{}", self.prefix, p.name);
             self.add_ns(&pns)?;
             self.connect_pod(p, &pns)?;
-            for ip in [&p.ipv4, &p.ipv6] {
-                sh(&[
-                    "ip",
-                    "-n",
+            for addr in [&p.ipv4, &p.ipv6] {
+                ip(
                     &fab,
-                    "neigh",
-                    "replace",
-                    ip,
-                    "lladdr",
-                    &p.mac,
-                    "dev",
-                    "fab0",
-                    "nud",
-                    "permanent",
-                ])?;
+                    &format!(
+                        "neigh replace {addr} lladdr {} dev fab0 nud permanent",
+                        p.mac
+                    ),
+                )?;
             }
             vlan_by_mac.insert(
                 crate::sources::kube::parse_mac(&p.mac).context("pod mac")?,
@@ -400,108 +322,37 @@ impl SimNode {
     /// The pod's veth pair, addresses, routes and gateway neighbour: what the CNI does
     /// when a pod starts.
     fn connect_pod(&self, p: &SimPod, pns: &str) -> Result<()> {
-        let node = self.node_ns.clone();
-        let pns = pns.to_string();
+        let node = &self.node_ns;
         let host = host_veth_name(SIM_VETH_PREFIX, &p.namespace, &p.name);
-        sh(&[
-            "ip", "link", "add", &host, "netns", &node, "type", "veth", "peer", "name", "eth0",
-            "netns", &pns,
-        ])?;
         let host_mac = format!("02:ee:00:00:{:02x}:{:02x}", p.vlan >> 8, p.vlan & 0xff);
-        sh(&[
-            "ip", "-n", &node, "link", "set", &host, "address", &host_mac, "up",
-        ])?;
-        sh(&[
-            "ip", "-n", &pns, "link", "set", "eth0", "address", &p.mac, "up",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &pns,
-            "addr",
-            "add",
-            &format!("{}/32", p.ipv4),
-            "dev",
-            "eth0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &pns,
-            "addr",
-            "add",
-            &format!("{}/128", p.ipv6),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        ip_root(&format!(
+            "link add {host} netns {node} type veth peer name eth0 netns {pns}"
+        ))?;
+        ip(node, &format!("link set {host} address {host_mac} up"))?;
+        ip(pns, &format!("link set eth0 address {} up", p.mac))?;
+        ip(pns, &format!("addr add {}/32 dev eth0", p.ipv4))?;
+        ip(pns, &format!("addr add {}/128 dev eth0 nodad", p.ipv6))?;
         // The AWS VPC CNI's pod gateway: 169.254.1.1 / fe80::1 at the host veth's MAC,
         // permanent, so the pod never ARPs.
-        sh(&[
-            "ip",
-            "-n",
-            &pns,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &pns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &pns,
-            "neigh",
-            "replace",
-            "169.254.1.1",
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
-        sh(&[
-            "ip", "-n", &pns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &pns,
-            "-6",
-            "neigh",
-            "replace",
-            "fe80::1",
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        ip(pns, "route add 169.254.1.1 dev eth0 scope link")?;
+        ip(pns, "route add default via 169.254.1.1 dev eth0")?;
+        ip(
+            pns,
+            &format!("neigh replace 169.254.1.1 lladdr {host_mac} dev eth0 nud permanent"),
+        )?;
+        ip(pns, "-6 route add default via fe80::1 dev eth0")?;
+        ip(
+            pns,
+            &format!("-6 neigh replace fe80::1 lladdr {host_mac} dev eth0 nud permanent"),
+        )?;
         Self::sysctl(
-            &pns,
+            pns,
             &[
                 "net.ipv4.conf.all.accept_redirects=0",
                 "net.ipv6.conf.all.accept_redirects=0",
                 "net.ipv6.conf.eth0.accept_redirects=0",
             ],
-        )?;
-        Ok(())
+        )
     }
 
     fn sim_pod(&self, name: &str) -> Result<&(SimPod, String)> {
@@ -514,14 +365,8 @@ impl SimNode {
     /// Removes a pod's veth pair, as the CNI does when the pod's sandbox goes away.
     pub fn disconnect_pod(&self, name: &str) -> Result<()> {
         let (p, _) = self.sim_pod(name)?;
-        sh(&[
-            "ip",
-            "-n",
-            &self.node_ns,
-            "link",
-            "del",
-            &host_veth_name(SIM_VETH_PREFIX, &p.namespace, &p.name),
-        ])?;
+        let host = host_veth_name(SIM_VETH_PREFIX, &p.namespace, &p.name);
+        ip(&self.node_ns, &format!("link del {host}"))?;
         Ok(())
     }
 
