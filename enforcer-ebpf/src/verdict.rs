@@ -286,7 +286,10 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         }
         return Verdict::Drop(Reason::DropNoRule);
     };
-    if flags & RULE_UNTRACKED != 0 || pkt.kind == KIND_ICMP_ERROR {
+    // EC2 leaves only TCP and UDP untracked; an all-protocols rule still tracks ICMP
+    // and the rest. ICMP errors never create state of their own.
+    let untracked = flags & RULE_UNTRACKED != 0 && matches!(pkt.outer.proto, PROTO_TCP | PROTO_UDP);
+    if untracked || pkt.kind == KIND_ICMP_ERROR {
         return Verdict::Allow(Reason::AllowPolicy);
     }
     let v = FlowValue {

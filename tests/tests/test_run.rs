@@ -617,6 +617,7 @@ fn untracked_flows_are_cut_when_the_rule_goes() {
     );
     assert_eq!(h.run(TRUNK_INGRESS, &syn.bytes()).0, TC_ACT_REDIRECT);
     assert_eq!(h.flow_count(), 0, "0/0 in with all-open out: untracked");
+
     let closed = open.replace(
         r#""FromPort":22,"ToPort":22"#,
         r#""FromPort":23,"ToPort":23"#,
@@ -993,4 +994,41 @@ fn later_fragments_follow_their_first_fragment() {
             .0,
         TC_ACT_REDIRECT
     );
+}
+
+#[test]
+fn all_open_groups_leave_tcp_and_udp_untracked_but_track_icmp() {
+    let open = r#"{"SecurityGroups":[{"GroupId":"sg-open",
+      "IpPermissions":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}],
+      "IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}]}"#;
+    let k = format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: o, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-open]}}}}\n{}",
+        pod_yaml(&CLIENT, "{}")
+    );
+    let mut h = Harness::new();
+    h.apply(open, &k);
+    let tcp = out(
+        "10.9.9.9",
+        L4::Syn {
+            sport: 40000,
+            dport: 443,
+        },
+    );
+    let udp = out(
+        "10.9.9.9",
+        L4::Udp {
+            sport: 40000,
+            dport: 53,
+        },
+    );
+    assert_eq!(h.run(POD_EGRESS, &tcp.bytes()).0, TC_ACT_REDIRECT);
+    assert_eq!(h.run(POD_EGRESS, &udp.bytes()).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        h.flow_count(),
+        0,
+        "tcp and udp under 0/0 both ways: untracked"
+    );
+    let ping = out("10.9.9.9", L4::EchoRequest { id: 5 });
+    assert_eq!(h.run(POD_EGRESS, &ping.bytes()).0, TC_ACT_REDIRECT);
+    assert_eq!(h.flow_count(), 1, "icmp is always tracked");
 }
