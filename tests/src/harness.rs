@@ -96,15 +96,19 @@ impl Harness {
         let snap = Snapshot { catalog, kube };
         let prefix = self.cfg.node.host_veth_prefix.clone();
         let client_if = enforcer::config::host_veth_name(&prefix, "test", CLIENT.name);
+        // The client pod sits on lo (test_run runs skbs there); the others get made-up
+        // interfaces, numbered in order of appearance (test_run never delivers to them).
+        let others = std::cell::RefCell::new(std::collections::HashMap::<String, u32>::new());
         let p = plan(&self.cfg, &snap, &mut self.mem, &|name: &str| {
-            // The client pod sits on lo; others get made-up interfaces (test_run never
-            // delivers, so only their VLAN matters).
+            let ifindex = if name == client_if {
+                1
+            } else {
+                let mut m = others.borrow_mut();
+                let next = 1000 + m.len() as u32;
+                *m.entry(name.to_string()).or_insert(next)
+            };
             Some(Iface {
-                ifindex: if name == client_if {
-                    1
-                } else {
-                    1000 + name.len() as u32 + name.as_bytes()[name.len() - 1] as u32
-                },
+                ifindex,
                 mac: HOST_MAC,
             })
         });

@@ -33,6 +33,24 @@ pub struct CapacityError {
     pub capacity: usize,
 }
 
+/// Whether adding `new` to `map` stays within the kernel map's capacity.
+fn fits<K: Eq + std::hash::Hash, V>(
+    map: &HashMap<K, V>,
+    new: &[(K, V)],
+    name: &'static str,
+    capacity: u32,
+) -> Result<(), CapacityError> {
+    let needed = map.len() + new.iter().filter(|(k, _)| !map.contains_key(k)).count();
+    if needed > capacity as usize {
+        return Err(CapacityError {
+            map: name,
+            needed,
+            capacity: capacity as usize,
+        });
+    }
+    Ok(())
+}
+
 fn flags(a: &Allow) -> u32 {
     if a.untracked { RULE_UNTRACKED } else { 0 }
 }
@@ -153,49 +171,9 @@ impl KernelState {
                 ));
             }
         }
-        let grow = |have: usize, new: &dyn Fn() -> usize, map: &'static str, cap: u32| {
-            let needed = have + new();
-            if needed > cap as usize {
-                Err(CapacityError {
-                    map,
-                    needed,
-                    capacity: cap as usize,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        grow(
-            self.peers_v4.len(),
-            &|| {
-                v4.iter()
-                    .filter(|(k, _)| !self.peers_v4.contains_key(k))
-                    .count()
-            },
-            map_names::PEER_V4,
-            MAX_PEER_ENTRIES,
-        )?;
-        grow(
-            self.peers_v6.len(),
-            &|| {
-                v6.iter()
-                    .filter(|(k, _)| !self.peers_v6.contains_key(k))
-                    .count()
-            },
-            map_names::PEER_V6,
-            MAX_PEER_ENTRIES,
-        )?;
-        grow(
-            self.ports.len(),
-            &|| {
-                ports
-                    .iter()
-                    .filter(|(k, _)| !self.ports.contains_key(k))
-                    .count()
-            },
-            map_names::PORT_RULES,
-            MAX_PORT_ENTRIES,
-        )?;
+        fits(&self.peers_v4, &v4, map_names::PEER_V4, MAX_PEER_ENTRIES)?;
+        fits(&self.peers_v6, &v6, map_names::PEER_V6, MAX_PEER_ENTRIES)?;
+        fits(&self.ports, &ports, map_names::PORT_RULES, MAX_PORT_ENTRIES)?;
         self.peers_v4.extend(v4);
         self.peers_v6.extend(v6);
         self.ports.extend(ports);
