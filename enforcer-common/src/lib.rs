@@ -19,11 +19,13 @@ pub mod map_names {
     pub const ALWAYS_V4: &str = "ALWAYS_V4";
     pub const ALWAYS_V6: &str = "ALWAYS_V6";
     pub const FLOWS: &str = "FLOWS";
+    pub const FLOW_COUNT: &str = "FLOW_COUNT";
+    pub const FLOW_SWEPT: &str = "FLOW_SWEPT";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FRAGS: &str = "FRAGS";
     pub const FABRIC_VLAN_BY_MAC: &str = "FABRIC_VLAN_BY_MAC";
     pub const FABRIC_VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         NODE_CONFIG,
         POD_BY_VLAN,
         POD_BY_IFINDEX,
@@ -33,6 +35,8 @@ pub mod map_names {
         ALWAYS_V4,
         ALWAYS_V6,
         FLOWS,
+        FLOW_COUNT,
+        FLOW_SWEPT,
         FRAGS,
         COUNTERS,
     ];
@@ -98,6 +102,9 @@ pub struct PodInfo {
     pub flags: u8,
     pub has_ipv6: u8,
     pub _pad: [u8; 3],
+    /// The pod's IPv6 link-local address (EUI-64 of its MAC, as Linux forms it): the
+    /// only link-local source the pod may use, and only toward link-scope destinations.
+    pub ipv6_ll: [u8; 16],
 }
 
 /// Node-wide settings (one element in `NODE_CONFIG`).
@@ -112,6 +119,14 @@ pub struct NodeConfig {
     /// Idle timeouts in nanoseconds (SPEC §4), indexed by flow state (`FLOW_*`). An
     /// array rather than named fields so the lookup is one bounded index.
     pub timeouts_ns: [u64; FLOW_STATES],
+    /// The node's primary IPv6 address: a pod's traffic to a link-local address (its
+    /// host-side interface) is judged as traffic to the node. Zero when the node has none.
+    pub node_ipv6: [u8; 16],
+    /// Live flow entries one pod may hold (its share of the node-wide table).
+    pub flows_per_pod: u32,
+    pub _pad2: u32,
+    /// Idle timeout of a half-open TCP entry while its pod holds more than half its share.
+    pub syn_pressure_timeout_ns: u64,
 }
 
 pub const FLOW_STATES: usize = 8;
@@ -238,6 +253,35 @@ pub struct FlowValue {
     pub origin_dir: u8,
     pub seen_reply: u8,
     pub _pad: u8,
+    /// Counter slot of the pod that owns the entry: its share is charged for it, and an
+    /// entry left by a deleted pod never serves a new pod given the same address.
+    pub slot: u32,
+    pub _pad2: u32,
+}
+
+/// ICMP query kinds (`Packet::icmp_query` in the programs): queries are tracked by
+/// identifier and request type, and only the matching reply passes by state.
+pub const ICMP_NOT_QUERY: u8 = 0;
+pub const ICMP_REQUEST: u8 = 1;
+pub const ICMP_REPLY: u8 = 2;
+
+/// The request type of an ICMP/ICMPv6 query message and whether it is the reply:
+/// echo, timestamp, information and address mask (v4); echo and node information (v6).
+pub const fn icmp_query(v6: bool, ty: u8) -> Option<(u8, bool)> {
+    if v6 {
+        match ty {
+            128 | 139 => Some((ty, false)),
+            129 | 140 => Some((ty - 1, true)),
+            _ => None,
+        }
+    } else {
+        match ty {
+            8 | 13 | 15 | 17 => Some((ty, false)),
+            0 => Some((8, true)),
+            14 | 16 | 18 => Some((ty - 1, true)),
+            _ => None,
+        }
+    }
 }
 
 /// Counter kinds: what happened to a packet. Indexes `COUNTERS` together with the pod
@@ -263,9 +307,12 @@ pub enum Reason {
     DropInternal = 15,
     /// A later fragment whose first fragment was allowed.
     AllowFragment = 16,
+    /// A new flow refused because its pod holds its whole share of the flow table.
+    DropPodFlowLimit = 17,
 }
 
-pub const REASON_COUNT: u32 = 17;
+/// Reason numbers are append-only: counters and tools index by them.
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -286,6 +333,7 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropInternal,
         Reason::AllowFragment,
+        Reason::DropPodFlowLimit,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -307,6 +355,7 @@ impl Reason {
             Reason::DropFragment => "drop_fragment",
             Reason::DropInternal => "drop_internal",
             Reason::AllowFragment => "allow_fragment",
+            Reason::DropPodFlowLimit => "drop_pod_flow_limit",
         }
     }
 
@@ -356,3 +405,9 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
 }
+
+// The layouts both sides compile against: a change here is a map layout change.
+const _: () = assert!(core::mem::size_of::<PodInfo>() == 68);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 112);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);

@@ -2,6 +2,11 @@
 //! host-side interface.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd: core atomics have no read-modify-write on the BPF target"
+)]
 
 mod fabric;
 mod maps;
@@ -61,10 +66,13 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         return drop(&ctx, pod.slot, Reason::DropInternal);
     };
+    // SAFETY: the per-CPU scratch slot is ours for the program's run.
     let pkt = unsafe { &mut *pkt };
-    if let Err(e) = parse_l3(&ctx, &l2, pkt) {
+    if let Err(e) = parse_l3_pulled(&ctx, &l2, pkt) {
         return drop(&ctx, pod.slot, e.reason());
     }
+    // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its
+    // neighbour is the host-side interface): they meet the pod's inbound rules.
     let reason = match decide(pod, pkt, DIR_INGRESS) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
@@ -105,31 +113,52 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         return drop(&ctx, pod.slot, Reason::DropInternal);
     };
+    // SAFETY: the per-CPU scratch slot is ours for the program's run.
     let pkt = unsafe { &mut *pkt };
-    if let Err(e) = parse_l3(&ctx, &l2, pkt) {
+    if let Err(e) = parse_l3_pulled(&ctx, &l2, pkt) {
         return drop(&ctx, pod.slot, e.reason());
     }
-    if pkt.family == AF_V6 && (pkt.kind == KIND_ND || is_link_scope(&pkt.outer.dst)) {
-        // Link plumbing stays on the node: the pod's gateway is the host veth.
-        count(pod.slot, Reason::PassLocal, ctx.len());
-        return TC_ACT_OK;
+    let Some(cfg) = NODE_CONFIG.get(0) else {
+        return internal_error(&ctx, pod.slot, "node config lookup");
+    };
+    if pkt.family == AF_V6 {
+        if pkt.kind == KIND_ND && is_link_plumbing(pod, pkt) {
+            // The pod resolving its gateway (the host veth), DAD, MLD: stays on the node.
+            count(pod.slot, Reason::PassLocal, ctx.len());
+            return TC_ACT_OK;
+        }
+        pkt.kind = if pkt.kind == KIND_ND {
+            KIND_NORMAL
+        } else {
+            pkt.kind
+        };
     }
+    let link_scope = pkt.family == AF_V6 && is_link_scope(&pkt.outer.dst);
     let spoofed = if pkt.family == AF_V4 {
-        pkt.outer.src[0] != u32::from_ne_bytes(pod.ipv4)
+        pod.ipv4 == [0; 4] || pkt.outer.src[0] != u32::from_ne_bytes(pod.ipv4)
+    } else if link_scope && pkt.outer.src == addr_of(&pod.ipv6_ll) {
+        false
     } else {
-        pod.has_ipv6 == 0
-            || pkt.outer.src != unsafe { core::mem::transmute::<[u8; 16], Addr>(pod.ipv6) }
+        pod.has_ipv6 == 0 || pkt.outer.src != addr_of(&pod.ipv6)
     };
     if spoofed {
         return drop(&ctx, pod.slot, Reason::DropSpoofIp);
+    }
+    if link_scope && is_link_local(&pkt.outer.dst) && cfg.node_ipv6 != [0; 16] {
+        // The host-side interface's link-local address is the node: judged as traffic
+        // to the node's primary address, by the same rules.
+        pkt.outer.dst = addr_of(&cfg.node_ipv6);
     }
     let reason = match decide(pod, pkt, DIR_EGRESS) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };
-    let Some(cfg) = NODE_CONFIG.get(0) else {
-        return internal_error(&ctx, pod.slot, "node config lookup");
-    };
+    if link_scope {
+        // Allowed, and link-scope: delivered on the node, never onto the trunk.
+        count(pod.slot, reason, ctx.len());
+        return TC_ACT_OK;
+    }
+
     if let Err(step) = push_tag(&ctx, pod.vlan, &cfg.gateway_mac, &pod.mac) {
         return internal_error(&ctx, pod.slot, step);
     }
@@ -137,11 +166,39 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     unsafe { bpf_redirect(cfg.trunk_ifindex, 0) as i32 }
 }
 
+/// fe80::/10 and multicast ff00::/8: never routed off the pod's link.
 #[inline(always)]
 fn is_link_scope(dst: &Addr) -> bool {
-    // fe80::/10 and multicast ff00::/8: the first two bytes, as they sit in the word.
-    let (b0, b1) = (dst[0] as u8, (dst[0] >> 8) as u8);
-    (b0 == 0xfe && b1 & 0xc0 == 0x80) || b0 == 0xff
+    is_link_local(dst) || dst[0] as u8 == 0xff
+}
+
+/// fe80::/10: the first two bytes, as they sit in the word.
+#[inline(always)]
+fn is_link_local(a: &Addr) -> bool {
+    let (b0, b1) = (a[0] as u8, (a[0] >> 8) as u8);
+    b0 == 0xfe && b1 & 0xc0 == 0x80
+}
+
+#[inline(always)]
+fn addr_of(bytes: &[u8; 16]) -> Addr {
+    // SAFETY: same size, and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u8; 16], Addr>(*bytes) }
+}
+
+/// Valid link plumbing from the pod (RFC 4861 §6-7, RFC 2710/3810): neighbour
+/// discovery with hop limit 255 from the pod's link-local address (or unspecified, for
+/// DAD and router solicitation); MLD with hop limit 1 from its link-local address (or
+/// unspecified, for an MLDv2 report during DAD). Anything else goes to the rules.
+#[inline(always)]
+fn is_link_plumbing(pod: &PodInfo, pkt: &Packet) -> bool {
+    let ty = (pkt.policy_port >> 8) as u8;
+    let unspecified = pkt.outer.src == [0; 4];
+    let own = pkt.outer.src == addr_of(&pod.ipv6_ll);
+    if (133..=137).contains(&ty) {
+        pkt.hop_limit == 255 && (own || (unspecified && (ty == 133 || ty == 135)))
+    } else {
+        pkt.hop_limit == 1 && (own || (unspecified && ty == 143))
+    }
 }
 
 /// Rewrites both MAC addresses in place (packet pointers re-read: the helper that ran

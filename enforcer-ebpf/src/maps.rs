@@ -40,6 +40,17 @@ pub static ALWAYS_V6: LpmTrie<[u8; 16], AlwaysAllow, { MAX_ALWAYS_ENTRIES as usi
 #[btf_map]
 pub static FLOWS: HashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = HashMap::new();
 
+/// Live flow entries per pod slot, kept by the programs (atomic add on insert,
+/// subtract when a program removes an entry).
+#[btf_map]
+pub static FLOW_COUNT: Array<u64, { MAX_PODS as usize }> = Array::new();
+
+/// Entries per pod slot removed by the daemon's sweep. Only the daemon writes it (a map
+/// update from user space would lose the programs' concurrent increments), so a pod's
+/// live count is `FLOW_COUNT - FLOW_SWEPT`.
+#[btf_map]
+pub static FLOW_SWEPT: Array<u64, { MAX_PODS as usize }> = Array::new();
+
 /// First-fragment verdicts for later fragments. An LRU: fragments are short-lived and an
 /// evicted entry only costs the rest of one datagram.
 #[btf_map]

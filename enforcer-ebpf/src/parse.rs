@@ -29,7 +29,8 @@ impl ParseError {
 pub const KIND_NORMAL: u8 = 0;
 /// An ICMP/ICMPv6 error quoting another packet: `inner` holds the quoted tuple.
 pub const KIND_ICMP_ERROR: u8 = 1;
-/// IPv6 neighbour discovery / MLD: link plumbing, never filtered.
+/// ICMPv6 neighbour discovery / MLD (types only; whether it is valid link plumbing is
+/// judged where the pod's link-local address is known).
 pub const KIND_ND: u8 = 2;
 /// A non-first fragment: no L4 header.
 pub const KIND_FRAGMENT: u8 = 3;
@@ -39,8 +40,8 @@ pub const KIND_FRAGMENT: u8 = 3;
 /// `memcpy`/`memset` subprograms, which cost more than the rest of the parse.
 pub type Addr = [u32; 4];
 
-/// A 5-tuple with ports in host order. For ICMP echo both ports are the echo id, so
-/// requests and replies land on the same flow.
+/// A 5-tuple with ports in host order. ICMP queries: a request has (id, request type),
+/// its reply (request type, id), so both land on the same flow seen from either side.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 pub struct Tuple {
@@ -67,6 +68,13 @@ pub struct Packet {
     pub frag_id: u32,
     /// The first fragment of a fragmented datagram (offset 0, more to come).
     pub frag_first: u8,
+    /// IPv6 hop limit (IPv4: TTL), for neighbour-discovery validity.
+    pub hop_limit: u8,
+    /// `ICMP_NOT_QUERY`, `ICMP_REQUEST` or `ICMP_REPLY`.
+    pub icmp_query: u8,
+    /// `KIND_ICMP_ERROR` only: the quoted packet parsed, so `inner` is meaningful. A
+    /// quote that does not parse is related to no flow, and the rules decide.
+    pub inner_ok: u8,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -173,19 +181,48 @@ fn ipv4_at(ctx: &TcContext, off: usize) -> Result<(usize, u8, u16, u32, u32), Pa
     Ok((((vihl & 0x0f) as usize) * 4, proto, frag, src, dst))
 }
 
+/// Headers not in the skb's linear area (AF_PACKET TX rings, some drivers) can't be
+/// read directly: pull up to `PULL_MAX` bytes in and parse again. Only after a parse
+/// came up short, so packets whose headers are linear (nearly all) never pay for it.
+const PULL_MAX: u32 = 1024;
+
 #[inline(always)]
-pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError> {
+pub fn parse_l3_pulled(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError> {
+    match parse_l3(ctx, l2, pkt) {
+        Err(ParseError::Truncated) => {
+            let len = ctx.len();
+            let linear = (ctx.data_end() - ctx.data()) as u32;
+            if linear >= len {
+                return Err(ParseError::Truncated);
+            }
+            let want = if len < PULL_MAX { len } else { PULL_MAX };
+            // SAFETY: the helper takes the program's own skb; packet pointers taken
+            // before it are dead (parse_l3 re-reads them from the context).
+            if unsafe { aya_ebpf::helpers::bpf_skb_pull_data(ctx.skb.skb, want) } != 0 {
+                return Err(ParseError::Truncated);
+            }
+            parse_l3(ctx, l2, pkt)
+        }
+        r => r,
+    }
+}
+
+#[inline(always)]
+fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError> {
     pkt.kind = KIND_NORMAL;
     pkt.tcp_flags = 0;
     pkt.policy_port = 0;
     pkt.outer.sport = 0;
     pkt.outer.dport = 0;
     pkt.frag_first = 0;
+    pkt.icmp_query = ICMP_NOT_QUERY;
+    pkt.inner_ok = 0;
     let l4_off;
     match l2.ethertype {
         ETH_P_IP => {
             let (ihl, proto, frag, src, dst) = ipv4_at(ctx, l2.l3_off)?;
             pkt.family = AF_V4;
+            pkt.hop_limit = bytes2(ctx, l2.l3_off + 8)?.0;
             pkt.outer.proto = proto;
             pkt.outer.src = [src, 0, 0, 0];
             pkt.outer.dst = [dst, 0, 0, 0];
@@ -208,7 +245,8 @@ pub fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseE
             pkt.family = AF_V6;
             pkt.outer.src = load_addr(ctx, l2.l3_off + 8)?;
             pkt.outer.dst = load_addr(ctx, l2.l3_off + 24)?;
-            let (mut next, _) = bytes2(ctx, l2.l3_off + 6)?;
+            let (mut next, hop_limit) = bytes2(ctx, l2.l3_off + 6)?;
+            pkt.hop_limit = hop_limit;
             let mut off = l2.l3_off + Ipv6Hdr::LEN;
             // Hop-by-hop, routing, fragment and destination options; a bounded walk. Rare,
             // so read with the load helper: a loop of direct packet reads at growing
@@ -265,26 +303,26 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseEr
         PROTO_ICMP | PROTO_ICMPV6 => {
             let (ty, code) = bytes2(ctx, off)?;
             pkt.policy_port = ((ty as u16) << 8) | code as u16;
-            let v6 = pkt.outer.proto == PROTO_ICMPV6;
-            let echo = if v6 {
-                ty == 128 || ty == 129
-            } else {
-                ty == 8 || ty == 0
-            };
+            // Protocol numbers 1 and 58 match rules in either family (as in EC2), but
+            // only ICMP in IPv4 and ICMPv6 in IPv6 are queries, errors or ND.
+            let v6 = pkt.family == AF_V6;
+            if v6 != (pkt.outer.proto == PROTO_ICMPV6) {
+                return Ok(());
+            }
             let error = if v6 {
                 (1..=4).contains(&ty)
             } else {
                 ty == 3 || ty == 11 || ty == 12
             };
-            if echo {
+            if let Some((request, reply)) = icmp_query(v6, ty) {
                 let id = be16_at(ctx, off + 4)?;
-                pkt.outer.sport = id;
-                pkt.outer.dport = id;
-            } else if v6 && ((133..=137).contains(&ty) || ty == 130 || ty == 131 || ty == 143) {
+                (pkt.outer.sport, pkt.outer.dport) = query_ports(id, request, reply);
+                pkt.icmp_query = if reply { ICMP_REPLY } else { ICMP_REQUEST };
+            } else if v6 && ((133..=137).contains(&ty) || (130..=132).contains(&ty) || ty == 143) {
                 pkt.kind = KIND_ND;
             } else if error {
                 pkt.kind = KIND_ICMP_ERROR;
-                parse_inner(ctx, pkt, off + 8, v6)?;
+                pkt.inner_ok = parse_inner(ctx, pkt, off + 8, v6).is_ok() as u8;
             }
         }
         _ => {}
@@ -297,6 +335,9 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseEr
 fn parse_inner(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Result<(), ParseError> {
     let l4;
     if v6 {
+        if bytes2(ctx, off)?.0 >> 4 != 6 {
+            return Err(ParseError::Truncated);
+        }
         pkt.inner.src = load_addr(ctx, off + 8)?;
         pkt.inner.dst = load_addr(ctx, off + 24)?;
         pkt.inner.proto = bytes2(ctx, off + 6)?.0;
@@ -314,12 +355,25 @@ fn parse_inner(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Resul
         PROTO_TCP | PROTO_UDP => {
             (pkt.inner.sport, pkt.inner.dport) = ports_at(ctx, l4)?;
         }
-        PROTO_ICMP | PROTO_ICMPV6 => {
-            let id = be16_at(ctx, l4 + 4)?;
-            pkt.inner.sport = id;
-            pkt.inner.dport = id;
+        PROTO_ICMP | PROTO_ICMPV6 if (pkt.inner.proto == PROTO_ICMPV6) == v6 => {
+            let (ty, _) = bytes2(ctx, l4)?;
+            if let Some((request, reply)) = icmp_query(v6, ty) {
+                let id = be16_at(ctx, l4 + 4)?;
+                (pkt.inner.sport, pkt.inner.dport) = query_ports(id, request, reply);
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// (sport, dport) of an ICMP query: the flow key of a request is (id, request type) and
+/// its reply's the mirror image, so a reply finds the flow its request created.
+#[inline(always)]
+fn query_ports(id: u16, request: u8, reply: bool) -> (u16, u16) {
+    if reply {
+        (request as u16, id)
+    } else {
+        (id, request as u16)
+    }
 }

@@ -1,4 +1,6 @@
 //! Packet -> verdict for one pod and one direction: flow table first, policy on a miss.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{bindings::BPF_NOEXIST, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_coarse_ns};
 use enforcer_common::*;
 
@@ -119,16 +121,74 @@ fn next_state(v: &FlowValue, pkt: &Packet, dir: u32) -> u8 {
     }
 }
 
+/// Live flow entries of a pod slot (see `FLOW_SWEPT`).
+#[inline(always)]
+fn flows_of(slot: u32) -> u64 {
+    let added = FLOW_COUNT.get(slot).copied().unwrap_or(0);
+    let swept = FLOW_SWEPT.get(slot).copied().unwrap_or(0);
+    added.saturating_sub(swept)
+}
+
+/// Adds `delta` (two's complement for a decrement) to a pod's live flow count.
+#[inline(always)]
+fn charge(slot: u32, delta: u64) {
+    if let Some(c) = FLOW_COUNT.get_ptr_mut(slot) {
+        // SAFETY: a valid, aligned map value for the program's run. The atomic add (a
+        // BPF_ATOMIC instruction; core's atomics lack RMW on this target) keeps CPUs from
+        // losing each other's updates.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, delta) };
+    }
+}
+
+/// Removes a flow entry and gives its pod's share back, once: only the CPU (or the
+/// daemon) whose delete succeeded does.
+#[inline(always)]
+fn remove_flow(key: &FlowKey, slot: u32) {
+    if FLOWS.remove(key).is_ok() {
+        charge(slot, u64::MAX);
+    }
+}
+
+/// How long an entry may stay idle. Half-open TCP entries of a pod holding more than
+/// half its share get the short pressure timeout, so a SYN flood ages out fast.
+#[inline(always)]
+fn idle_limit(cfg: &NodeConfig, v: &FlowValue) -> u64 {
+    let t = timeout_ns(cfg, v.state);
+    if v.state == FLOW_TCP_SYN
+        && cfg.syn_pressure_timeout_ns < t
+        && flows_of(v.slot) * 2 > cfg.flows_per_pod as u64
+    {
+        return cfg.syn_pressure_timeout_ns;
+    }
+    t
+}
+
 /// Looks the flow up; refreshes it on a hit, removes it when it has gone idle.
 #[inline(always)]
-fn flow_hit(cfg: &NodeConfig, key: &FlowKey, pkt: &Packet, dir: u32, now: u64) -> bool {
+fn flow_hit(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    key: &FlowKey,
+    pkt: &Packet,
+    dir: u32,
+    now: u64,
+) -> bool {
     let Some(v) = FLOWS.get_ptr_mut(key) else {
         return false;
     };
+    // SAFETY: a hash value pointer stays valid for the program's run (RCU).
     let v = unsafe { &mut *v };
     let age = now.saturating_sub(v.last_seen_ns);
-    if age > timeout_ns(cfg, v.state) {
-        let _ = FLOWS.remove(key);
+    if age > idle_limit(cfg, v) || v.slot != pod.slot {
+        // Idle, or left by a deleted pod whose address this pod now has.
+        remove_flow(key, v.slot);
+        return false;
+    }
+    // A query's flow passes requests one way and the matching replies the other: a
+    // reply type going out, or a new request coming back, is judged by the rules.
+    if pkt.icmp_query != ICMP_NOT_QUERY
+        && (pkt.icmp_query == ICMP_REPLY) != (dir != v.origin_dir as u32)
+    {
         return false;
     }
     let state = next_state(v, pkt, dir);
@@ -201,9 +261,6 @@ fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: u32) -> Option<(u32, u32)> {
 
 #[inline(always)]
 pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
-    if pkt.kind == KIND_ND {
-        return Verdict::Allow(Reason::PassLocal);
-    }
     if pod.flags & POD_FAIL_CLOSED != 0 {
         if always_allowed(pkt, dir) {
             return Verdict::Allow(Reason::AllowAlways);
@@ -255,7 +312,7 @@ fn frag_key(pkt: &Packet) -> FragKey {
 /// The verdict for a packet with ports (or a first fragment): state, then policy.
 #[inline(always)]
 fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u64) -> Verdict {
-    if pkt.kind == KIND_ICMP_ERROR {
+    if pkt.kind == KIND_ICMP_ERROR && pkt.inner_ok != 0 {
         // The quoted packet travelled the other way: an error about a tracked flow is
         // related traffic and passes.
         let back = if dir == DIR_EGRESS {
@@ -266,6 +323,7 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         let mut k = flow_key(&pkt.inner, pkt.family, back);
         normalise_ports(&mut k);
         if let Some(v) = unsafe { FLOWS.get(k) }
+            && v.slot == pod.slot
             && now.saturating_sub(v.last_seen_ns) <= timeout_ns(cfg, v.state)
         {
             return Verdict::Allow(Reason::AllowRelated);
@@ -274,7 +332,7 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
 
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
-    if pkt.kind != KIND_ICMP_ERROR && flow_hit(cfg, &key, pkt, dir, now) {
+    if pkt.kind != KIND_ICMP_ERROR && flow_hit(cfg, pod, &key, pkt, dir, now) {
         return Verdict::Allow(Reason::AllowFlow);
     }
 
@@ -287,10 +345,14 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         return Verdict::Drop(Reason::DropNoRule);
     };
     // EC2 leaves only TCP and UDP untracked; an all-protocols rule still tracks ICMP
-    // and the rest. ICMP errors never create state of their own.
+    // and the rest. ICMP errors and query replies never create state of their own.
     let untracked = flags & RULE_UNTRACKED != 0 && matches!(pkt.outer.proto, PROTO_TCP | PROTO_UDP);
-    if untracked || pkt.kind == KIND_ICMP_ERROR {
+    if untracked || pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
         return Verdict::Allow(Reason::AllowPolicy);
+    }
+    if flows_of(pod.slot) >= cfg.flows_per_pod as u64 {
+        // One pod must not fill the node-wide table and starve every other pod.
+        return Verdict::Drop(Reason::DropPodFlowLimit);
     }
     let v = FlowValue {
         last_seen_ns: now,
@@ -299,9 +361,14 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         origin_dir: dir as u8,
         seen_reply: 0,
         _pad: 0,
+        slot: pod.slot,
+        _pad2: 0,
     };
     match FLOWS.insert(key, v, BPF_NOEXIST as u64) {
-        Ok(()) => Verdict::Allow(Reason::AllowPolicy),
+        Ok(()) => {
+            charge(pod.slot, 1);
+            Verdict::Allow(Reason::AllowPolicy)
+        }
         // Another CPU created it first.
         Err(EEXIST) => Verdict::Allow(Reason::AllowPolicy),
         Err(_) => Verdict::Drop(Reason::DropFlowTableFull),

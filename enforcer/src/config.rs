@@ -36,6 +36,13 @@ pub struct Timeouts {
     pub udp_stream: u64,
     pub icmp: u64,
     pub other: u64,
+    /// Half-open TCP while the pod holds more than half its flow share (a SYN flood).
+    #[serde(default = "syn_pressure")]
+    pub tcp_syn_sent_under_pressure: u64,
+}
+
+fn syn_pressure() -> u64 {
+    5
 }
 
 impl Default for Timeouts {
@@ -50,6 +57,7 @@ impl Default for Timeouts {
             udp_stream: 180,
             icmp: 30,
             other: 600,
+            tcp_syn_sent_under_pressure: syn_pressure(),
         }
     }
 }
@@ -107,6 +115,15 @@ pub struct NodeSettings {
     /// Host-side interface names are this prefix plus a hash of namespace/name.
     #[serde(default = "default_prefix")]
     pub host_veth_prefix: String,
+    /// Flow-table entries one pod may hold; past it the pod's new flows are refused
+    /// (`drop_pod_flow_limit`) while other pods keep opening theirs.
+    #[serde(default = "default_flows_per_pod")]
+    pub flows_per_pod: u32,
+}
+
+/// A sixteenth of the node's table: one pod can't starve the others.
+fn default_flows_per_pod() -> u32 {
+    enforcer_common::MAX_FLOWS / 16
 }
 
 fn yes() -> bool {
@@ -172,6 +189,20 @@ impl Config {
                 cfg.node.gateway_mac
             )
         })?;
+        if !(1..=enforcer_common::MAX_FLOWS).contains(&cfg.node.flows_per_pod) {
+            anyhow::bail!(
+                "config {}: node.flowsPerPod {} is not within 1..={} (the flow table's size)",
+                path.display(),
+                cfg.node.flows_per_pod,
+                enforcer_common::MAX_FLOWS
+            );
+        }
+        if let Some(IpAddr::V4(a)) = cfg.node.primary_ipv6 {
+            anyhow::bail!(
+                "config {}: node.primaryIPv6 {a} is an IPv4 address",
+                path.display()
+            );
+        }
         Ok(cfg)
     }
 

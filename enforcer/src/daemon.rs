@@ -60,6 +60,17 @@ impl Daemon {
                 .push(format!("writing maps: {e:#}"));
         }
         self.mem.ids.retain(&p.state);
+        let gone = self
+            .status
+            .pods
+            .iter()
+            .any(|old| old.slot != 0 && !p.pods.iter().any(|new| new.slot == old.slot));
+        if gone {
+            // A deleted pod's flows go now, before its slot or address serves anyone else.
+            if let Err(e) = self.dp.sweep_flows(&self.node) {
+                warn!("removing flows of deleted pods: {e:#}");
+            }
+        }
         for (ifname, e) in self.dp.sync_pod_links(&p.interfaces) {
             error!("attaching to {ifname}: {e:#}");
             self.status

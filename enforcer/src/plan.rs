@@ -215,6 +215,7 @@ pub fn plan(
             flags: if error.is_some() { POD_FAIL_CLOSED } else { 0 },
             has_ipv6: eni.ipv6.is_some() as u8,
             _pad: [0; 3],
+            ipv6_ll: crate::sources::kube::link_local_v6(&eni.mac).octets(),
         });
         pods.push(st);
     }

@@ -216,3 +216,63 @@ pub fn as_ipv4_fragment(frame: &[u8], l3: usize, id: u16, offset: u16, more: boo
     out[l3 + 6..l3 + 8].copy_from_slice(&v.to_be_bytes());
     out
 }
+
+/// An ICMP (v4) or ICMPv6 (v6) message of any type: `rest` is bytes 4..8 of the ICMP
+/// header (identifier and sequence for queries), `hop_limit` the IPv4 TTL or IPv6 hop
+/// limit. Untagged; see [`with_vlan`].
+#[allow(clippy::too_many_arguments)]
+pub fn icmp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: &str,
+    dst: &str,
+    hop_limit: u8,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    payload: &[u8],
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
+    let mut out = Vec::new();
+    match (
+        src.parse::<IpAddr>().unwrap(),
+        dst.parse::<IpAddr>().unwrap(),
+    ) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), hop_limit)
+            .icmpv4(Icmpv4Type::Unknown {
+                type_u8: ty,
+                code_u8: code,
+                bytes5to8: rest,
+            })
+            .write(&mut out, payload),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), hop_limit)
+            .icmpv6(Icmpv6Type::Unknown {
+                type_u8: ty,
+                code_u8: code,
+                bytes5to8: rest,
+            })
+            .write(&mut out, payload),
+        _ => panic!("mixed address families"),
+    }
+    .unwrap();
+    out
+}
+
+/// Rewrites an IPv4 frame's protocol number (e.g. an ICMP message relabelled as
+/// protocol 58, ICMPv6, which IPv4 does not carry).
+pub fn with_ipv4_protocol(frame: &[u8], l3: usize, proto: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[l3 + 9] = proto;
+    out
+}
+
+/// Inserts an 802.1Q tag after the MAC addresses (as the trunk receives frames).
+pub fn with_vlan(frame: &[u8], vlan: u16) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&[0x81, 0x00]);
+    out.extend_from_slice(&vlan.to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}

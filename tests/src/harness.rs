@@ -74,7 +74,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
-        let cfg = node_config();
+        Harness::with_config(node_config())
+    }
+
+    /// A harness whose node settings differ from [`node_config`]'s.
+    pub fn with_config(cfg: Config) -> Harness {
         let mut dp = Datapath::load(None).expect("load programs");
         dp.set_node_config(&kernel_node_config(&cfg, 1)).unwrap();
         Harness {

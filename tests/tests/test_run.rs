@@ -877,13 +877,17 @@ fn ipv6_extension_headers_and_fragments() {
 fn neighbour_discovery_stays_on_the_node() {
     let mut h = setup();
     let slot = h.slot("client");
-    // A neighbour solicitation for the pod's gateway: passed to the node's stack
-    // (TC_ACT_OK), not redirected to the trunk, not subject to groups.
+    // A neighbour solicitation for the pod's gateway, from the pod's own link-local
+    // address: passed to the node's stack (TC_ACT_OK), not redirected to the trunk, not
+    // subject to groups. (edges.rs has the invalid ones.)
     let ns = {
         let mut f = Vec::new();
         etherparse::PacketBuilder::ethernet2(CLIENT.mac, [0x33, 0x33, 0xff, 0, 0, 1])
             .ipv6(
-                "fe80::1:1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                "fe80::ff:fe00:a01"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
                 "ff02::1:ff00:1"
                     .parse::<std::net::Ipv6Addr>()
                     .unwrap()

@@ -353,6 +353,12 @@ impl Datapath {
             let zeros = PerCpuValues::try_from(vec![Counter::default(); n])?;
             c.set(counter_index(slot, r), zeros, 0)?;
         }
+        // The slot's flow share starts empty too (no pod uses the slot yet, so no
+        // program is counting on it).
+        for name in [map_names::FLOW_COUNT, map_names::FLOW_SWEPT] {
+            let mut a: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, name)?.try_into()?;
+            a.set(slot, 0, 0).map_err(|e| map_err(name, e))?;
+        }
         Ok(())
     }
 
@@ -380,36 +386,70 @@ impl Datapath {
         Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
 
-    /// Removes idle flows (the programs only notice the ones they hit), and flows of
-    /// addresses no pod owns any more.
+    /// Live flow entries of each pod slot, as the programs count them.
+    pub fn flow_counts(&self) -> Result<Vec<u64>> {
+        let added: Array<&MapData, u64> = map_ref(&self.ebpf, map_names::FLOW_COUNT)?.try_into()?;
+        let swept: Array<&MapData, u64> = map_ref(&self.ebpf, map_names::FLOW_SWEPT)?.try_into()?;
+        (0..MAX_PODS)
+            .map(|i| Ok(added.get(&i, 0)?.saturating_sub(swept.get(&i, 0)?)))
+            .collect()
+    }
+
+    /// Removes idle flows (the programs only notice the ones they hit), and flows whose
+    /// pod is gone (slot free, or the address no longer that pod's). Half-open TCP of a
+    /// pod holding more than half its share goes after the short pressure timeout.
     pub fn sweep_flows(&mut self, cfg: &NodeConfig) -> Result<usize> {
         let now = coarse_now_ns();
-        let owned: std::collections::HashSet<[u8; 16]> = self
+        let mut owned: HashMap<u32, Vec<[u8; 16]>> = HashMap::new();
+        for p in self
             .current
             .pods_by_vlan
             .values()
             .chain(self.current.pods_by_ifindex.values())
-            .flat_map(|p| {
-                let mut v4 = [0u8; 16];
-                v4[..4].copy_from_slice(&p.ipv4);
-                [v4, p.ipv6]
-            })
-            .collect();
-        let dead: Vec<FlowKey> = self
+        {
+            let mut v4 = [0u8; 16];
+            v4[..4].copy_from_slice(&p.ipv4);
+            owned
+                .entry(p.slot)
+                .or_default()
+                .extend([v4, p.ipv6, p.ipv6_ll]);
+        }
+        let counts = self.flow_counts()?;
+        let dead: Vec<(FlowKey, u32)> = self
             .flows()?
             .into_iter()
             .filter(|(k, v)| {
-                let timeout = cfg.timeouts_ns[v.state as usize & (FLOW_STATES - 1)];
-                now.saturating_sub(v.last_seen_ns) > timeout || !owned.contains(&k.local)
+                let mut timeout = cfg.timeouts_ns[v.state as usize & (FLOW_STATES - 1)];
+                let live = counts.get(v.slot as usize).copied().unwrap_or(0);
+                if v.state == FLOW_TCP_SYN && live * 2 > cfg.flows_per_pod as u64 {
+                    timeout = timeout.min(cfg.syn_pressure_timeout_ns);
+                }
+                now.saturating_sub(v.last_seen_ns) > timeout
+                    || !owned.get(&v.slot).is_some_and(|a| a.contains(&k.local))
             })
-            .map(|(k, _)| k)
+            .map(|(k, v)| (k, v.slot))
             .collect();
-        let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
-            map_mut(&mut self.ebpf, map_names::FLOWS)?.try_into()?;
-        for k in &dead {
-            let _ = m.remove(k);
+        let mut removed: HashMap<u32, u64> = HashMap::new();
+        {
+            let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+                map_mut(&mut self.ebpf, map_names::FLOWS)?.try_into()?;
+            for (k, slot) in &dead {
+                // Only a delete that succeeded gives the share back: a program may
+                // have removed the entry first, and then it did.
+                if m.remove(k).is_ok() {
+                    *removed.entry(*slot).or_default() += 1;
+                }
+            }
         }
-        Ok(dead.len())
+        let mut swept: Array<&mut MapData, u64> =
+            map_mut(&mut self.ebpf, map_names::FLOW_SWEPT)?.try_into()?;
+        for (slot, n) in &removed {
+            if *slot < MAX_PODS {
+                let before = swept.get(slot, 0)?;
+                swept.set(*slot, before + n, 0)?;
+            }
+        }
+        Ok(removed.values().sum::<u64>() as usize)
     }
 
     pub fn attach_trunk(&mut self, ifname: &str) -> Result<()> {
@@ -525,5 +565,12 @@ pub fn kernel_node_config(cfg: &crate::config::Config, trunk_ifindex: u32) -> No
             a[FLOW_ICMP as usize] = s(t.icmp);
             a
         },
+        node_ipv6: match cfg.node.primary_ipv6 {
+            Some(std::net::IpAddr::V6(a)) => a.octets(),
+            _ => [0; 16],
+        },
+        flows_per_pod: cfg.node.flows_per_pod,
+        _pad2: 0,
+        syn_pressure_timeout_ns: s(t.tcp_syn_sent_under_pressure),
     }
 }

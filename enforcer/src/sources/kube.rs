@@ -74,6 +74,23 @@ pub struct BranchEni {
     pub subnet_v6_cidr: Option<String>,
 }
 
+/// The IPv6 link-local address Linux gives an interface with this MAC by default
+/// (modified EUI-64, RFC 4291 appendix A): fe80::(mac0^2)(mac1):(mac2)ff:fe(mac3):(mac4)(mac5).
+pub fn link_local_v6(mac: &[u8; 6]) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8] = mac[0] ^ 0x02;
+    a[9] = mac[1];
+    a[10] = mac[2];
+    a[11] = 0xff;
+    a[12] = 0xfe;
+    a[13] = mac[3];
+    a[14] = mac[4];
+    a[15] = mac[5];
+    Ipv6Addr::from(a)
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawEni {
@@ -288,6 +305,15 @@ impl KubeObjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_local_is_linux_eui64() {
+        // `ip -6 addr` on an interface with MAC 02:00:00:00:0a:01 shows fe80::ff:fe00:a01.
+        assert_eq!(
+            link_local_v6(&[0x02, 0, 0, 0, 0x0a, 0x01]).to_string(),
+            "fe80::ff:fe00:a01"
+        );
+    }
 
     #[test]
     fn pod_eni_accepts_both_vlan_spellings() {
