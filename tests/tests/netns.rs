@@ -510,3 +510,185 @@ fn a_pod_whose_interface_appears_later_is_enforced_then() {
         "still enforced"
     );
 }
+
+/// A pod's counter for `reason` (packets) once it reaches `min`, or its value after 5 s:
+/// the daemon refreshes its status file every 2 s.
+fn counter_reaching(sim: &SimNode, pod: &str, reason: &str, min: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v = sim
+            .status()
+            .ok()
+            .and_then(|st| st.pods.into_iter().find(|p| p.name == pod))
+            .and_then(|p| p.counters.get(reason).map(|c| c[0]))
+            .unwrap_or(0);
+        if v >= min || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The link-local address Linux gives the host side of a simulated pod's veth (the sim
+/// sets its MAC to 02:ee:00:00:vlan).
+fn host_veth_link_local(p: &SimPod) -> std::net::Ipv6Addr {
+    let mac = [0x02, 0xee, 0, 0, (p.vlan >> 8) as u8, p.vlan as u8];
+    enforcer::sources::kube::link_local_v6(&mac)
+}
+
+/// One TCP echo from inside `ns` to a link-local address over the pod's eth0.
+fn tcp_echo_link_local(ns: &str, ip: std::net::Ipv6Addr, port: u16) -> bool {
+    enforcer::sim::in_netns(ns, move || {
+        let eth0 = std::ffi::CString::new("eth0").unwrap();
+        // SAFETY: a valid NUL-terminated name; the call only reads it.
+        let scope = unsafe { libc::if_nametoindex(eth0.as_ptr()) };
+        let addr = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(ip, port, 0, scope));
+        match std::net::TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+            Ok(mut c) => exchange(&mut c),
+            Err(_) => false,
+        }
+    })
+    .unwrap()
+}
+
+#[test]
+fn link_local_is_no_way_around_the_groups() {
+    // The attack: web may reach TCP 443 on one VPC host only; a node service listening
+    // on [::] is reachable on the host veth's link-local address. It must not be.
+    // client (egress ::/0 allowed) shows that allowed link-scope traffic still works
+    // and stays on the node, neighbour discovery included.
+    let n = node();
+    let _svc = echo_server(&n.sim.node_ns, "[::]:9999").unwrap();
+    let web_ns = n.sim.pod_ns("web").to_string();
+    let client_ns = n.sim.pod_ns("client").to_string();
+    assert!(
+        !tcp_echo_link_local(&web_ns, host_veth_link_local(&n.web), 9999),
+        "web reached a node service through a link-local address"
+    );
+    assert!(
+        tcp_echo_link_local(&client_ns, host_veth_link_local(&n.client), 9999),
+        "client's rules allow it: delivered on the node"
+    );
+    assert!(
+        counter_reaching(&n.sim, "web", "drop_no_rule", 1) >= 1,
+        "web's SYN met its rules"
+    );
+    assert!(
+        counter_reaching(&n.sim, "web", "pass_local", 1) >= 1,
+        "web's neighbour discovery passed"
+    );
+    assert_eq!(
+        n.sim.fabric_frames_on_vlan(n.client.vlan),
+        0,
+        "link-scope traffic never reaches the trunk"
+    );
+}
+
+/// Sends one Ethernet frame from `ns`'s eth0 through AF_PACKET with a virtio-net header
+/// whose `hdr_len` is 0: the kernel then puts only the 14-byte Ethernet header in the
+/// skb's linear area and the rest in page fragments (for frames over a page), as
+/// AF_PACKET TX rings and trafgen do.
+fn send_nonlinear(ns: &str, frame: Vec<u8>) -> Result<(), String> {
+    enforcer::sim::in_netns(ns, move || {
+        // SAFETY: plain socket calls on a descriptor this closure owns and closes; every
+        // pointer passed is to a live local of the stated size.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            );
+            if fd < 0 {
+                return Err(format!("socket: {}", std::io::Error::last_os_error()));
+            }
+            let on: libc::c_int = 1;
+            let eth0 = std::ffi::CString::new("eth0").unwrap();
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            sll.sll_ifindex = libc::if_nametoindex(eth0.as_ptr()) as i32;
+            let mut msg = vec![0u8; 10]; // struct virtio_net_hdr, all zero
+            msg.extend_from_slice(&frame);
+            let r = if libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                &on as *const _ as *const libc::c_void,
+                std::mem::size_of_val(&on) as u32,
+            ) != 0
+                || libc::bind(
+                    fd,
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sll) as u32,
+                ) != 0
+                || libc::send(fd, msg.as_ptr() as *const libc::c_void, msg.len(), 0)
+                    != msg.len() as isize
+            {
+                Err(format!(
+                    "AF_PACKET send: {}",
+                    std::io::Error::last_os_error()
+                ))
+            } else {
+                Ok(())
+            };
+            libc::close(fd);
+            r
+        }
+    })
+    .map_err(|e| e.to_string())?
+}
+
+#[test]
+fn frames_with_headers_outside_the_linear_area_are_enforced() {
+    let n = node();
+    // Jumbo frames on web's veth and the trunk: a frame over a page is what makes the
+    // kernel leave its headers in page fragments.
+    for (ns, dev) in [
+        (n.sim.pod_ns("web").to_string(), "eth0".to_string()),
+        (
+            n.sim.node_ns.clone(),
+            enforcer::config::host_veth_name("vlan", "shop", "web"),
+        ),
+        (n.sim.node_ns.clone(), "trunk0".into()),
+        (n.sim.fabric_ns.clone(), "fab0".into()),
+    ] {
+        enforcer::sim::sh(&["ip", "-n", &ns, "link", "set", &dev, "mtu", "9000"]).unwrap();
+    }
+    let sink = |addr: &str| {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let ns = n.sim.fabric_ns.clone();
+        enforcer::sim::in_netns(&ns, move || std::net::UdpSocket::bind(addr).unwrap()).unwrap()
+    };
+    let allowed = sink("10.0.2.5:5353");
+    let denied = sink("10.0.2.6:5353");
+    let host_mac = [0x02, 0xee, 0, 0, 0, n.web.vlan as u8];
+    let web_mac = enforcer::sources::kube::parse_mac(&n.web.mac).unwrap();
+    let payload = vec![0x5au8; 5000];
+    let frame = |dst: [u8; 4]| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(web_mac, host_mac)
+            .ipv4([10, 0, 1, 11], dst, 64)
+            .udp(40000, 5353)
+            .write(&mut f, &payload)
+            .unwrap();
+        f
+    };
+    let ns = n.sim.pod_ns("web").to_string();
+    send_nonlinear(&ns, frame([10, 0, 2, 5])).unwrap();
+    send_nonlinear(&ns, frame([10, 0, 2, 6])).unwrap();
+    let mut buf = vec![0u8; 9000];
+    allowed.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    denied.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let got = allowed.recv(&mut buf).expect("allowed datagram delivered");
+    assert_eq!(&buf[..got], &payload[..], "delivered whole");
+    assert!(denied.recv(&mut buf).is_err(), "denied datagram dropped");
+    assert!(
+        counter_reaching(&n.sim, "web", "drop_no_rule", 1) >= 1,
+        "the denied frame met the rules"
+    );
+    assert_eq!(
+        counter_reaching(&n.sim, "web", "drop_malformed", u64::MAX),
+        0,
+        "nothing dropped as malformed"
+    );
+}
