@@ -1,6 +1,6 @@
-//! `enforcer run`: load, attach, program the maps from the sources, and keep them
-//! current: re-read on SIGHUP, refresh status and sweep idle flows on timers, detach
-//! cleanly on SIGINT/SIGTERM.
+//! `enforcer run`: load (or adopt what a previous daemon pinned), attach, program the
+//! maps from the sources, and keep them current: re-read on SIGHUP, refresh status and
+//! sweep idle flows on timers. SIGINT/SIGTERM end the process, not the enforcement.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ impl Daemon {
         };
         self.status.source_errors.clear();
         let p = plan(&self.cfg, &snap, &mut self.mem, &netdev::lookup);
+        // Before the maps change: the file then knows every id the kernel may hold.
+        self.save_memory();
         for s in &p.new_slots {
             if let Err(e) = self.dp.zero_counters(*s) {
                 warn!("zeroing counters of slot {s}: {e:#}");
@@ -60,6 +62,7 @@ impl Daemon {
                 .push(format!("writing maps: {e:#}"));
         }
         self.mem.ids.retain(&p.state);
+        self.save_memory();
         let gone = self
             .status
             .pods
@@ -95,6 +98,12 @@ impl Daemon {
         );
         self.status.pods = p.pods;
         self.refresh_status();
+    }
+
+    fn save_memory(&self) {
+        if let Err(e) = self.mem.save(&self.cfg.state_dir) {
+            warn!("{e} (a restart would not know this daemon's ids, modes and slots)");
+        }
     }
 
     fn refresh_status(&mut self) {
@@ -180,7 +189,25 @@ pub async fn run(config_path: &Path) -> Result<()> {
             cfg.node.trunk_interface
         )
     })?;
+    let mut mem = match Memory::load(&cfg.state_dir) {
+        Ok(m) => m,
+        Err(e) => {
+            error!("{e}: starting with no memory of pods' modes and slots");
+            Memory::default()
+        }
+    };
     let mut dp = Datapath::load(Some(&cfg.bpffs_dir))?;
+    if dp.adopted() {
+        info!(
+            "adopted the pinned datapath in {} ({} pods): enforcement never stopped",
+            cfg.bpffs_dir.display(),
+            dp.current().pods_by_ifindex.len()
+        );
+        mem.ids.reserve_past(dp.current());
+    }
+    for stale in dp.remove_stale_link_pins() {
+        info!("removed pinned link {stale}: its interface is gone");
+    }
     forward_kernel_logs(dp.ebpf());
     let node = kernel_node_config(&cfg, trunk);
     dp.set_node_config(&node)?;
@@ -195,7 +222,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         cfg,
         dp,
         node,
-        mem: Memory::default(),
+        mem,
         status,
     };
     // Pods' state exists before the trunk delivers anything to them.
@@ -229,7 +256,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
             }
         }
     }
-    info!("stopping: detaching programs and removing pins");
+    // The pinned programs keep enforcing with the pinned maps until a new daemon adopts
+    // them; `enforcer uninstall` is the way to detach.
+    info!(
+        "stopping; the datapath stays attached and enforcing (pinned in {})",
+        d.cfg.bpffs_dir.display()
+    );
     let state_dir = d.cfg.state_dir.clone();
     drop(d);
     let _ = std::fs::remove_file(state_dir.join(STATUS_FILE));

@@ -4,6 +4,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;
+pub mod memory;
 pub mod netdev;
 pub mod plan;
 pub mod policy;

@@ -41,10 +41,32 @@ fn main() -> Result<()> {
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
             if !failed.is_empty() {
-                anyhow::bail!(
+                // An expected outcome, not a failure of the program: no error chain and
+                // no backtrace, whatever RUST_BACKTRACE says.
+                eprintln!(
                     "{} pod(s) would be fail-closed: {}",
                     failed.len(),
                     failed.join(", ")
+                );
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Uninstall { bpffs_dir, config } => {
+            let dir = match config {
+                Some(c) => Config::load(&c)?.bpffs_dir,
+                None => bpffs_dir,
+            };
+            let removed =
+                enforcer::datapath::links::uninstall(&dir, &enforcer_common::map_names::ALL)?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", dir.display());
+            } else {
+                println!(
+                    "detached and removed {} pins under {}: {}",
+                    removed.len(),
+                    dir.display(),
+                    removed.join(", ")
                 );
             }
             Ok(())

@@ -5,25 +5,14 @@ use std::collections::{BTreeMap, HashMap};
 use enforcer_common::*;
 
 use crate::config::{Config, Mode, host_veth_name};
-use crate::datapath::state::{Ids, KernelState, Slots};
+use crate::datapath::state::KernelState;
+pub use crate::memory::Memory;
 use crate::netdev::Iface;
-use crate::policy::compile::{CompileError, CompiledPolicy, CookieTable, compile, flatten};
+use crate::policy::compile::{CompileError, CompiledPolicy, compile, flatten};
 use crate::policy::model::GroupCatalog;
 use crate::policy::resolve::resolve_pods;
 use crate::sources::files::Snapshot;
 use crate::status::{PodState, PodStatus};
-
-/// What the daemon remembers between applies.
-#[derive(Default, Debug)]
-pub struct Memory {
-    pub ids: Ids,
-    pub slots: Slots,
-    pub cookies: CookieTable,
-    /// A pod's mode is fixed when it is first seen (SPEC §5).
-    pub modes: BTreeMap<String, Mode>,
-    /// With `freezePodGroups`: each pod's groups as first resolved.
-    pub frozen_groups: BTreeMap<String, Vec<String>>,
-}
 
 pub struct Plan {
     pub state: KernelState,

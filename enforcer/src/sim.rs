@@ -155,12 +155,7 @@ fn remove_leftovers() {
         let _ = sh(&["ip", "netns", "del", ns]);
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         let pins = PathBuf::from(format!("/sys/fs/bpf/podsg-{prefix}"));
-        if let Ok(entries) = std::fs::read_dir(&pins) {
-            entries
-                .flatten()
-                .for_each(|e| drop(std::fs::remove_file(e.path())));
-        }
-        let _ = std::fs::remove_dir(&pins);
+        let _ = crate::datapath::links::uninstall(&pins, &map_names::ALL);
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("podsg-{prefix}")));
     }
 }
@@ -544,13 +539,8 @@ impl Drop for SimNode {
             let _ = sh(&["ip", "netns", "del", ns]);
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         }
-        // A daemon that died uncleanly leaves its pins behind.
-        if self.bpffs_dir.exists() {
-            for name in map_names::ALL {
-                let _ = std::fs::remove_file(self.bpffs_dir.join(name));
-            }
-            let _ = std::fs::remove_dir(&self.bpffs_dir);
-        }
+        // A stopped daemon leaves its datapath pinned (and enforcing): remove it.
+        let _ = crate::datapath::links::uninstall(&self.bpffs_dir, &map_names::ALL);
         if std::env::var_os("PODSG_KEEP_SIM_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.workdir);
         }

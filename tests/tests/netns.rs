@@ -262,7 +262,7 @@ fn revoked_rule_stops_new_flows_but_not_an_established_one() {
 }
 
 #[test]
-fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
+fn bad_input_fails_only_its_pod_and_uninstall_detaches() {
     let web = sim_pod("shop", "web", 1);
     let ghost = sim_pod("shop", "ghost", 2);
     let crowded = sim_pod("shop", "crowded", 3);
@@ -425,12 +425,37 @@ fn bad_input_fails_only_its_pod_and_stop_detaches_cleanly() {
             > 0
     );
 
-    // SIGTERM: clean exit, pins removed, pod traffic no longer passes the trunk.
+    // SIGTERM: clean exit, and the pinned datapath keeps enforcing without a daemon.
     let bpffs = sim.bpffs_dir.clone();
     assert!(bpffs.join("FLOWS").exists());
     let status = sim.stop_daemon().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(!bpffs.exists(), "pins removed on stop");
+    assert!(bpffs.join("FLOWS").exists(), "maps stay pinned");
+    assert!(
+        tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "allowed traffic still tagged and forwarded with no daemon"
+    );
+    assert!(
+        !tcp_echo(sim.pod_ns("ghost"), "10.0.2.5:443").unwrap(),
+        "fail-closed pod still closed with no daemon"
+    );
+    // Uninstall is the way to detach on purpose.
+    let out = std::process::Command::new(&bin)
+        .args(["uninstall", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("links/trunk-") && said.contains("FLOWS"),
+        "{said}"
+    );
+    assert!(!bpffs.exists(), "pins removed by uninstall");
     assert!(
         !tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
         "detached: no redirect to the trunk"

@@ -47,6 +47,18 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Detach the datapath on purpose: remove the pinned links (the programs leave the
+    /// trunk and every pod interface) and the pinned maps. Stop the daemon first. A
+    /// stopped, killed or upgrading daemon never detaches: its pinned programs keep
+    /// enforcing until a new daemon adopts them.
+    Uninstall {
+        /// The pin directory (bpffsDir in the daemon's config).
+        #[arg(long, default_value = "/sys/fs/bpf/podsg", conflicts_with = "config")]
+        bpffs_dir: PathBuf,
+        /// Read bpffsDir from this config instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Replay the security-groups-for-pods tutorial on a simulated node.
     Demo,
 }

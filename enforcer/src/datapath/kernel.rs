@@ -9,10 +9,11 @@ use aya::{
     maps::{
         Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
     },
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::SchedClassifier,
 };
 use enforcer_common::*;
 
+use crate::datapath::links::{self, Attached, LinkKind, TcLink};
 use crate::datapath::state::KernelState;
 
 /// The eBPF object, built by `enforcer/build.rs` and embedded in the binary.
@@ -22,9 +23,11 @@ pub struct Datapath {
     ebpf: Ebpf,
     current: KernelState,
     pin_dir: Option<PathBuf>,
-    trunk: Option<SchedClassifierLinkId>,
-    /// host interface name -> (ifindex attached to, link)
-    pod_links: HashMap<String, (u32, SchedClassifierLinkId)>,
+    trunk: Option<TcLink>,
+    /// host interface name -> its link
+    pod_links: HashMap<String, TcLink>,
+    /// The maps were already pinned: a previous daemon's state is in them.
+    adopted: bool,
 }
 
 fn map_err(map: &str, e: impl std::fmt::Display) -> anyhow::Error {
@@ -155,10 +158,30 @@ pub fn coarse_now_ns() -> u64 {
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel (not attached yet). With `pin_dir`, every map is
-    /// pinned there for bpftool; a stale pin from an earlier run is replaced.
+    /// Loads the programs into the kernel (not attached yet). With `pin_dir`, the maps
+    /// are pinned there (for bpftool, and so they outlive the process); maps a previous
+    /// daemon pinned are reused, entries and all, after checking they have this build's
+    /// layout, and `current()` then describes what they hold.
     pub fn load(pin_dir: Option<&Path>) -> Result<Datapath> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let mut adopted = false;
+        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => {
+                ensure_bpffs(dir)?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating pin dir {}", dir.display()))?;
+                map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            if path.exists() {
+                check_layout(name, path)?;
+                adopted = true;
+            }
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .context("loading the eBPF object into the kernel (are we root, with BPF enabled?)")?;
         for name in [
@@ -174,27 +197,52 @@ impl Datapath {
             p.load()
                 .with_context(|| format!("verifier rejected program {name}"))?;
         }
-        if let Some(dir) = pin_dir {
-            ensure_bpffs(dir)?;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating pin dir {}", dir.display()))?;
-            for name in map_names::ALL {
-                let path = dir.join(name);
-                if path.exists() {
-                    std::fs::remove_file(&path)
-                        .with_context(|| format!("removing stale pin {}", path.display()))?;
-                }
-                map_ref(&ebpf, name)?
-                    .pin(&path)
-                    .with_context(|| format!("pinning map {name} at {}", path.display()))?;
-            }
-        }
-        Ok(Datapath {
+        let mut dp = Datapath {
             ebpf,
             current: KernelState::default(),
             pin_dir: pin_dir.map(Path::to_path_buf),
             trunk: None,
             pod_links: HashMap::new(),
+            adopted,
+        };
+        if adopted {
+            dp.current = dp.read_state()?;
+        }
+        Ok(dp)
+    }
+
+    /// Whether the maps were a previous daemon's (pinned), now adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// What the rule and pod tables hold now, read back from the kernel.
+    fn read_state(&self) -> Result<KernelState> {
+        fn lpm<K: Pod + Eq + Hash, V: Pod>(
+            ebpf: &Ebpf,
+            name: &str,
+        ) -> Result<HashMap<(u32, K), V>> {
+            let m: LpmTrie<&MapData, K, V> = map_ref(ebpf, name)?.try_into()?;
+            m.iter()
+                .map(|r| {
+                    let (k, v) = r.map_err(|e| map_err(name, e))?;
+                    Ok(((k.prefix_len(), k.data()), v))
+                })
+                .collect()
+        }
+        fn hash<K: Pod + Eq + Hash, V: Pod>(ebpf: &Ebpf, name: &str) -> Result<HashMap<K, V>> {
+            let m: BpfHashMap<&MapData, K, V> = map_ref(ebpf, name)?.try_into()?;
+            m.iter().map(|r| r.map_err(|e| map_err(name, e))).collect()
+        }
+        let e = &self.ebpf;
+        Ok(KernelState {
+            peers_v4: lpm(e, map_names::PEER_V4)?,
+            peers_v6: lpm(e, map_names::PEER_V6)?,
+            ports: lpm(e, map_names::PORT_RULES)?,
+            always_v4: lpm(e, map_names::ALWAYS_V4)?,
+            always_v6: lpm(e, map_names::ALWAYS_V6)?,
+            pods_by_vlan: hash(e, map_names::POD_BY_VLAN)?,
+            pods_by_ifindex: hash(e, map_names::POD_BY_IFINDEX)?,
         })
     }
 
@@ -452,16 +500,44 @@ impl Datapath {
         Ok(removed.values().sum::<u64>() as usize)
     }
 
+    /// Attaches (or adopts the pinned link of) a program on `ifname`'s TC ingress.
+    fn attach(&mut self, kind: LinkKind, ifname: &str) -> Result<TcLink> {
+        let ifindex = crate::netdev::ifindex(ifname)
+            .ok_or_else(|| anyhow!("interface {ifname} does not exist"))?;
+        let prog = match kind {
+            LinkKind::Trunk => prog_names::TRUNK_INGRESS,
+            LinkKind::Pod => prog_names::POD_EGRESS,
+        };
+        let pin_dir = self.pin_dir.clone();
+        let (link, how) = links::attach(
+            self.program(prog)?,
+            pin_dir.as_deref(),
+            kind,
+            ifname,
+            ifindex,
+        )
+        .with_context(|| format!("attaching {prog} to {ifname}"))?;
+        if how == Attached::Adopted {
+            log::info!("{ifname}: adopted the pinned link, now running this daemon's {prog}");
+        }
+        Ok(link)
+    }
+
     pub fn attach_trunk(&mut self, ifname: &str) -> Result<()> {
-        let p = self.program(prog_names::TRUNK_INGRESS)?;
-        let link = p.attach(ifname, TcAttachType::Ingress).with_context(|| {
-            format!(
-                "attaching {} to trunk interface {ifname} (does it exist?)",
-                prog_names::TRUNK_INGRESS
-            )
+        let link = self.attach(LinkKind::Trunk, ifname).with_context(|| {
+            format!("trunk interface {ifname} (does it exist, and is it the trunk?)")
         })?;
         self.trunk = Some(link);
         Ok(())
+    }
+
+    /// Removes pins of links whose interface is gone or was re-created, left by an
+    /// earlier daemon; returns their names.
+    pub fn remove_stale_link_pins(&self) -> Vec<String> {
+        match &self.pin_dir {
+            Some(dir) => links::remove_stale_pins(dir, &crate::netdev::ifindex),
+            None => Vec::new(),
+        }
     }
 
     /// Attaches the pod program to every wanted host interface not yet attached (or
@@ -473,29 +549,22 @@ impl Datapath {
         let stale: Vec<String> = self
             .pod_links
             .iter()
-            .filter(|(name, (ifindex, _))| crate::netdev::ifindex(name) != Some(*ifindex))
+            .filter(|(name, l)| crate::netdev::ifindex(name) != Some(l.ifindex))
             .map(|(n, _)| n.clone())
             .collect();
         for name in stale {
-            if let Some((_, link)) = self.pod_links.remove(&name)
-                && let Ok(p) = self.program(prog_names::POD_EGRESS)
-            {
-                let _ = p.detach(link);
+            if let Some(link) = self.pod_links.remove(&name) {
+                let prog = self.program(prog_names::POD_EGRESS).ok();
+                links::detach(prog, link);
             }
         }
         for name in wanted {
-            if self.pod_links.contains_key(name) {
+            if self.pod_links.contains_key(name) || crate::netdev::ifindex(name).is_none() {
                 continue;
             }
-            let Some(ifindex) = crate::netdev::ifindex(name) else {
-                continue;
-            };
-            let r = self
-                .program(prog_names::POD_EGRESS)
-                .and_then(|p| Ok(p.attach(name, TcAttachType::Ingress)?));
-            match r {
+            match self.attach(LinkKind::Pod, name) {
                 Ok(link) => {
-                    self.pod_links.insert(name.clone(), (ifindex, link));
+                    self.pod_links.insert(name.clone(), link);
                 }
                 Err(e) => errors.push((name.clone(), e)),
             }
@@ -526,7 +595,7 @@ impl Datapath {
     pub fn links_stale(&self) -> bool {
         self.pod_links
             .iter()
-            .any(|(name, (ifindex, _))| crate::netdev::ifindex(name) != Some(*ifindex))
+            .any(|(name, l)| crate::netdev::ifindex(name) != Some(l.ifindex))
     }
 
     pub fn attached_pods(&self) -> usize {
@@ -534,16 +603,67 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        // Links go with the program fds; pins would keep the maps alive, so remove them.
-        if let Some(dir) = &self.pin_dir {
-            for name in map_names::ALL {
-                let _ = std::fs::remove_file(dir.join(name));
-            }
-            let _ = std::fs::remove_dir(dir);
-        }
+/// A pinned map must have the layout this build's programs expect; a map of another
+/// layout means another version's datapath is running. It is refused, and left alone
+/// (and enforcing), rather than reused with the wrong layout.
+fn check_layout(name: &str, path: &Path) -> Result<()> {
+    let info = aya::maps::MapInfo::from_pin(path)
+        .with_context(|| format!("reading pinned map {}", path.display()))?;
+    let Some((key, value, max)) = map_layout(name) else {
+        return Ok(());
+    };
+    let have = (info.key_size(), info.value_size(), info.max_entries());
+    if have != (key, value, max) {
+        anyhow::bail!(
+            "pinned map {} has key/value size and capacity {:?}, this build needs {:?}:              it belongs to another podsg version, which stays attached and enforcing.              Upgrade in place is not supported by this version: run `enforcer uninstall`              (which detaches enforcement) and start this daemon again",
+            path.display(),
+            have,
+            (key, value, max)
+        );
     }
+    Ok(())
+}
+
+/// (key size, value size, capacity) of each pinned map, as the programs declare them.
+fn map_layout(name: &str) -> Option<(u32, u32, u32)> {
+    use std::mem::size_of;
+    let s = |n: usize| n as u32;
+    Some(match name {
+        map_names::NODE_CONFIG => (4, s(size_of::<NodeConfig>()), 1),
+        map_names::POD_BY_VLAN | map_names::POD_BY_IFINDEX => {
+            (4, s(size_of::<PodInfo>()), MAX_PODS)
+        }
+        map_names::PEER_V4 => (
+            s(4 + size_of::<PeerKeyV4>()),
+            s(size_of::<PeerClass>()),
+            MAX_PEER_ENTRIES,
+        ),
+        map_names::PEER_V6 => (
+            s(4 + size_of::<PeerKeyV6>()),
+            s(size_of::<PeerClass>()),
+            MAX_PEER_ENTRIES,
+        ),
+        map_names::PORT_RULES => (
+            s(4 + size_of::<PortKey>()),
+            s(size_of::<PortRule>()),
+            MAX_PORT_ENTRIES,
+        ),
+        map_names::ALWAYS_V4 => (8, s(size_of::<AlwaysAllow>()), MAX_ALWAYS_ENTRIES),
+        map_names::ALWAYS_V6 => (20, s(size_of::<AlwaysAllow>()), MAX_ALWAYS_ENTRIES),
+        map_names::FLOWS => (
+            s(size_of::<FlowKey>()),
+            s(size_of::<FlowValue>()),
+            MAX_FLOWS,
+        ),
+        map_names::FLOW_COUNT | map_names::FLOW_SWEPT => (4, 8, MAX_PODS),
+        map_names::FRAGS => (
+            s(size_of::<FragKey>()),
+            s(size_of::<FragValue>()),
+            MAX_FRAGS,
+        ),
+        map_names::COUNTERS => (4, s(size_of::<Counter>()), COUNTER_ENTRIES),
+        _ => return None,
+    })
 }
 
 /// The kernel's node settings from the config and the trunk's interface index.

@@ -58,9 +58,11 @@ fn flags(a: &Allow) -> u32 {
 type PolicyShape = Vec<(Direction, IpNet, u32, Option<Allow>)>;
 
 /// Allocates content-addressed ids; see the module comment.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ids {
+    #[serde(with = "crate::memory::pairs")]
     classes: HashMap<ClassContent, u32>,
+    #[serde(with = "crate::memory::pairs")]
     policies: HashMap<PolicyShape, u32>,
     next_class: u32,
     next_policy: u32,
@@ -85,6 +87,27 @@ impl Ids {
         assert!(self.next_policy < (1 << 31), "policy id space exhausted");
         self.policies.insert(shape, self.next_policy);
         self.next_policy
+    }
+
+    /// Makes sure new ids lie above every id `state` uses (tables a previous daemon
+    /// wrote and this one adopted): an id's entries never change meaning, even when
+    /// the memory of what they meant was lost.
+    pub fn reserve_past(&mut self, state: &KernelState) {
+        let policies = state
+            .pods_by_vlan
+            .values()
+            .chain(state.pods_by_ifindex.values())
+            .map(|p| p.policy_id)
+            .chain(state.peers_v4.keys().map(|(_, k)| k.scope >> 1))
+            .chain(state.peers_v6.keys().map(|(_, k)| k.scope >> 1));
+        self.next_policy = self.next_policy.max(policies.max().unwrap_or(0));
+        let classes = state
+            .peers_v4
+            .values()
+            .chain(state.peers_v6.values())
+            .map(|c| c.class_id)
+            .chain(state.ports.keys().map(|(_, k)| k.class_id));
+        self.next_class = self.next_class.max(classes.max().unwrap_or(0));
     }
 
     /// Forgets ids no longer in use. They are not handed out again.
@@ -207,7 +230,7 @@ impl KernelState {
 }
 
 /// Counter slots per pod (1..MAX_PODS); slot 0 counts traffic of no known pod.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Slots {
     by_pod: HashMap<String, u32>,
     next: u32,

@@ -41,7 +41,9 @@ pub enum CompileError {
 }
 
 /// Where a cookie points: one rule of one group.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct RuleRef {
     pub group: String,
     pub direction: Direction,
@@ -50,8 +52,9 @@ pub struct RuleRef {
 
 /// Cookie <-> rule. Cookies start at 1 (0 means "no rule") and are stable for the life
 /// of the daemon, so a flow's cookie keeps naming its rule.
-#[derive(Default, Debug)]
+#[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct CookieTable {
+    #[serde(with = "crate::memory::pairs")]
     by_ref: HashMap<RuleRef, u32>,
     refs: Vec<RuleRef>,
 }
@@ -268,18 +271,32 @@ pub fn reference_verdict(
 }
 
 /// A verdict's reason: which rule, and whether it is tracked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Allow {
     pub cookie: u32,
     pub untracked: bool,
 }
 
 /// Stage B content of one class. Content-addressed: equal contents share a class id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct ClassContent {
     /// A rule covering every protocol and port.
     pub all: Option<Allow>,
     /// (protocol, port block start, block prefix length) -> rule.
+    #[serde(with = "crate::memory::pairs")]
     pub ports: BTreeMap<(u8, u16, u8), Allow>,
 }
 

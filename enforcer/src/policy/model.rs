@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 /// Which way a rule applies. Inbound rules match a packet's source, outbound its destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,

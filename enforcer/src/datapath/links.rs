@@ -1,0 +1,221 @@
+//! TC attachments that outlive the daemon.
+//!
+//! With a pin directory, every attachment is a TCX link pinned at
+//! `<bpffsDir>/links/<kind>-<ifindex>-<ifname>` (bpffs refuses dots in names, so a dot
+//! in the interface name is written `%2e`): the programs stay attached and keep
+//! enforcing with the pinned maps while no daemon runs (crash, SIGKILL, SIGTERM,
+//! upgrade), so a branch pod's traffic is never routed unfiltered by the node's stack. A
+//! new daemon adopts each pinned link by swapping its own program in atomically
+//! (`bpf_link_update`): no instant with no program, and never two. Only `enforcer
+//! uninstall` (removing the pins) detaches on purpose.
+//!
+//! Without a pin directory (test_run harness, the simulated fabric) the links belong to
+//! the process, as aya's default.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use aya::programs::{
+    SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId},
+};
+
+/// Which program a link runs: the name is part of the pin's file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Trunk,
+    Pod,
+}
+
+impl LinkKind {
+    fn tag(self) -> &'static str {
+        match self {
+            LinkKind::Trunk => "trunk",
+            LinkKind::Pod => "pod",
+        }
+    }
+}
+
+/// One attachment of a program to an interface's TC ingress hook.
+pub struct TcLink {
+    pub ifindex: u32,
+    handle: Handle,
+}
+
+enum Handle {
+    /// Owned by the program: detached when it is dropped.
+    Owned(SchedClassifierLinkId),
+    /// Pinned: attached for as long as the pin exists. The fd only lets us update it.
+    Pinned { path: PathBuf, _fd: FdLink },
+}
+
+/// How an attachment came about, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    New,
+    /// A pinned link a previous daemon left, now running this daemon's program.
+    Adopted,
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+fn pin_path(pin_dir: &Path, kind: LinkKind, ifindex: u32, ifname: &str) -> PathBuf {
+    let escaped = ifname.replace('%', "%25").replace('.', "%2e");
+    links_dir(pin_dir).join(format!("{}-{ifindex}-{escaped}", kind.tag()))
+}
+
+/// (kind, ifindex, ifname) of a link pin's file name.
+fn parse_pin_name(name: &str) -> Option<(LinkKind, u32, String)> {
+    let (tag, rest) = name.split_once('-')?;
+    let (ifindex, ifname) = rest.split_once('-')?;
+    let kind = match tag {
+        "trunk" => LinkKind::Trunk,
+        "pod" => LinkKind::Pod,
+        _ => return None,
+    };
+    let ifname = ifname.replace("%2e", ".").replace("%25", "%");
+    Some((kind, ifindex.parse().ok()?, ifname))
+}
+
+/// Removes pins of links whose interface is gone or was re-created (another ifindex):
+/// such a link no longer runs on anything, and its pin would keep it allocated.
+pub fn remove_stale_pins(pin_dir: &Path, ifindex_of: &dyn Fn(&str) -> Option<u32>) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = match parse_pin_name(&name) {
+            Some((_, ifindex, ifname)) => ifindex_of(&ifname) != Some(ifindex),
+            None => false, // not ours: leave it
+        };
+        if stale && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// Attaches `prog` to `ifname`'s TC ingress, or adopts the pinned link already there.
+pub fn attach(
+    prog: &mut SchedClassifier,
+    pin_dir: Option<&Path>,
+    kind: LinkKind,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<(TcLink, Attached)> {
+    let Some(pin_dir) = pin_dir else {
+        let id = prog.attach(ifname, TcAttachType::Ingress)?;
+        return Ok((
+            TcLink {
+                ifindex,
+                handle: Handle::Owned(id),
+            },
+            Attached::New,
+        ));
+    };
+    let path = pin_path(pin_dir, kind, ifindex, ifname);
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not a TCX link", path.display()))?;
+        // Atomic: packets see the old program or this one, never none.
+        let id = prog
+            .attach_to_link(link)
+            .with_context(|| format!("replacing the program of {}", path.display()))?;
+        let fd = FdLink::try_from(prog.take_link(id)?)?;
+        return Ok((
+            TcLink {
+                ifindex,
+                handle: Handle::Pinned { path, _fd: fd },
+            },
+            Attached::Adopted,
+        ));
+    }
+    std::fs::create_dir_all(links_dir(pin_dir))
+        .with_context(|| format!("creating {}", links_dir(pin_dir).display()))?;
+    let id = prog.attach(ifname, TcAttachType::Ingress)?;
+    let fd = FdLink::try_from(prog.take_link(id)?).map_err(|e| {
+        anyhow!("{ifname}: the kernel gave a netlink TC attachment, not a TCX link ({e}); TCX (Linux 6.6+) is needed to keep enforcing across restarts")
+    })?;
+    let pinned = fd
+        .pin(&path)
+        .with_context(|| format!("pinning the link of {ifname} at {}", path.display()))?;
+    Ok((
+        TcLink {
+            ifindex,
+            handle: Handle::Pinned {
+                path,
+                _fd: FdLink::from(pinned),
+            },
+        },
+        Attached::New,
+    ))
+}
+
+/// Detaches on purpose: the pin goes, and with the fd dropped the link with it.
+pub fn detach(prog: Option<&mut SchedClassifier>, link: TcLink) {
+    match link.handle {
+        Handle::Owned(id) => {
+            if let Some(p) = prog {
+                let _ = p.detach(id);
+            }
+        }
+        Handle::Pinned { path, .. } => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `enforcer uninstall`: removes every link pin (detaching the programs from the trunk
+/// and the pods' interfaces), then the map pins and the directory. Returns what it
+/// removed. A daemon still running keeps its own fds: stop it first.
+pub fn uninstall(pin_dir: &Path, map_names: &[&str]) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) {
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+            removed.push(format!("links/{}", e.file_name().to_string_lossy()));
+        }
+        let _ = std::fs::remove_dir(links_dir(pin_dir));
+    }
+    for name in map_names {
+        let p = pin_dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push((*name).to_string());
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_round_trip() {
+        let p = pin_path(Path::new("/x"), LinkKind::Pod, 42, "vlan1234abcd");
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "pod-42-vlan1234abcd");
+        assert_eq!(
+            parse_pin_name(name),
+            Some((LinkKind::Pod, 42, "vlan1234abcd".into()))
+        );
+        // Interface names may contain dots (bpffs refuses them) and dashes.
+        let p = pin_path(Path::new("/x"), LinkKind::Trunk, 7, "eth1.100-a%");
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert!(!name.contains('.'), "{name}");
+        assert_eq!(
+            parse_pin_name(name),
+            Some((LinkKind::Trunk, 7, "eth1.100-a%".into()))
+        );
+        assert_eq!(parse_pin_name("README"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! What the daemon remembers between applies, and across restarts: the ids its kernel
+//! tables are written under, each pod's counter slot, the mode and (with
+//! `freezePodGroups`) the groups each pod was first seen with, and the rule cookies.
+//!
+//! Saved in the state directory before the maps are written (so a crash leaves a file
+//! that knows every id the kernel may hold) and again after. A restarted daemon that
+//! adopts the pinned maps reads it back: unchanged pods then cost no map write, a pod
+//! keeps its mode (SPEC §5) and its counters.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::Mode;
+use crate::datapath::state::{Ids, Slots};
+use crate::policy::compile::CookieTable;
+
+#[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Memory {
+    pub ids: Ids,
+    pub slots: Slots,
+    pub cookies: CookieTable,
+    /// A pod's mode is fixed when it is first seen (SPEC §5).
+    pub modes: BTreeMap<String, Mode>,
+    /// With `freezePodGroups`: each pod's groups as first resolved.
+    pub frozen_groups: BTreeMap<String, Vec<String>>,
+}
+
+pub const MEMORY_FILE: &str = "memory.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a podsg memory file ({source}); move it away to start afresh")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Memory {
+    /// The memory saved in `dir`, or an empty one when there is none.
+    pub fn load(dir: &Path) -> Result<Memory, MemoryError> {
+        let path = dir.join(MEMORY_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Memory::default()),
+            Err(source) => return Err(MemoryError::Read { path, source }),
+        };
+        serde_json::from_str(&text).map_err(|source| MemoryError::Parse { path, source })
+    }
+
+    /// Writes atomically (a rename), so a crash leaves the old file or the new one.
+    pub fn save(&self, dir: &Path) -> Result<(), MemoryError> {
+        let path = dir.join(MEMORY_FILE);
+        let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
+        let write = |p: &Path| -> std::io::Result<()> {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(p, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+            std::fs::rename(p, &path)
+        };
+        write(&tmp).map_err(|source| MemoryError::Write { path, source })
+    }
+}
+
+/// Serialises a map whose keys are not strings as a list of pairs (JSON objects only
+/// take string keys).
+pub mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<'a, M, K, V, S>(map: &'a M, s: S) -> Result<S::Ok, S::Error>
+    where
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+        S: Serializer,
+    {
+        s.collect_seq(map)
+    }
+
+    pub fn deserialize<'de, M, K, V, D>(d: D) -> Result<M, D::Error>
+    where
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_a_round_trip_and_a_missing_file() {
+        let dir = std::env::temp_dir().join(format!("podsg-memory-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            Memory::load(&dir).unwrap().modes.is_empty(),
+            "no file: empty"
+        );
+        let mut m = Memory::default();
+        m.modes.insert("ns/a".into(), Mode::Standard);
+        let (slot, fresh) = m.slots.get("ns/a").unwrap();
+        assert!(fresh);
+        m.save(&dir).unwrap();
+        let mut back = Memory::load(&dir).unwrap();
+        assert_eq!(back.modes["ns/a"], Mode::Standard);
+        assert_eq!(
+            back.slots.get("ns/a"),
+            Some((slot, false)),
+            "same slot, not new"
+        );
+        std::fs::write(dir.join(MEMORY_FILE), "{").unwrap();
+        let e = Memory::load(&dir).unwrap_err().to_string();
+        assert!(e.contains("move it away"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
