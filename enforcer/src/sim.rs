@@ -449,6 +449,16 @@ impl SimNode {
         child.wait().ok()
     }
 
+    /// Kills the daemon with SIGKILL (no chance to clean anything up) and removes its
+    /// status file, so a daemon started next is waited for properly.
+    pub fn kill_daemon(&mut self) -> Result<()> {
+        let mut child = self.daemon.take().context("daemon not running")?;
+        child.kill()?;
+        child.wait()?;
+        let _ = std::fs::remove_file(self.state_dir().join(crate::status::STATUS_FILE));
+        Ok(())
+    }
+
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
         let Some(dp) = self.fabric_dp.as_ref() else {

@@ -717,3 +717,170 @@ fn frames_with_headers_outside_the_linear_area_are_enforced() {
         "nothing dropped as malformed"
     );
 }
+
+/// Programs attached to `ifname`'s TCX ingress in `ns`: (id, name).
+fn tcx_programs(ns: &str, ifname: &str) -> Vec<(u32, String)> {
+    let ifname = ifname.to_string();
+    enforcer::sim::in_netns(ns, move || {
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+            &ifname,
+            aya::programs::TcAttachType::Ingress,
+        )
+        .unwrap();
+        progs
+            .iter()
+            .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+            .collect()
+    })
+    .unwrap()
+}
+
+#[test]
+fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
+    let mut n = node();
+    // As on every Kubernetes node: were the programs gone, the node would route the
+    // pods' denied traffic itself, untagged.
+    enforcer::sim::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n.sim.node_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ])
+    .unwrap();
+    let _srv = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let web_ns = n.sim.pod_ns("web").to_string();
+    let ifaces: Vec<String> = std::iter::once("trunk0".to_string())
+        .chain(
+            ["web", "client", "other"].map(|p| enforcer::config::host_veth_name("vlan", "shop", p)),
+        )
+        .collect();
+    let before: Vec<_> = ifaces
+        .iter()
+        .map(|i| tcx_programs(&n.sim.node_ns, i))
+        .collect();
+    assert!(before.iter().all(|p| p.len() == 1), "{before:?}");
+    let web_slot = |sim: &SimNode| {
+        sim.status()
+            .unwrap()
+            .pods
+            .iter()
+            .find(|p| p.name == "web")
+            .unwrap()
+            .slot
+    };
+    let slot_before = web_slot(&n.sim);
+
+    // An allowed, established flow, exercised every 20 ms, and denied datagrams sent
+    // every 2 ms, for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut conn = tcp_connect(&web_ns, "10.0.2.5:443").unwrap();
+    let s = stop.clone();
+    let established = std::thread::spawn(move || {
+        let (mut ok, mut failed, mut worst) = (0u32, 0u32, std::time::Duration::ZERO);
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            if exchange(&mut conn) {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (ok, failed, worst)
+    });
+    let sink = {
+        let ns = n.sim.fabric_ns.clone();
+        enforcer::sim::in_netns(&ns, || {
+            let s = std::net::UdpSocket::bind("10.0.2.6:5353").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .unwrap()
+    };
+    let s = stop.clone();
+    let denied = enforcer::sim::spawn_in_netns(&web_ns, move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut sent = 0u32;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            if sock.send_to(b"denied", "10.0.2.6:5353").is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        sent
+    })
+    .unwrap();
+
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    n.sim.kill_daemon().unwrap();
+    // No daemon for a second: the pinned programs go on alone.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let during: Vec<_> = ifaces
+        .iter()
+        .map(|i| tcx_programs(&n.sim.node_ns, i))
+        .collect();
+    let cfg = n.sim.workdir.join("enforcer.yaml");
+    n.sim.start_daemon(&enforcer_bin(), &cfg).expect("restart");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, worst) = established.join().unwrap();
+    let sent = denied.join().unwrap().unwrap();
+
+    let mut received = 0;
+    let mut buf = [0u8; 64];
+    while sink.recv(&mut buf).is_ok() {
+        received += 1;
+    }
+    assert!(sent > 200, "denied datagrams were sent throughout ({sent})");
+    assert_eq!(
+        received, 0,
+        "{received} of {sent} denied datagrams got through"
+    );
+    assert_eq!(
+        failed, 0,
+        "established flow broke ({ok} exchanges went through)"
+    );
+    assert!(ok > 40, "established flow kept flowing ({ok} exchanges)");
+    assert!(
+        worst < std::time::Duration::from_millis(1000),
+        "an exchange took {worst:?}"
+    );
+
+    assert_eq!(
+        during, before,
+        "the same programs stay attached while no daemon runs"
+    );
+    // Adopted, not duplicated: one program per interface, now the new daemon's.
+    let after: Vec<_> = ifaces
+        .iter()
+        .map(|i| tcx_programs(&n.sim.node_ns, i))
+        .collect();
+    for ((i, b), a) in ifaces.iter().zip(&before).zip(&after) {
+        assert_eq!(a.len(), 1, "{i}: {a:?}");
+        assert_eq!(a[0].1, b[0].1, "{i}: same program");
+        assert_ne!(
+            a[0].0, b[0].0,
+            "{i}: the new daemon's program was swapped in"
+        );
+    }
+    let log = n.sim.daemon_log();
+    assert!(log.contains("adopted the pinned datapath"), "{log}");
+    // Nothing leaked or lost: the pins are one link per interface, the pod tables hold
+    // the three pods, web kept its counter slot.
+    let pins: Vec<_> = std::fs::read_dir(n.sim.bpffs_dir.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pins.len(), 4, "{pins:?}");
+    let st = n.sim.status().unwrap();
+    assert_eq!(st.maps["POD_BY_VLAN"][0], 3, "{:?}", st.maps);
+    assert_eq!(web_slot(&n.sim), slot_before);
+    assert!(
+        tcp_echo(&web_ns, "10.0.2.5:443").unwrap(),
+        "new flows after the restart"
+    );
+}
