@@ -18,6 +18,9 @@ use crate::status::{NodeStatus, PodState, STATUS_FILE};
 
 struct Daemon {
     config_path: PathBuf,
+    /// Why the config file could not be re-read (the previous one stays in use).
+    config_error: Option<String>,
+    files: files::FileSource,
     cfg: Config,
     dp: Datapath,
     node: NodeConfig,
@@ -38,15 +41,15 @@ impl Daemon {
     /// status errors, and the last good state stays enforced when the sources can't be read.
     fn apply(&mut self) {
         self.status.generation += 1;
-        let snap = match files::load(&self.cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("sources unreadable, keeping the last applied state: {e}");
-                self.status.source_errors = vec![e.to_string()];
-                return;
-            }
-        };
-        self.status.source_errors.clear();
+        let loaded = self.files.load(&self.cfg);
+        for e in &loaded.errors {
+            error!("{e}");
+        }
+        self.status.source_errors = loaded.errors;
+        self.status
+            .source_errors
+            .extend(self.config_error.iter().cloned());
+        let snap = loaded.snapshot;
         let p = plan(&self.cfg, &snap, &mut self.mem, &netdev::lookup);
         // Before the maps change: the file then knows every id the kernel may hold.
         self.save_memory();
@@ -133,8 +136,14 @@ impl Daemon {
                     error!("updating node settings: {e:#}");
                 }
             }
-            Err(e) => error!("config unreadable, keeping the previous one: {e:#}"),
+            Err(e) => {
+                error!("config unreadable, keeping the previous one: {e:#}");
+                self.config_error = Some(format!("{e:#} (the previous config stays in use)"));
+                self.apply();
+                return;
+            }
         }
+        self.config_error = None;
         self.apply();
     }
 }
@@ -219,6 +228,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
+        config_error: None,
+        files: files::FileSource::default(),
         cfg,
         dp,
         node,
@@ -271,9 +282,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
 /// What `run` would enforce with this config, computed without the kernel (interfaces
 /// are still looked up, so pods whose interface is missing show as pending).
 pub fn dry_run(cfg: &Config) -> Result<NodeStatus> {
-    let snap = files::load(cfg)?;
-    let p = plan(cfg, &snap, &mut Memory::default(), &netdev::lookup);
+    let loaded = files::load(cfg);
+    let p = plan(
+        cfg,
+        &loaded.snapshot,
+        &mut Memory::default(),
+        &netdev::lookup,
+    );
     Ok(NodeStatus {
+        source_errors: loaded.errors,
         trunk_interface: cfg.node.trunk_interface.clone(),
         default_mode: Some(cfg.mode()),
         always_allowed: cfg.always_allowed().iter().map(|n| n.to_string()).collect(),

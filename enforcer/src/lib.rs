@@ -1,4 +1,5 @@
 //! podsg enforcer: security groups per pod, enforced by eBPF on the node.
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -3,9 +3,17 @@ use clap::Parser;
 use enforcer::cli::{Cli, Command, Output};
 use enforcer::config::Config;
 
-fn main() -> Result<()> {
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match Cli::parse().command {
+    if let Err(e) = run(Cli::parse().command) {
+        // The chain of causes, one line: what failed and why, not a Rust backtrace.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Run { config } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -40,14 +48,19 @@ fn main() -> Result<()> {
                 .filter(|p| p.state != enforcer::status::PodState::NotBranch && p.error.is_some())
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
+            // Expected outcomes, not failures of the program: no error chain and no
+            // backtrace, whatever RUST_BACKTRACE says.
+            for e in &s.source_errors {
+                eprintln!("source error: {e}");
+            }
             if !failed.is_empty() {
-                // An expected outcome, not a failure of the program: no error chain and
-                // no backtrace, whatever RUST_BACKTRACE says.
                 eprintln!(
                     "{} pod(s) would be fail-closed: {}",
                     failed.len(),
                     failed.join(", ")
                 );
+            }
+            if !failed.is_empty() || !s.source_errors.is_empty() {
                 std::process::exit(1);
             }
             Ok(())

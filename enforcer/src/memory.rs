@@ -22,6 +22,10 @@ pub struct Memory {
     pub modes: BTreeMap<String, Mode>,
     /// With `freezePodGroups`: each pod's groups as first resolved.
     pub frozen_groups: BTreeMap<String, Vec<String>>,
+    /// The VLAN, MAC and addresses each pod held at the last apply: it keeps them
+    /// against newcomers.
+    #[serde(default)]
+    pub claims: BTreeMap<String, crate::claims::Claim>,
 }
 
 pub const MEMORY_FILE: &str = "memory.json";

@@ -1,6 +1,6 @@
 //! Sources -> the kernel's desired state and every pod's status. Pure: interfaces are
 //! looked up through a function so tests (and test_run, on loopback) can supply them.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use enforcer_common::*;
 
@@ -40,6 +40,7 @@ pub fn plan(
     if cfg.node.freeze_pod_groups {
         freeze_groups(&mut resolved, &snap.catalog, mem);
     }
+    mem.claims = crate::claims::settle(&mut resolved, &mem.claims, &cfg.always_allowed());
 
     // Referenced groups include the pods on this node that carry them (SPEC §3).
     let mut catalog: GroupCatalog = snap.catalog.clone();
@@ -58,31 +59,27 @@ pub fn plan(
     let mut pods = Vec::new();
     let mut new_slots = Vec::new();
     let mut interfaces = Vec::new();
-    let mut vlans: HashMap<u16, String> = HashMap::new();
-    // Flows are keyed by the pod's address: two pods must never share one.
-    let mut addrs: HashMap<std::net::IpAddr, String> = HashMap::new();
+    for bad in &snap.kube.bad_pods {
+        pods.push(PodStatus {
+            error: Some(format!("{} ({})", bad.problem, bad.origin)),
+            ..PodStatus::new(&bad.namespace, "", PodState::FailClosed)
+        });
+    }
 
     for r in resolved {
         let key = r.pod.key();
         let mut st = PodStatus {
-            namespace: r.pod.namespace.clone(),
-            name: r.pod.name.clone(),
-            state: PodState::NotBranch,
             groups: r.groups.clone(),
             policies: r.policies.clone(),
-            mode: None,
-            vlan: None,
-            interface: None,
-            ipv4: None,
-            ipv6: None,
-            inbound_rules: 0,
-            outbound_rules: 0,
-            policy_id: 0,
-            slot: 0,
             error: r.error.clone(),
-            waiting: None,
-            counters: BTreeMap::new(),
+            ..PodStatus::new(&r.pod.namespace, &r.pod.name, PodState::NotBranch)
         };
+        if r.duplicate {
+            // Its namespace/name (and so its interface) is the other object's.
+            st.state = PodState::FailClosed;
+            pods.push(st);
+            continue;
+        }
         let Some(eni) = r.eni.clone() else {
             if !r.not_branch {
                 // A branch-ENI annotation we cannot use: we know the pod's interface
@@ -117,22 +114,6 @@ pub fn plan(
                  (set POD_SECURITY_GROUP_ENFORCING_MODE=strict for new pods)"
                     .into(),
             );
-        }
-        // A pod whose VLAN another pod already has is reachable by its interface only:
-        // its entry must not replace the other pod's under that VLAN.
-        let vlan_taken = vlans.get(&eni.vlan).cloned();
-        if let Some(other) = &vlan_taken {
-            error = Some(format!("VLAN {} is already used by pod {other}", eni.vlan));
-        }
-        let ips = eni
-            .ipv4
-            .map(std::net::IpAddr::V4)
-            .into_iter()
-            .chain(eni.ipv6.map(std::net::IpAddr::V6));
-        for ip in ips.clone() {
-            if let Some(other) = addrs.get(&ip) {
-                error = Some(format!("address {ip} is already used by pod {other}"));
-            }
         }
         let mut policy_id = 0;
         if error.is_none() {
@@ -175,12 +156,6 @@ pub fn plan(
             pods.push(st);
             continue;
         };
-        if vlan_taken.is_none() {
-            vlans.insert(eni.vlan, key.clone());
-        }
-        if error.is_none() {
-            addrs.extend(ips.map(|ip| (ip, key.clone())));
-        }
         interfaces.push(ifname);
         st.state = if error.is_some() {
             PodState::FailClosed
@@ -195,7 +170,9 @@ pub fn plan(
             ipv6: eni.ipv6.map(|a| a.octets()).unwrap_or_default(),
             mac: eni.mac,
             host_mac: dev.mac,
-            vlan: if vlan_taken.is_some() { 0 } else { eni.vlan },
+            // A pod whose VLAN, MAC or address another pod holds is reachable by its
+            // interface only: its entry must not replace the other pod's.
+            vlan: if r.clash { 0 } else { eni.vlan },
             mode: if mode == Mode::Strict {
                 MODE_STRICT
             } else {
@@ -273,9 +250,7 @@ fn freeze_groups(
         match mem.frozen_groups.get(&key) {
             Some(groups) => {
                 r.groups = groups.clone();
-                r.error = groups.iter().find(|g| !catalog.groups.contains_key(*g)).map(|g| {
-                    format!("InvalidSecurityGroupID.NotFound: The security group '{g}' does not exist")
-                });
+                r.error = groups.iter().find_map(|g| catalog.unusable(g));
             }
             None if r.error.is_none() => {
                 mem.frozen_groups.insert(key, r.groups.clone());
@@ -303,9 +278,7 @@ mod tests {
 
     fn snapshot(group: &str, pods: &[(&str, u16)]) -> Snapshot {
         let mut catalog = GroupCatalog::default();
-        for g in parse_security_groups(GROUPS, "t").unwrap() {
-            catalog.groups.insert(g.id.clone(), g);
-        }
+        catalog.add_groups(parse_security_groups(GROUPS, "t").unwrap());
         let mut kube = KubeObjects::default();
         let mut yaml = format!(
             "kind: SecurityGroupPolicy\nmetadata: {{name: p, namespace: ns}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [{group}]}}}}\n"
@@ -387,6 +360,195 @@ mod tests {
         // The first pod keeps its VLAN entry; the second is reachable by interface only.
         assert_eq!(p.state.pods_by_vlan[&11].slot, p.pods[0].slot);
         assert_eq!(p.state.pods_by_vlan.len(), 1);
+    }
+
+    /// A pod manifest with explicit ENI fields (MAC byte, IP octet, VLAN).
+    fn pod_eni(name: &str, mac: u8, ip: u8, vlan: u16) -> String {
+        format!(
+            "---\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ns\n  annotations:\n    vpc.amazonaws.com/pod-eni: '[{{\"ifAddress\":\"02:00:00:00:01:{mac:02x}\",\"privateIp\":\"10.0.1.{ip}\",\"vlanId\":{vlan}}}]'\n"
+        )
+    }
+
+    fn snapshot_yaml(yaml: &str) -> Snapshot {
+        let mut catalog = GroupCatalog::default();
+        catalog.add_groups(parse_security_groups(GROUPS, "t").unwrap());
+        let mut kube = KubeObjects::default();
+        kube.add_documents(
+            &format!("kind: SecurityGroupPolicy\nmetadata: {{name: p, namespace: ns}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-a]}}}}\n{yaml}"),
+            "t",
+        )
+        .unwrap();
+        Snapshot { catalog, kube }
+    }
+
+    fn state_of<'a>(p: &'a Plan, name: &str) -> Vec<&'a PodStatus> {
+        p.pods.iter().filter(|s| s.name == name).collect()
+    }
+
+    #[test]
+    fn clashes_fail_the_newcomer_and_name_the_incumbent() {
+        let cfg = config(", vpcCidrs: [10.0.0.0/16]");
+        let mut mem = Memory::default();
+        let first = plan(
+            &cfg,
+            &snapshot_yaml(&pod_eni("old", 1, 11, 11)),
+            &mut mem,
+            &any_iface,
+        );
+        assert_eq!(first.pods[0].state, PodState::Enforced);
+        // Newcomers listed *before* the incumbent, each clashing on one thing.
+        let yaml = [
+            pod_eni("same-mac", 1, 12, 12),
+            pod_eni("same-vlan", 2, 13, 11),
+            pod_eni("same-ip", 3, 11, 14),
+            pod_eni("old", 1, 11, 11),
+            pod_eni("resolver", 4, 0, 15).replace("10.0.1.0", "10.0.0.2"),
+        ]
+        .concat();
+        // Interfaces of newcomers missing: a clash is found while they wait too.
+        let only_old = |n: &str| {
+            (n == host_veth_name("vlan", "ns", "old")).then_some(Iface {
+                ifindex: 7,
+                mac: [2, 0, 0, 0, 0, 9],
+            })
+        };
+        let p = plan(&cfg, &snapshot_yaml(&yaml), &mut mem, &only_old);
+        assert_eq!(
+            state_of(&p, "old")[0].state,
+            PodState::Enforced,
+            "incumbent keeps working"
+        );
+        for (name, what) in [
+            (
+                "same-mac",
+                "MAC 02:00:00:00:01:01 is already used by pod ns/old",
+            ),
+            ("same-vlan", "VLAN 11 is already used by pod ns/old"),
+            ("same-ip", "address 10.0.1.11 is already used by pod ns/old"),
+            ("resolver", "address 10.0.0.2 is always-allowed"),
+        ] {
+            let e = state_of(&p, name)[0].error.clone().unwrap_or_default();
+            assert!(e.contains(what), "{name}: {e}");
+        }
+        assert_eq!(p.state.pods_by_vlan[&11].slot, state_of(&p, "old")[0].slot);
+    }
+
+    #[test]
+    fn a_second_pod_object_with_the_same_name_is_ignored() {
+        let cfg = config("");
+        let mut mem = Memory::default();
+        let yaml = [pod_eni("web", 1, 11, 11), pod_eni("web", 2, 12, 12)].concat();
+        let p = plan(&cfg, &snapshot_yaml(&yaml), &mut mem, &any_iface);
+        let web = state_of(&p, "web");
+        assert_eq!(web.len(), 2);
+        assert_eq!(web[0].state, PodState::Enforced);
+        assert_eq!(web[0].vlan, Some(11), "the first object is the pod");
+        assert_eq!(web[1].state, PodState::FailClosed);
+        assert!(
+            web[1]
+                .error
+                .as_ref()
+                .unwrap()
+                .contains("a second Pod object named ns/web")
+        );
+        assert_eq!(
+            p.state.pods_by_vlan.len(),
+            1,
+            "the duplicate enters no table"
+        );
+        // Next time the incumbent comes first whatever the order.
+        let yaml = [pod_eni("web", 2, 12, 12), pod_eni("web", 1, 11, 11)].concat();
+        let p = plan(&cfg, &snapshot_yaml(&yaml), &mut mem, &any_iface);
+        let web = state_of(&p, "web");
+        assert_eq!((web[0].state, web[0].vlan), (PodState::Enforced, Some(11)));
+    }
+
+    #[test]
+    fn bad_objects_fail_only_what_depends_on_them() {
+        let groups = r#"{"SecurityGroups":[
+            {"GroupId":"sg-a","IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]},
+            {"GroupId":"sg-bad","IpPermissions":[{"IpProtocol":"foo"}]},
+            {"GroupId":"sg-unused-bad","IpPermissions":[{"IpProtocol":"tcp","FromPort":1,"ToPort":2,"IpRanges":[{"CidrIp":"10.0.0.0/33"}]}]}]}"#;
+        let mut catalog = GroupCatalog::default();
+        catalog.add_groups(parse_security_groups(groups, "t").unwrap());
+        let mut kube = KubeObjects::default();
+        let policies = "
+kind: SecurityGroupPolicy
+metadata: {name: good, namespace: ns}
+spec: {podSelector: {matchLabels: {app: good}}, securityGroups: {groupIds: [sg-a]}}
+---
+kind: SecurityGroupPolicy
+metadata: {name: uses-bad, namespace: ns}
+spec: {podSelector: {matchLabels: {app: bad-group}}, securityGroups: {groupIds: [sg-bad]}}
+---
+kind: SecurityGroupPolicy
+metadata: {name: bad-groups, namespace: ns}
+spec: {podSelector: {matchLabels: {app: bad-policy}}, securityGroups: {groupIds: not-a-list}}
+---
+kind: SecurityGroupPolicy
+metadata: {name: empty, namespace: ns}
+spec: {podSelector: {matchLabels: {app: empty}}, securityGroups: {groupIds: []}}
+---
+kind: SecurityGroupPolicy
+metadata: {name: bad-selector, namespace: other}
+spec: {podSelector: {matchExpressions: [{key: a, operator: Bogus}]}, securityGroups: {groupIds: [sg-a]}}
+---
+kind: Pod
+metadata: {namespace: ns}
+";
+        let labelled = |name: &str, ns: &str, app: &str, n: u8| {
+            pod_eni(name, n, n, n as u16).replace(
+                "namespace: ns",
+                &format!("namespace: {ns}\n  labels: {{app: {app}}}"),
+            )
+        };
+        let yaml = [
+            policies.to_string(),
+            labelled("good", "ns", "good", 1),
+            labelled("bad-group", "ns", "bad-group", 2),
+            labelled("bad-policy", "ns", "bad-policy", 3),
+            labelled("empty", "ns", "empty", 4),
+            labelled("victim", "other", "good", 5),
+        ]
+        .concat();
+        kube.add_documents(&yaml, "t").unwrap();
+        let snap = Snapshot { catalog, kube };
+        let p = plan(&config(""), &snap, &mut Memory::default(), &any_iface);
+        let one = |n: &str| state_of(&p, n)[0].clone();
+        assert_eq!(
+            one("good").state,
+            PodState::Enforced,
+            "{:?}",
+            one("good").error
+        );
+        for (name, what) in [
+            (
+                "bad-group",
+                "security group sg-bad is unusable: security group sg-bad: inbound permission 0: IpProtocol \"foo\"",
+            ),
+            (
+                "bad-policy",
+                "SecurityGroupPolicy ns/bad-groups selects this pod but is invalid: spec.securityGroups",
+            ),
+            ("empty", "groupIds is empty"),
+            (
+                "victim",
+                "SecurityGroupPolicy other/bad-selector is invalid",
+            ),
+        ] {
+            assert_eq!(one(name).state, PodState::FailClosed, "{name}");
+            let e = one(name).error.unwrap();
+            assert!(e.contains(what), "{name}: {e}");
+        }
+        let unnamed = state_of(&p, "");
+        assert_eq!(unnamed.len(), 1);
+        assert!(
+            unnamed[0]
+                .error
+                .as_ref()
+                .unwrap()
+                .contains("no metadata.name")
+        );
     }
 
     #[test]

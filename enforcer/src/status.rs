@@ -44,6 +44,31 @@ pub struct PodStatus {
     pub counters: BTreeMap<String, [u64; 2]>,
 }
 
+impl PodStatus {
+    /// A pod's status with nothing known yet but its name and state.
+    pub fn new(namespace: &str, name: &str, state: PodState) -> PodStatus {
+        PodStatus {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            state,
+            groups: Vec::new(),
+            policies: Vec::new(),
+            mode: None,
+            vlan: None,
+            interface: None,
+            ipv4: None,
+            ipv6: None,
+            inbound_rules: 0,
+            outbound_rules: 0,
+            policy_id: 0,
+            slot: 0,
+            error: None,
+            waiting: None,
+            counters: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {

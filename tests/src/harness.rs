@@ -92,9 +92,7 @@ impl Harness {
     /// Programs the maps from DescribeSecurityGroups JSON and Kubernetes YAML.
     pub fn apply(&mut self, groups_json: &str, k8s: &str) -> &Plan {
         let mut catalog = GroupCatalog::default();
-        for g in ec2::parse_security_groups(groups_json, "test").unwrap() {
-            catalog.groups.insert(g.id.clone(), g);
-        }
+        catalog.add_groups(ec2::parse_security_groups(groups_json, "test").unwrap());
         let mut kube = KubeObjects::default();
         kube.add_documents(k8s, "test").unwrap();
         let snap = Snapshot { catalog, kube };

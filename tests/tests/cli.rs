@@ -32,6 +32,8 @@ fn config(name: &str, groups: &str, k8s: &str) -> (Dir, PathBuf) {
 
 fn run(args: &[&str], cfg: &PathBuf) -> (bool, String, String) {
     let out = Command::new(enforcer_bin())
+        // As many shells have it: expected outcomes must still print no backtrace.
+        .env("RUST_BACKTRACE", "1")
         .args(args)
         .arg(cfg)
         .output()
@@ -74,6 +76,37 @@ fn check_fails_and_names_the_pod_and_group() {
         "{out}"
     );
     assert!(err.contains("would be fail-closed: test/client"), "{err}");
+    assert!(
+        !err.contains("backtrace"),
+        "an expected outcome, not a crash: {err}"
+    );
+}
+
+#[test]
+fn check_names_bad_objects_in_words() {
+    let groups = r#"{"SecurityGroups":[{"GroupId":"sg-1","IpPermissionsEgress":[
+        {"IpProtocol":"tcp","FromPort":90,"ToPort":80,"IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}]}"#;
+    let (_d, cfg) = config("words", groups, &policy("sg-1"));
+    let (ok, out, err) = run(&["check", "--config"], &cfg);
+    assert!(!ok);
+    assert!(out.contains("port range 90..80 is not within"), "{out}");
+    assert!(!out.contains("Some("), "no Rust debug text: {out}");
+    let (_d, cfg) = config(
+        "empty",
+        GROUPS,
+        &format!(
+            "kind: SecurityGroupPolicy\nmetadata: {{name: p, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: []}}}}\n{}",
+            pod_yaml(&CLIENT, "{}")
+        ),
+    );
+    let (ok, out, _) = run(&["check", "--config"], &cfg);
+    assert!(!ok);
+    assert!(
+        out.contains("SecurityGroupPolicy test/p selects this pod but is invalid")
+            && out.contains("groupIds is empty"),
+        "{out}"
+    );
+    let _ = err;
 }
 
 #[test]
@@ -85,11 +118,13 @@ fn unreadable_sources_and_config_are_named() {
         err.contains("groups.json") && err.contains("not DescribeSecurityGroups output"),
         "{err}"
     );
+    assert!(!err.contains("backtrace"), "{err}");
 
     std::fs::write(&cfg, "node: {trunkInterface: lo, gatewayMac: 'zz'}\n").unwrap();
     let (ok, _, err) = run(&["check", "--config"], &cfg);
     assert!(!ok);
     assert!(err.contains("gatewayMac") && err.contains("zz"), "{err}");
+    assert!(!err.contains("acktrace"), "{err}");
 
     std::fs::write(
         &cfg,

@@ -102,9 +102,7 @@ fn groups(rng: &mut Rng) -> (String, Vec<String>) {
 
 fn reference_rules(groups_json: &str, ids: &[String]) -> Vec<FlatRule> {
     let mut catalog = GroupCatalog::default();
-    for g in parse_security_groups(groups_json, "random").unwrap() {
-        catalog.groups.insert(g.id.clone(), g);
-    }
+    catalog.add_groups(parse_security_groups(groups_json, "random").unwrap());
     flatten(
         ids,
         &catalog,

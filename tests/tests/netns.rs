@@ -884,3 +884,93 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
         "new flows after the restart"
     );
 }
+
+#[test]
+fn bad_objects_fail_only_their_pods_and_a_revocation_beside_them_takes_effect() {
+    let web = sim_pod("shop", "web", 1);
+    let client = sim_pod("shop", "client", 2);
+    let other = sim_pod("shop", "other", 3);
+    let pods = vec![web.clone(), client.clone(), other.clone()];
+    let mut sim = SimNode::build(&pods, REMOTE).expect("build simulated node");
+    // sg-other (other's group) has a /33; sg-unused has a protocol "foo" and no pod
+    // uses it. A Pod with no name, a second Pod object named web (another VLAN), and a
+    // policy with an unknown selector operator in another namespace share the files.
+    let bad_groups = |g: String| {
+        g.replace(
+            r#""GroupId":"sg-other","GroupName":"other",
+  "IpPermissions":[],"#,
+            r#""GroupId":"sg-other","GroupName":"other",
+  "IpPermissions":[{"IpProtocol":"tcp","FromPort":1,"ToPort":2,"IpRanges":[{"CidrIp":"10.0.0.0/33"}]}],"#,
+        )
+        .replace(
+            "\n]}",
+            ",\n {\"GroupId\":\"sg-unused\",\"IpPermissions\":[{\"IpProtocol\":\"foo\"}]}\n]}",
+        )
+    };
+    let groups = bad_groups(groups());
+    assert!(groups.contains("/33") && groups.contains("sg-unused"));
+    let twin = sim_pod("shop", "web", 7);
+    let k8s = format!(
+        "{}{}{}{}",
+        policies(),
+        pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name)),
+        pods_yaml(std::slice::from_ref(&twin), &|_| "{app: web}".into()),
+        "---\nkind: Pod\nmetadata: {namespace: shop}\n---\nkind: SecurityGroupPolicy\nmetadata: {name: odd, namespace: elsewhere}\nspec: {podSelector: {matchExpressions: [{key: a, operator: Near}]}, securityGroups: {groupIds: [sg-web]}}\n"
+    );
+    let cfg = write_config(&sim, &groups, &k8s, "").unwrap();
+    sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
+    let _srv = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let st = sim.status().unwrap();
+    let state = |st: &enforcer::status::NodeStatus, n: &str| {
+        st.pods
+            .iter()
+            .find(|p| p.name == n)
+            .map(|p| (p.state, p.error.clone().unwrap_or_default()))
+            .unwrap()
+    };
+    use enforcer::status::PodState::*;
+    assert_eq!(state(&st, "web").0, Enforced, "{}", st.render_table());
+    assert_eq!(state(&st, "client").0, Enforced);
+    let (s, e) = state(&st, "other");
+    assert_eq!(s, FailClosed);
+    assert!(
+        e.contains("sg-other is unusable") && e.contains("/33"),
+        "{e}"
+    );
+    let twins: Vec<_> = st.pods.iter().filter(|p| p.name == "web").collect();
+    assert_eq!(twins.len(), 2);
+    assert!(
+        twins[1]
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("a second Pod object")
+    );
+    assert!(state(&st, "").1.contains("no metadata.name"));
+    assert!(
+        tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "web is enforced beside the bad objects, from the start"
+    );
+    assert!(!tcp_echo(sim.pod_ns("other"), "10.0.2.5:443").unwrap());
+
+    // Revoke web's TCP 443 rule in the same file as the bad groups.
+    let revoked = groups.replace(
+        r#"{"IpProtocol":"tcp","FromPort":443,"ToPort":443,"IpRanges":[{"CidrIp":"10.0.2.5/32"}],"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::5/128"}]},"#,
+        "",
+    );
+    assert_ne!(revoked, groups);
+    std::fs::write(sim.workdir.join("groups.json"), &revoked).unwrap();
+    sim.reload_daemon().unwrap();
+    assert!(
+        !tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
+        "the revocation took effect"
+    );
+    let st = sim.status().unwrap();
+    assert_eq!(state(&st, "web").0, Enforced);
+    assert_eq!(state(&st, "other").0, FailClosed);
+    assert!(
+        st.source_errors.iter().all(|e| !e.contains("groups.json")),
+        "no file-level error: {:?}",
+        st.source_errors
+    );
+}

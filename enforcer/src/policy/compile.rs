@@ -104,7 +104,9 @@ fn port_range(rule: &Rule) -> Result<(Option<u8>, u16, u16), String> {
                     Ok((n, f as u16, t as u16))
                 }
                 _ => Err(format!(
-                    "port range {from:?}..{to:?} is not within 0..65535 with FromPort <= ToPort"
+                    "port range {}..{} is not within 0..65535 with FromPort <= ToPort",
+                    port_text(from),
+                    port_text(to)
                 )),
             }
         }
@@ -127,16 +129,25 @@ fn port_range(rule: &Rule) -> Result<(Option<u8>, u16, u16), String> {
     }
 }
 
+/// A port as EC2 shows it: the number, or "unset".
+fn port_text(p: Option<i32>) -> String {
+    p.map(|p| p.to_string()).unwrap_or_else(|| "unset".into())
+}
+
 fn peer_nets(peer: &Peer, catalog: &GroupCatalog) -> Result<Vec<IpNet>, String> {
     Ok(match peer {
         Peer::Cidr(n) => vec![*n],
-        Peer::PrefixList(id) => catalog
-            .prefix_lists
-            .get(id)
-            .ok_or_else(|| {
-                format!("prefix list {id} is not known (no entries were provided for it)")
-            })?
-            .clone(),
+        Peer::PrefixList(id) => match catalog.prefix_lists.get(id) {
+            Some(nets) => nets.clone(),
+            None => {
+                return Err(match catalog.invalid_prefix_lists.get(id) {
+                    Some(why) => format!("prefix list {id} is unusable: {why}"),
+                    None => {
+                        format!("prefix list {id} is not known (no entries were provided for it)")
+                    }
+                });
+            }
+        },
         Peer::Group(g) => {
             let mut v: Vec<IpNet> = catalog
                 .members

@@ -98,4 +98,51 @@ pub struct GroupCatalog {
     /// Private IPs of every interface carrying each group (pods on this node and any other
     /// known members).
     pub members: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Groups whose description can't be used, and why: pods using them fail closed.
+    pub invalid_groups: BTreeMap<String, String>,
+    /// Prefix lists whose entries can't be used, and why: rules naming them fail their pods.
+    pub invalid_prefix_lists: BTreeMap<String, String>,
+}
+
+impl GroupCatalog {
+    /// Why a pod can't use group `id`, if it can't: the error the pod fails closed with.
+    pub fn unusable(&self, id: &str) -> Option<String> {
+        if self.groups.contains_key(id) {
+            return None;
+        }
+        Some(match self.invalid_groups.get(id) {
+            Some(why) => format!("security group {id} is unusable: {why}"),
+            None => {
+                format!("InvalidSecurityGroupID.NotFound: The security group '{id}' does not exist")
+            }
+        })
+    }
+
+    /// Adds a DescribeSecurityGroups document's groups, usable or not.
+    pub fn add_groups(&mut self, g: crate::sources::ec2::Groups) {
+        for group in g.groups {
+            self.invalid_groups.remove(&group.id);
+            self.groups.insert(group.id.clone(), group);
+        }
+        for (id, why) in g.invalid {
+            self.groups.remove(&id);
+            self.invalid_groups.insert(id, why);
+        }
+    }
+
+    /// Adds prefix lists, usable or not.
+    pub fn add_prefix_lists(&mut self, lists: BTreeMap<String, Result<Vec<IpNet>, String>>) {
+        for (id, nets) in lists {
+            match nets {
+                Ok(n) => {
+                    self.invalid_prefix_lists.remove(&id);
+                    self.prefix_lists.insert(id, n);
+                }
+                Err(why) => {
+                    self.prefix_lists.remove(&id);
+                    self.invalid_prefix_lists.insert(id, why);
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,10 @@ pub struct Resolved {
     pub error: Option<String>,
     /// The pod is not a branch-ENI pod and is not ours to enforce.
     pub not_branch: bool,
+    /// A second Pod object with this namespace/name: ignored (see `claims`).
+    pub duplicate: bool,
+    /// Its VLAN, MAC or an address is another pod's: never entered under its VLAN.
+    pub clash: bool,
 }
 
 fn policy_matches(
@@ -25,9 +29,6 @@ fn policy_matches(
     pod: &Pod,
     sa_labels: &BTreeMap<String, String>,
 ) -> bool {
-    if p.group_ids.is_empty() {
-        return false;
-    }
     match (&p.pod_selector, &p.service_account_selector) {
         (None, None) => false,
         (Some(ps), None) => ps.matches(&pod.labels),
@@ -56,7 +57,27 @@ pub fn resolve_pods(
             .unwrap_or(&empty);
         let mut groups: Vec<String> = Vec::new();
         let mut names = Vec::new();
+        // A policy that can't be used fails what it would select: which pods it would
+        // select decides which ones it fails, never whether anything opens.
+        let mut policy_error = None;
         for p in policies.iter().filter(|p| p.namespace == pod.namespace) {
+            if let Some(e) = &p.error {
+                if !p.selectors_readable {
+                    policy_error.get_or_insert(format!(
+                        "SecurityGroupPolicy {} is invalid ({e}); with its selectors unreadable \
+                         it fails closed every branch pod of namespace {} until fixed",
+                        p.key(),
+                        p.namespace
+                    ));
+                } else if policy_matches(p, pod, sa_labels) {
+                    names.push(p.name.clone());
+                    policy_error.get_or_insert(format!(
+                        "SecurityGroupPolicy {} selects this pod but is invalid: {e}",
+                        p.key()
+                    ));
+                }
+                continue;
+            }
             if policy_matches(p, pod, sa_labels) {
                 names.push(p.name.clone());
                 for g in &p.group_ids {
@@ -73,6 +94,8 @@ pub fn resolve_pods(
             policies: names,
             error: None,
             not_branch: false,
+            duplicate: false,
+            clash: false,
         };
         match pod.pod_eni.as_deref().map(parse_pod_eni) {
             None => {
@@ -90,7 +113,9 @@ pub fn resolve_pods(
             Some(Err(e)) => r.error = Some(e),
             Some(Ok(eni)) => {
                 r.eni = Some(eni);
-                if r.groups.is_empty() {
+                if policy_error.is_some() {
+                    r.error = policy_error;
+                } else if r.groups.is_empty() {
                     match unmatched {
                         UnmatchedPods::FailClosed => {
                             r.error = Some(
@@ -110,12 +135,8 @@ pub fn resolve_pods(
                 r.groups.join(",")
             ));
         }
-        if r.error.is_none()
-            && let Some(g) = r.groups.iter().find(|g| !catalog.groups.contains_key(*g))
-        {
-            r.error = Some(format!(
-                "InvalidSecurityGroupID.NotFound: The security group '{g}' does not exist"
-            ));
+        if r.error.is_none() {
+            r.error = r.groups.iter().find_map(|g| catalog.unusable(g));
         }
         out.push(r);
     }

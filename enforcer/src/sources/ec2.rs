@@ -7,10 +7,12 @@ use serde::Deserialize;
 use crate::policy::model::{Peer, Protocol, Rule, SecurityGroup};
 use crate::sources::SourceError;
 
+/// The document's shape only: each group is read on its own, so one bad group fails
+/// only the pods that use it.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DescribeSecurityGroups {
-    security_groups: Vec<Ec2Group>,
+    security_groups: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -145,50 +147,79 @@ fn rules(perms: Vec<Ec2Permission>, group: &str, dir: &str) -> Result<Vec<Rule>,
     Ok(out)
 }
 
-/// Parses `aws ec2 describe-security-groups` JSON.
-pub fn parse_security_groups(json: &str, origin: &str) -> Result<Vec<SecurityGroup>, SourceError> {
+/// What a DescribeSecurityGroups document holds: the usable groups, and per group id
+/// why a group is unusable (pods that use it fail closed with that error).
+#[derive(Debug, Default)]
+pub struct Groups {
+    pub groups: Vec<SecurityGroup>,
+    pub invalid: Vec<(String, String)>,
+    /// Entries that can't be named (no GroupId): reported, and otherwise ignored.
+    pub unnamed: Vec<String>,
+}
+
+/// Parses `aws ec2 describe-security-groups` JSON. Only a document that is not JSON,
+/// or not of that shape, is an error as a whole.
+pub fn parse_security_groups(json: &str, origin: &str) -> Result<Groups, SourceError> {
     let doc: DescribeSecurityGroups =
         serde_json::from_str(json).map_err(|e| SourceError::Invalid {
             object: origin.to_string(),
             problem: format!("not DescribeSecurityGroups output: {e}"),
         })?;
-    doc.security_groups
-        .into_iter()
-        .map(|g| {
-            Ok(SecurityGroup {
-                inbound: rules(g.ip_permissions, &g.group_id, "inbound")?,
-                outbound: rules(g.ip_permissions_egress, &g.group_id, "outbound")?,
-                name: g.group_name,
-                id: g.group_id,
+    let mut out = Groups::default();
+    for (i, value) in doc.security_groups.into_iter().enumerate() {
+        let id = value
+            .get("GroupId")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let group = serde_json::from_value::<Ec2Group>(value)
+            .map_err(|e| SourceError::Invalid {
+                object: format!("security group {}", id.as_deref().unwrap_or("(no GroupId)")),
+                problem: format!("not a DescribeSecurityGroups entry: {e}"),
             })
-        })
-        .collect()
+            .and_then(|g| {
+                Ok(SecurityGroup {
+                    inbound: rules(g.ip_permissions, &g.group_id, "inbound")?,
+                    outbound: rules(g.ip_permissions_egress, &g.group_id, "outbound")?,
+                    name: g.group_name,
+                    id: g.group_id,
+                })
+            });
+        match (group, id) {
+            (Ok(g), _) => out.groups.push(g),
+            (Err(e), Some(id)) => out.invalid.push((id, e.to_string())),
+            (Err(e), None) => out
+                .unnamed
+                .push(format!("{origin} SecurityGroups[{i}]: {e}")),
+        }
+    }
+    Ok(out)
 }
 
-/// Parses a map from prefix-list id to `get-managed-prefix-list-entries` output.
+/// Parses a map from prefix-list id to `get-managed-prefix-list-entries` output: each
+/// list's entries, or why the list is unusable (rules naming it then fail their pods).
 pub fn parse_prefix_lists(
     json: &str,
     origin: &str,
-) -> Result<BTreeMap<String, Vec<IpNet>>, SourceError> {
-    let doc: BTreeMap<String, PrefixListEntries> =
+) -> Result<BTreeMap<String, Result<Vec<IpNet>, String>>, SourceError> {
+    let doc: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(json).map_err(|e| SourceError::Invalid {
             object: origin.to_string(),
             problem: format!("expected {{\"pl-…\": <GetManagedPrefixListEntries output>}}: {e}"),
         })?;
-    doc.into_iter()
-        .map(|(id, e)| {
-            let nets = e
-                .entries
-                .iter()
-                .map(|x| cidr(&x.cidr, "Cidr"))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|problem| SourceError::Invalid {
-                    object: format!("prefix list {id}"),
-                    problem,
-                })?;
-            Ok((id, nets))
+    Ok(doc
+        .into_iter()
+        .map(|(id, v)| {
+            let nets = serde_json::from_value::<PrefixListEntries>(v)
+                .map_err(|e| format!("not GetManagedPrefixListEntries output: {e}"))
+                .and_then(|e| {
+                    e.entries
+                        .iter()
+                        .map(|x| cidr(&x.cidr, "Cidr"))
+                        .collect::<Result<Vec<_>, _>>()
+                });
+            (id, nets)
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -206,7 +237,8 @@ mod tests {
               "IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}]}"#,
             "t",
         )
-        .unwrap();
+        .unwrap()
+        .groups;
         assert_eq!(g[0].inbound.len(), 4);
         assert_eq!(g[0].inbound[2].peer, Peer::PrefixList("pl-1".into()));
         assert_eq!(g[0].inbound[3].peer, Peer::Group("sg-2".into()));
@@ -214,17 +246,35 @@ mod tests {
     }
 
     #[test]
-    fn bad_cidr_names_group_and_permission() {
-        let e = parse_security_groups(
+    fn a_bad_group_is_named_and_the_others_stay_usable() {
+        let g = parse_security_groups(
             r#"{"SecurityGroups":[{"GroupId":"sg-9","IpPermissions":[
-               {"IpProtocol":"tcp","FromPort":1,"ToPort":2,"IpRanges":[{"CidrIp":"10.0.0.300/8"}]}]}]}"#,
+               {"IpProtocol":"tcp","FromPort":1,"ToPort":2,"IpRanges":[{"CidrIp":"10.0.0.300/8"}]}]},
+               {"GroupId":"sg-8","IpPermissions":[{"IpProtocol":"foo"}]},
+               {"GroupId":"sg-7","IpPermissions":"not a list"},
+               {"GroupName":"no id"},
+               {"GroupId":"sg-ok"}]}"#,
             "t",
         )
-        .unwrap_err()
-        .to_string();
+        .unwrap();
+        assert_eq!(g.groups.len(), 1, "{g:?}");
+        assert_eq!(g.groups[0].id, "sg-ok");
+        let why = |id: &str| g.invalid.iter().find(|(i, _)| i == id).unwrap().1.clone();
         assert!(
-            e.contains("sg-9") && e.contains("inbound permission 0"),
-            "{e}"
+            why("sg-9").contains("inbound permission 0"),
+            "{}",
+            why("sg-9")
+        );
+        assert!(
+            why("sg-8").contains("IpProtocol \"foo\""),
+            "{}",
+            why("sg-8")
+        );
+        assert!(why("sg-7").contains("not a DescribeSecurityGroups entry"));
+        assert_eq!(g.unnamed.len(), 1);
+        assert!(
+            parse_security_groups("{", "t").is_err(),
+            "not JSON: the file fails"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Kubernetes shapes: Pods (with the `vpc.amazonaws.com/pod-eni` annotation),
 //! SecurityGroupPolicy (`vpcresources.k8s.aws/v1beta1`) and ServiceAccounts.
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
@@ -30,6 +30,8 @@ pub struct Pod {
     pub service_account: String,
     /// The raw annotation; parsed with [`parse_pod_eni`] so a bad one fails only this pod.
     pub pod_eni: Option<String>,
+    /// Where the object came from (file and document), for error messages.
+    pub origin: String,
 }
 
 impl Pod {
@@ -45,6 +47,17 @@ pub struct SecurityGroupPolicy {
     pub pod_selector: Option<LabelSelector>,
     pub service_account_selector: Option<LabelSelector>,
     pub group_ids: Vec<String>,
+    /// Why the policy can't be used as written. It then fails closed the pods it
+    /// selects or, when its selectors can't be read, every branch pod of its namespace.
+    pub error: Option<String>,
+    /// The selectors were read and are valid (so we know which pods it selects).
+    pub selectors_readable: bool,
+}
+
+impl SecurityGroupPolicy {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -54,12 +67,23 @@ pub struct ServiceAccount {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A Pod object that can't be enforced as written (no name): it fails alone.
+#[derive(Clone, Debug)]
+pub struct BadPod {
+    pub namespace: String,
+    pub origin: String,
+    pub problem: String,
+}
+
 /// Everything read from the Kubernetes side.
 #[derive(Clone, Debug, Default)]
 pub struct KubeObjects {
     pub pods: Vec<Pod>,
     pub policies: Vec<SecurityGroupPolicy>,
     pub service_accounts: Vec<ServiceAccount>,
+    pub bad_pods: Vec<BadPod>,
+    /// Documents that are not Kubernetes objects at all: reported, otherwise ignored.
+    pub errors: Vec<String>,
 }
 
 /// The branch ENI given to a pod (element 0 of the annotation's array).
@@ -141,6 +165,13 @@ pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
             "annotation {POD_ENI_ANNOTATION}: ifAddress is all zero"
         ));
     }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "annotation {POD_ENI_ANNOTATION}: ifAddress {} is a multicast/broadcast MAC, \
+             not an interface's",
+            e.if_address
+        ));
+    }
     let vlan = match &e.vlan_id {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.parse::<u64>().ok(),
@@ -175,6 +206,23 @@ pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
             )
         })?)
     };
+    let unusable = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => {
+            a.is_broadcast() || a.is_loopback() || a.is_multicast() || a.is_link_local()
+        }
+        IpAddr::V6(a) => a.is_loopback() || a.is_multicast() || a.is_unicast_link_local(),
+    };
+    if let Some(ip) = ipv4
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(ipv6.map(IpAddr::V6))
+        .find(|ip| unusable(*ip))
+    {
+        return Err(format!(
+            "annotation {POD_ENI_ANNOTATION}: {ip} is a loopback, broadcast, multicast or \
+             link-local address, not a branch ENI's"
+        ));
+    }
     if ipv4.is_none_or(|a| a.is_unspecified()) && ipv6.is_none_or(|a| a.is_unspecified()) {
         return Err(format!(
             "annotation {POD_ENI_ANNOTATION}: no privateIp or ipv6Addr"
@@ -204,54 +252,92 @@ struct RawObject {
     items: Vec<serde_json::Value>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawSgpSpec {
-    pod_selector: Option<LabelSelector>,
-    service_account_selector: Option<LabelSelector>,
-    security_groups: Option<RawGroups>,
-}
-
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(rename_all = "camelCase")]
 struct RawGroups {
     #[serde(default)]
     group_ids: Vec<String>,
 }
 
+/// One optional field of a spec, read on its own so a bad field names itself.
+fn spec_field<T: serde::de::DeserializeOwned>(
+    spec: &serde_json::Value,
+    field: &str,
+) -> Result<Option<T>, String> {
+    match spec.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| format!("spec.{field}: {e}")),
+    }
+}
+
+/// A selector field, read and validated.
+fn selector(spec: &serde_json::Value, field: &str) -> Result<Option<LabelSelector>, String> {
+    let sel: Option<LabelSelector> = spec_field(spec, field)?;
+    if let Some(s) = &sel {
+        s.validate().map_err(|e| format!("spec.{field}: {e}"))?;
+    }
+    Ok(sel)
+}
+
 impl KubeObjects {
-    /// Adds every object of a YAML (multi-document) or JSON file; `List` kinds are opened.
+    /// Adds every object of a YAML (multi-document) or JSON file; `List` kinds are
+    /// opened. Only text that is not YAML at all is an error for the whole file; a
+    /// document that is no Kubernetes object is recorded in `errors` and skipped.
     pub fn add_documents(&mut self, text: &str, origin: &str) -> Result<(), SourceError> {
+        let mut docs = Vec::new();
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value = serde_json::Value::deserialize(doc).map_err(|e| SourceError::Invalid {
                 object: format!("{origin} document {i}"),
                 problem: format!("not YAML/JSON: {e}"),
             })?;
-            if value.is_null() {
-                continue;
+            docs.push(value);
+        }
+        for (i, value) in docs.into_iter().enumerate() {
+            if !value.is_null() {
+                self.add_value(value, &format!("{origin} document {i}"));
             }
-            self.add_value(value, &format!("{origin} document {i}"))?;
         }
         Ok(())
     }
 
-    fn add_value(&mut self, value: serde_json::Value, origin: &str) -> Result<(), SourceError> {
-        let obj: RawObject = serde_json::from_value(value).map_err(|e| SourceError::Invalid {
-            object: origin.to_string(),
-            problem: format!("not a Kubernetes object: {e}"),
-        })?;
+    /// Adds the objects of another source.
+    pub fn extend(&mut self, other: KubeObjects) {
+        self.pods.extend(other.pods);
+        self.policies.extend(other.policies);
+        self.service_accounts.extend(other.service_accounts);
+        self.bad_pods.extend(other.bad_pods);
+        self.errors.extend(other.errors);
+    }
+
+    fn add_value(&mut self, value: serde_json::Value, origin: &str) {
+        let obj: RawObject = match serde_json::from_value(value) {
+            Ok(o) => o,
+            Err(e) => {
+                self.errors
+                    .push(format!("{origin}: not a Kubernetes object, ignored: {e}"));
+                return;
+            }
+        };
         let ns = obj
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
-        let what = format!("{} {}/{}", obj.kind, ns, obj.metadata.name);
         match obj.kind.as_str() {
             "List" | "PodList" | "SecurityGroupPolicyList" | "ServiceAccountList" => {
                 for (i, item) in obj.items.into_iter().enumerate() {
-                    self.add_value(item, &format!("{origin} item {i}"))?;
+                    self.add_value(item, &format!("{origin} item {i}"));
                 }
             }
+            "Pod" if obj.metadata.name.is_empty() => self.bad_pods.push(BadPod {
+                namespace: ns,
+                origin: origin.to_string(),
+                problem: "Pod has no metadata.name: it can't be told apart from other pods \
+                          or given its interface"
+                    .into(),
+            }),
             "Pod" => {
                 let sa = obj
                     .spec
@@ -265,31 +351,10 @@ impl KubeObjects {
                     labels: obj.metadata.labels,
                     service_account: sa,
                     pod_eni: obj.metadata.annotations.get(POD_ENI_ANNOTATION).cloned(),
+                    origin: origin.to_string(),
                 });
             }
-            "SecurityGroupPolicy" => {
-                let spec: RawSgpSpec =
-                    serde_json::from_value(obj.spec).map_err(|e| SourceError::Invalid {
-                        object: what.clone(),
-                        problem: format!("bad spec: {e}"),
-                    })?;
-                for sel in [&spec.pod_selector, &spec.service_account_selector]
-                    .into_iter()
-                    .flatten()
-                {
-                    sel.validate().map_err(|problem| SourceError::Invalid {
-                        object: what.clone(),
-                        problem,
-                    })?;
-                }
-                self.policies.push(SecurityGroupPolicy {
-                    namespace: ns,
-                    name: obj.metadata.name,
-                    pod_selector: spec.pod_selector,
-                    service_account_selector: spec.service_account_selector,
-                    group_ids: spec.security_groups.unwrap_or_default().group_ids,
-                });
-            }
+            "SecurityGroupPolicy" => self.policies.push(policy(ns, obj.metadata.name, &obj.spec)),
             "ServiceAccount" => self.service_accounts.push(ServiceAccount {
                 namespace: ns,
                 name: obj.metadata.name,
@@ -298,7 +363,39 @@ impl KubeObjects {
             // Other kinds (Services, Deployments, ...) may share a manifest; not ours.
             _ => {}
         }
-        Ok(())
+    }
+}
+
+/// A SecurityGroupPolicy, each part read on its own: the error names the part.
+fn policy(namespace: String, name: String, spec: &serde_json::Value) -> SecurityGroupPolicy {
+    let pod_selector = selector(spec, "podSelector");
+    let sa_selector = selector(spec, "serviceAccountSelector");
+    let groups: Result<Option<RawGroups>, String> = spec_field(spec, "securityGroups");
+    let selectors_readable = pod_selector.is_ok() && sa_selector.is_ok();
+    let group_ids = groups.clone().ok().flatten().unwrap_or_default().group_ids;
+    let error = [
+        pod_selector.as_ref().err(),
+        sa_selector.as_ref().err(),
+        groups.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    .cloned()
+    .or_else(|| (!spec.is_object()).then(|| "spec is missing or not an object".to_string()))
+    .or_else(|| {
+        group_ids.is_empty().then(|| {
+            "spec.securityGroups.groupIds is empty: the policy lists no security groups".to_string()
+        })
+    });
+    SecurityGroupPolicy {
+        namespace,
+        name,
+        pod_selector: pod_selector.ok().flatten(),
+        service_account_selector: sa_selector.ok().flatten(),
+        group_ids,
+        error,
+        selectors_readable,
     }
 }
 
@@ -344,6 +441,30 @@ mod tests {
             (
                 r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"0.0.0.0","vlanId":2}]"#,
                 "no privateIp",
+            ),
+            (
+                r#"[{"ifAddress":"ff:ff:ff:ff:ff:ff","privateIp":"10.0.0.1","vlanId":2}]"#,
+                "multicast/broadcast MAC",
+            ),
+            (
+                r#"[{"ifAddress":"01:00:5e:00:00:01","privateIp":"10.0.0.1","vlanId":2}]"#,
+                "multicast/broadcast MAC",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"255.255.255.255","vlanId":2}]"#,
+                "broadcast",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"127.0.0.1","vlanId":2}]"#,
+                "loopback",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"10.0.0.1","ipv6Addr":"::1","vlanId":2}]"#,
+                "loopback",
+            ),
+            (
+                r#"[{"ifAddress":"02:00:00:00:00:01","privateIp":"224.0.0.1","vlanId":2}]"#,
+                "multicast",
             ),
         ] {
             let e = parse_pod_eni(raw).unwrap_err();
