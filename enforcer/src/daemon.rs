@@ -103,6 +103,14 @@ impl Daemon {
         self.refresh_status();
     }
 
+    fn sweep(&mut self) {
+        match self.dp.sweep_flows(&self.node) {
+            Ok(n) if n > 0 => info!("swept {n} idle flows"),
+            Ok(_) => {}
+            Err(e) => warn!("sweeping flows: {e:#}"),
+        }
+    }
+
     fn save_memory(&self) {
         if let Err(e) = self.mem.save(&self.cfg.state_dir) {
             warn!("{e} (a restart would not know this daemon's ids, modes and slots)");
@@ -110,9 +118,11 @@ impl Daemon {
     }
 
     fn refresh_status(&mut self) {
+        let flows = self.dp.flow_counts().unwrap_or_default();
         for pod in &mut self.status.pods {
             if pod.slot != 0 {
                 pod.counters = counters_map(&self.dp, pod.slot);
+                pod.flows = flows.get(pod.slot as usize).copied().unwrap_or(0);
             }
         }
         self.status.unattributed = counters_map(&self.dp, 0);
@@ -257,14 +267,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 } else {
                     d.refresh_status();
                 }
-            }
-            _ = sweep.tick() => {
-                match d.dp.sweep_flows(&d.node) {
-                    Ok(n) if n > 0 => info!("swept {n} idle flows"),
-                    Ok(_) => {}
-                    Err(e) => warn!("sweeping flows: {e:#}"),
+                // A pod past half its flow share (a SYN flood, say): sweep its half-open
+                // entries now rather than at the next regular sweep.
+                let share = d.cfg.node.flows_per_pod as u64;
+                if d.status.pods.iter().any(|p| p.flows * 2 > share) {
+                    d.sweep();
                 }
             }
+            _ = sweep.tick() => d.sweep(),
         }
     }
     // The pinned programs keep enforcing with the pinned maps until a new daemon adopts

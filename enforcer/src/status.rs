@@ -42,6 +42,9 @@ pub struct PodStatus {
     /// reason -> [packets, bytes]
     #[serde(default)]
     pub counters: BTreeMap<String, [u64; 2]>,
+    /// Flow-table entries the pod holds (its share is `node.flowsPerPod`).
+    #[serde(default)]
+    pub flows: u64,
 }
 
 impl PodStatus {
@@ -65,6 +68,7 @@ impl PodStatus {
             error: None,
             waiting: None,
             counters: BTreeMap::new(),
+            flows: 0,
         }
     }
 }
@@ -127,8 +131,17 @@ impl NodeStatus {
             ));
         }
         out.push_str(&format!(
-            "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>9} {:>9}  {}\n",
-            "POD", "STATE", "VLAN", "MODE", "IN", "OUT", "ALLOWED", "DROPPED", "GROUPS / ERROR"
+            "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>6} {:>9} {:>9}  {}\n",
+            "POD",
+            "STATE",
+            "VLAN",
+            "MODE",
+            "IN",
+            "OUT",
+            "FLOWS",
+            "ALLOWED",
+            "DROPPED",
+            "GROUPS / ERROR"
         ));
         for p in &self.pods {
             let (mut allowed, mut dropped) = (0, 0);
@@ -145,13 +158,14 @@ impl NodeStatus {
                 .map(|m| format!("{m:?}").to_lowercase())
                 .unwrap_or("-".into());
             out.push_str(&format!(
-                "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>9} {:>9}  {}{}\n",
+                "{:<32} {:<12} {:<6} {:<7} {:>4} {:>4} {:>6} {:>9} {:>9}  {}{}\n",
                 format!("{}/{}", p.namespace, p.name),
                 state.as_str().unwrap_or("?"),
                 p.vlan.map(|v| v.to_string()).unwrap_or("-".into()),
                 mode,
                 p.inbound_rules,
                 p.outbound_rules,
+                p.flows,
                 allowed,
                 dropped,
                 p.groups.join(","),

@@ -46,6 +46,11 @@ struct Node {
 }
 
 fn node() -> Node {
+    node_with("")
+}
+
+/// The node with extra `node:` settings (YAML lines indented by two spaces).
+fn node_with(extra_node: &str) -> Node {
     let web = sim_pod("shop", "web", 1);
     let client = sim_pod("shop", "client", 2);
     let other = sim_pod("shop", "other", 3);
@@ -56,7 +61,7 @@ fn node() -> Node {
         policies(),
         pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name))
     );
-    let cfg = write_config(&sim, &groups(), &k8s, "").unwrap();
+    let cfg = write_config(&sim, &groups(), &k8s, extra_node).unwrap();
     sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
     let groups_path = sim.workdir.join("groups.json");
     Node {
@@ -772,6 +777,7 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
             .slot
     };
     let slot_before = web_slot(&n.sim);
+    let maps_before = n.sim.status().unwrap().maps;
 
     // An allowed, established flow, exercised every 20 ms, and denied datagrams sent
     // every 2 ms, for the whole test.
@@ -878,6 +884,14 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     assert_eq!(pins.len(), 4, "{pins:?}");
     let st = n.sim.status().unwrap();
     assert_eq!(st.maps["POD_BY_VLAN"][0], 3, "{:?}", st.maps);
+    for (name, [used, _]) in &maps_before {
+        if name != "FLOWS" {
+            assert_eq!(
+                st.maps[name][0], *used,
+                "{name}: no entry duplicated or leaked"
+            );
+        }
+    }
     assert_eq!(web_slot(&n.sim), slot_before);
     assert!(
         tcp_echo(&web_ns, "10.0.2.5:443").unwrap(),
@@ -972,5 +986,44 @@ fn bad_objects_fail_only_their_pods_and_a_revocation_beside_them_takes_effect() 
         st.source_errors.iter().all(|e| !e.contains("groups.json")),
         "no file-level error: {:?}",
         st.source_errors
+    );
+}
+
+#[test]
+fn a_pod_flooding_new_flows_cannot_starve_the_others() {
+    // A share of 32 flow entries per pod. web opens 100 connections at once; client
+    // (another pod) still opens its own afterwards.
+    let n = node_with("  flowsPerPod: 32\n");
+    let _srv = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let web_ns = n.sim.pod_ns("web").to_string();
+    let opened = enforcer::sim::in_netns(&web_ns, || {
+        let addr: std::net::SocketAddr = "10.0.2.5:443".parse().unwrap();
+        let conns: Vec<_> = (0..100)
+            .map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100))
+            })
+            .collect();
+        conns.iter().filter(|c| c.is_ok()).count()
+    })
+    .unwrap();
+    assert!(
+        opened <= 32,
+        "web opened {opened} connections with a share of 32"
+    );
+    assert!(opened >= 16, "web's share was usable ({opened})");
+    assert!(
+        counter_reaching(&n.sim, "web", "drop_pod_flow_limit", 1) >= 1,
+        "refusals counted on the flooding pod"
+    );
+    assert!(
+        tcp_echo(n.sim.pod_ns("client"), "10.0.2.5:443").unwrap(),
+        "another pod still opens new flows"
+    );
+    let st = n.sim.status().unwrap();
+    let web = st.pods.iter().find(|p| p.name == "web").unwrap();
+    assert!(
+        web.flows <= 32 && web.flows > 0,
+        "web holds {} entries",
+        web.flows
     );
 }
