@@ -52,7 +52,7 @@ fn mac_text(m: &[u8; 6]) -> String {
 /// error names the pod it clashes with) or whose addresses are reserved, and marks
 /// second Pod objects of one namespace/name as duplicates. Returns the claims now held.
 pub fn settle(
-    resolved: &mut Vec<Resolved>,
+    resolved: &mut [Resolved],
     previous: &BTreeMap<String, Claim>,
     reserved: &[IpNet],
 ) -> BTreeMap<String, Claim> {

@@ -251,10 +251,33 @@ pub fn run() -> Result<()> {
 
     step(
         9,
-        "Tear down: daemon stopped (programs detached, pins removed), namespaces deleted",
+        "Stop the daemon: the pinned datapath goes on enforcing without it",
     );
     let status = sim.stop_daemon();
     println!("   daemon exit: {status:?}");
+    let (ok, out) = curl(&sim, &client, &url);
+    println!("   {}", out.trim());
+    verdict(&format!("curl {url} (by IP, no daemon running)"), ok, true)?;
+    let (ok, out) = curl(&sim, &client, "http://my-app");
+    println!("   {}", out.trim());
+    verdict("curl my-app (name lookup, no daemon running)", ok, false)?;
+
+    step(
+        10,
+        "enforcer uninstall detaches on purpose; namespaces deleted",
+    );
+    let out = std::process::Command::new(&bin)
+        .args(["uninstall", "--config"])
+        .arg(&cfg)
+        .output()
+        .context("running enforcer uninstall")?;
+    println!("   {}", String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() {
+        bail!(
+            "enforcer uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     drop(sim);
     println!("\ndemo: every verdict matched the tutorial");
     Ok(())
