@@ -86,7 +86,8 @@ impl RealBench {
             &sim,
             groups_json,
             &k8s,
-            "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n",
+            // Thousands of new flows from one pod: it gets the whole flow table.
+            "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n  flowsPerPod: 262144\n",
         )?;
         sim.start_daemon(enforcer_bin, &cfg)?;
         let ns = sim.pod_ns("pod").to_string();

@@ -987,6 +987,22 @@ fn bad_objects_fail_only_their_pods_and_a_revocation_beside_them_takes_effect() 
         "no file-level error: {:?}",
         st.source_errors
     );
+
+    // And in the Kubernetes file, beside the nameless Pod, the twin and the bad policy:
+    // client's policy goes, so client is no longer selected and fails closed.
+    assert!(tcp_echo(sim.pod_ns("client"), "10.0.2.5:443").unwrap());
+    let client_policy = "---\napiVersion: vpcresources.k8s.aws/v1beta1\nkind: SecurityGroupPolicy\nmetadata: {name: client, namespace: shop}\nspec: {podSelector: {matchLabels: {app: client}}, securityGroups: {groupIds: [sg-client]}}\n";
+    assert!(k8s.contains(client_policy));
+    std::fs::write(sim.workdir.join("k8s.yaml"), k8s.replace(client_policy, "")).unwrap();
+    sim.reload_daemon().unwrap();
+    assert!(
+        !tcp_echo(sim.pod_ns("client"), "10.0.2.5:443").unwrap(),
+        "the policy's removal took effect"
+    );
+    let st = sim.status().unwrap();
+    let (s, e) = state(&st, "client");
+    assert_eq!(s, FailClosed);
+    assert!(e.contains("no SecurityGroupPolicy"), "{e}");
 }
 
 #[test]

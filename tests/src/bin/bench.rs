@@ -144,7 +144,11 @@ fn main() -> anyhow::Result<()> {
     );
     for rules in [1usize, 60, 1000] {
         for v6 in [false, true] {
-            let mut h = Harness::new();
+            // 20 000 new flows from one pod: past the default per-pod share, so the
+            // bench gives the pod the whole table.
+            let mut cfg = integration_tests::harness::node_config();
+            cfg.node.flows_per_pod = enforcer_common::MAX_FLOWS;
+            let mut h = Harness::with_config(cfg);
             h.cfg.node.quotas.rules_per_group_per_family = 1000;
             // n rules per family: 2n EC2 rules, over the default 1000 per pod.
             h.cfg.node.quotas.rules_per_pod = 5000;
