@@ -172,6 +172,26 @@ impl Harness {
             .unwrap_or(0)
     }
 
+    /// Runs `frame` through `prog` and checks the verdict and that exactly one packet was
+    /// counted for `reason` on `slot`; `what` says what the case proves.
+    pub fn expect(
+        &mut self,
+        slot: u32,
+        prog: &str,
+        frame: &[u8],
+        want: u32,
+        reason: Reason,
+        what: &str,
+    ) {
+        let before = self.counter(slot, reason);
+        assert_eq!(self.run(prog, frame).0, want, "{what}: verdict");
+        assert_eq!(
+            self.counter(slot, reason),
+            before + 1,
+            "{what}: counted as {reason:?}"
+        );
+    }
+
     pub fn flow_count(&self) -> usize {
         self.dp.flows().unwrap().len()
     }

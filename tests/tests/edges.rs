@@ -105,14 +105,7 @@ type Case = (&'static str, &'static str, Vec<u8>, u32, Reason);
 fn run_table(h: &mut Harness, cases: Vec<Case>) {
     let slot = h.slot("client");
     for (what, prog, frame, want, reason) in cases {
-        let before = h.counter(slot, reason);
-        let (got, _) = h.run(prog, &frame);
-        assert_eq!(got, want, "{what}: verdict");
-        assert_eq!(
-            h.counter(slot, reason),
-            before + 1,
-            "{what}: counted as {reason:?}"
-        );
+        h.expect(slot, prog, &frame, want, reason, what);
     }
 }
 

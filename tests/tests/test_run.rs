@@ -260,10 +260,7 @@ fn pod_egress_rejects_spoofing_and_junk() {
         ("tagged by the pod", tagged, Reason::DropEthertype),
         ("arp", arp, Reason::DropEthertype),
     ] {
-        let before = h.counter(slot, reason);
-        let (ret, _) = h.run(POD_EGRESS, &frame);
-        assert_eq!(ret, TC_ACT_SHOT, "{name}");
-        assert_eq!(h.counter(slot, reason), before + 1, "{name}");
+        h.expect(slot, POD_EGRESS, &frame, TC_ACT_SHOT, reason, name);
     }
     assert_eq!(h.flow_count(), 0, "nothing dropped may create state");
 }
@@ -863,13 +860,7 @@ fn ipv6_extension_headers_and_fragments() {
         ),
     ];
     for (name, frame, want, reason) in cases {
-        let before = h.counter(slot, reason);
-        assert_eq!(h.run(POD_EGRESS, &frame).0, want, "{name}");
-        assert_eq!(
-            h.counter(slot, reason),
-            before + 1,
-            "{name}: counter {reason:?}"
-        );
+        h.expect(slot, POD_EGRESS, &frame, want, reason, name);
     }
 }
 
