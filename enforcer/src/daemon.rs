@@ -83,6 +83,11 @@ impl Daemon {
                 .source_errors
                 .push(format!("attaching to {ifname}: {e:#}"));
         }
+        // Links of interfaces that went away (a pod deleted while no daemon ran, or
+        // whose link this daemon never took over) would stay allocated by their pins.
+        for stale in self.dp.remove_stale_link_pins() {
+            info!("removed pinned link {stale}: its interface is gone");
+        }
         for pod in &p.pods {
             if let Some(e) = &pod.error {
                 warn!("pod {}/{} ({:?}): {e}", pod.namespace, pod.name, pod.state);
