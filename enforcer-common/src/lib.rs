@@ -23,8 +23,6 @@ pub mod map_names {
     pub const FLOW_SWEPT: &str = "FLOW_SWEPT";
     pub const COUNTERS: &str = "COUNTERS";
     pub const FRAGS: &str = "FRAGS";
-    pub const FABRIC_VLAN_BY_MAC: &str = "FABRIC_VLAN_BY_MAC";
-    pub const FABRIC_VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
     pub const ALL: [&str; 13] = [
         NODE_CONFIG,
         POD_BY_VLAN,
@@ -46,8 +44,7 @@ pub mod map_names {
 pub mod prog_names {
     pub const TRUNK_INGRESS: &str = "trunk_ingress";
     pub const POD_EGRESS: &str = "pod_egress";
-    pub const FABRIC_INGRESS: &str = "sim_fabric_ingress";
-    pub const FABRIC_EGRESS: &str = "sim_fabric_egress";
+    pub const ALL: [&str; 2] = [TRUNK_INGRESS, POD_EGRESS];
 }
 
 /// Capacities. Userspace refuses (with an error naming the pod) anything that would not

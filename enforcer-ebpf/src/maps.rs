@@ -59,15 +59,6 @@ pub static FRAGS: LruHashMap<FragKey, FragValue, { MAX_FRAGS as usize }> = LruHa
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counter, { COUNTER_ENTRIES as usize }> = PerCpuArray::new();
 
-/// Simulated VPC fabric only: frames received per VLAN id (proves which tag a pod's
-/// traffic carried on the wire).
-#[btf_map]
-pub static FABRIC_VLAN_SEEN: HashMap<u32, u64, 4096> = HashMap::new();
-
-/// Simulated VPC fabric only: which VLAN carries frames to a branch ENI's MAC.
-#[btf_map]
-pub static FABRIC_VLAN_BY_MAC: HashMap<[u8; 8], u32, 4096> = HashMap::new();
-
 /// Per-CPU scratch for the parsed packet (keeps it off the 512-byte stack).
 #[btf_map]
-pub static SCRATCH: PerCpuArray<crate::parse::Packet, 1> = PerCpuArray::new();
+pub static SCRATCH: PerCpuArray<enforcer_ebpf::parse::Packet, 1> = PerCpuArray::new();

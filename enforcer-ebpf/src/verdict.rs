@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, btf_maps::lpm_trie::Key, helpers::bpf_ktim
 use enforcer_common::*;
 
 use crate::maps::*;
-use crate::parse::*;
+use enforcer_ebpf::parse::*;
 
 /// `-EEXIST` from a map insert with `BPF_NOEXIST`.
 const EEXIST: i32 = -17;

@@ -34,7 +34,6 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo => enforcer::demo::run(),
         Command::Check { config, output } => {
             let cfg = Config::load(&config)?;
             let s = enforcer::daemon::dry_run(&cfg)?;

@@ -70,6 +70,20 @@ pub struct Harness {
     pub mem: Memory,
     pub cfg: Config,
     pub last: Option<Plan>,
+    /// The fabric's object, loaded on first use of [`Harness::time_floor`].
+    floor: Option<crate::fabric::Fabric>,
+}
+
+/// Mean ns per run of `p` over `repeat` runs of `frame`, and its verdict.
+fn time_of(p: &mut aya::programs::SchedClassifier, frame: &[u8], repeat: u32) -> (u32, f64) {
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    (r.return_value, r.duration.as_nanos() as f64)
 }
 
 impl Harness {
@@ -86,6 +100,7 @@ impl Harness {
             mem: Memory::default(),
             cfg,
             last: None,
+            floor: None,
         }
     }
 
@@ -151,15 +166,20 @@ impl Harness {
 
     /// Mean ns per run over `repeat` runs.
     pub fn time(&mut self, prog: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
-        let p = self.dp.program(prog).unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::new()
-            })
-            .unwrap();
-        (r.return_value, r.duration.as_nanos() as f64)
+        time_of(self.dp.program(prog).unwrap(), frame, repeat)
+    }
+
+    /// The same for the floor: a trivial TC program (the fabric's, its own object).
+    pub fn time_floor(&mut self, frame: &[u8], repeat: u32) -> (u32, f64) {
+        if self.floor.is_none() {
+            self.floor = Some(crate::fabric::Fabric::load_detached().expect("fabric object"));
+        }
+        let f = self.floor.as_mut().unwrap();
+        time_of(
+            f.program(crate::fabric::FLOOR_PROGRAM).unwrap(),
+            frame,
+            repeat,
+        )
     }
 
     pub fn counter(&self, pod_slot: u32, reason: Reason) -> u64 {

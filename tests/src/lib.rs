@@ -1,9 +1,13 @@
-//! Shared test types: crafted frames, a test_run harness over the real programs, and
-//! (in `enforcer::sim`) the simulated node used by the namespace tests.
+//! The test bed: crafted frames, a test_run harness over the real programs, the
+//! simulated node (network namespaces, the VPC fabric's own eBPF object), the demo and
+//! the benchmarks. None of it ships in the product.
+pub mod demo;
+pub mod fabric;
 pub mod frames;
 pub mod harness;
 pub mod net;
 pub mod realbench;
+pub mod sim;
 
 /// The enforcer binary the tests run (`PODSG_ENFORCER_BIN`, or the one built beside the
 /// test binary: `cargo xtask test` builds it first).
@@ -11,9 +15,14 @@ pub fn enforcer_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("PODSG_ENFORCER_BIN") {
         return p.into();
     }
-    // target/<profile>/deps/<test> -> target/<profile>/enforcer
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/enforcer
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("enforcer");
+    let beside = exe.parent().unwrap().join("enforcer");
+    let bin = if beside.exists() {
+        beside
+    } else {
+        exe.parent().unwrap().parent().unwrap().join("enforcer")
+    };
     assert!(
         bin.exists(),
         "{} missing: build it first (`cargo xtask test` does)",

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::sim::{in_netns, spawn_in_netns};
 use anyhow::{Context, Result};
-use enforcer::sim::{in_netns, spawn_in_netns};
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 

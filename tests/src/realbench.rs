@@ -6,12 +6,12 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::sim::{SimNode, in_netns, pods_yaml, sim_pod, write_config};
 use anyhow::{Context, Result};
-use enforcer::sim::{SimNode, in_netns, pods_yaml, sim_pod, write_config};
 
 /// Sum of (run_time_ns, run_cnt) per program name.
 pub fn prog_stats() -> Result<HashMap<String, (u64, u64)>> {
-    let out = enforcer::sim::sh(&["bpftool", "-j", "prog", "show"])?;
+    let out = crate::sim::sh(&["bpftool", "-j", "prog", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("bpftool -j prog show")?;
     let mut m: HashMap<String, (u64, u64)> = HashMap::new();
     for p in v.as_array().into_iter().flatten() {

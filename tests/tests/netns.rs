@@ -1,9 +1,9 @@
 //! Real traffic through the real daemon on a simulated node (network namespaces).
 use std::path::PathBuf;
 
-use enforcer::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
 use integration_tests::enforcer_bin;
 use integration_tests::net::*;
+use integration_tests::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
 
 const REMOTE: &[&str] = &["10.0.2.5", "fd00:10:2::5", "10.0.2.6", "fd00:10:2::6"];
 
@@ -406,7 +406,7 @@ fn bad_input_fails_only_its_pod_and_uninstall_detaches() {
     assert_eq!(v["maps"]["FLOWS"][1], enforcer_common::MAX_FLOWS);
 
     // Operators read the pinned maps with bpftool: BTF gives named fields.
-    let out = enforcer::sim::sh(&[
+    let out = integration_tests::sim::sh(&[
         "bpftool",
         "-j",
         "map",
@@ -568,7 +568,7 @@ fn host_veth_link_local(p: &SimPod) -> std::net::Ipv6Addr {
 
 /// One TCP echo from inside `ns` to a link-local address over the pod's eth0.
 fn tcp_echo_link_local(ns: &str, ip: std::net::Ipv6Addr, port: u16) -> bool {
-    enforcer::sim::in_netns(ns, move || {
+    integration_tests::sim::in_netns(ns, move || {
         let eth0 = std::ffi::CString::new("eth0").unwrap();
         // SAFETY: a valid NUL-terminated name; the call only reads it.
         let scope = unsafe { libc::if_nametoindex(eth0.as_ptr()) };
@@ -619,7 +619,7 @@ fn link_local_is_no_way_around_the_groups() {
 /// skb's linear area and the rest in page fragments (for frames over a page), as
 /// AF_PACKET TX rings and trafgen do.
 fn send_nonlinear(ns: &str, frame: Vec<u8>) -> Result<(), String> {
-    enforcer::sim::in_netns(ns, move || {
+    integration_tests::sim::in_netns(ns, move || {
         // SAFETY: plain socket calls on a descriptor this closure owns and closes; every
         // pointer passed is to a live local of the stated size.
         unsafe {
@@ -682,12 +682,13 @@ fn frames_with_headers_outside_the_linear_area_are_enforced() {
         (n.sim.node_ns.clone(), "trunk0".into()),
         (n.sim.fabric_ns.clone(), "fab0".into()),
     ] {
-        enforcer::sim::sh(&["ip", "-n", &ns, "link", "set", &dev, "mtu", "9000"]).unwrap();
+        integration_tests::sim::sh(&["ip", "-n", &ns, "link", "set", &dev, "mtu", "9000"]).unwrap();
     }
     let sink = |addr: &str| {
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         let ns = n.sim.fabric_ns.clone();
-        enforcer::sim::in_netns(&ns, move || std::net::UdpSocket::bind(addr).unwrap()).unwrap()
+        integration_tests::sim::in_netns(&ns, move || std::net::UdpSocket::bind(addr).unwrap())
+            .unwrap()
     };
     let allowed = sink("10.0.2.5:5353");
     let denied = sink("10.0.2.6:5353");
@@ -726,7 +727,7 @@ fn frames_with_headers_outside_the_linear_area_are_enforced() {
 /// Programs attached to `ifname`'s TCX ingress in `ns`: (id, name).
 fn tcx_programs(ns: &str, ifname: &str) -> Vec<(u32, String)> {
     let ifname = ifname.to_string();
-    enforcer::sim::in_netns(ns, move || {
+    integration_tests::sim::in_netns(ns, move || {
         let (_, progs) = aya::programs::SchedClassifier::query_tcx(
             &ifname,
             aya::programs::TcAttachType::Ingress,
@@ -745,7 +746,7 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     let mut n = node();
     // As on every Kubernetes node: were the programs gone, the node would route the
     // pods' denied traffic itself, untagged.
-    enforcer::sim::sh(&[
+    integration_tests::sim::sh(&[
         "ip",
         "netns",
         "exec",
@@ -800,7 +801,7 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     });
     let sink = {
         let ns = n.sim.fabric_ns.clone();
-        enforcer::sim::in_netns(&ns, || {
+        integration_tests::sim::in_netns(&ns, || {
             let s = std::net::UdpSocket::bind("10.0.2.6:5353").unwrap();
             s.set_nonblocking(true).unwrap();
             s
@@ -808,7 +809,7 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
         .unwrap()
     };
     let s = stop.clone();
-    let denied = enforcer::sim::spawn_in_netns(&web_ns, move || {
+    let denied = integration_tests::sim::spawn_in_netns(&web_ns, move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         let mut sent = 0u32;
         while !s.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1012,7 +1013,7 @@ fn a_pod_flooding_new_flows_cannot_starve_the_others() {
     let n = node_with("  flowsPerPod: 32\n");
     let _srv = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
     let web_ns = n.sim.pod_ns("web").to_string();
-    let opened = enforcer::sim::in_netns(&web_ns, || {
+    let opened = integration_tests::sim::in_netns(&web_ns, || {
         let addr: std::net::SocketAddr = "10.0.2.5:443".parse().unwrap();
         let conns: Vec<_> = (0..100)
             .map(|_| {

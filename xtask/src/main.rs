@@ -172,8 +172,19 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup()?;
+            // The demo (test bed) drives the real daemon binary, built beside it.
             run(Command::new("cargo")
-                .args(["run", "--release", "-p", "enforcer", "--", "demo"])
+                .args(["build", "--release", "-p", "enforcer"])
+                .current_dir(root()))?;
+            run(Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "integration-tests",
+                    "--bin",
+                    "demo",
+                ])
                 .current_dir(root()))
         }
         Task::Bench => {

@@ -59,6 +59,4 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Replay the security-groups-for-pods tutorial on a simulated node.
-    Demo,
 }

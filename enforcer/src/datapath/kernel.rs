@@ -184,12 +184,7 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .context("loading the eBPF object into the kernel (are we root, with BPF enabled?)")?;
-        for name in [
-            prog_names::TRUNK_INGRESS,
-            prog_names::POD_EGRESS,
-            prog_names::FABRIC_INGRESS,
-            prog_names::FABRIC_EGRESS,
-        ] {
+        for name in prog_names::ALL {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -625,7 +620,7 @@ fn check_layout(name: &str, path: &Path) -> Result<()> {
 }
 
 /// (key size, value size, capacity) of each pinned map, as the programs declare them.
-fn map_layout(name: &str) -> Option<(u32, u32, u32)> {
+pub fn map_layout(name: &str) -> Option<(u32, u32, u32)> {
     use std::mem::size_of;
     let s = |n: usize| n as u32;
     Some(match name {

@@ -62,7 +62,6 @@ const SINGLE_RUNS: usize = 4000;
 /// ingress on an untagged frame: parse the Ethernet header, pass) timed one run per call
 /// minus the same timed with `repeat`.
 fn single_run_overhead(h: &mut Harness) -> f64 {
-    use enforcer_common::prog_names::FABRIC_INGRESS;
     let f = Frame::new(
         CLIENT.mac,
         HOST_MAC,
@@ -74,18 +73,11 @@ fn single_run_overhead(h: &mut Harness) -> f64 {
     let single = median(
         (0..ROUNDS)
             .map(|_| {
-                (0..SINGLE_RUNS)
-                    .map(|_| h.time(FABRIC_INGRESS, &f, 1).1)
-                    .sum::<f64>()
-                    / SINGLE_RUNS as f64
+                (0..SINGLE_RUNS).map(|_| h.time_floor(&f, 1).1).sum::<f64>() / SINGLE_RUNS as f64
             })
             .collect(),
     );
-    let repeated = median(
-        (0..ROUNDS)
-            .map(|_| h.time(FABRIC_INGRESS, &f, REPEAT).1)
-            .collect(),
-    );
+    let repeated = median((0..ROUNDS).map(|_| h.time_floor(&f, REPEAT).1).collect());
     eprintln!(
         "calibration: trivial program {repeated:.1} ns with repeat, {single:.1} ns one run per call"
     );

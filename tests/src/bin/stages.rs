@@ -1,6 +1,6 @@
 //! Where the time goes: frames that leave the pod program at successive stages (all
 //! drops, so test_run `repeat` re-runs an unmodified packet and the figure is exact).
-use enforcer_common::prog_names::{FABRIC_INGRESS, POD_EGRESS, TRUNK_INGRESS};
+use enforcer_common::prog_names::{POD_EGRESS, TRUNK_INGRESS};
 use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
 
@@ -26,11 +26,6 @@ fn main() {
         .bytes()
     };
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
-        (
-            "trivial program (fabric, untagged)",
-            FABRIC_INGRESS,
-            syn(CLIENT.ipv4, "10.0.2.5", CLIENT.mac, 443),
-        ),
         (
             "trunk: unknown VLAN",
             TRUNK_INGRESS,
@@ -65,6 +60,13 @@ fn main() {
             syn(CLIENT.ipv4, "10.0.2.5", CLIENT.mac, 22),
         ),
     ];
+    let floor = syn(CLIENT.ipv4, "10.0.2.5", CLIENT.mac, 443);
+    let mut v: Vec<f64> = (0..7).map(|_| h.time_floor(&floor, 200_000).1).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "{:<45} {:>6.1} ns",
+        "trivial program (fabric, untagged)", v[3]
+    );
     for (name, prog, frame) in cases {
         println!("{name:<45} {:>6.1} ns", median_ns(&mut h, prog, &frame));
     }

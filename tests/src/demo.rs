@@ -113,7 +113,7 @@ fn python() -> &'static str {
 }
 
 pub fn run() -> Result<()> {
-    let bin = std::env::current_exe().context("locating the enforcer binary")?;
+    let bin = crate::enforcer_bin();
     let apps: Vec<SimPod> = (0..4)
         .map(|i| sim_pod(NS, &format!("my-deployment-{i}"), i + 1))
         .collect();

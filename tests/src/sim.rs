@@ -18,12 +18,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::HashMap as BpfHashMap;
-use aya::programs::TcAttachType;
-use enforcer_common::{map_names, prog_names};
+use enforcer::config::host_veth_name;
+use enforcer_common::map_names;
 
-use crate::config::host_veth_name;
-use crate::datapath::kernel::Datapath;
+use crate::fabric::Fabric;
 
 /// The simulated CNI names host interfaces as the AWS VPC CNI does (and as the daemon's
 /// default `hostVethPrefix` expects).
@@ -155,7 +153,7 @@ fn remove_leftovers() {
         let _ = sh(&["ip", "netns", "del", ns]);
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         let pins = PathBuf::from(format!("/sys/fs/bpf/podsg-{prefix}"));
-        let _ = crate::datapath::links::uninstall(&pins, &map_names::ALL);
+        let _ = enforcer::datapath::links::uninstall(&pins, &map_names::ALL);
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("podsg-{prefix}")));
     }
 }
@@ -168,7 +166,7 @@ pub struct SimNode {
     pub workdir: PathBuf,
     pub bpffs_dir: PathBuf,
     namespaces: Vec<String>,
-    fabric_dp: Option<Datapath>,
+    fabric: Option<Fabric>,
     daemon: Option<Child>,
     children: Vec<Child>,
 }
@@ -198,7 +196,7 @@ impl SimNode {
             pods: Vec::new(),
             workdir,
             namespaces: Vec::new(),
-            fabric_dp: None,
+            fabric: None,
             daemon: None,
             children: Vec::new(),
         };
@@ -285,32 +283,15 @@ impl SimNode {
                 )?;
             }
             vlan_by_mac.insert(
-                crate::sources::kube::parse_mac(&p.mac).context("pod mac")?,
+                enforcer::sources::kube::parse_mac(&p.mac).context("pod mac")?,
                 p.vlan,
             );
             self.pods.push((p.clone(), pns));
         }
 
         // The fabric's tagging programs, loaded from inside its namespace.
-        let dp = in_netns(&fab, move || -> Result<Datapath> {
-            let mut dp = Datapath::load(None)?;
-            {
-                let mut m: BpfHashMap<_, [u8; 8], u32> = BpfHashMap::try_from(
-                    dp.ebpf().map_mut(map_names::FABRIC_VLAN_BY_MAC).unwrap(),
-                )?;
-                for (mac, vlan) in &vlan_by_mac {
-                    let mut k = [0u8; 8];
-                    k[..6].copy_from_slice(mac);
-                    m.insert(k, *vlan as u32, 0)?;
-                }
-            }
-            dp.program(prog_names::FABRIC_INGRESS)?
-                .attach("fab0", TcAttachType::Ingress)?;
-            dp.program(prog_names::FABRIC_EGRESS)?
-                .attach("fab0", TcAttachType::Egress)?;
-            Ok(dp)
-        })??;
-        self.fabric_dp = Some(dp);
+        let fabric = in_netns(&fab, move || Fabric::attach("fab0", &vlan_by_mac))??;
+        self.fabric = Some(fabric);
         Ok(())
     }
 
@@ -394,8 +375,8 @@ impl SimNode {
         self.workdir.join("state")
     }
 
-    pub fn status(&self) -> Result<crate::status::NodeStatus> {
-        crate::daemon::read_status(&self.state_dir())
+    pub fn status(&self) -> Result<enforcer::status::NodeStatus> {
+        enforcer::daemon::read_status(&self.state_dir())
     }
 
     /// Waits (at most 20 s) until the daemon has applied generation `g` or later.
@@ -455,22 +436,13 @@ impl SimNode {
         let mut child = self.daemon.take().context("daemon not running")?;
         child.kill()?;
         child.wait()?;
-        let _ = std::fs::remove_file(self.state_dir().join(crate::status::STATUS_FILE));
+        let _ = std::fs::remove_file(self.state_dir().join(enforcer::status::STATUS_FILE));
         Ok(())
     }
 
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
-        let Some(dp) = self.fabric_dp.as_ref() else {
-            return 0;
-        };
-        let Some(map) = dp.map(map_names::FABRIC_VLAN_SEEN) else {
-            return 0;
-        };
-        let Ok(m) = aya::maps::HashMap::<_, u32, u64>::try_from(map) else {
-            return 0;
-        };
-        m.get(&(vlan as u32), 0).unwrap_or(0)
+        self.fabric.as_ref().map_or(0, |f| f.frames_on_vlan(vlan))
     }
 
     /// Gives a namespace its own resolv.conf (`ip netns exec` bind-mounts
@@ -544,13 +516,13 @@ impl Drop for SimNode {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.fabric_dp = None;
+        self.fabric = None;
         for ns in self.namespaces.iter().rev() {
             let _ = sh(&["ip", "netns", "del", ns]);
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         }
         // A stopped daemon leaves its datapath pinned (and enforcing): remove it.
-        let _ = crate::datapath::links::uninstall(&self.bpffs_dir, &map_names::ALL);
+        let _ = enforcer::datapath::links::uninstall(&self.bpffs_dir, &map_names::ALL);
         if std::env::var_os("PODSG_KEEP_SIM_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.workdir);
         }

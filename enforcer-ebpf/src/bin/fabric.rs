@@ -1,12 +1,25 @@
 //! The simulated VPC fabric's side of the trunk (test and demo infrastructure, not the
 //! product): it tags frames toward a branch ENI with that ENI's VLAN and untags frames
 //! coming from the trunk, which a VPC does in hardware.
-use aya_ebpf::{
-    bindings::TC_ACT_OK, helpers::bpf_skb_vlan_pop, macros::classifier, programs::TcContext,
-};
+#![no_std]
+#![no_main]
 
-use crate::maps::{FABRIC_VLAN_BY_MAC, FABRIC_VLAN_SEEN};
-use crate::parse::parse_l2;
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    btf_maps::HashMap,
+    helpers::bpf_skb_vlan_pop,
+    macros::{btf_map, classifier},
+    programs::TcContext,
+};
+use enforcer_ebpf::{parse::parse_l2, rewrite::push_tag};
+
+/// Frames received per VLAN id (proves which tag a pod's traffic carried on the wire).
+#[btf_map]
+static FABRIC_VLAN_SEEN: HashMap<u32, u64, 4096> = HashMap::new();
+
+/// Which VLAN carries frames to a branch ENI's MAC.
+#[btf_map]
+static FABRIC_VLAN_BY_MAC: HashMap<[u8; 8], u32, 4096> = HashMap::new();
 
 #[classifier]
 pub fn sim_fabric_egress(ctx: TcContext) -> i32 {
@@ -23,10 +36,11 @@ pub fn sim_fabric_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     let key = [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], 0, 0];
+    // SAFETY: a hash value stays valid for the program's run (RCU).
     let Some(vlan) = (unsafe { FABRIC_VLAN_BY_MAC.get(key) }) else {
         return TC_ACT_OK;
     };
-    let _ = crate::push_tag(&ctx, *vlan as u16, &dst, &src);
+    let _ = push_tag(&ctx, *vlan as u16, &dst, &src);
     TC_ACT_OK
 }
 
@@ -37,12 +51,25 @@ pub fn sim_fabric_ingress(ctx: TcContext) -> i32 {
     {
         let key = vlan as u32;
         match FABRIC_VLAN_SEEN.get_ptr_mut(key) {
+            // SAFETY: a valid map value for the program's run; a lost increment under
+            // a race only undercounts a test statistic.
             Some(n) => unsafe { *n += 1 },
             None => {
                 let _ = FABRIC_VLAN_SEEN.insert(key, 1u64, 0);
             }
         }
+        // SAFETY: the helper takes the program's own skb.
         unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
     }
     TC_ACT_OK
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,85 @@
+//! The simulated VPC fabric's programs: their own eBPF object (built beside the
+//! product's by `enforcer/build.rs`, never embedded in the daemon). On the fabric's end
+//! of the trunk they tag frames toward each branch ENI with its VLAN and untag (and
+//! count) frames coming from the trunk, as a VPC does in hardware.
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aya::maps::HashMap as BpfHashMap;
+use aya::programs::{SchedClassifier, TcAttachType};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/ebpf/bpfel-unknown-none/release/fabric"
+));
+
+pub const PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("sim_fabric_ingress", TcAttachType::Ingress),
+    ("sim_fabric_egress", TcAttachType::Egress),
+];
+pub const MAPS: [&str; 2] = [VLAN_BY_MAC, VLAN_SEEN];
+const VLAN_BY_MAC: &str = "FABRIC_VLAN_BY_MAC";
+const VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
+
+/// The floor the benchmarks measure against: on an untagged frame it parses the
+/// Ethernet header and passes (a trivial TC program).
+pub const FLOOR_PROGRAM: &str = "sim_fabric_ingress";
+
+pub struct Fabric {
+    ebpf: aya::Ebpf,
+}
+
+impl Fabric {
+    /// Loads the fabric's programs without attaching them (for test_run floors).
+    pub fn load_detached() -> Result<Fabric> {
+        let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
+        for (name, _) in PROGRAMS {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
+        Ok(Fabric { ebpf })
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .context(name.to_string())?
+            .try_into()?)
+    }
+
+    /// Loads the fabric's programs and attaches them to `dev` (in the caller's
+    /// namespace); `vlan_by_mac` says which VLAN carries frames to which branch ENI.
+    pub fn attach(dev: &str, vlan_by_mac: &BTreeMap<[u8; 6], u16>) -> Result<Fabric> {
+        let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
+        {
+            let mut m: BpfHashMap<_, [u8; 8], u32> =
+                BpfHashMap::try_from(ebpf.map_mut(VLAN_BY_MAC).context(VLAN_BY_MAC)?)?;
+            for (mac, vlan) in vlan_by_mac {
+                let mut k = [0u8; 8];
+                k[..6].copy_from_slice(mac);
+                m.insert(k, *vlan as u32, 0)?;
+            }
+        }
+        for (name, hook) in PROGRAMS {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+            p.attach(dev, hook)
+                .with_context(|| format!("attaching {name} to {dev}"))?;
+        }
+        Ok(Fabric { ebpf })
+    }
+
+    /// How many frames the fabric received from the trunk tagged with `vlan`.
+    pub fn frames_on_vlan(&self, vlan: u16) -> u64 {
+        let Some(map) = self.ebpf.map(VLAN_SEEN) else {
+            return 0;
+        };
+        let Ok(m) = BpfHashMap::<_, u32, u64>::try_from(map) else {
+            return 0;
+        };
+        m.get(&(vlan as u32), 0).unwrap_or(0)
+    }
+}

@@ -1,0 +1,51 @@
+//! The object the daemon ships: exactly the product's programs and maps (the simulated
+//! fabric is its own object), each pinned map with the layout the loader checks a
+//! previous daemon's pins against.
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use enforcer::datapath::kernel::{Datapath, map_layout};
+use enforcer_common::{map_names, prog_names};
+
+/// A pin directory of this test only, removed also when the test fails.
+struct Pins(PathBuf);
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = enforcer::datapath::links::uninstall(&self.0, &map_names::ALL);
+    }
+}
+
+#[test]
+fn the_shipped_object_holds_the_product_and_nothing_else() {
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/podsg-object-{}",
+        std::process::id()
+    )));
+    let mut dp = Datapath::load(Some(&pins.0)).expect("load the product object");
+    let progs: BTreeSet<String> = dp.ebpf().programs().map(|(n, _)| n.to_string()).collect();
+    let want: BTreeSet<String> = prog_names::ALL.iter().map(|n| n.to_string()).collect();
+    assert_eq!(progs, want, "programs in the shipped object");
+
+    let maps: BTreeSet<String> = dp.ebpf().maps().map(|(n, _)| n.to_string()).collect();
+    let pinned: BTreeSet<String> = map_names::ALL.iter().map(|n| n.to_string()).collect();
+    let unpinned: Vec<&String> = maps
+        .difference(&pinned)
+        .filter(|n| !n.starts_with(".rodata"))
+        .collect();
+    // The per-CPU parse scratch and aya-log's ring buffer (and the compiler's constant
+    // sections): process-local, never pinned.
+    assert_eq!(
+        unpinned,
+        ["AYA_LOGS", "SCRATCH"],
+        "maps not in the pinned table"
+    );
+    assert!(pinned.is_subset(&maps), "every pinned map is in the object");
+    for name in map_names::ALL {
+        let info = aya::maps::MapInfo::from_pin(pins.0.join(name)).unwrap();
+        assert_eq!(
+            Some((info.key_size(), info.value_size(), info.max_entries())),
+            map_layout(name),
+            "{name}: the loaded map's layout is the one pins are checked against"
+        );
+    }
+}
