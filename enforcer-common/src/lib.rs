@@ -7,6 +7,12 @@
 //! order does not matter to the LPM tries).
 #![no_std]
 
+pub mod flow;
+pub use flow::{
+    FLOW_ICMP, FLOW_OTHER, FLOW_STATES, FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FLOW_TCP_SYN,
+    FLOW_UDP, FLOW_UDP_STREAM,
+};
+
 /// Pinned names of the maps, used by the loader and by operators (`bpftool map dump
 /// pinned /sys/fs/bpf/podsg/<name>`).
 pub mod map_names {
@@ -126,8 +132,6 @@ pub struct NodeConfig {
     pub syn_pressure_timeout_ns: u64,
 }
 
-pub const FLOW_STATES: usize = 8;
-
 /// LPM key data for a remote IPv4 prefix under a policy scope.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -230,14 +234,6 @@ pub struct FragValue {
 pub const MAX_FRAGS: u32 = 16384;
 /// How long later fragments follow their first (Linux reassembly waits 30 s too).
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
-
-pub const FLOW_TCP_SYN: u8 = 0;
-pub const FLOW_TCP_ESTABLISHED: u8 = 1;
-pub const FLOW_TCP_CLOSING: u8 = 2;
-pub const FLOW_UDP: u8 = 3;
-pub const FLOW_UDP_STREAM: u8 = 4;
-pub const FLOW_ICMP: u8 = 5;
-pub const FLOW_OTHER: u8 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

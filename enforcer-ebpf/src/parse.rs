@@ -77,11 +77,6 @@ pub struct Packet {
     pub inner_ok: u8,
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, ParseError> {
     let start = ctx.data();

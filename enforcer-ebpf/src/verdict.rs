@@ -2,6 +2,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_coarse_ns};
+use enforcer_common::flow::{idle_limit, initial_state, next_state, timeout_ns};
 use enforcer_common::*;
 
 use crate::maps::*;
@@ -77,50 +78,6 @@ fn normalise_ports(k: &mut FlowKey) {
     }
 }
 
-#[inline(always)]
-fn timeout_ns(cfg: &NodeConfig, state: u8) -> u64 {
-    cfg.timeouts_ns[(state as usize) & (FLOW_STATES - 1)]
-}
-
-#[inline(always)]
-fn initial_state(pkt: &Packet) -> u8 {
-    match pkt.outer.proto {
-        PROTO_TCP => {
-            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                FLOW_TCP_CLOSING
-            } else if pkt.tcp_flags & TCP_SYN != 0 && pkt.tcp_flags & TCP_ACK == 0 {
-                FLOW_TCP_SYN
-            } else {
-                // Picked up mid-stream (e.g. after the table was swept): allowed by policy
-                // now, so track it as established.
-                FLOW_TCP_ESTABLISHED
-            }
-        }
-        PROTO_UDP => FLOW_UDP,
-        PROTO_ICMP | PROTO_ICMPV6 => FLOW_ICMP,
-        _ => FLOW_OTHER,
-    }
-}
-
-/// State after a packet of an existing flow.
-#[inline(always)]
-fn next_state(v: &FlowValue, pkt: &Packet, dir: u32) -> u8 {
-    let reply = dir != v.origin_dir as u32;
-    match v.state {
-        FLOW_TCP_SYN | FLOW_TCP_ESTABLISHED => {
-            if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                FLOW_TCP_CLOSING
-            } else if reply {
-                FLOW_TCP_ESTABLISHED
-            } else {
-                v.state
-            }
-        }
-        FLOW_UDP if reply => FLOW_UDP_STREAM,
-        s => s,
-    }
-}
-
 /// Live flow entries of a pod slot (see `FLOW_SWEPT`).
 #[inline(always)]
 fn flows_of(slot: u32) -> u64 {
@@ -149,20 +106,6 @@ fn remove_flow(key: &FlowKey, slot: u32) {
     }
 }
 
-/// How long an entry may stay idle. Half-open TCP entries of a pod holding more than
-/// half its share get the short pressure timeout, so a SYN flood ages out fast.
-#[inline(always)]
-fn idle_limit(cfg: &NodeConfig, v: &FlowValue) -> u64 {
-    let t = timeout_ns(cfg, v.state);
-    if v.state == FLOW_TCP_SYN
-        && cfg.syn_pressure_timeout_ns < t
-        && flows_of(v.slot) * 2 > cfg.flows_per_pod as u64
-    {
-        return cfg.syn_pressure_timeout_ns;
-    }
-    t
-}
-
 /// Looks the flow up; refreshes it on a hit, removes it when it has gone idle.
 #[inline(always)]
 fn flow_hit(
@@ -179,7 +122,7 @@ fn flow_hit(
     // SAFETY: a hash value pointer stays valid for the program's run (RCU).
     let v = unsafe { &mut *v };
     let age = now.saturating_sub(v.last_seen_ns);
-    if age > idle_limit(cfg, v) || v.slot != pod.slot {
+    if age > idle_limit(cfg, v.state, flows_of(v.slot)) || v.slot != pod.slot {
         // Idle, or left by a deleted pod whose address this pod now has.
         remove_flow(key, v.slot);
         return false;
@@ -191,7 +134,7 @@ fn flow_hit(
     {
         return false;
     }
-    let state = next_state(v, pkt, dir);
+    let state = next_state(v.state, pkt.tcp_flags, dir != v.origin_dir as u32);
     if state != v.state || age > REFRESH_NS {
         v.state = state;
         v.last_seen_ns = now;
@@ -357,7 +300,7 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
     let v = FlowValue {
         last_seen_ns: now,
         cookie,
-        state: initial_state(pkt),
+        state: initial_state(pkt.outer.proto, pkt.tcp_flags),
         origin_dir: dir as u8,
         seen_reply: 0,
         _pad: 0,

@@ -462,11 +462,8 @@ impl Datapath {
             .flows()?
             .into_iter()
             .filter(|(k, v)| {
-                let mut timeout = cfg.timeouts_ns[v.state as usize & (FLOW_STATES - 1)];
                 let live = counts.get(v.slot as usize).copied().unwrap_or(0);
-                if v.state == FLOW_TCP_SYN && live * 2 > cfg.flows_per_pod as u64 {
-                    timeout = timeout.min(cfg.syn_pressure_timeout_ns);
-                }
+                let timeout = enforcer_common::flow::idle_limit(cfg, v.state, live);
                 now.saturating_sub(v.last_seen_ns) > timeout
                     || !owned.get(&v.slot).is_some_and(|a| a.contains(&k.local))
             })
