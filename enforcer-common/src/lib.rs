@@ -14,7 +14,7 @@ pub use flow::{
 };
 
 /// Pinned names of the maps, used by the loader and by operators (`bpftool map dump
-/// pinned /sys/fs/bpf/podsg/<name>`).
+/// pinned /sys/fs/bpf/podsg/<name>`). The layouts are in [`maps::MAPS`].
 pub mod map_names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const POD_BY_VLAN: &str = "POD_BY_VLAN";
@@ -27,24 +27,13 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     pub const FLOW_COUNT: &str = "FLOW_COUNT";
     pub const FLOW_SWEPT: &str = "FLOW_SWEPT";
-    pub const COUNTERS: &str = "COUNTERS";
     pub const FRAGS: &str = "FRAGS";
-    pub const ALL: [&str; 13] = [
-        NODE_CONFIG,
-        POD_BY_VLAN,
-        POD_BY_IFINDEX,
-        PEER_V4,
-        PEER_V6,
-        PORT_RULES,
-        ALWAYS_V4,
-        ALWAYS_V6,
-        FLOWS,
-        FLOW_COUNT,
-        FLOW_SWEPT,
-        FRAGS,
-        COUNTERS,
-    ];
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Every pinned map, in the table's order.
+    pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }
+
+pub mod maps;
 
 /// Program names as they appear in the object file.
 pub mod prog_names {

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use enforcer::datapath::kernel::{Datapath, map_layout};
-use enforcer_common::{map_names, prog_names};
+use enforcer::datapath::kernel::Datapath;
+use enforcer_common::{map_names, maps::MAPS, prog_names};
 
 /// A pin directory of this test only, removed also when the test fails.
 struct Pins(PathBuf);
@@ -40,12 +40,23 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
         "maps not in the pinned table"
     );
     assert!(pinned.is_subset(&maps), "every pinned map is in the object");
-    for name in map_names::ALL {
-        let info = aya::maps::MapInfo::from_pin(pins.0.join(name)).unwrap();
+    for spec in MAPS {
+        let info = aya::maps::MapInfo::from_pin(pins.0.join(spec.name)).unwrap();
         assert_eq!(
-            Some((info.key_size(), info.value_size(), info.max_entries())),
-            map_layout(name),
-            "{name}: the loaded map's layout is the one pins are checked against"
+            (
+                info.map_type().unwrap() as u32,
+                info.key_size(),
+                info.value_size(),
+                info.max_entries()
+            ),
+            (
+                spec.kind as u32,
+                spec.key_size,
+                spec.value_size,
+                spec.capacity
+            ),
+            "{}: the loaded map is the table's row",
+            spec.name
         );
     }
 }

@@ -568,17 +568,20 @@ impl Datapath {
     pub fn fill_levels(&self, flows: usize) -> std::collections::BTreeMap<String, [usize; 2]> {
         let c = &self.current;
         [
-            (map_names::POD_BY_VLAN, c.pods_by_vlan.len(), MAX_PODS),
-            (map_names::POD_BY_IFINDEX, c.pods_by_ifindex.len(), MAX_PODS),
-            (map_names::PEER_V4, c.peers_v4.len(), MAX_PEER_ENTRIES),
-            (map_names::PEER_V6, c.peers_v6.len(), MAX_PEER_ENTRIES),
-            (map_names::PORT_RULES, c.ports.len(), MAX_PORT_ENTRIES),
-            (map_names::ALWAYS_V4, c.always_v4.len(), MAX_ALWAYS_ENTRIES),
-            (map_names::ALWAYS_V6, c.always_v6.len(), MAX_ALWAYS_ENTRIES),
-            (map_names::FLOWS, flows, MAX_FLOWS),
+            (map_names::POD_BY_VLAN, c.pods_by_vlan.len()),
+            (map_names::POD_BY_IFINDEX, c.pods_by_ifindex.len()),
+            (map_names::PEER_V4, c.peers_v4.len()),
+            (map_names::PEER_V6, c.peers_v6.len()),
+            (map_names::PORT_RULES, c.ports.len()),
+            (map_names::ALWAYS_V4, c.always_v4.len()),
+            (map_names::ALWAYS_V6, c.always_v6.len()),
+            (map_names::FLOWS, flows),
         ]
         .into_iter()
-        .map(|(n, used, cap)| (n.to_string(), [used, cap as usize]))
+        .map(|(n, used)| {
+            let cap = enforcer_common::maps::spec_of(n).map_or(0, |s| s.capacity);
+            (n.to_string(), [used, cap as usize])
+        })
         .collect()
     }
 
@@ -601,61 +604,22 @@ impl Datapath {
 fn check_layout(name: &str, path: &Path) -> Result<()> {
     let info = aya::maps::MapInfo::from_pin(path)
         .with_context(|| format!("reading pinned map {}", path.display()))?;
-    let Some((key, value, max)) = map_layout(name) else {
+    let Some(spec) = enforcer_common::maps::spec_of(name) else {
         return Ok(());
     };
     let have = (info.key_size(), info.value_size(), info.max_entries());
-    if have != (key, value, max) {
+    let want = (spec.key_size, spec.value_size, spec.capacity);
+    if have != want {
         anyhow::bail!(
-            "pinned map {} has key/value size and capacity {:?}, this build needs {:?}:              it belongs to another podsg version, which stays attached and enforcing.              Upgrade in place is not supported by this version: run `enforcer uninstall`              (which detaches enforcement) and start this daemon again",
+            "pinned map {} has key/value size and capacity {have:?}, this build (layout \
+             version {}) needs {want:?}: it belongs to another podsg version, which stays \
+             attached and enforcing. Upgrade in place is not supported by this version: \
+             run `enforcer uninstall` (which detaches enforcement) and start this daemon again",
             path.display(),
-            have,
-            (key, value, max)
+            enforcer_common::maps::LAYOUT_VERSION,
         );
     }
     Ok(())
-}
-
-/// (key size, value size, capacity) of each pinned map, as the programs declare them.
-pub fn map_layout(name: &str) -> Option<(u32, u32, u32)> {
-    use std::mem::size_of;
-    let s = |n: usize| n as u32;
-    Some(match name {
-        map_names::NODE_CONFIG => (4, s(size_of::<NodeConfig>()), 1),
-        map_names::POD_BY_VLAN | map_names::POD_BY_IFINDEX => {
-            (4, s(size_of::<PodInfo>()), MAX_PODS)
-        }
-        map_names::PEER_V4 => (
-            s(4 + size_of::<PeerKeyV4>()),
-            s(size_of::<PeerClass>()),
-            MAX_PEER_ENTRIES,
-        ),
-        map_names::PEER_V6 => (
-            s(4 + size_of::<PeerKeyV6>()),
-            s(size_of::<PeerClass>()),
-            MAX_PEER_ENTRIES,
-        ),
-        map_names::PORT_RULES => (
-            s(4 + size_of::<PortKey>()),
-            s(size_of::<PortRule>()),
-            MAX_PORT_ENTRIES,
-        ),
-        map_names::ALWAYS_V4 => (8, s(size_of::<AlwaysAllow>()), MAX_ALWAYS_ENTRIES),
-        map_names::ALWAYS_V6 => (20, s(size_of::<AlwaysAllow>()), MAX_ALWAYS_ENTRIES),
-        map_names::FLOWS => (
-            s(size_of::<FlowKey>()),
-            s(size_of::<FlowValue>()),
-            MAX_FLOWS,
-        ),
-        map_names::FLOW_COUNT | map_names::FLOW_SWEPT => (4, 8, MAX_PODS),
-        map_names::FRAGS => (
-            s(size_of::<FragKey>()),
-            s(size_of::<FragValue>()),
-            MAX_FRAGS,
-        ),
-        map_names::COUNTERS => (4, s(size_of::<Counter>()), COUNTER_ENTRIES),
-        _ => return None,
-    })
 }
 
 /// The kernel's node settings from the config and the trunk's interface index.
