@@ -11,8 +11,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::datapath::kernel::{Datapath, kernel_node_config};
+use crate::engine::{self, Recorder};
 use crate::netdev;
-use crate::plan::{Memory, plan};
+use crate::plan::Memory;
 use crate::sources::files;
 use crate::status::{NodeStatus, PodState, STATUS_FILE};
 
@@ -49,23 +50,20 @@ impl Daemon {
         self.status
             .source_errors
             .extend(self.config_error.iter().cloned());
-        let snap = loaded.snapshot;
-        let p = plan(&self.cfg, &snap, &mut self.mem, &netdev::lookup);
-        // Before the maps change: the file then knows every id the kernel may hold.
-        self.save_memory();
-        for s in &p.new_slots {
-            if let Err(e) = self.dp.zero_counters(*s) {
-                warn!("zeroing counters of slot {s}: {e:#}");
-            }
+        let state_dir = self.cfg.state_dir.clone();
+        let applied = engine::apply(
+            &self.cfg,
+            &loaded.snapshot,
+            &mut self.mem,
+            &netdev::lookup,
+            &mut self.dp,
+            &mut |m| save_memory(m, &state_dir),
+        );
+        for e in &applied.errors {
+            error!("{e}");
         }
-        if let Err(e) = self.dp.apply(p.state.clone()) {
-            error!("writing maps: {e:#}");
-            self.status
-                .source_errors
-                .push(format!("writing maps: {e:#}"));
-        }
-        self.mem.ids.retain(&p.state);
-        self.save_memory();
+        self.status.source_errors.extend(applied.errors);
+        let p = applied.plan;
         let gone = self
             .status
             .pods
@@ -76,12 +74,6 @@ impl Daemon {
             if let Err(e) = self.dp.sweep_flows(&self.node) {
                 warn!("removing flows of deleted pods: {e:#}");
             }
-        }
-        for (ifname, e) in self.dp.sync_pod_links(&p.interfaces) {
-            error!("attaching to {ifname}: {e:#}");
-            self.status
-                .source_errors
-                .push(format!("attaching to {ifname}: {e:#}"));
         }
         // Links of interfaces that went away (a pod deleted while no daemon ran, or
         // whose link this daemon never took over) would stay allocated by their pins.
@@ -113,12 +105,6 @@ impl Daemon {
             Ok(n) if n > 0 => info!("swept {n} idle flows"),
             Ok(_) => {}
             Err(e) => warn!("sweeping flows: {e:#}"),
-        }
-    }
-
-    fn save_memory(&self) {
-        if let Err(e) = self.mem.save(&self.cfg.state_dir) {
-            warn!("{e} (a restart would not know this daemon's ids, modes and slots)");
         }
     }
 
@@ -160,6 +146,12 @@ impl Daemon {
         }
         self.config_error = None;
         self.apply();
+    }
+}
+
+fn save_memory(mem: &Memory, state_dir: &Path) {
+    if let Err(e) = mem.save(state_dir) {
+        warn!("{e} (a restart would not know this daemon's ids, modes and slots)");
     }
 }
 
@@ -298,14 +290,22 @@ pub async fn run(config_path: &Path) -> Result<()> {
 /// are still looked up, so pods whose interface is missing show as pending).
 pub fn dry_run(cfg: &Config) -> Result<NodeStatus> {
     let loaded = files::load(cfg);
-    let p = plan(
+    let mut recorder = Recorder::default();
+    let applied = engine::apply(
         cfg,
         &loaded.snapshot,
         &mut Memory::default(),
         &netdev::lookup,
+        &mut recorder,
+        &mut |_| {},
     );
+    let p = applied.plan;
     Ok(NodeStatus {
         source_errors: loaded.errors,
+        maps: recorder
+            .written
+            .map(|s| s.fill_levels(0))
+            .unwrap_or_default(),
         trunk_interface: cfg.node.trunk_interface.clone(),
         default_mode: Some(cfg.mode()),
         always_allowed: cfg.always_allowed().iter().map(|n| n.to_string()).collect(),

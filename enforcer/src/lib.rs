@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod engine;
 pub mod memory;
 pub mod netdev;
 pub mod plan;

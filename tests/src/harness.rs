@@ -4,7 +4,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use enforcer::config::Config;
 use enforcer::datapath::kernel::{Datapath, kernel_node_config};
 use enforcer::netdev::Iface;
-use enforcer::plan::{Memory, Plan, plan};
+use enforcer::plan::{Memory, Plan};
 use enforcer::policy::model::GroupCatalog;
 use enforcer::sources::{ec2, files::Snapshot, kube::KubeObjects};
 use enforcer_common::Reason;
@@ -116,7 +116,7 @@ impl Harness {
         // The client pod sits on lo (test_run runs skbs there); the others get made-up
         // interfaces, numbered in order of appearance (test_run never delivers to them).
         let others = std::cell::RefCell::new(std::collections::HashMap::<String, u32>::new());
-        let p = plan(&self.cfg, &snap, &mut self.mem, &|name: &str| {
+        let iface = |name: &str| {
             let ifindex = if name == client_if {
                 1
             } else {
@@ -128,13 +128,18 @@ impl Harness {
                 ifindex,
                 mac: HOST_MAC,
             })
-        });
-        for s in &p.new_slots {
-            self.dp.zero_counters(*s).unwrap();
-        }
-        self.dp.apply(p.state.clone()).unwrap();
-        self.mem.ids.retain(&p.state);
-        self.last = Some(p);
+        };
+        // The daemon's own sequence; no interface named here exists, so nothing attaches.
+        let applied = enforcer::engine::apply(
+            &self.cfg,
+            &snap,
+            &mut self.mem,
+            &iface,
+            &mut self.dp,
+            &mut |_| {},
+        );
+        assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+        self.last = Some(applied.plan);
         self.last.as_ref().unwrap()
     }
 

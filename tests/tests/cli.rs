@@ -64,6 +64,9 @@ fn check_passes_a_good_config() {
         out.contains("test/client") && out.contains("pending"),
         "{out}"
     );
+    // check runs the daemon's apply sequence against a recorder: the tables it would
+    // write, and how full they would be.
+    assert!(out.contains("maps: ALWAYS_V4 "), "{out}");
 }
 
 #[test]

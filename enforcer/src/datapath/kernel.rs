@@ -566,23 +566,7 @@ impl Datapath {
 
     /// Entries in use and capacity of each table the daemon fills, and of the flow table.
     pub fn fill_levels(&self, flows: usize) -> std::collections::BTreeMap<String, [usize; 2]> {
-        let c = &self.current;
-        [
-            (map_names::POD_BY_VLAN, c.pods_by_vlan.len()),
-            (map_names::POD_BY_IFINDEX, c.pods_by_ifindex.len()),
-            (map_names::PEER_V4, c.peers_v4.len()),
-            (map_names::PEER_V6, c.peers_v6.len()),
-            (map_names::PORT_RULES, c.ports.len()),
-            (map_names::ALWAYS_V4, c.always_v4.len()),
-            (map_names::ALWAYS_V6, c.always_v6.len()),
-            (map_names::FLOWS, flows),
-        ]
-        .into_iter()
-        .map(|(n, used)| {
-            let cap = enforcer_common::maps::spec_of(n).map_or(0, |s| s.capacity);
-            (n.to_string(), [used, cap as usize])
-        })
-        .collect()
+        self.current.fill_levels(flows)
     }
 
     /// True when an attached interface is gone or was re-created (new ifindex): the

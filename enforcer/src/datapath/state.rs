@@ -130,6 +130,28 @@ impl Ids {
 }
 
 impl KernelState {
+    /// Entries in use and capacity of each table the daemon fills, and of the flow
+    /// table (whose entries the programs make: `flows`).
+    pub fn fill_levels(&self, flows: usize) -> std::collections::BTreeMap<String, [usize; 2]> {
+        use enforcer_common::map_names::*;
+        [
+            (POD_BY_VLAN, self.pods_by_vlan.len()),
+            (POD_BY_IFINDEX, self.pods_by_ifindex.len()),
+            (PEER_V4, self.peers_v4.len()),
+            (PEER_V6, self.peers_v6.len()),
+            (PORT_RULES, self.ports.len()),
+            (ALWAYS_V4, self.always_v4.len()),
+            (ALWAYS_V6, self.always_v6.len()),
+            (FLOWS, flows),
+        ]
+        .into_iter()
+        .map(|(n, used)| {
+            let cap = enforcer_common::maps::spec_of(n).map_or(0, |s| s.capacity);
+            (n.to_string(), [used, cap as usize])
+        })
+        .collect()
+    }
+
     /// Adds a compiled policy's entries and returns its id. Nothing is added when a map
     /// would overflow.
     pub fn add_policy(&mut self, ids: &mut Ids, p: &CompiledPolicy) -> Result<u32, CapacityError> {
