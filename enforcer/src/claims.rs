@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::plan::PodError;
 use crate::policy::resolve::Resolved;
 use crate::sources::kube::BranchEni;
 
@@ -70,10 +71,11 @@ pub fn settle(
         let key = r.pod.key();
         if let Some(first) = keys.get(&key) {
             r.duplicate = true;
-            r.error = Some(format!(
-                "a second Pod object named {key} ({}); the one from {first} is used and this one is ignored",
-                r.pod.origin
-            ));
+            r.error = Some(PodError::Duplicate {
+                key: key.clone(),
+                origin: r.pod.origin.clone(),
+                first: first.clone(),
+            });
             continue;
         }
         keys.insert(key.clone(), r.pod.origin.clone());
@@ -84,10 +86,7 @@ pub fn settle(
             .iter()
             .find(|ip| reserved.iter().any(|n| n.contains(*ip)))
         {
-            r.error = Some(format!(
-                "annotation vpc.amazonaws.com/pod-eni: address {ip} is always-allowed \
-                 (VPC resolver, instance metadata, time sync): no pod can have it"
-            ));
+            r.error = Some(PodError::ReservedAddress(*ip));
             continue;
         }
         let wanted: Vec<(Held, String)> =
@@ -107,7 +106,10 @@ pub fn settle(
             .iter()
             .find_map(|(h, what)| held.get(h).map(|o| (what, o)))
         {
-            r.error = Some(format!("{what} is already used by pod {other}"));
+            r.error = Some(PodError::Clash {
+                what: what.clone(),
+                holder: other.clone(),
+            });
             r.clash = true;
             continue;
         }

@@ -25,7 +25,7 @@ pub struct KernelState {
 }
 
 /// A map that would overflow: the pod that needed the room is failed, with this error.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("map {map} would need {needed} entries, more than its {capacity}")]
 pub struct CapacityError {
     pub map: &'static str,

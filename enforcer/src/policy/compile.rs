@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use crate::config::Quotas;
 use crate::policy::model::{Direction, GroupCatalog, Peer, Protocol, Rule};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     #[error("security group {group}: {dir:?} rule {index}: {problem}")]
     BadRule {

@@ -105,19 +105,6 @@ pub struct GroupCatalog {
 }
 
 impl GroupCatalog {
-    /// Why a pod can't use group `id`, if it can't: the error the pod fails closed with.
-    pub fn unusable(&self, id: &str) -> Option<String> {
-        if self.groups.contains_key(id) {
-            return None;
-        }
-        Some(match self.invalid_groups.get(id) {
-            Some(why) => format!("security group {id} is unusable: {why}"),
-            None => {
-                format!("InvalidSecurityGroupID.NotFound: The security group '{id}' does not exist")
-            }
-        })
-    }
-
     /// Adds a DescribeSecurityGroups document's groups, usable or not.
     pub fn add_groups(&mut self, g: crate::sources::ec2::Groups) {
         for group in g.groups {

@@ -2,6 +2,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::UnmatchedPods;
+use crate::plan::PodError;
 use crate::policy::model::GroupCatalog;
 use crate::sources::kube::{BranchEni, KubeObjects, Pod, SecurityGroupPolicy, parse_pod_eni};
 
@@ -15,7 +16,7 @@ pub struct Resolved {
     /// Names of the matching SecurityGroupPolicies.
     pub policies: Vec<String>,
     /// Why the pod cannot be enforced as configured; it is then fail-closed.
-    pub error: Option<String>,
+    pub error: Option<PodError>,
     /// The pod is not a branch-ENI pod and is not ours to enforce.
     pub not_branch: bool,
     /// A second Pod object with this namespace/name: ignored (see `claims`).
@@ -35,6 +36,20 @@ fn policy_matches(
         (None, Some(ss)) => ss.matches(sa_labels),
         (Some(ps), Some(ss)) => ps.matches(&pod.labels) && ss.matches(sa_labels),
     }
+}
+
+/// Why a pod can't use group `id`, if it can't.
+pub fn group_error(catalog: &GroupCatalog, id: &str) -> Option<PodError> {
+    if catalog.groups.contains_key(id) {
+        return None;
+    }
+    Some(match catalog.invalid_groups.get(id) {
+        Some(why) => PodError::GroupUnusable {
+            group: id.to_string(),
+            why: why.clone(),
+        },
+        None => PodError::GroupNotFound(id.to_string()),
+    })
 }
 
 pub fn resolve_pods(
@@ -63,18 +78,17 @@ pub fn resolve_pods(
         for p in policies.iter().filter(|p| p.namespace == pod.namespace) {
             if let Some(e) = &p.error {
                 if !p.selectors_readable {
-                    policy_error.get_or_insert(format!(
-                        "SecurityGroupPolicy {} is invalid ({e}); with its selectors unreadable \
-                         it fails closed every branch pod of namespace {} until fixed",
-                        p.key(),
-                        p.namespace
-                    ));
+                    policy_error.get_or_insert(PodError::PolicyUnreadable {
+                        policy: p.key(),
+                        why: e.clone(),
+                        namespace: p.namespace.clone(),
+                    });
                 } else if policy_matches(p, pod, sa_labels) {
                     names.push(p.name.clone());
-                    policy_error.get_or_insert(format!(
-                        "SecurityGroupPolicy {} selects this pod but is invalid: {e}",
-                        p.key()
-                    ));
+                    policy_error.get_or_insert(PodError::PolicyInvalid {
+                        policy: p.key(),
+                        why: e.clone(),
+                    });
                 }
                 continue;
             }
@@ -103,40 +117,31 @@ pub fn resolve_pods(
                 // resource controller has not attached one). Status says which.
                 r.not_branch = true;
                 if !r.groups.is_empty() {
-                    r.error = Some(format!(
-                        "selected by SecurityGroupPolicy {} but has no {} annotation yet",
-                        r.policies.join(","),
-                        crate::sources::kube::POD_ENI_ANNOTATION
-                    ));
+                    r.error = Some(PodError::NoBranchEniYet(r.policies.join(",")));
                 }
             }
-            Some(Err(e)) => r.error = Some(e),
+            Some(Err(e)) => r.error = Some(PodError::Annotation(e)),
             Some(Ok(eni)) => {
                 r.eni = Some(eni);
                 if policy_error.is_some() {
                     r.error = policy_error;
                 } else if r.groups.is_empty() {
                     match unmatched {
-                        UnmatchedPods::FailClosed => {
-                            r.error = Some(
-                                "has a branch ENI but no SecurityGroupPolicy in its namespace selects it"
-                                    .into(),
-                            )
-                        }
+                        UnmatchedPods::FailClosed => r.error = Some(PodError::Unmatched),
                         UnmatchedPods::NodeGroups => r.groups = node_groups.to_vec(),
                     }
                 }
             }
         }
         if r.error.is_none() && r.groups.len() > max_groups {
-            r.error = Some(format!(
-                "{} security groups ({}) exceed the limit of {max_groups} per pod",
-                r.groups.len(),
-                r.groups.join(",")
-            ));
+            r.error = Some(PodError::TooManyGroups {
+                count: r.groups.len(),
+                list: r.groups.join(","),
+                limit: max_groups,
+            });
         }
         if r.error.is_none() {
-            r.error = r.groups.iter().find_map(|g| catalog.unusable(g));
+            r.error = r.groups.iter().find_map(|g| group_error(catalog, g));
         }
         out.push(r);
     }
@@ -245,6 +250,7 @@ metadata: {name: payer, namespace: ns1, labels: {team: pay}}
             r[0].error
                 .as_ref()
                 .unwrap()
+                .to_string()
                 .contains("InvalidSecurityGroupID.NotFound")
         );
         let r = resolve_pods(
@@ -258,6 +264,7 @@ metadata: {name: payer, namespace: ns1, labels: {team: pay}}
             r[0].error
                 .as_ref()
                 .unwrap()
+                .to_string()
                 .contains("exceed the limit of 1")
         );
     }
@@ -276,6 +283,7 @@ metadata: {name: payer, namespace: ns1, labels: {team: pay}}
             r[0].error
                 .as_ref()
                 .unwrap()
+                .to_string()
                 .contains("no SecurityGroupPolicy")
         );
         let r = resolve_pods(

@@ -1,21 +1,32 @@
-//! Sources -> the kernel's desired state and every pod's status. Pure: interfaces are
-//! looked up through a function so tests (and test_run, on loopback) can supply them.
+//! Sources -> each pod's outcome -> the kernel's desired state and every pod's status.
+//! Pure: interfaces are looked up through a function so tests (and test_run, on
+//! loopback) can supply them.
+//!
+//! `plan_pod` decides one pod ([`PodOutcome`]); `plan` resolves every pod's groups and
+//! claims first (they depend on each other), then folds the outcomes into the kernel
+//! state. Status is derived from the outcomes.
+mod error;
+mod pod;
+
 use std::collections::HashMap;
 
-use enforcer_common::*;
+pub use error::PodError;
+pub use pod::{Details, PodOutcome, PodPlan};
 
-use crate::config::{Config, Mode, host_veth_name};
+use crate::config::Config;
 use crate::datapath::state::KernelState;
 pub use crate::memory::Memory;
 use crate::netdev::Iface;
-use crate::policy::compile::{CompileError, CompiledPolicy, compile, flatten};
 use crate::policy::model::GroupCatalog;
-use crate::policy::resolve::resolve_pods;
+use crate::policy::resolve::{group_error, resolve_pods};
 use crate::sources::files::Snapshot;
-use crate::status::{PodState, PodStatus};
+use crate::status::PodStatus;
 
 pub struct Plan {
     pub state: KernelState,
+    /// One outcome per Pod object (and per nameless one), in source order with the
+    /// pods that held their VLAN, MAC and addresses first.
+    pub outcomes: Vec<PodPlan>,
     pub pods: Vec<PodStatus>,
     /// Slots handed out in this plan: their counters must start from zero.
     pub new_slots: Vec<u32>,
@@ -36,7 +47,6 @@ pub fn plan(
         cfg.node.unmatched_pods,
         cfg.node.quotas.groups_per_pod,
     );
-
     if cfg.node.freeze_pod_groups {
         freeze_groups(&mut resolved, &snap.catalog, mem);
     }
@@ -55,140 +65,30 @@ pub fn plan(
 
     let mut state = KernelState::default();
     state.add_always(&cfg.always_allowed());
-    let mut compiled: HashMap<Vec<String>, Result<CompiledPolicy, CompileError>> = HashMap::new();
-    let mut pods = Vec::new();
-    let mut new_slots = Vec::new();
+    let mut ctx = pod::Ctx {
+        cfg,
+        catalog: &catalog,
+        iface,
+        mem,
+        state: &mut state,
+        compiled: HashMap::new(),
+        new_slots: Vec::new(),
+    };
+    let mut outcomes: Vec<PodPlan> = snap.kube.bad_pods.iter().map(PodPlan::bad_object).collect();
+    outcomes.extend(resolved.into_iter().map(|r| pod::plan_pod(&mut ctx, r)));
+    let new_slots = std::mem::take(&mut ctx.new_slots);
+
     let mut interfaces = Vec::new();
-    for bad in &snap.kube.bad_pods {
-        pods.push(PodStatus {
-            error: Some(format!("{} ({})", bad.problem, bad.origin)),
-            ..PodStatus::new(&bad.namespace, "", PodState::FailClosed)
-        });
+    for o in &outcomes {
+        if let Some(entry) = o.outcome.entry() {
+            state.add_pod(*entry);
+            interfaces.extend(o.details.interface.clone());
+        }
     }
-
-    for r in resolved {
-        let key = r.pod.key();
-        let mut st = PodStatus {
-            groups: r.groups.clone(),
-            policies: r.policies.clone(),
-            error: r.error.clone(),
-            ..PodStatus::new(&r.pod.namespace, &r.pod.name, PodState::NotBranch)
-        };
-        if r.duplicate {
-            // Its namespace/name (and so its interface) is the other object's.
-            st.state = PodState::FailClosed;
-            pods.push(st);
-            continue;
-        }
-        let Some(eni) = r.eni.clone() else {
-            if !r.not_branch {
-                // A branch-ENI annotation we cannot use: we know the pod's interface
-                // (from its name) but not its VLAN, MAC or IPs, so everything from it
-                // is dropped. It must not run unenforced.
-                fail_closed_without_eni(
-                    cfg,
-                    &r,
-                    &mut st,
-                    mem,
-                    iface,
-                    &mut state,
-                    &mut interfaces,
-                    &mut new_slots,
-                );
-            }
-            pods.push(st);
-            continue;
-        };
-        let mode = *mem.modes.entry(key.clone()).or_insert(cfg.mode());
-        st.mode = Some(mode);
-        st.vlan = Some(eni.vlan);
-        st.ipv4 = eni.ipv4.map(|a| a.to_string());
-        st.ipv6 = eni.ipv6.map(|a| a.to_string());
-        let ifname = host_veth_name(&cfg.node.host_veth_prefix, &r.pod.namespace, &r.pod.name);
-        st.interface = Some(ifname.clone());
-
-        let mut error = r.error.clone();
-        if error.is_none() && mode == Mode::Standard {
-            error = Some(
-                "enforcing mode standard is not supported by this version; the pod stays fail-closed \
-                 (set POD_SECURITY_GROUP_ENFORCING_MODE=strict for new pods)"
-                    .into(),
-            );
-        }
-        let mut policy_id = 0;
-        if error.is_none() {
-            let c = compiled.entry(r.groups.clone()).or_insert_with(|| {
-                flatten(&r.groups, &catalog, &cfg.node.quotas, &mut mem.cookies)
-                    .map(|f| compile(&f))
-            });
-            match c {
-                Ok(p) => {
-                    st.inbound_rules = p.inbound_rules;
-                    st.outbound_rules = p.outbound_rules;
-                    match state.add_policy(&mut mem.ids, p) {
-                        Ok(id) => policy_id = id,
-                        Err(e) => error = Some(e.to_string()),
-                    }
-                }
-                Err(e) => error = Some(e.to_string()),
-            }
-        }
-        let Some((slot, fresh)) = mem.slots.get(&key) else {
-            st.state = PodState::FailClosed;
-            st.error = Some(format!(
-                "more than {} branch pods on this node",
-                MAX_PODS - 1
-            ));
-            pods.push(st);
-            continue;
-        };
-        if fresh {
-            new_slots.push(slot);
-        }
-        st.slot = slot;
-        st.policy_id = policy_id;
-        st.error = error.clone();
-        let Some(dev) = iface(&ifname) else {
-            st.state = PodState::Pending;
-            st.waiting = Some(format!(
-                "host interface {ifname} not found (the CNI has not set the pod up yet)"
-            ));
-            pods.push(st);
-            continue;
-        };
-        interfaces.push(ifname);
-        st.state = if error.is_some() {
-            PodState::FailClosed
-        } else {
-            PodState::Enforced
-        };
-        state.add_pod(PodInfo {
-            slot,
-            policy_id,
-            host_ifindex: dev.ifindex,
-            ipv4: eni.ipv4.map(|a| a.octets()).unwrap_or_default(),
-            ipv6: eni.ipv6.map(|a| a.octets()).unwrap_or_default(),
-            mac: eni.mac,
-            host_mac: dev.mac,
-            // A pod whose VLAN, MAC or address another pod holds is reachable by its
-            // interface only: its entry must not replace the other pod's.
-            vlan: if r.clash { 0 } else { eni.vlan },
-            mode: if mode == Mode::Strict {
-                MODE_STRICT
-            } else {
-                MODE_STANDARD
-            },
-            flags: if error.is_some() { POD_FAIL_CLOSED } else { 0 },
-            has_ipv6: eni.ipv6.is_some() as u8,
-            _pad: [0; 3],
-            ipv6_ll: crate::sources::kube::link_local_v6(&eni.mac).octets(),
-        });
-        pods.push(st);
-    }
-    let live: std::collections::HashSet<String> = pods
+    let live: std::collections::HashSet<String> = outcomes
         .iter()
-        .filter(|p| p.slot != 0)
-        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .filter(|o| o.details.slot != 0)
+        .map(|o| o.key())
         .collect();
     mem.slots.retain(&|k| live.contains(k));
     let present = |k: &String| snap.kube.pods.iter().any(|p| &p.key() == k);
@@ -196,46 +96,11 @@ pub fn plan(
     mem.frozen_groups.retain(|k, _| present(k));
     Plan {
         state,
-        pods,
+        pods: outcomes.iter().map(PodPlan::status).collect(),
+        outcomes,
         new_slots,
         interfaces,
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fail_closed_without_eni(
-    cfg: &Config,
-    r: &crate::policy::resolve::Resolved,
-    st: &mut PodStatus,
-    mem: &mut Memory,
-    iface: &dyn Fn(&str) -> Option<Iface>,
-    state: &mut KernelState,
-    interfaces: &mut Vec<String>,
-    new_slots: &mut Vec<u32>,
-) {
-    let ifname = host_veth_name(&cfg.node.host_veth_prefix, &r.pod.namespace, &r.pod.name);
-    st.interface = Some(ifname.clone());
-    let Some((slot, fresh)) = mem.slots.get(&r.pod.key()) else {
-        return;
-    };
-    if fresh {
-        new_slots.push(slot);
-    }
-    st.slot = slot;
-    let Some(dev) = iface(&ifname) else {
-        st.state = PodState::Pending;
-        st.waiting = Some(format!("host interface {ifname} not found"));
-        return;
-    };
-    st.state = PodState::FailClosed;
-    interfaces.push(ifname);
-    state.add_pod(PodInfo {
-        slot,
-        host_ifindex: dev.ifindex,
-        host_mac: dev.mac,
-        flags: POD_FAIL_CLOSED,
-        ..PodInfo::default()
-    });
 }
 
 /// AWS's behaviour: a pod keeps the groups it was first given, whatever policies say
@@ -250,7 +115,7 @@ fn freeze_groups(
         match mem.frozen_groups.get(&key) {
             Some(groups) => {
                 r.groups = groups.clone();
-                r.error = groups.iter().find_map(|g| catalog.unusable(g));
+                r.error = groups.iter().find_map(|g| group_error(catalog, g));
             }
             None if r.error.is_none() => {
                 mem.frozen_groups.insert(key, r.groups.clone());
@@ -263,8 +128,10 @@ fn freeze_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Mode, host_veth_name};
     use crate::sources::ec2::parse_security_groups;
     use crate::sources::kube::KubeObjects;
+    use crate::status::PodState;
 
     const GROUPS: &str = r#"{"SecurityGroups":[
         {"GroupId":"sg-a","IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]},

@@ -1,0 +1,273 @@
+//! One pod's outcome: what the kernel gets for it and what status says.
+use std::collections::HashMap;
+
+use enforcer_common::{MAX_PODS, MODE_STANDARD, MODE_STRICT, POD_FAIL_CLOSED, PodInfo};
+
+use crate::config::{Config, Mode, host_veth_name};
+use crate::datapath::state::KernelState;
+use crate::memory::Memory;
+use crate::netdev::Iface;
+use crate::plan::PodError;
+use crate::policy::compile::{CompileError, CompiledPolicy, compile, flatten};
+use crate::policy::model::GroupCatalog;
+use crate::policy::resolve::Resolved;
+use crate::sources::kube::{BadPod, link_local_v6};
+use crate::status::{PodState, PodStatus};
+
+/// What happens to one pod.
+#[derive(Debug)]
+pub enum PodOutcome {
+    /// No branch ENI: not ours. The error says why a policy that selects it can't apply.
+    NotBranch(Option<PodError>),
+    /// A second object with this namespace/name, or one with no name: nothing in the
+    /// kernel for it (its interface, if any, is another object's).
+    Ignored(PodError),
+    /// Its host interface does not exist yet; the error is what it will fail closed with.
+    Waiting(Option<PodError>),
+    /// Only the always-allowed destinations pass (`entry` is flagged fail-closed; none
+    /// when no counter slot was left).
+    FailClosed {
+        error: PodError,
+        entry: Option<PodInfo>,
+    },
+    Enforced {
+        entry: PodInfo,
+    },
+}
+
+impl PodOutcome {
+    /// The pod's entry for the kernel's pod tables.
+    pub fn entry(&self) -> Option<&PodInfo> {
+        match self {
+            PodOutcome::FailClosed { entry, .. } => entry.as_ref(),
+            PodOutcome::Enforced { entry } => Some(entry),
+            _ => None,
+        }
+    }
+
+    pub fn error(&self) -> Option<&PodError> {
+        match self {
+            PodOutcome::NotBranch(e) | PodOutcome::Waiting(e) => e.as_ref(),
+            PodOutcome::Ignored(e) | PodOutcome::FailClosed { error: e, .. } => Some(e),
+            PodOutcome::Enforced { .. } => None,
+        }
+    }
+
+    fn state(&self) -> PodState {
+        match self {
+            PodOutcome::NotBranch(_) => PodState::NotBranch,
+            PodOutcome::Ignored(_) | PodOutcome::FailClosed { .. } => PodState::FailClosed,
+            PodOutcome::Waiting(_) => PodState::Pending,
+            PodOutcome::Enforced { .. } => PodState::Enforced,
+        }
+    }
+}
+
+/// What is known of a pod whatever its outcome (shown in status).
+#[derive(Clone, Debug, Default)]
+pub struct Details {
+    pub namespace: String,
+    pub name: String,
+    pub groups: Vec<String>,
+    pub policies: Vec<String>,
+    pub mode: Option<Mode>,
+    pub vlan: Option<u16>,
+    pub interface: Option<String>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub inbound_rules: usize,
+    pub outbound_rules: usize,
+    pub policy_id: u32,
+    pub slot: u32,
+}
+
+#[derive(Debug)]
+pub struct PodPlan {
+    pub details: Details,
+    pub outcome: PodOutcome,
+}
+
+impl PodPlan {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.details.namespace, self.details.name)
+    }
+
+    pub fn bad_object(bad: &BadPod) -> PodPlan {
+        PodPlan {
+            details: Details {
+                namespace: bad.namespace.clone(),
+                ..Details::default()
+            },
+            outcome: PodOutcome::Ignored(PodError::BadObject {
+                problem: bad.problem.clone(),
+                origin: bad.origin.clone(),
+            }),
+        }
+    }
+
+    pub fn status(&self) -> PodStatus {
+        let d = &self.details;
+        PodStatus {
+            groups: d.groups.clone(),
+            policies: d.policies.clone(),
+            mode: d.mode,
+            vlan: d.vlan,
+            interface: d.interface.clone(),
+            ipv4: d.ipv4.clone(),
+            ipv6: d.ipv6.clone(),
+            inbound_rules: d.inbound_rules,
+            outbound_rules: d.outbound_rules,
+            policy_id: d.policy_id,
+            slot: d.slot,
+            error: self.outcome.error().map(|e| e.to_string()),
+            waiting: matches!(self.outcome, PodOutcome::Waiting(_)).then(|| {
+                format!(
+                    "host interface {} not found (the CNI has not set the pod up yet)",
+                    d.interface.as_deref().unwrap_or("?")
+                )
+            }),
+            ..PodStatus::new(&d.namespace, &d.name, self.outcome.state())
+        }
+    }
+}
+
+/// What planning one pod reads and adds to.
+pub(super) struct Ctx<'a> {
+    pub cfg: &'a Config,
+    /// Groups, with this node's pods among their members.
+    pub catalog: &'a GroupCatalog,
+    pub iface: &'a dyn Fn(&str) -> Option<Iface>,
+    pub mem: &'a mut Memory,
+    /// Policies are added here (content-addressed: pods with the same groups share).
+    pub state: &'a mut KernelState,
+    pub compiled: HashMap<Vec<String>, Result<CompiledPolicy, CompileError>>,
+    pub new_slots: Vec<u32>,
+}
+
+pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
+    let key = r.pod.key();
+    let mut d = Details {
+        namespace: r.pod.namespace.clone(),
+        name: r.pod.name.clone(),
+        groups: r.groups.clone(),
+        policies: r.policies.clone(),
+        ..Details::default()
+    };
+    if r.duplicate {
+        let error = r.error.expect("a duplicate carries its error");
+        return PodPlan {
+            details: d,
+            outcome: PodOutcome::Ignored(error),
+        };
+    }
+    if r.not_branch {
+        return PodPlan {
+            details: d,
+            outcome: PodOutcome::NotBranch(r.error),
+        };
+    }
+    let ifname = host_veth_name(
+        &ctx.cfg.node.host_veth_prefix,
+        &r.pod.namespace,
+        &r.pod.name,
+    );
+    d.interface = Some(ifname.clone());
+    let mut error = r.error;
+    let mut entry = PodInfo {
+        flags: POD_FAIL_CLOSED,
+        ..PodInfo::default()
+    };
+    if let Some(eni) = &r.eni {
+        let mode = *ctx.mem.modes.entry(key.clone()).or_insert(ctx.cfg.mode());
+        d.mode = Some(mode);
+        d.vlan = Some(eni.vlan);
+        d.ipv4 = eni.ipv4.map(|a| a.to_string());
+        d.ipv6 = eni.ipv6.map(|a| a.to_string());
+        if error.is_none() && mode == Mode::Standard {
+            error = Some(PodError::StandardMode);
+        }
+        if error.is_none() {
+            match policy_for(ctx, &r.groups) {
+                Ok((id, inbound, outbound)) => {
+                    d.policy_id = id;
+                    d.inbound_rules = inbound;
+                    d.outbound_rules = outbound;
+                }
+                Err(e) => error = Some(e),
+            }
+        }
+        entry = PodInfo {
+            policy_id: d.policy_id,
+            ipv4: eni.ipv4.map(|a| a.octets()).unwrap_or_default(),
+            ipv6: eni.ipv6.map(|a| a.octets()).unwrap_or_default(),
+            mac: eni.mac,
+            // A pod whose VLAN, MAC or address another pod holds is reachable by its
+            // interface only: its entry must not replace the other pod's.
+            vlan: if r.clash { 0 } else { eni.vlan },
+            mode: if mode == Mode::Strict {
+                MODE_STRICT
+            } else {
+                MODE_STANDARD
+            },
+            flags: if error.is_some() { POD_FAIL_CLOSED } else { 0 },
+            has_ipv6: eni.ipv6.is_some() as u8,
+            ipv6_ll: link_local_v6(&eni.mac).octets(),
+            ..PodInfo::default()
+        };
+    }
+    // No ENI (an annotation we can't use): we know the pod's interface from its name
+    // but not its VLAN, MAC or IPs, so everything from it is dropped. It must not run
+    // unenforced.
+    let Some((slot, fresh)) = ctx.mem.slots.get(&key) else {
+        return PodPlan {
+            details: d,
+            outcome: PodOutcome::FailClosed {
+                error: PodError::TooManyPods(MAX_PODS - 1),
+                entry: None,
+            },
+        };
+    };
+    if fresh {
+        ctx.new_slots.push(slot);
+    }
+    d.slot = slot;
+    let Some(dev) = (ctx.iface)(&ifname) else {
+        return PodPlan {
+            details: d,
+            outcome: PodOutcome::Waiting(error),
+        };
+    };
+    entry.slot = slot;
+    entry.host_ifindex = dev.ifindex;
+    entry.host_mac = dev.mac;
+    let outcome = match error {
+        Some(error) => PodOutcome::FailClosed {
+            error,
+            entry: Some(entry),
+        },
+        None => PodOutcome::Enforced { entry },
+    };
+    PodPlan {
+        details: d,
+        outcome,
+    }
+}
+
+/// The compiled policy of a set of groups (compiled once per set), added to the kernel
+/// state: (policy id, inbound rules, outbound rules).
+fn policy_for(ctx: &mut Ctx, groups: &[String]) -> Result<(u32, usize, usize), PodError> {
+    let Ctx {
+        cfg,
+        catalog,
+        mem,
+        state,
+        compiled,
+        ..
+    } = ctx;
+    let c = compiled.entry(groups.to_vec()).or_insert_with(|| {
+        flatten(groups, catalog, &cfg.node.quotas, &mut mem.cookies).map(|f| compile(&f))
+    });
+    let p = c.as_ref().map_err(|e| PodError::Compile(e.clone()))?;
+    let id = state.add_policy(&mut mem.ids, p)?;
+    Ok((id, p.inbound_rules, p.outbound_rules))
+}
