@@ -371,21 +371,30 @@ pub const fn counter_index(slot: u32, reason: Reason) -> u32 {
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all of these are repr(C), Copy, contain only integers and byte arrays, and
-    // have explicit padding fields, so any bit pattern is valid.
-    unsafe impl aya::Pod for PodInfo {}
-    unsafe impl aya::Pod for NodeConfig {}
-    unsafe impl aya::Pod for PeerKeyV4 {}
-    unsafe impl aya::Pod for PeerKeyV6 {}
-    unsafe impl aya::Pod for PeerClass {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for PortRule {}
-    unsafe impl aya::Pod for AlwaysAllow {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragValue {}
+
+    macro_rules! plain_old_data {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: repr(C), Copy, only integers and byte arrays, padding spelled out
+            // as fields (size asserted below): every bit pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    plain_old_data!(
+        PodInfo,
+        NodeConfig,
+        PeerKeyV4,
+        PeerKeyV6,
+        PeerClass,
+        PortKey,
+        PortRule,
+        AlwaysAllow,
+        FlowKey,
+        FlowValue,
+        Counter,
+        FragKey,
+        FragValue,
+    );
 }
 
 // The layouts both sides compile against: a change here is a map layout change.
@@ -393,3 +402,12 @@ const _: () = assert!(core::mem::size_of::<PodInfo>() == 68);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 112);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<PeerKeyV4>() == 8);
+const _: () = assert!(core::mem::size_of::<PeerKeyV6>() == 20);
+const _: () = assert!(core::mem::size_of::<PeerClass>() == 12);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
+const _: () = assert!(core::mem::size_of::<AlwaysAllow>() == 4);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 16);

@@ -56,7 +56,8 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     let Some(vlan) = l2.vlan else {
         return TC_ACT_OK;
     };
-    // A reference, not a copy: hash values stay valid for the program's run (RCU).
+    // A reference, not a copy.
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
     let Some(pod) = (unsafe { POD_BY_VLAN.get(vlan as u32) }) else {
         return drop(&ctx, 0, Reason::DropUnknownVlan);
     };
@@ -75,6 +76,7 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };
     // Pops the tag from metadata or from the bytes, whichever holds it.
+    // SAFETY: the helper takes the program's own skb; packet pointers are re-read after.
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
         return internal_error(&ctx, pod.slot, "VLAN pop");
     }
@@ -82,6 +84,7 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
         return internal_error(&ctx, pod.slot, step);
     }
     count(pod.slot, reason, ctx.len());
+    // SAFETY: a plain helper call with no pointers.
     unsafe { bpf_redirect(pod.host_ifindex, 0) as i32 }
 }
 
@@ -89,7 +92,9 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
 /// outbound rules, then out of the trunk with the pod's VLAN tag.
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context's skb pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
     let Some(pod) = (unsafe { POD_BY_IFINDEX.get(ifindex) }) else {
         return drop(&ctx, 0, Reason::DropUnknownPod);
     };
@@ -160,6 +165,7 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
         return internal_error(&ctx, pod.slot, step);
     }
     count(pod.slot, reason, ctx.len());
+    // SAFETY: a plain helper call with no pointers.
     unsafe { bpf_redirect(cfg.trunk_ifindex, 0) as i32 }
 }
 

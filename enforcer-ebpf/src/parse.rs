@@ -97,6 +97,7 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, ParseError> {
 pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
     const { assert!(core::mem::size_of::<T>() > 1) };
     let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: ptr_at checked that size_of::<T>() bytes at `p` lie inside the packet.
     Ok(unsafe { *p })
 }
 
@@ -104,6 +105,7 @@ pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
 #[inline(always)]
 pub fn load_addr(ctx: &TcContext, off: usize) -> Result<Addr, ParseError> {
     let p = ptr_at::<Addr>(ctx, off)? as *const u32;
+    // SAFETY: ptr_at checked that 16 bytes at `p` lie inside the packet.
     Ok(unsafe { [*p, *p.add(1), *p.add(2), *p.add(3)] })
 }
 
@@ -140,6 +142,7 @@ pub struct L2 {
 #[inline(always)]
 pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
     let ethertype = be16_at(ctx, 12)?;
+    // SAFETY: the context's skb pointer is valid for the program's run.
     let skb = unsafe { &*ctx.skb.skb };
     if skb.vlan_present != 0 {
         return Ok(L2 {

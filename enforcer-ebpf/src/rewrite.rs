@@ -15,6 +15,7 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Ste
         return Err("MAC rewrite");
     }
     // Word stores: a 6-byte array copy is a memmove call.
+    // SAFETY: the 12 bytes written were checked to lie inside the packet just above.
     unsafe {
         *(data as *mut u32) = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
         *((data + 4) as *mut u16) = u16::from_ne_bytes([dst[4], dst[5]]);
@@ -31,6 +32,7 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Ste
 /// locally built skb has ~2 bytes of headroom left, so every packet was reallocated.
 #[inline(always)]
 pub fn push_tag(ctx: &TcContext, vlan: u16, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Step> {
+    // SAFETY: the helper takes the program's own skb; packet pointers are re-read after.
     if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), vlan & 0x0fff) } != 0 {
         return Err("VLAN push");
     }

@@ -23,6 +23,7 @@ const REFRESH_NS: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn count(slot: u32, reason: Reason, bytes: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(slot, reason)) {
+        // SAFETY: this CPU's slot of a per-CPU array: no other writer while we run.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes as u64;
@@ -36,6 +37,7 @@ pub fn count(slot: u32, reason: Reason, bytes: u32) {
 #[inline(always)]
 fn put_addr(dst: &mut [u8; 16], a: &Addr) {
     let p = dst as *mut [u8; 16] as *mut u32;
+    // SAFETY: 16 writable bytes, 4-byte aligned (the caller's contract).
     unsafe {
         *p = a[0];
         *p.add(1) = a[1];
@@ -159,6 +161,7 @@ fn always_allowed(pkt: &Packet, dir: u32) -> bool {
     } else {
         // [u32; 4] and [u8; 16] share size; the u32 view keeps the key aligned.
         ALWAYS_V6
+            // SAFETY: same size, and every bit pattern is valid for both.
             .get(&Key::new(128, unsafe {
                 core::mem::transmute::<Addr, [u8; 16]>(*remote)
             }))
@@ -213,9 +216,11 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
     let Some(cfg) = NODE_CONFIG.get(0) else {
         return Verdict::Drop(Reason::DropInternal);
     };
+    // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if pkt.kind == KIND_FRAGMENT {
         // Later fragments carry no ports: they follow their first fragment's verdict.
+        // SAFETY: LRU values stay valid for the program's run (RCU); we only read.
         return match unsafe { FRAGS.get(frag_key(pkt)) } {
             Some(f) if now.saturating_sub(f.first_seen_ns) <= FRAG_TIMEOUT_NS => {
                 Verdict::Allow(Reason::AllowFragment)
@@ -265,6 +270,7 @@ fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u
         };
         let mut k = flow_key(&pkt.inner, pkt.family, back);
         normalise_ports(&mut k);
+        // SAFETY: hash values stay valid for the program's run (RCU); we only read.
         if let Some(v) = unsafe { FLOWS.get(k) }
             && v.slot == pod.slot
             && now.saturating_sub(v.last_seen_ns) <= timeout_ns(cfg, v.state)

@@ -4,6 +4,7 @@ use std::ffi::CString;
 
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which only reads it.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
 }
@@ -12,19 +13,25 @@ pub fn mac(name: &str) -> Option<[u8; 6]> {
     if name.len() >= libc::IFNAMSIZ {
         return None;
     }
+    // SAFETY: no pointers; the descriptor is closed below on every path.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return None;
     }
+    // SAFETY: ifreq is plain C data; all zeroes is a valid (empty) request.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (i, b) in name.bytes().enumerate() {
         req.ifr_name[i] = b as libc::c_char;
     }
+    // SAFETY: SIOCGIFHWADDR reads and writes one ifreq, which `req` is (the name fits:
+    // checked against IFNAMSIZ above, and the rest is zero).
     let r = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    // SAFETY: our own descriptor, closed once.
     unsafe { libc::close(fd) };
     if r != 0 {
         return None;
     }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds the hardware address.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {

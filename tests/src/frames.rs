@@ -220,7 +220,10 @@ pub fn as_ipv4_fragment(frame: &[u8], l3: usize, id: u16, offset: u16, more: boo
 /// An ICMP (v4) or ICMPv6 (v6) message of any type: `rest` is bytes 4..8 of the ICMP
 /// header (identifier and sequence for queries), `hop_limit` the IPv4 TTL or IPv6 hop
 /// limit. Untagged; see [`with_vlan`].
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a frame is that many fields; a builder would hide which is which"
+)]
 pub fn icmp(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],

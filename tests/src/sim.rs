@@ -66,19 +66,9 @@ fn ip_root(command: &str) -> Result<String> {
 /// Runs `f` on a thread that has entered the named network namespace. Sockets it opens
 /// belong to that namespace.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-    std::thread::spawn(move || {
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(anyhow!(
-                "setns into {path}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| anyhow!("thread in netns {ns} panicked"))?
+    spawn_in_netns(ns, f)?
+        .join()
+        .map_err(|_| anyhow!("thread in netns {ns} panicked"))?
 }
 
 /// Spawns `f` on a thread inside the namespace and returns its handle.
@@ -89,6 +79,7 @@ pub fn spawn_in_netns<T: Send + 'static>(
     let path = format!("/run/netns/{ns}");
     let file = File::open(&path).with_context(|| format!("opening {path}"))?;
     Ok(std::thread::spawn(move || {
+        // SAFETY: an open namespace file; setns moves only this (new) thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(anyhow!(
                 "setns into {path}: {}",
@@ -407,6 +398,7 @@ impl SimNode {
     pub fn reload_daemon(&mut self) -> Result<()> {
         let g = self.status()?.generation;
         let pid = self.daemon.as_ref().context("daemon not running")?.id();
+        // SAFETY: our own child, not yet waited for, so its pid can't have been reused.
         unsafe { libc::kill(pid as i32, libc::SIGHUP) };
         self.wait_generation(g + 1)
     }
@@ -418,6 +410,7 @@ impl SimNode {
     /// Stops the daemon with SIGTERM (bounded wait, then SIGKILL); returns its exit status.
     pub fn stop_daemon(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.daemon.take()?;
+        // SAFETY: our own child, not yet waited for, so its pid can't have been reused.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

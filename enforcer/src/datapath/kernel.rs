@@ -129,13 +129,16 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 fn ensure_bpffs(dir: &Path) -> Result<()> {
     let mount_at = dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
     let c = std::ffi::CString::new(mount_at.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs is plain C data; all zeroes is a valid value to be overwritten.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs buffer, both alive for the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
     std::fs::create_dir_all(mount_at)
         .with_context(|| format!("creating {}", mount_at.display()))?;
     let fs = std::ffi::CString::new("bpf")?;
+    // SAFETY: NUL-terminated strings alive for the call; no mount data.
     if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
         return Err(anyhow!(
             "{} is not a bpf filesystem and mounting one there failed: {} (mount -t bpf bpf {})",
@@ -153,6 +156,7 @@ pub fn coarse_now_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: writes one timespec, which `ts` is.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
