@@ -1,7 +1,9 @@
 //! The flow state machine and idle timeouts (SPEC §4), shared by the programs (which
 //! move flows along), the daemon's sweeper (which expires them) and the host tests,
 //! which check every transition.
-use crate::{NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::policy::Direction;
+use crate::{AF_V4, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const FLOW_TCP_SYN: u8 = 0;
 pub const FLOW_TCP_ESTABLISHED: u8 = 1;
@@ -80,6 +82,118 @@ pub const fn idle_limit(cfg: &NodeConfig, state: u8, pod_flows: u64) -> u64 {
     t
 }
 
+/// Flow table key, seen from the pod: `local` is the pod's address. One entry serves
+/// both directions of a flow; a same-node pod-to-pod flow has one entry per pod, since
+/// each side's groups decide independently (as each ENI tracks on its own in EC2).
+/// Aligned to 8 so the programs fill the address fields with word stores.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    /// Host byte order. ICMP queries: (identifier, request type) as seen from the pod.
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Fragments of one datagram: (addresses, IP id, protocol). A first fragment that is
+/// allowed records its verdict here; later fragments (no ports to judge) follow it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub first_seen_ns: u64,
+    /// Rule behind the first fragment's verdict (0: state or always-allowed).
+    pub cookie: u32,
+    pub _pad: u32,
+}
+
+pub const MAX_FRAGS: u32 = 16384;
+/// How long later fragments follow their first (Linux reassembly waits 30 s too).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last refresh.
+    pub last_seen_ns: u64,
+    pub cookie: u32,
+    pub state: u8,
+    /// `Direction` of the packet that created the flow.
+    pub origin_dir: u8,
+    pub seen_reply: u8,
+    pub _pad: u8,
+    /// Counter slot of the pod that owns the entry: its share is charged for it, and an
+    /// entry left by a deleted pod never serves a new pod given the same address.
+    pub slot: u32,
+    pub _pad2: u32,
+}
+
+/// ICMP query kinds (`Packet::icmp_query` in the programs): queries are tracked by
+/// identifier and request type, and only the matching reply passes by state.
+pub const ICMP_NOT_QUERY: u8 = 0;
+pub const ICMP_REQUEST: u8 = 1;
+pub const ICMP_REPLY: u8 = 2;
+
+/// The request type of an ICMP/ICMPv6 query message and whether it is the reply:
+/// echo, timestamp, information and address mask (v4); echo and node information (v6).
+pub const fn icmp_query(v6: bool, ty: u8) -> Option<(u8, bool)> {
+    if v6 {
+        match ty {
+            128 | 139 => Some((ty, false)),
+            129 | 140 => Some((ty - 1, true)),
+            _ => None,
+        }
+    } else {
+        match ty {
+            8 | 13 | 15 | 17 => Some((ty, false)),
+            0 => Some((8, true)),
+            14 | 16 | 18 => Some((ty - 1, true)),
+            _ => None,
+        }
+    }
+}
+
+/// An address of a flow key as the family says (IPv4 in the first four bytes).
+fn addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_V4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}
+
+impl FlowKey {
+    /// The pod's side.
+    pub fn local(&self) -> IpAddr {
+        addr(self.family, &self.local)
+    }
+
+    pub fn remote(&self) -> IpAddr {
+        addr(self.family, &self.remote)
+    }
+}
+
+impl FlowValue {
+    /// Which way the packet that created the flow went.
+    pub const fn origin(&self) -> Direction {
+        Direction::from_raw(self.origin_dir)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +203,24 @@ mod tests {
     const ACK: u8 = TCP_ACK;
     const FIN: u8 = TCP_FIN | TCP_ACK;
     const RST: u8 = TCP_RST;
+
+    #[test]
+    fn keys_read_back_by_family() {
+        let mut k = FlowKey {
+            family: AF_V4,
+            ..FlowKey::default()
+        };
+        k.local[..4].copy_from_slice(&[10, 0, 1, 5]);
+        assert_eq!(k.local(), "10.0.1.5".parse::<IpAddr>().unwrap());
+        k.family = crate::AF_V6;
+        k.remote = "fd00::9".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(k.remote(), "fd00::9".parse::<IpAddr>().unwrap());
+        let v = FlowValue {
+            origin_dir: Direction::Egress as u8,
+            ..FlowValue::default()
+        };
+        assert_eq!(v.origin(), Direction::Egress);
+    }
 
     #[test]
     fn first_packets() {

@@ -71,7 +71,7 @@ pub fn trunk_ingress(ctx: TcContext) -> i32 {
     }
     // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its
     // neighbour is the host-side interface): they meet the pod's inbound rules.
-    let reason = match decide(pod, pkt, DIR_INGRESS) {
+    let reason = match decide(pod, pkt, Direction::Ingress) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };
@@ -151,7 +151,7 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
         // to the node's primary address, by the same rules.
         pkt.outer.dst = addr_of(&cfg.node_ipv6);
     }
-    let reason = match decide(pod, pkt, DIR_EGRESS) {
+    let reason = match decide(pod, pkt, Direction::Egress) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return drop(&ctx, pod.slot, r),
     };

@@ -48,13 +48,13 @@ fn put_addr(dst: &mut [u8; 16], a: &Addr) {
 
 /// Flow key as seen from the pod: `local` is the pod side whatever the direction.
 #[inline(always)]
-fn flow_key(t: &Tuple, family: u8, dir: u32) -> FlowKey {
+fn flow_key(t: &Tuple, family: u8, dir: Direction) -> FlowKey {
     let mut k = FlowKey {
         proto: t.proto,
         family,
         ..FlowKey::default()
     };
-    if dir == DIR_EGRESS {
+    if dir == Direction::Egress {
         put_addr(&mut k.local, &t.src);
         put_addr(&mut k.remote, &t.dst);
         k.local_port = t.sport;
@@ -115,7 +115,7 @@ fn flow_hit(
     pod: &PodInfo,
     key: &FlowKey,
     pkt: &Packet,
-    dir: u32,
+    dir: Direction,
     now: u64,
 ) -> bool {
     let Some(v) = FLOWS.get_ptr_mut(key) else {
@@ -131,25 +131,23 @@ fn flow_hit(
     }
     // A query's flow passes requests one way and the matching replies the other: a
     // reply type going out, or a new request coming back, is judged by the rules.
-    if pkt.icmp_query != ICMP_NOT_QUERY
-        && (pkt.icmp_query == ICMP_REPLY) != (dir != v.origin_dir as u32)
-    {
+    if pkt.icmp_query != ICMP_NOT_QUERY && (pkt.icmp_query == ICMP_REPLY) != (dir != v.origin()) {
         return false;
     }
-    let state = next_state(v.state, pkt.tcp_flags, dir != v.origin_dir as u32);
+    let state = next_state(v.state, pkt.tcp_flags, dir != v.origin());
     if state != v.state || age > REFRESH_NS {
         v.state = state;
         v.last_seen_ns = now;
     }
-    if dir != v.origin_dir as u32 && v.seen_reply == 0 {
+    if dir != v.origin() && v.seen_reply == 0 {
         v.seen_reply = 1;
     }
     true
 }
 
 #[inline(always)]
-fn always_allowed(pkt: &Packet, dir: u32) -> bool {
-    let remote = if dir == DIR_EGRESS {
+fn always_allowed(pkt: &Packet, dir: Direction) -> bool {
+    let remote = if dir == Direction::Egress {
         &pkt.outer.dst
     } else {
         &pkt.outer.src
@@ -172,9 +170,9 @@ fn always_allowed(pkt: &Packet, dir: u32) -> bool {
 /// Two map lookups whatever the number of rules: remote prefix -> class, then
 /// (class, protocol, port) -> rule. Returns the allowing rule's cookie and flags.
 #[inline(always)]
-fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: u32) -> Option<(u32, u32)> {
+fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Option<(u32, u32)> {
     let sc = scope(pod.policy_id, dir);
-    let remote = if dir == DIR_EGRESS {
+    let remote = if dir == Direction::Egress {
         &pkt.outer.dst
     } else {
         &pkt.outer.src
@@ -196,18 +194,14 @@ fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: u32) -> Option<(u32, u32)> {
     if class.all_cookie != 0 {
         return Some((class.all_cookie, class.all_flags));
     }
-    let pk = PortKey {
-        class_id: class.class_id,
-        proto: pkt.outer.proto as u16,
-        port_be: pkt.policy_port.to_be_bytes(),
-    };
+    let pk = PortKey::new(class.class_id, pkt.outer.proto, pkt.policy_port);
     let r = PORT_RULES.get(&Key::new(PORT_FIXED_BITS + 16, pk))?;
     Some((r.cookie, r.flags))
 }
 
 #[inline(always)]
-pub fn decide(pod: &PodInfo, pkt: &Packet, dir: u32) -> Verdict {
-    if pod.flags & POD_FAIL_CLOSED != 0 {
+pub fn decide(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Verdict {
+    if pod.is_fail_closed() {
         if always_allowed(pkt, dir) {
             return Verdict::Allow(Reason::AllowAlways);
         }
@@ -259,15 +253,17 @@ fn frag_key(pkt: &Packet) -> FragKey {
 
 /// The verdict for a packet with ports (or a first fragment): state, then policy.
 #[inline(always)]
-fn decide_packet(cfg: &NodeConfig, pod: &PodInfo, pkt: &Packet, dir: u32, now: u64) -> Verdict {
+fn decide_packet(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    pkt: &Packet,
+    dir: Direction,
+    now: u64,
+) -> Verdict {
     if pkt.kind == KIND_ICMP_ERROR && pkt.inner_ok != 0 {
         // The quoted packet travelled the other way: an error about a tracked flow is
         // related traffic and passes.
-        let back = if dir == DIR_EGRESS {
-            DIR_INGRESS
-        } else {
-            DIR_EGRESS
-        };
+        let back = dir.reverse();
         let mut k = flow_key(&pkt.inner, pkt.family, back);
         normalise_ports(&mut k);
         // SAFETY: hash values stay valid for the program's run (RCU); we only read.

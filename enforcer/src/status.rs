@@ -146,7 +146,7 @@ impl NodeStatus {
         for p in &self.pods {
             let (mut allowed, mut dropped) = (0, 0);
             for (k, v) in &p.counters {
-                if k.starts_with("drop") {
+                if enforcer_common::Reason::from_name(k).is_some_and(|r| r.is_drop()) {
                     dropped += v[0]
                 } else {
                     allowed += v[0]

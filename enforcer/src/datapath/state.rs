@@ -24,6 +24,15 @@ pub struct KernelState {
     pub pods_by_ifindex: HashMap<u32, PodInfo>,
 }
 
+/// A rule direction as the programs number it: inbound rules judge traffic toward the
+/// pod (ingress), outbound rules traffic from it.
+fn kernel_direction(d: Direction) -> enforcer_common::Direction {
+    match d {
+        Direction::Inbound => enforcer_common::Direction::Ingress,
+        Direction::Outbound => enforcer_common::Direction::Egress,
+    }
+}
+
 /// A map that would overflow: the pod that needed the room is failed, with this error.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("map {map} would need {needed} entries, more than its {capacity}")]
@@ -172,29 +181,11 @@ impl KernelState {
                 all_cookie: all.map(|a| a.cookie).unwrap_or(0),
                 all_flags: all.as_ref().map(flags).unwrap_or(0),
             };
-            let sc = scope(pid, dir.kernel());
+            let sc = scope(pid, kernel_direction(*dir));
             let plen = PEER_SCOPE_BITS + net.prefix_len() as u32;
             match net {
-                IpNet::V4(n) => v4.push((
-                    (
-                        plen,
-                        PeerKeyV4 {
-                            scope: sc,
-                            addr: n.network().octets(),
-                        },
-                    ),
-                    value,
-                )),
-                IpNet::V6(n) => v6.push((
-                    (
-                        plen,
-                        PeerKeyV6 {
-                            scope: sc,
-                            addr: n.network().octets(),
-                        },
-                    ),
-                    value,
-                )),
+                IpNet::V4(n) => v4.push(((plen, PeerKeyV4::new(sc, n.network())), value)),
+                IpNet::V6(n) => v6.push(((plen, PeerKeyV6::new(sc, n.network())), value)),
             }
         }
         let mut ports = Vec::new();
@@ -203,11 +194,7 @@ impl KernelState {
                 ports.push((
                     (
                         PORT_FIXED_BITS + *plen as u32,
-                        PortKey {
-                            class_id: cid,
-                            proto: *proto as u16,
-                            port_be: start.to_be_bytes(),
-                        },
+                        PortKey::new(cid, *proto, *start),
                     ),
                     PortRule {
                         cookie: a.cookie,

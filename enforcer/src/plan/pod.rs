@@ -1,7 +1,7 @@
 //! One pod's outcome: what the kernel gets for it and what status says.
 use std::collections::HashMap;
 
-use enforcer_common::{MAX_PODS, MODE_STANDARD, MODE_STRICT, POD_FAIL_CLOSED, PodInfo};
+use enforcer_common::{MAX_PODS, PodInfo, PodMode};
 
 use crate::config::{Config, Mode, host_veth_name};
 use crate::datapath::state::KernelState;
@@ -173,10 +173,8 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
     );
     d.interface = Some(ifname.clone());
     let mut error = r.error;
-    let mut entry = PodInfo {
-        flags: POD_FAIL_CLOSED,
-        ..PodInfo::default()
-    };
+    // Slot and interface are filled in once known.
+    let mut entry = PodInfo::fail_closed(0, 0, [0; 6]);
     if let Some(eni) = &r.eni {
         let mode = *ctx.mem.modes.entry(key.clone()).or_insert(ctx.cfg.mode());
         d.mode = Some(mode);
@@ -198,22 +196,19 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
         }
         entry = PodInfo {
             policy_id: d.policy_id,
-            ipv4: eni.ipv4.map(|a| a.octets()).unwrap_or_default(),
-            ipv6: eni.ipv6.map(|a| a.octets()).unwrap_or_default(),
             mac: eni.mac,
             // A pod whose VLAN, MAC or address another pod holds is reachable by its
             // interface only: its entry must not replace the other pod's.
             vlan: if r.clash { 0 } else { eni.vlan },
-            mode: if mode == Mode::Strict {
-                MODE_STRICT
-            } else {
-                MODE_STANDARD
-            },
-            flags: if error.is_some() { POD_FAIL_CLOSED } else { 0 },
-            has_ipv6: eni.ipv6.is_some() as u8,
+            flags: if error.is_some() { entry.flags } else { 0 },
             ipv6_ll: link_local_v6(&eni.mac).octets(),
-            ..PodInfo::default()
-        };
+            ..entry
+        }
+        .with_addresses(eni.ipv4, eni.ipv6)
+        .with_mode(match mode {
+            Mode::Strict => PodMode::Strict,
+            Mode::Standard => PodMode::Standard,
+        });
     }
     // No ENI (an annotation we can't use): we know the pod's interface from its name
     // but not its VLAN, MAC or IPs, so everything from it is dropped. It must not run

@@ -14,12 +14,6 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub fn kernel(self) -> u32 {
-        match self {
-            Direction::Inbound => enforcer_common::DIR_INGRESS,
-            Direction::Outbound => enforcer_common::DIR_EGRESS,
-        }
-    }
     pub fn reverse(self) -> Direction {
         match self {
             Direction::Inbound => Direction::Outbound,

@@ -1,0 +1,24 @@
+//! Node-wide settings the programs read.
+use crate::flow::FLOW_STATES;
+
+/// Node-wide settings (one element in `NODE_CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub trunk_ifindex: u32,
+    pub _pad0: u32,
+    /// Where frames toward the VPC are addressed (the VPC router's MAC on the trunk).
+    pub gateway_mac: [u8; 6],
+    pub _pad1: [u8; 2],
+    /// Idle timeouts in nanoseconds (SPEC §4), indexed by flow state (`FLOW_*`). An
+    /// array rather than named fields so the lookup is one bounded index.
+    pub timeouts_ns: [u64; FLOW_STATES],
+    /// The node's primary IPv6 address: a pod's traffic to a link-local address (its
+    /// host-side interface) is judged as traffic to the node. Zero when the node has none.
+    pub node_ipv6: [u8; 16],
+    /// Live flow entries one pod may hold (its share of the node-wide table).
+    pub flows_per_pod: u32,
+    pub _pad2: u32,
+    /// Idle timeout of a half-open TCP entry while its pod holds more than half its share.
+    pub syn_pressure_timeout_ns: u64,
+}

@@ -1,0 +1,156 @@
+//! The compiled policy tables (SPEC §3): stage A maps a remote prefix under a policy
+//! scope to a rule class, stage B a (class, protocol, port prefix) to the rule.
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+/// Which way a packet goes, seen from the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Direction {
+    /// Toward the pod (its inbound rules).
+    Ingress = 0,
+    /// From the pod (its outbound rules).
+    Egress = 1,
+}
+
+impl Direction {
+    #[inline(always)]
+    pub const fn reverse(self) -> Direction {
+        match self {
+            Direction::Ingress => Direction::Egress,
+            Direction::Egress => Direction::Ingress,
+        }
+    }
+
+    /// From the number stored in a map field (anything but 1 is ingress).
+    #[inline(always)]
+    pub const fn from_raw(raw: u8) -> Direction {
+        if raw == Direction::Egress as u8 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        }
+    }
+}
+
+/// Scope of a policy table entry: which compiled policy and which direction.
+#[inline(always)]
+pub const fn scope(policy_id: u32, dir: Direction) -> u32 {
+    (policy_id << 1) | dir as u32
+}
+
+/// LPM key data for a remote IPv4 prefix under a policy scope.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKeyV4 {
+    pub scope: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKeyV6 {
+    pub scope: u32,
+    pub addr: [u8; 16],
+}
+
+/// Bits of the scope always matched in a peer key (the prefix length adds to this).
+pub const PEER_SCOPE_BITS: u32 = 32;
+
+/// `PeerClass::flags` / `PortRule::flags`: the allowing rule creates no flow state
+/// (EC2 "untracked" flows, SPEC §4).
+pub const RULE_UNTRACKED: u32 = 1;
+
+/// Stage A result: the set of rules whose peer covers the remote address, named by class.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerClass {
+    pub class_id: u32,
+    /// Non-zero when a rule for all protocols covers this peer: its cookie.
+    pub all_cookie: u32,
+    pub all_flags: u32,
+}
+
+/// Stage B key data: class, protocol, then the destination port (ICMP: type << 8 | code)
+/// in network byte order so that port ranges become prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub class_id: u32,
+    pub proto: u16,
+    pub port_be: [u8; 2],
+}
+
+/// Bits of class and protocol always matched in a port key.
+pub const PORT_FIXED_BITS: u32 = 48;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    /// Which group and rule allowed (see the daemon's rule table).
+    pub cookie: u32,
+    pub flags: u32,
+}
+
+/// Value of the always-allowed tries (SPEC §6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlwaysAllow {
+    pub id: u32,
+}
+
+impl PeerKeyV4 {
+    pub const fn new(scope: u32, addr: Ipv4Addr) -> PeerKeyV4 {
+        PeerKeyV4 {
+            scope,
+            addr: addr.octets(),
+        }
+    }
+}
+
+impl PeerKeyV6 {
+    pub const fn new(scope: u32, addr: Ipv6Addr) -> PeerKeyV6 {
+        PeerKeyV6 {
+            scope,
+            addr: addr.octets(),
+        }
+    }
+}
+
+impl PortKey {
+    /// The port (ICMP: `type << 8 | code`) is stored big-endian, so a port range split
+    /// into aligned blocks becomes LPM prefixes.
+    pub const fn new(class_id: u32, proto: u8, port: u16) -> PortKey {
+        PortKey {
+            class_id,
+            proto: proto as u16,
+            port_be: port.to_be_bytes(),
+        }
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port_be)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_own_their_byte_order() {
+        let k = PortKey::new(9, 6, 0x1234);
+        assert_eq!(k.port_be, [0x12, 0x34], "big-endian: ranges are prefixes");
+        assert_eq!(k.port(), 0x1234);
+        assert_eq!(
+            PeerKeyV4::new(3, Ipv4Addr::new(10, 0, 0, 1)).addr,
+            [10, 0, 0, 1]
+        );
+        assert_eq!(scope(5, Direction::Egress), 11);
+        assert_eq!(scope(5, Direction::Ingress), 10);
+        assert_eq!(
+            Direction::from_raw(Direction::Egress as u8),
+            Direction::Egress
+        );
+        assert_eq!(Direction::Egress.reverse(), Direction::Ingress);
+    }
+}

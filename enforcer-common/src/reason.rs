@@ -1,0 +1,124 @@
+//! What happened to a packet: one table. The numbers index the pinned `COUNTERS` map and
+//! are append-only: a retired reason keeps its number, and no number changes meaning.
+use crate::MAX_PODS;
+
+/// Counter kinds: what happened to a packet. Indexes `COUNTERS` together with the pod
+/// slot: `slot * REASON_COUNT + reason`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    AllowFlow = 0,
+    AllowPolicy = 1,
+    AllowAlways = 2,
+    AllowRelated = 3,
+    PassLocal = 4,
+    DropNoRule = 5,
+    DropUnknownVlan = 6,
+    DropUnknownPod = 7,
+    DropSpoofMac = 8,
+    DropSpoofIp = 9,
+    DropEthertype = 10,
+    DropMalformed = 11,
+    DropFailClosed = 12,
+    DropFlowTableFull = 13,
+    DropFragment = 14,
+    DropInternal = 15,
+    /// A later fragment whose first fragment was allowed.
+    AllowFragment = 16,
+    /// A new flow refused because its pod holds its whole share of the flow table.
+    DropPodFlowLimit = 17,
+}
+
+/// Reason numbers are append-only: counters and tools index by them.
+pub const REASON_COUNT: u32 = 18;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::AllowFlow,
+        Reason::AllowPolicy,
+        Reason::AllowAlways,
+        Reason::AllowRelated,
+        Reason::PassLocal,
+        Reason::DropNoRule,
+        Reason::DropUnknownVlan,
+        Reason::DropUnknownPod,
+        Reason::DropSpoofMac,
+        Reason::DropSpoofIp,
+        Reason::DropEthertype,
+        Reason::DropMalformed,
+        Reason::DropFailClosed,
+        Reason::DropFlowTableFull,
+        Reason::DropFragment,
+        Reason::DropInternal,
+        Reason::AllowFragment,
+        Reason::DropPodFlowLimit,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::AllowFlow => "allow_flow",
+            Reason::AllowPolicy => "allow_policy",
+            Reason::AllowAlways => "allow_always",
+            Reason::AllowRelated => "allow_related",
+            Reason::PassLocal => "pass_local",
+            Reason::DropNoRule => "drop_no_rule",
+            Reason::DropUnknownVlan => "drop_unknown_vlan",
+            Reason::DropUnknownPod => "drop_unknown_pod",
+            Reason::DropSpoofMac => "drop_spoof_mac",
+            Reason::DropSpoofIp => "drop_spoof_ip",
+            Reason::DropEthertype => "drop_ethertype",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropFailClosed => "drop_fail_closed",
+            Reason::DropFlowTableFull => "drop_flow_table_full",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropInternal => "drop_internal",
+            Reason::AllowFragment => "allow_fragment",
+            Reason::DropPodFlowLimit => "drop_pod_flow_limit",
+        }
+    }
+
+    /// The reason a counter name stands for (as status and tools print them).
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    pub const fn is_drop(self) -> bool {
+        !matches!(
+            self,
+            Reason::AllowFlow
+                | Reason::AllowPolicy
+                | Reason::AllowAlways
+                | Reason::AllowRelated
+                | Reason::PassLocal
+                | Reason::AllowFragment
+        )
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub const COUNTER_ENTRIES: u32 = MAX_PODS * REASON_COUNT;
+
+#[inline(always)]
+pub const fn counter_index(slot: u32, reason: Reason) -> u32 {
+    slot * REASON_COUNT + reason as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_dense_and_named_once() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is numbered by its place");
+            assert_eq!(Reason::from_name(r.name()), Some(*r));
+            assert_eq!(r.is_drop(), r.name().starts_with("drop"), "{r:?}");
+        }
+    }
+}
