@@ -8,9 +8,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::model::pod::BranchEni;
 use crate::plan::PodError;
 use crate::policy::resolve::Resolved;
-use crate::sources::kube::BranchEni;
 
 /// What a pod with a branch ENI holds.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,7 +24,7 @@ impl Claim {
     fn of(eni: &BranchEni) -> Claim {
         Claim {
             vlan: eni.vlan,
-            mac: eni.mac,
+            mac: eni.mac.octets(),
             ips: eni
                 .ipv4
                 .map(IpAddr::V4)
@@ -40,13 +40,6 @@ enum Held {
     Vlan(u16),
     Mac([u8; 6]),
     Ip(IpAddr),
-}
-
-fn mac_text(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Orders `resolved` incumbents first, fails closed each newcomer that clashes (its
@@ -93,7 +86,7 @@ pub fn settle(
             std::iter::once((Held::Vlan(claim.vlan), format!("VLAN {}", claim.vlan)))
                 .chain(std::iter::once((
                     Held::Mac(claim.mac),
-                    format!("MAC {}", mac_text(&claim.mac)),
+                    format!("MAC {}", crate::model::mac::MacAddr::new(claim.mac)),
                 )))
                 .chain(
                     claim

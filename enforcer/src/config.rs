@@ -85,7 +85,8 @@ impl Default for Quotas {
 pub struct NodeSettings {
     pub trunk_interface: String,
     /// MAC the VPC router answers on the trunk; frames toward the VPC go to it.
-    pub gateway_mac: String,
+    #[serde(deserialize_with = "gateway_mac")]
+    pub gateway_mac: crate::model::mac::MacAddr,
     #[serde(default)]
     pub enforcing_mode: Option<Mode>,
     #[serde(default, rename = "primaryIPv4")]
@@ -124,6 +125,15 @@ pub struct NodeSettings {
 /// A sixteenth of the node's table: one pod can't starve the others.
 fn default_flows_per_pod() -> u32 {
     enforcer_common::MAX_FLOWS / 16
+}
+
+/// The MAC, with the key named in the error (serde names only the enclosing map).
+fn gateway_mac<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<crate::model::mac::MacAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|e| serde::de::Error::custom(format!("gatewayMac: {e}")))
 }
 
 fn yes() -> bool {
@@ -182,13 +192,6 @@ impl Config {
                 _ => anyhow::bail!("{ENV_MODE}={m:?}: expected strict or standard"),
             });
         }
-        crate::sources::kube::parse_mac(&cfg.node.gateway_mac).with_context(|| {
-            format!(
-                "config {}: node.gatewayMac {:?} is not a MAC address",
-                path.display(),
-                cfg.node.gateway_mac
-            )
-        })?;
         if !(1..=enforcer_common::MAX_FLOWS).contains(&cfg.node.flows_per_pod) {
             anyhow::bail!(
                 "config {}: node.flowsPerPod {} is not within 1..={} (the flow table's size)",

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod engine;
 pub mod memory;
+pub mod model;
 pub mod netdev;
 pub mod plan;
 pub mod policy;

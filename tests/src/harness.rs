@@ -3,10 +3,11 @@
 use aya::programs::{TestRun, TestRunOptions};
 use enforcer::config::Config;
 use enforcer::datapath::kernel::{Datapath, kernel_node_config};
+use enforcer::model::group::GroupCatalog;
+use enforcer::model::objects::KubeObjects;
 use enforcer::netdev::Iface;
 use enforcer::plan::{Memory, Plan};
-use enforcer::policy::model::GroupCatalog;
-use enforcer::sources::{ec2, files::Snapshot, kube::KubeObjects};
+use enforcer::sources::{ec2, files::Snapshot};
 use enforcer_common::Reason;
 
 pub const GW_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0, 0x01];

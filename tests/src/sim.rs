@@ -274,7 +274,10 @@ impl SimNode {
                 )?;
             }
             vlan_by_mac.insert(
-                enforcer::sources::kube::parse_mac(&p.mac).context("pod mac")?,
+                p.mac
+                    .parse::<enforcer::model::mac::MacAddr>()
+                    .context("pod mac")?
+                    .octets(),
                 p.vlan,
             );
             self.pods.push((p.clone(), pns));

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use enforcer::config::Quotas;
+use enforcer::model::group::{Direction, GroupCatalog};
 use enforcer::policy::compile::{CookieTable, FlatRule, flatten, reference_verdict};
-use enforcer::policy::model::{Direction, GroupCatalog};
 use enforcer::sources::ec2::parse_security_groups;
 use enforcer_common::prog_names::{POD_EGRESS, TRUNK_INGRESS};
 use integration_tests::frames::{Frame, L4};

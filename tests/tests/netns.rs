@@ -563,7 +563,7 @@ fn counter_reaching(sim: &SimNode, pod: &str, reason: &str, min: u64) -> u64 {
 /// sets its MAC to 02:ee:00:00:vlan).
 fn host_veth_link_local(p: &SimPod) -> std::net::Ipv6Addr {
     let mac = [0x02, 0xee, 0, 0, (p.vlan >> 8) as u8, p.vlan as u8];
-    enforcer::sources::kube::link_local_v6(&mac)
+    enforcer::model::pod::link_local_v6(&enforcer::model::mac::MacAddr::new(mac))
 }
 
 /// One TCP echo from inside `ns` to a link-local address over the pod's eth0.
@@ -693,7 +693,12 @@ fn frames_with_headers_outside_the_linear_area_are_enforced() {
     let allowed = sink("10.0.2.5:5353");
     let denied = sink("10.0.2.6:5353");
     let host_mac = [0x02, 0xee, 0, 0, 0, n.web.vlan as u8];
-    let web_mac = enforcer::sources::kube::parse_mac(&n.web.mac).unwrap();
+    let web_mac = n
+        .web
+        .mac
+        .parse::<enforcer::model::mac::MacAddr>()
+        .unwrap()
+        .octets();
     let payload = vec![0x5au8; 5000];
     let frame = |dst: [u8; 4]| {
         let mut f = Vec::new();

@@ -617,7 +617,7 @@ pub fn kernel_node_config(cfg: &crate::config::Config, trunk_ifindex: u32) -> No
     NodeConfig {
         trunk_ifindex,
         _pad0: 0,
-        gateway_mac: crate::sources::kube::parse_mac(&cfg.node.gateway_mac).unwrap_or_default(),
+        gateway_mac: cfg.node.gateway_mac.octets(),
         _pad1: [0; 2],
         timeouts_ns: {
             let mut a = [s(t.other); FLOW_STATES];

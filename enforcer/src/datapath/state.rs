@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use enforcer_common::*;
 use ipnet::IpNet;
 
+use crate::model::group::Direction;
 use crate::policy::compile::{Allow, ClassContent, CompiledPolicy};
-use crate::policy::model::Direction;
 
 /// Everything the programs read, as key -> value. LPM keys carry their prefix length.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

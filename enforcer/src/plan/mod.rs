@@ -16,8 +16,8 @@ pub use pod::{Details, PodOutcome, PodPlan};
 use crate::config::Config;
 use crate::datapath::state::KernelState;
 pub use crate::memory::Memory;
+use crate::model::group::GroupCatalog;
 use crate::netdev::Iface;
-use crate::policy::model::GroupCatalog;
 use crate::policy::resolve::{group_error, resolve_pods};
 use crate::sources::files::Snapshot;
 use crate::status::PodStatus;
@@ -129,8 +129,8 @@ fn freeze_groups(
 mod tests {
     use super::*;
     use crate::config::{Mode, host_veth_name};
+    use crate::model::objects::KubeObjects;
     use crate::sources::ec2::parse_security_groups;
-    use crate::sources::kube::KubeObjects;
     use crate::status::PodState;
 
     const GROUPS: &str = r#"{"SecurityGroups":[

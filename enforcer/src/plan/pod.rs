@@ -6,12 +6,12 @@ use enforcer_common::{MAX_PODS, PodInfo, PodMode};
 use crate::config::{Config, Mode, host_veth_name};
 use crate::datapath::state::KernelState;
 use crate::memory::Memory;
+use crate::model::group::GroupCatalog;
+use crate::model::pod::{BadPod, link_local_v6};
 use crate::netdev::Iface;
 use crate::plan::PodError;
 use crate::policy::compile::{CompileError, CompiledPolicy, compile, flatten};
-use crate::policy::model::GroupCatalog;
 use crate::policy::resolve::Resolved;
-use crate::sources::kube::{BadPod, link_local_v6};
 use crate::status::{PodState, PodStatus};
 
 /// What happens to one pod.
@@ -196,7 +196,7 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
         }
         entry = PodInfo {
             policy_id: d.policy_id,
-            mac: eni.mac,
+            mac: eni.mac.octets(),
             // A pod whose VLAN, MAC or address another pod holds is reachable by its
             // interface only: its entry must not replace the other pod's.
             vlan: if r.clash { 0 } else { eni.vlan },

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::config::Quotas;
-use crate::policy::model::{Direction, GroupCatalog, Peer, Protocol, Rule};
+use crate::model::group::{Direction, GroupCatalog, Peer, Protocol, Rule};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -420,7 +420,7 @@ impl CompiledPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::SecurityGroup;
+    use crate::model::group::SecurityGroup;
 
     fn rule(proto: Protocol, from: Option<i32>, to: Option<i32>, peer: &str) -> Rule {
         let peer = if peer.starts_with("sg-") {

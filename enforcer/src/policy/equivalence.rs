@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::compile::{FlatRule, compile, reference_verdict};
-use super::model::Direction;
+use crate::model::group::Direction;
 
 // Small address and port spaces so that random packets actually hit random rules.
 fn v4() -> impl Strategy<Value = Ipv4Addr> {

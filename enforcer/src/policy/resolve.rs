@@ -2,9 +2,11 @@
 use std::collections::BTreeMap;
 
 use crate::config::UnmatchedPods;
+use crate::model::group::GroupCatalog;
+use crate::model::objects::KubeObjects;
+use crate::model::pod::{BranchEni, Pod};
+use crate::model::policy::SecurityGroupPolicy;
 use crate::plan::PodError;
-use crate::policy::model::GroupCatalog;
-use crate::sources::kube::{BranchEni, KubeObjects, Pod, SecurityGroupPolicy, parse_pod_eni};
 
 /// The outcome of resolving one pod.
 #[derive(Clone, Debug)]
@@ -111,7 +113,7 @@ pub fn resolve_pods(
             duplicate: false,
             clash: false,
         };
-        match pod.pod_eni.as_deref().map(parse_pod_eni) {
+        match pod.branch_eni.clone() {
             None => {
                 // No branch ENI: not ours, whether or not a policy selects it yet (the
                 // resource controller has not attached one). Status says which.
@@ -151,7 +153,7 @@ pub fn resolve_pods(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::model::SecurityGroup;
+    use crate::model::group::SecurityGroup;
 
     fn objects(yaml: &str) -> KubeObjects {
         let mut k = KubeObjects::default();

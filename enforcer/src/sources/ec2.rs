@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::policy::model::{Peer, Protocol, Rule, SecurityGroup};
+use crate::model::group::{Peer, Protocol, Rule, SecurityGroup};
 use crate::sources::SourceError;
 
 /// The document's shape only: each group is read on its own, so one bad group fails

@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::policy::model::GroupCatalog;
-use crate::sources::{SourceError, ec2, kube::KubeObjects};
+use crate::model::group::GroupCatalog;
+use crate::model::objects::KubeObjects;
+use crate::sources::{SourceError, ec2};
 
 pub struct Snapshot {
     pub catalog: GroupCatalog,

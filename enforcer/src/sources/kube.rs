@@ -5,7 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
-use crate::policy::selector::LabelSelector;
+use crate::model::mac::MacAddr;
+use crate::model::objects::KubeObjects;
+use crate::model::pod::{BadPod, BranchEni, Pod};
+use crate::model::policy::{SecurityGroupPolicy, ServiceAccount};
+use crate::model::selector::LabelSelector;
 use crate::sources::SourceError;
 
 pub const POD_ENI_ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
@@ -20,99 +24,6 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Pod {
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub service_account: String,
-    /// The raw annotation; parsed with [`parse_pod_eni`] so a bad one fails only this pod.
-    pub pod_eni: Option<String>,
-    /// Where the object came from (file and document), for error messages.
-    pub origin: String,
-}
-
-impl Pod {
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct SecurityGroupPolicy {
-    pub namespace: String,
-    pub name: String,
-    pub pod_selector: Option<LabelSelector>,
-    pub service_account_selector: Option<LabelSelector>,
-    pub group_ids: Vec<String>,
-    /// Why the policy can't be used as written. It then fails closed the pods it
-    /// selects or, when its selectors can't be read, every branch pod of its namespace.
-    pub error: Option<String>,
-    /// The selectors were read and are valid (so we know which pods it selects).
-    pub selectors_readable: bool,
-}
-
-impl SecurityGroupPolicy {
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct ServiceAccount {
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A Pod object that can't be enforced as written (no name): it fails alone.
-#[derive(Clone, Debug)]
-pub struct BadPod {
-    pub namespace: String,
-    pub origin: String,
-    pub problem: String,
-}
-
-/// Everything read from the Kubernetes side.
-#[derive(Clone, Debug, Default)]
-pub struct KubeObjects {
-    pub pods: Vec<Pod>,
-    pub policies: Vec<SecurityGroupPolicy>,
-    pub service_accounts: Vec<ServiceAccount>,
-    pub bad_pods: Vec<BadPod>,
-    /// Documents that are not Kubernetes objects at all: reported, otherwise ignored.
-    pub errors: Vec<String>,
-}
-
-/// The branch ENI given to a pod (element 0 of the annotation's array).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BranchEni {
-    pub eni_id: String,
-    pub mac: [u8; 6],
-    pub ipv4: Option<Ipv4Addr>,
-    pub ipv6: Option<Ipv6Addr>,
-    pub vlan: u16,
-    pub subnet_cidr: Option<String>,
-    pub subnet_v6_cidr: Option<String>,
-}
-
-/// The IPv6 link-local address Linux gives an interface with this MAC by default
-/// (modified EUI-64, RFC 4291 appendix A): fe80::(mac0^2)(mac1):(mac2)ff:fe(mac3):(mac4)(mac5).
-pub fn link_local_v6(mac: &[u8; 6]) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a[0] = 0xfe;
-    a[1] = 0x80;
-    a[8] = mac[0] ^ 0x02;
-    a[9] = mac[1];
-    a[10] = mac[2];
-    a[11] = 0xff;
-    a[12] = 0xfe;
-    a[13] = mac[3];
-    a[14] = mac[4];
-    a[15] = mac[5];
-    Ipv6Addr::from(a)
 }
 
 #[derive(Deserialize)]
@@ -132,21 +43,6 @@ struct RawEni {
     subnet_v6_cidr: Option<String>,
 }
 
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return None;
-        }
-        mac[i] = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
-}
-
 /// Parses the pod-eni annotation; the error says what is wrong with it.
 pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
     let list: Vec<RawEni> = serde_json::from_str(raw)
@@ -154,18 +50,18 @@ pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
     let Some(e) = list.into_iter().next() else {
         return Err(format!("annotation {POD_ENI_ANNOTATION} is an empty array"));
     };
-    let mac = parse_mac(&e.if_address).ok_or_else(|| {
+    let mac: MacAddr = e.if_address.parse().map_err(|_| {
         format!(
             "annotation {POD_ENI_ANNOTATION}: ifAddress {:?} is not a MAC address",
             e.if_address
         )
     })?;
-    if mac == [0; 6] {
+    if mac.is_zero() {
         return Err(format!(
             "annotation {POD_ENI_ANNOTATION}: ifAddress is all zero"
         ));
     }
-    if mac[0] & 1 != 0 {
+    if mac.is_group() {
         return Err(format!(
             "annotation {POD_ENI_ANNOTATION}: ifAddress {} is a multicast/broadcast MAC, \
              not an interface's",
@@ -302,15 +198,6 @@ impl KubeObjects {
         Ok(())
     }
 
-    /// Adds the objects of another source.
-    pub fn extend(&mut self, other: KubeObjects) {
-        self.pods.extend(other.pods);
-        self.policies.extend(other.policies);
-        self.service_accounts.extend(other.service_accounts);
-        self.bad_pods.extend(other.bad_pods);
-        self.errors.extend(other.errors);
-    }
-
     fn add_value(&mut self, value: serde_json::Value, origin: &str) {
         let obj: RawObject = match serde_json::from_value(value) {
             Ok(o) => o,
@@ -350,7 +237,11 @@ impl KubeObjects {
                     name: obj.metadata.name,
                     labels: obj.metadata.labels,
                     service_account: sa,
-                    pod_eni: obj.metadata.annotations.get(POD_ENI_ANNOTATION).cloned(),
+                    branch_eni: obj
+                        .metadata
+                        .annotations
+                        .get(POD_ENI_ANNOTATION)
+                        .map(|raw| parse_pod_eni(raw)),
                     origin: origin.to_string(),
                 });
             }
@@ -402,15 +293,6 @@ fn policy(namespace: String, name: String, spec: &serde_json::Value) -> Security
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn link_local_is_linux_eui64() {
-        // `ip -6 addr` on an interface with MAC 02:00:00:00:0a:01 shows fe80::ff:fe00:a01.
-        assert_eq!(
-            link_local_v6(&[0x02, 0, 0, 0, 0x0a, 0x01]).to_string(),
-            "fe80::ff:fe00:a01"
-        );
-    }
 
     #[test]
     fn pod_eni_accepts_both_vlan_spellings() {
