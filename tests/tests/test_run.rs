@@ -720,7 +720,7 @@ fn flow_table_full_refuses_new_flows_keeps_old() {
         use enforcer_common::{FLOW_UDP, FlowKey, FlowValue, MAX_FLOWS};
         let mut m: HashMap<_, FlowKey, FlowValue> =
             HashMap::try_from(h.dp.ebpf().map_mut("FLOWS").unwrap()).unwrap();
-        let now = enforcer::datapath::kernel::coarse_now_ns();
+        let now = enforcer::datapath::sweep::coarse_now_ns();
         for i in 0..MAX_FLOWS - 1 {
             let mut k = FlowKey {
                 proto: 17,
