@@ -1,0 +1,176 @@
+//! Connection tracking (SPEC §4): the flow key seen from the pod, lookups that refresh
+//! or expire an entry, inserts charged to the pod's share of the table. The state
+//! machine and timeouts are the shared crate's (`enforcer_common::flow`).
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use enforcer_common::flow::{idle_limit, initial_state, next_state};
+use enforcer_common::*;
+use enforcer_ebpf::parse::{Addr, Packet, Tuple};
+
+use crate::maps::{FLOW_COUNT, FLOW_SWEPT, FLOWS};
+
+/// `-EEXIST` from a map insert with `BPF_NOEXIST`.
+const EEXIST: i32 = -17;
+
+/// Refreshing `last_seen` on every packet would dirty a cache line per packet; a second
+/// of slack is nothing against timeouts of 30 s and more.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Stores an address into a map key's byte-array field with word stores. The maps keep
+/// bytes (bpftool prints them readably); a 16-byte array copy would be a memmove call.
+/// `dst` must be 4-byte aligned, which every key struct here guarantees.
+#[inline(always)]
+pub fn put_addr(dst: &mut [u8; 16], a: &Addr) {
+    let p = dst as *mut [u8; 16] as *mut u32;
+    // SAFETY: 16 writable bytes, 4-byte aligned (the caller's contract).
+    unsafe {
+        *p = a[0];
+        *p.add(1) = a[1];
+        *p.add(2) = a[2];
+        *p.add(3) = a[3];
+    }
+}
+
+/// Flow key as seen from the pod: `local` is the pod side whatever the direction.
+#[inline(always)]
+pub fn flow_key(t: &Tuple, family: u8, dir: Direction) -> FlowKey {
+    let mut k = FlowKey {
+        proto: t.proto,
+        family,
+        ..FlowKey::default()
+    };
+    if dir == Direction::Egress {
+        put_addr(&mut k.local, &t.src);
+        put_addr(&mut k.remote, &t.dst);
+        k.local_port = t.sport;
+        k.remote_port = t.dport;
+    } else {
+        put_addr(&mut k.local, &t.dst);
+        put_addr(&mut k.remote, &t.src);
+        k.local_port = t.dport;
+        k.remote_port = t.sport;
+    }
+    k
+}
+
+/// Other protocols are tracked by address pair only (SPEC §4).
+#[inline(always)]
+pub fn normalise_ports(k: &mut FlowKey) {
+    match k.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => {}
+        _ => {
+            k.local_port = 0;
+            k.remote_port = 0;
+        }
+    }
+}
+
+/// Live flow entries of a pod slot (see `FLOW_SWEPT`).
+#[inline(always)]
+pub fn flows_of(slot: u32) -> u64 {
+    let added = FLOW_COUNT.get(slot).copied().unwrap_or(0);
+    let swept = FLOW_SWEPT.get(slot).copied().unwrap_or(0);
+    added.saturating_sub(swept)
+}
+
+/// Adds `delta` (two's complement for a decrement) to a pod's live flow count.
+#[inline(always)]
+fn charge(slot: u32, delta: u64) {
+    if let Some(c) = FLOW_COUNT.get_ptr_mut(slot) {
+        // SAFETY: a valid, aligned map value for the program's run. The atomic add (a
+        // BPF_ATOMIC instruction; core's atomics lack RMW on this target) keeps CPUs from
+        // losing each other's updates.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, delta) };
+    }
+}
+
+/// Removes a flow entry and gives its pod's share back, once: only the CPU (or the
+/// daemon) whose delete succeeded does.
+#[inline(always)]
+fn remove_flow(key: &FlowKey, slot: u32) {
+    if FLOWS.remove(key).is_ok() {
+        charge(slot, u64::MAX);
+    }
+}
+
+/// Looks the flow up; refreshes it on a hit, removes it when it has gone idle.
+#[inline(always)]
+pub fn flow_hit(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    key: &FlowKey,
+    pkt: &Packet,
+    dir: Direction,
+    now: u64,
+) -> bool {
+    let Some(v) = FLOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a hash value pointer stays valid for the program's run (RCU).
+    let v = unsafe { &mut *v };
+    let age = now.saturating_sub(v.last_seen_ns);
+    if age > idle_limit(cfg, v.state, flows_of(v.slot)) || v.slot != pod.slot {
+        // Idle, or left by a deleted pod whose address this pod now has.
+        remove_flow(key, v.slot);
+        return false;
+    }
+    // A query's flow passes requests one way and the matching replies the other: a
+    // reply type going out, or a new request coming back, is judged by the rules.
+    if pkt.icmp_query != ICMP_NOT_QUERY && (pkt.icmp_query == ICMP_REPLY) != (dir != v.origin()) {
+        return false;
+    }
+    let state = next_state(v.state, pkt.tcp_flags, dir != v.origin());
+    if state != v.state || age > REFRESH_NS {
+        v.state = state;
+        v.last_seen_ns = now;
+    }
+    if dir != v.origin() && v.seen_reply == 0 {
+        v.seen_reply = 1;
+    }
+    true
+}
+
+/// Why a new flow could not be recorded.
+pub enum InsertError {
+    /// The pod holds its whole share of the table.
+    PodShare,
+    /// The node's table is full.
+    TableFull,
+}
+
+/// Records a new flow allowed by the rule `cookie`, charged to the pod's share.
+#[inline(always)]
+pub fn insert_flow(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    key: &FlowKey,
+    pkt: &Packet,
+    dir: Direction,
+    cookie: u32,
+    now: u64,
+) -> Result<(), InsertError> {
+    if flows_of(pod.slot) >= cfg.flows_per_pod as u64 {
+        // One pod must not fill the node-wide table and starve every other pod.
+        return Err(InsertError::PodShare);
+    }
+    let v = FlowValue {
+        last_seen_ns: now,
+        cookie,
+        state: initial_state(pkt.outer.proto, pkt.tcp_flags),
+        origin_dir: dir as u8,
+        seen_reply: 0,
+        _pad: 0,
+        slot: pod.slot,
+        _pad2: 0,
+    };
+    match FLOWS.insert(key, v, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            charge(pod.slot, 1);
+            Ok(())
+        }
+        // Another CPU created it first.
+        Err(EEXIST) => Ok(()),
+        Err(_) => Err(InsertError::TableFull),
+    }
+}

@@ -1,0 +1,49 @@
+//! The trunk side: VLAN -> pod, the pod's inbound rules, tag popped, MACs rewritten,
+//! redirected to the pod's host-side interface.
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::{bpf_redirect, bpf_skb_vlan_pop},
+    programs::TcContext,
+};
+use enforcer_common::{Direction, Reason};
+use enforcer_ebpf::parse::{parse_l2, parse_l3_pulled};
+use enforcer_ebpf::rewrite::set_macs;
+
+use crate::counters::count;
+use crate::exit::Exit;
+use crate::maps::{POD_BY_VLAN, SCRATCH};
+use crate::verdict::{Verdict, decide};
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
+    let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(0, e.reason()))?;
+    // Untagged frames are the trunk's own traffic (the node's), not a branch pod's.
+    let Some(vlan) = l2.vlan else {
+        return Ok(TC_ACT_OK);
+    };
+    // A reference, not a copy.
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+    let pod =
+        unsafe { POD_BY_VLAN.get(vlan as u32) }.ok_or(Exit::Drop(0, Reason::DropUnknownVlan))?;
+    let pkt = SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Exit::Drop(pod.slot, Reason::DropInternal))?;
+    // SAFETY: the per-CPU scratch slot is ours for the program's run.
+    let pkt = unsafe { &mut *pkt };
+    parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
+    // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its
+    // neighbour is the host-side interface): they meet the pod's inbound rules.
+    let reason = match decide(pod, pkt, Direction::Ingress) {
+        Verdict::Allow(r) => r,
+        Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
+    };
+    // Pops the tag from metadata or from the bytes, whichever holds it.
+    // SAFETY: the helper takes the program's own skb; packet pointers are re-read after.
+    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        return Err(Exit::Internal(pod.slot, "VLAN pop"));
+    }
+    set_macs(ctx, &pod.mac, &pod.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
+    count(pod.slot, reason, ctx.len());
+    // SAFETY: a plain helper call with no pointers.
+    Ok(unsafe { bpf_redirect(pod.host_ifindex, 0) } as i32)
+}
