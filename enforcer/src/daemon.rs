@@ -27,6 +27,9 @@ struct Daemon {
     node: NodeConfig,
     mem: Memory,
     status: NodeStatus,
+    /// Status is published only once the trunk is attached too: a reader that sees
+    /// generation 1 sees a datapath that is complete.
+    attached: bool,
 }
 
 fn counters_map(dp: &Datapath, slot: u32) -> std::collections::BTreeMap<String, [u64; 2]> {
@@ -119,6 +122,9 @@ impl Daemon {
         self.status.unattributed = counters_map(&self.dp, 0);
         self.status.flows = self.dp.flows().map(|f| f.len()).unwrap_or(0);
         self.status.maps = self.dp.fill_levels(self.status.flows);
+        if !self.attached {
+            return;
+        }
         if let Err(e) = write_status(&self.cfg.state_dir, &self.status) {
             warn!("writing status: {e:#}");
         }
@@ -242,10 +248,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
         node,
         mem,
         status,
+        attached: false,
     };
     // Pods' state exists before the trunk delivers anything to them.
     d.apply();
     d.dp.attach_trunk(&d.cfg.node.trunk_interface.clone())?;
+    d.attached = true;
     info!("attached to trunk {}", d.cfg.node.trunk_interface);
     d.refresh_status();
 

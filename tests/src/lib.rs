@@ -7,6 +7,7 @@ pub mod frames;
 pub mod harness;
 pub mod net;
 pub mod realbench;
+pub mod scenario;
 pub mod sim;
 
 /// The enforcer binary the tests run (`PODSG_ENFORCER_BIN`, or the one built beside the

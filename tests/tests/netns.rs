@@ -1,4 +1,12 @@
-//! Real traffic through the real daemon on a simulated node (network namespaces).
+//! Real traffic through the real daemon on a simulated node (network namespaces):
+//!
+//! ```text
+//!  [pod ns] eth0 ──veth── vlan<hash> [node ns] trunk0 ──veth── fab0 [fabric ns]
+//!  web 10.0.1.11 (VLAN 11), client .12 (12), other .13 (13)   VPC hosts 10.0.2.5/.6
+//! ```
+//! web may reach TCP 443 and UDP 5353 on 10.0.2.5 and ICMP in 10.0.2.0/24; client may
+//! send anything; other has no inbound rule. Each test says in its asserts what it
+//! proves, and removes everything it built, also on failure.
 use std::path::PathBuf;
 
 use integration_tests::enforcer_bin;
