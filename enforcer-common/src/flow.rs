@@ -5,13 +5,65 @@ use crate::policy::Direction;
 use crate::{AF_V4, NodeConfig, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const FLOW_TCP_SYN: u8 = 0;
-pub const FLOW_TCP_ESTABLISHED: u8 = 1;
-pub const FLOW_TCP_CLOSING: u8 = 2;
-pub const FLOW_UDP: u8 = 3;
-pub const FLOW_UDP_STREAM: u8 = 4;
-pub const FLOW_ICMP: u8 = 5;
-pub const FLOW_OTHER: u8 = 6;
+/// A flow's state. Stored as its number in `FlowValue::state` (any byte must be a valid
+/// map value), so the programs work with the `FLOW_*` numbers below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowState {
+    /// TCP: SYN seen, no reply yet.
+    TcpSyn = 0,
+    TcpEstablished = 1,
+    /// TCP: FIN or RST seen.
+    TcpClosing = 2,
+    /// UDP seen one way only.
+    Udp = 3,
+    /// UDP seen both ways.
+    UdpStream = 4,
+    Icmp = 5,
+    /// Other protocols, tracked by addresses only.
+    Other = 6,
+}
+
+impl FlowState {
+    pub const ALL: [FlowState; 7] = [
+        FlowState::TcpSyn,
+        FlowState::TcpEstablished,
+        FlowState::TcpClosing,
+        FlowState::Udp,
+        FlowState::UdpStream,
+        FlowState::Icmp,
+        FlowState::Other,
+    ];
+
+    /// The state a stored number stands for.
+    pub const fn from_raw(raw: u8) -> Option<FlowState> {
+        if (raw as usize) < FlowState::ALL.len() {
+            Some(FlowState::ALL[raw as usize])
+        } else {
+            None
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FlowState::TcpSyn => "tcp-syn-sent",
+            FlowState::TcpEstablished => "tcp-established",
+            FlowState::TcpClosing => "tcp-closing",
+            FlowState::Udp => "udp",
+            FlowState::UdpStream => "udp-stream",
+            FlowState::Icmp => "icmp",
+            FlowState::Other => "other",
+        }
+    }
+}
+
+pub const FLOW_TCP_SYN: u8 = FlowState::TcpSyn as u8;
+pub const FLOW_TCP_ESTABLISHED: u8 = FlowState::TcpEstablished as u8;
+pub const FLOW_TCP_CLOSING: u8 = FlowState::TcpClosing as u8;
+pub const FLOW_UDP: u8 = FlowState::Udp as u8;
+pub const FLOW_UDP_STREAM: u8 = FlowState::UdpStream as u8;
+pub const FLOW_ICMP: u8 = FlowState::Icmp as u8;
+pub const FLOW_OTHER: u8 = FlowState::Other as u8;
 
 /// Slots in `NodeConfig::timeouts_ns`: a power of two, so a masked state always indexes.
 pub const FLOW_STATES: usize = 8;
@@ -220,6 +272,19 @@ mod tests {
             ..FlowValue::default()
         };
         assert_eq!(v.origin(), Direction::Egress);
+    }
+
+    #[test]
+    fn states_are_numbered_by_place() {
+        for (i, st) in FlowState::ALL.iter().enumerate() {
+            assert_eq!(*st as usize, i);
+            assert_eq!(FlowState::from_raw(i as u8), Some(*st));
+        }
+        assert_eq!(FlowState::from_raw(7), None);
+        assert!(
+            FlowState::ALL.len() <= FLOW_STATES,
+            "every state has a timeout slot"
+        );
     }
 
     #[test]

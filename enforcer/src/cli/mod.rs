@@ -1,4 +1,7 @@
-//! Command-line interface.
+//! Command-line interface: the arguments (here) and one module per command.
+mod check;
+mod status;
+mod uninstall;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -59,4 +62,38 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// What a finished command asks of the process: exit 1 for an expected "no" (a pod would
+/// fail closed), without an error chain or a backtrace.
+pub enum Outcome {
+    Ok,
+    Failed,
+}
+
+/// Runs a command.
+pub fn run(command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Run { config } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::daemon::run(&config))
+            .map(|()| Outcome::Ok),
+        Command::Status {
+            state_dir,
+            config,
+            output,
+        } => status::run(state_dir, config, output),
+        Command::Check { config, output } => check::run(&config, output),
+        Command::Uninstall { bpffs_dir, config } => uninstall::run(bpffs_dir, config),
+    }
+}
+
+/// Prints status as a table or JSON.
+fn print(s: &crate::status::NodeStatus, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print!("{}", s.render_table()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(s)?),
+    }
+    Ok(())
 }
