@@ -1,0 +1,204 @@
+//! A simulated node built from network namespaces, shared by the demo and the tests:
+//!
+//! ```text
+//!  [pod ns] eth0 ──veth── <host veth> [node ns] trunk0 ──veth── fab0 [fabric ns]
+//!                                                       (802.1Q)   "remote" VPC hosts on lo
+//! ```
+//! The fabric plays the VPC: it routes, tags frames toward each branch ENI with its VLAN
+//! and untags frames from the trunk (its own small programs; this kernel has no VLAN
+//! devices). The node's own address sits on the trunk link, untagged. Everything is
+//! removed when the `SimNode` is dropped, also when a test fails.
+mod cni;
+mod netns;
+mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Child;
+
+use anyhow::{Context, Result};
+use enforcer_common::map_names;
+
+use crate::fabric::Fabric;
+
+pub use cni::{SimPod, pods_yaml, sim_pod};
+pub use netns::{in_netns, sh, spawn_in_netns};
+pub use process::write_config;
+
+use netns::{ip, ip_root, remove_leftovers, unique_prefix};
+
+/// The simulated CNI names host interfaces as the AWS VPC CNI does (and as the daemon's
+/// default `hostVethPrefix` expects).
+pub const SIM_VETH_PREFIX: &str = "vlan";
+pub const FABRIC_MAC: &str = "02:fa:00:00:00:01";
+pub const TRUNK_MAC: &str = "02:7e:00:00:00:01";
+pub const NODE_IPV4: &str = "10.0.0.10";
+pub const NODE_IPV6: &str = "fd00:10::10";
+pub const FABRIC_IPV4: &str = "10.0.0.1";
+pub const FABRIC_IPV6: &str = "fd00:10::1";
+
+pub struct SimNode {
+    pub prefix: String,
+    pub fabric_ns: String,
+    pub node_ns: String,
+    pub pods: Vec<(SimPod, String)>,
+    pub workdir: PathBuf,
+    pub bpffs_dir: PathBuf,
+    pub(super) namespaces: Vec<String>,
+    pub(super) fabric: Option<Fabric>,
+    pub(super) daemon: Option<Child>,
+    pub(super) children: Vec<Child>,
+}
+
+impl SimNode {
+    pub fn pod_ns(&self, name: &str) -> &str {
+        &self
+            .pods
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .expect("no such pod")
+            .1
+    }
+
+    /// Builds the namespaces, links and addresses, and the fabric's tagging programs.
+    /// `remote` are addresses the fabric hosts (VPC hosts off this node).
+    pub fn build(pods: &[SimPod], remote: &[&str]) -> Result<SimNode> {
+        remove_leftovers();
+        let prefix = unique_prefix();
+        let workdir = std::env::temp_dir().join(format!("podsg-{prefix}"));
+        std::fs::create_dir_all(&workdir)?;
+        let mut sim = SimNode {
+            fabric_ns: format!("{prefix}-fabric"),
+            node_ns: format!("{prefix}-node"),
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/podsg-{prefix}")),
+            prefix,
+            pods: Vec::new(),
+            workdir,
+            namespaces: Vec::new(),
+            fabric: None,
+            daemon: None,
+            children: Vec::new(),
+        };
+        sim.build_inner(pods, remote)?;
+        Ok(sim)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<()> {
+        ip_root(&format!("netns add {name}"))?;
+        self.namespaces.push(name.to_string());
+        ip(name, "link set lo up")?;
+        Ok(())
+    }
+
+    fn sysctl(ns: &str, kv: &[&str]) -> Result<()> {
+        for s in kv {
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", s])?;
+        }
+        Ok(())
+    }
+
+    fn build_inner(&mut self, pods: &[SimPod], remote: &[&str]) -> Result<()> {
+        let (fab, node) = (self.fabric_ns.clone(), self.node_ns.clone());
+        self.add_ns(&fab)?;
+        self.add_ns(&node)?;
+        ip_root(&format!(
+            "link add trunk0 netns {node} type veth peer name fab0 netns {fab}"
+        ))?;
+        ip(&fab, &format!("link set fab0 address {FABRIC_MAC} up"))?;
+        ip(&node, &format!("link set trunk0 address {TRUNK_MAC} up"))?;
+        ip(&fab, &format!("addr add {FABRIC_IPV4}/16 dev fab0"))?;
+        ip(&fab, &format!("addr add {FABRIC_IPV6}/32 dev fab0 nodad"))?;
+        ip(&node, &format!("addr add {NODE_IPV4}/16 dev trunk0"))?;
+        ip(&node, &format!("addr add {NODE_IPV6}/32 dev trunk0 nodad"))?;
+        // The node reaches pods (and the VPC's hosts) through the VPC, as in strict mode.
+        ip(&node, &format!("route add 10.0.1.0/24 via {FABRIC_IPV4}"))?;
+        ip(
+            &node,
+            &format!("-6 route add fd00:10:1::/64 via {FABRIC_IPV6}"),
+        )?;
+        ip(
+            &node,
+            &format!("-6 route add fd00:10:2::/64 via {FABRIC_IPV6}"),
+        )?;
+        for (ns, addr, mac, dev) in [
+            (&fab, NODE_IPV4, TRUNK_MAC, "fab0"),
+            (&fab, NODE_IPV6, TRUNK_MAC, "fab0"),
+            (&node, FABRIC_IPV4, FABRIC_MAC, "trunk0"),
+            (&node, FABRIC_IPV6, FABRIC_MAC, "trunk0"),
+        ] {
+            ip(
+                ns,
+                &format!("neigh replace {addr} lladdr {mac} dev {dev} nud permanent"),
+            )?;
+        }
+        Self::sysctl(
+            &fab,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.fab0.send_redirects=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.fab0.rp_filter=0",
+            ],
+        )?;
+        for r in remote {
+            let plen = if r.contains(':') { "128" } else { "32" };
+            ip(&fab, &format!("addr add {r}/{plen} dev lo"))?;
+        }
+
+        let mut vlan_by_mac = BTreeMap::new();
+        for p in pods {
+            let pns = format!("{}-{}", self.prefix, p.name);
+            self.add_ns(&pns)?;
+            self.connect_pod(p, &pns)?;
+            for addr in [&p.ipv4, &p.ipv6] {
+                ip(
+                    &fab,
+                    &format!(
+                        "neigh replace {addr} lladdr {} dev fab0 nud permanent",
+                        p.mac
+                    ),
+                )?;
+            }
+            vlan_by_mac.insert(
+                p.mac
+                    .parse::<enforcer::model::mac::MacAddr>()
+                    .context("pod mac")?
+                    .octets(),
+                p.vlan,
+            );
+            self.pods.push((p.clone(), pns));
+        }
+
+        // The fabric's tagging programs, loaded from inside its namespace.
+        let fabric = in_netns(&fab, move || Fabric::attach("fab0", &vlan_by_mac))??;
+        self.fabric = Some(fabric);
+        Ok(())
+    }
+
+    /// How many frames the fabric received from the trunk tagged with `vlan`.
+    pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
+        self.fabric.as_ref().map_or(0, |f| f.frames_on_vlan(vlan))
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.fabric = None;
+        for ns in self.namespaces.iter().rev() {
+            let _ = sh(&["ip", "netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
+        }
+        // A stopped daemon leaves its datapath pinned (and enforcing): remove it.
+        let _ = enforcer::datapath::links::uninstall(&self.bpffs_dir, &map_names::ALL);
+        if std::env::var_os("PODSG_KEEP_SIM_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.workdir);
+        }
+    }
+}
