@@ -191,7 +191,8 @@ pub struct FlowValue {
     /// Counter slot of the pod that owns the entry: its share is charged for it, and an
     /// entry left by a deleted pod never serves a new pod given the same address.
     pub slot: u32,
-    pub _pad2: u32,
+    /// Standard mode: the node group's rule that allowed too (0 in strict mode).
+    pub node_cookie: u32,
 }
 
 /// ICMP query kinds (`Packet::icmp_query` in the programs): queries are tracked by

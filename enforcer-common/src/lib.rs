@@ -93,7 +93,7 @@ mod user {
 }
 
 // The layouts both sides compile against: a change here is a map layout change.
-const _: () = assert!(core::mem::size_of::<PodInfo>() == 68);
+const _: () = assert!(core::mem::size_of::<PodInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 112);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);

@@ -8,7 +8,7 @@ use crate::map_names::*;
 use crate::*;
 
 /// Version of the pinned maps' layout as a whole.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The kernel map types we use (`bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

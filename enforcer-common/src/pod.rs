@@ -36,6 +36,9 @@ pub struct PodInfo {
     /// The pod's IPv6 link-local address (EUI-64 of its MAC, as Linux forms it): the
     /// only link-local source the pod may use, and only toward link-scope destinations.
     pub ipv6_ll: [u8; 16],
+    /// Standard mode: the compiled policy of the node's groups, which must allow the
+    /// pod's traffic too (SPEC §5). 0 in strict mode.
+    pub node_policy_id: u32,
 }
 
 impl PodInfo {
@@ -56,6 +59,7 @@ impl PodInfo {
             has_ipv6: 0,
             _pad: [0; 3],
             ipv6_ll: [0; 16],
+            node_policy_id: 0,
         }
     }
 

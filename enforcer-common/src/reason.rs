@@ -27,10 +27,12 @@ pub enum Reason {
     AllowFragment = 16,
     /// A new flow refused because its pod holds its whole share of the flow table.
     DropPodFlowLimit = 17,
+    /// Standard mode: the pod's groups allow it, the node's groups do not.
+    DropNoNodeRule = 18,
 }
 
 /// Reason numbers are append-only: counters and tools index by them.
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -52,6 +54,7 @@ impl Reason {
         Reason::DropInternal,
         Reason::AllowFragment,
         Reason::DropPodFlowLimit,
+        Reason::DropNoNodeRule,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Reason {
             Reason::DropInternal => "drop_internal",
             Reason::AllowFragment => "allow_fragment",
             Reason::DropPodFlowLimit => "drop_pod_flow_limit",
+            Reason::DropNoNodeRule => "drop_no_node_rule",
         }
     }
 

@@ -147,7 +147,7 @@ pub fn insert_flow(
     key: &FlowKey,
     pkt: &Packet,
     dir: Direction,
-    cookie: u32,
+    cookies: (u32, u32),
     now: u64,
 ) -> Result<(), InsertError> {
     if flows_of(pod.slot) >= cfg.flows_per_pod as u64 {
@@ -156,13 +156,13 @@ pub fn insert_flow(
     }
     let v = FlowValue {
         last_seen_ns: now,
-        cookie,
+        cookie: cookies.0,
         state: initial_state(pkt.outer.proto, pkt.tcp_flags),
         origin_dir: dir as u8,
         seen_reply: 0,
         _pad: 0,
         slot: pod.slot,
-        _pad2: 0,
+        node_cookie: cookies.1,
     };
     match FLOWS.insert(key, v, BPF_NOEXIST as u64) {
         Ok(()) => {

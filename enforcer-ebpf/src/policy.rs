@@ -32,8 +32,8 @@ pub fn always_allowed(pkt: &Packet, dir: Direction) -> bool {
 /// Two map lookups whatever the number of rules: remote prefix -> class, then
 /// (class, protocol, port) -> rule. Returns the allowing rule's cookie and flags.
 #[inline(always)]
-pub fn policy_allows(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Option<(u32, u32)> {
-    let sc = scope(pod.policy_id, dir);
+pub fn policy_allows(policy_id: u32, pkt: &Packet, dir: Direction) -> Option<(u32, u32)> {
+    let sc = scope(policy_id, dir);
     let remote = if dir == Direction::Egress {
         &pkt.outer.dst
     } else {

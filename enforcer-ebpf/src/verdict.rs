@@ -71,7 +71,7 @@ fn decide_packet(
         return Verdict::Allow(Reason::AllowFlow);
     }
 
-    let Some((cookie, flags)) = policy_allows(pod, pkt, dir) else {
+    let Some((cookie, mut flags)) = policy_allows(pod.policy_id, pkt, dir) else {
         // Checked only when no rule allows: it costs an LPM lookup that the common
         // path should not pay.
         if always_allowed(pkt, dir) {
@@ -79,13 +79,26 @@ fn decide_packet(
         }
         return Verdict::Drop(Reason::DropNoRule);
     };
+    let mut node_cookie = 0;
+    if pod.mode() == PodMode::Standard {
+        // Standard mode (SPEC §5): the node's groups must allow it too.
+        let Some((c, f)) = policy_allows(pod.node_policy_id, pkt, dir) else {
+            if always_allowed(pkt, dir) {
+                return Verdict::Allow(Reason::AllowAlways);
+            }
+            return Verdict::Drop(Reason::DropNoNodeRule);
+        };
+        node_cookie = c;
+        // Untracked only when both allowing rules are.
+        flags &= f;
+    }
     // EC2 leaves only TCP and UDP untracked; an all-protocols rule still tracks ICMP
     // and the rest. ICMP errors and query replies never create state of their own.
     let untracked = flags & RULE_UNTRACKED != 0 && matches!(pkt.outer.proto, PROTO_TCP | PROTO_UDP);
     if untracked || pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
         return Verdict::Allow(Reason::AllowPolicy);
     }
-    match insert_flow(cfg, pod, &key, pkt, dir, cookie, now) {
+    match insert_flow(cfg, pod, &key, pkt, dir, (cookie, node_cookie), now) {
         Ok(()) => Verdict::Allow(Reason::AllowPolicy),
         Err(InsertError::PodShare) => Verdict::Drop(Reason::DropPodFlowLimit),
         Err(InsertError::TableFull) => Verdict::Drop(Reason::DropFlowTableFull),

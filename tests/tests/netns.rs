@@ -59,6 +59,10 @@ fn node() -> Node {
 
 /// The node with extra `node:` settings (YAML lines indented by two spaces).
 fn node_with(extra_node: &str) -> Node {
+    node_with_groups(extra_node, &groups())
+}
+
+fn node_with_groups(extra_node: &str, groups_json: &str) -> Node {
     let web = sim_pod("shop", "web", 1);
     let client = sim_pod("shop", "client", 2);
     let other = sim_pod("shop", "other", 3);
@@ -69,7 +73,7 @@ fn node_with(extra_node: &str) -> Node {
         policies(),
         pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name))
     );
-    let cfg = write_config(&sim, &groups(), &k8s, extra_node).unwrap();
+    let cfg = write_config(&sim, groups_json, &k8s, extra_node).unwrap();
     sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
     let groups_path = sim.workdir.join("groups.json");
     Node {
@@ -1055,5 +1059,48 @@ fn a_pod_flooding_new_flows_cannot_starve_the_others() {
         web.flows <= 32 && web.flows > 0,
         "web holds {} entries",
         web.flows
+    );
+}
+
+#[test]
+fn standard_mode_pods_need_the_nodes_groups_too() {
+    // client's own group allows everything out; the node's group allows TCP 443 to
+    // 10.0.2.5 only. Standard mode: both must allow.
+    let groups = groups().replace(
+        "\n]}",
+        r#",
+ {"GroupId":"sg-node","IpPermissionsEgress":[{"IpProtocol":"tcp","FromPort":443,"ToPort":443,"IpRanges":[{"CidrIp":"10.0.2.5/32"}]}]}
+]}"#,
+    );
+    let n = node_with_groups(
+        "  enforcingMode: standard\n  nodeGroups: [sg-node]\n",
+        &groups,
+    );
+    let st = n.sim.status().unwrap();
+    let client = st.pods.iter().find(|p| p.name == "client").unwrap();
+    assert_eq!(client.mode, Some(enforcer::config::Mode::Standard));
+    assert_eq!(
+        client.state,
+        enforcer::status::PodState::Enforced,
+        "{:?}",
+        client.error
+    );
+    let _s: Vec<_> = ["10.0.2.5:443", "10.0.2.6:443", "10.0.2.5:5353"]
+        .iter()
+        .map(|a| echo_server(&n.sim.fabric_ns, a).unwrap())
+        .collect();
+    let ns = n.sim.pod_ns("client").to_string();
+    assert!(tcp_echo(&ns, "10.0.2.5:443").unwrap(), "both groups allow");
+    assert!(
+        !tcp_echo(&ns, "10.0.2.6:443").unwrap(),
+        "the node's group does not"
+    );
+    assert!(
+        !udp_echo(&ns, "10.0.2.5:5353").unwrap(),
+        "the node's group does not"
+    );
+    assert!(
+        counter_reaching(&n.sim, "client", "drop_no_node_rule", 2) >= 2,
+        "drops counted as the node's groups' doing"
     );
 }

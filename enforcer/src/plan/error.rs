@@ -57,10 +57,13 @@ pub enum PodError {
     #[error("{problem} ({origin})")]
     BadObject { problem: String, origin: String },
     #[error(
-        "enforcing mode standard is not supported by this version; the pod stays \
-         fail-closed (set POD_SECURITY_GROUP_ENFORCING_MODE=strict for new pods)"
+        "standard mode needs the node's security groups, and node.nodeGroups is empty; \
+         the pod stays fail-closed until they are configured"
     )]
-    StandardMode,
+    NoNodeGroups,
+    /// The node's groups can't be compiled for a standard-mode pod.
+    #[error("standard mode: the node's security groups can't be used: {0}")]
+    NodeGroups(Box<PodError>),
     #[error(transparent)]
     Compile(#[from] CompileError),
     #[error(transparent)]

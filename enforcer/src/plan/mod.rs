@@ -193,7 +193,7 @@ mod tests {
             &any_iface,
         );
         let p = plan(
-            &config(", enforcingMode: standard"),
+            &config(", enforcingMode: standard, nodeGroups: [sg-b]"),
             &snapshot("sg-a", &[("old", 11), ("new", 12)]),
             &mut mem,
             &any_iface,
@@ -203,11 +203,46 @@ mod tests {
         assert_eq!(old.mode, Some(Mode::Strict));
         assert_eq!(old.state, PodState::Enforced);
         assert_eq!(new.mode, Some(Mode::Standard));
+        assert_eq!(new.state, PodState::Enforced, "{:?}", new.error);
+        let entry = |slot| {
+            p.state
+                .pods_by_vlan
+                .values()
+                .find(|e| e.slot == slot)
+                .unwrap()
+        };
         assert_eq!(
-            new.state,
-            PodState::FailClosed,
-            "standard mode is not implemented: explicit"
+            entry(old.slot).node_policy_id,
+            0,
+            "strict: only its own groups"
         );
+        let node = entry(new.slot).node_policy_id;
+        assert!(
+            node != 0 && node != entry(new.slot).policy_id,
+            "standard: the node's too"
+        );
+    }
+
+    #[test]
+    fn standard_mode_without_usable_node_groups_fails_closed() {
+        for (node_groups, want) in [
+            ("", "node.nodeGroups is empty"),
+            (
+                ", nodeGroups: [sg-gone]",
+                "The security group 'sg-gone' does not exist",
+            ),
+        ] {
+            let cfg = config(&format!(", enforcingMode: standard{node_groups}"));
+            let p = plan(
+                &cfg,
+                &snapshot("sg-a", &[("p", 11)]),
+                &mut Memory::default(),
+                &any_iface,
+            );
+            assert_eq!(p.pods[0].state, PodState::FailClosed);
+            let e = p.pods[0].error.clone().unwrap();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

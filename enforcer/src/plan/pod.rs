@@ -11,7 +11,7 @@ use crate::model::pod::{BadPod, link_local_v6};
 use crate::netdev::Iface;
 use crate::plan::PodError;
 use crate::policy::compile::{CompileError, CompiledPolicy, compile, flatten};
-use crate::policy::resolve::Resolved;
+use crate::policy::resolve::{Resolved, group_error};
 use crate::status::{PodState, PodStatus};
 
 /// What happens to one pod.
@@ -181,8 +181,12 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
         d.vlan = Some(eni.vlan);
         d.ipv4 = eni.ipv4.map(|a| a.to_string());
         d.ipv6 = eni.ipv6.map(|a| a.to_string());
+        let mut node_policy_id = 0;
         if error.is_none() && mode == Mode::Standard {
-            error = Some(PodError::StandardMode);
+            match node_policy(ctx) {
+                Ok(id) => node_policy_id = id,
+                Err(e) => error = Some(e),
+            }
         }
         if error.is_none() {
             match policy_for(ctx, &r.groups) {
@@ -202,6 +206,7 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
             vlan: if r.clash { 0 } else { eni.vlan },
             flags: if error.is_some() { entry.flags } else { 0 },
             ipv6_ll: link_local_v6(&eni.mac).octets(),
+            node_policy_id,
             ..entry
         }
         .with_addresses(eni.ipv4, eni.ipv6)
@@ -246,6 +251,21 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
         details: d,
         outcome,
     }
+}
+
+/// Standard mode: the node's groups, compiled (once) as a policy every standard-mode
+/// pod's traffic must also pass.
+fn node_policy(ctx: &mut Ctx) -> Result<u32, PodError> {
+    let groups = ctx.cfg.node.node_groups.clone();
+    if groups.is_empty() {
+        return Err(PodError::NoNodeGroups);
+    }
+    if let Some(e) = groups.iter().find_map(|g| group_error(ctx.catalog, g)) {
+        return Err(PodError::NodeGroups(Box::new(e)));
+    }
+    policy_for(ctx, &groups)
+        .map(|(id, _, _)| id)
+        .map_err(|e| PodError::NodeGroups(Box::new(e)))
 }
 
 /// The compiled policy of a set of groups (compiled once per set), added to the kernel
