@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use integration_tests::enforcer_bin;
 use integration_tests::net::*;
-use integration_tests::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
+use integration_tests::sim::{SimNode, SimPod, pods_yaml, sh, sim_pod, write_config};
 
 const REMOTE: &[&str] = &["10.0.2.5", "fd00:10:2::5", "10.0.2.6", "fd00:10:2::6"];
 
@@ -1102,5 +1102,40 @@ fn standard_mode_pods_need_the_nodes_groups_too() {
     assert!(
         counter_reaching(&n.sim, "client", "drop_no_node_rule", 2) >= 2,
         "drops counted as the node's groups' doing"
+    );
+}
+
+#[test]
+fn the_node_is_on_its_primary_eni_and_the_internet_lies_outside_the_vpc() {
+    // The trunk carries only branch pods' tagged frames: the node's own traffic (here to
+    // a VPC host and to the internet) leaves through its primary ENI, and no strict-mode
+    // pod reaches the internet (its address is not routable there; SNAT is standard
+    // mode's, and absent in strict mode).
+    let n = node();
+    let _vpc = echo_server(&n.sim.fabric_ns, "10.0.2.6:7000").unwrap();
+    let _inet = echo_server(&n.sim.internet_ns, "203.0.113.10:7000").unwrap();
+    for dst in ["10.0.2.6", "203.0.113.10", "10.0.1.12"] {
+        let route = sh(&["ip", "-n", &n.sim.node_ns, "route", "get", dst]).unwrap();
+        assert!(
+            route.contains("dev eth0"),
+            "node → {dst} leaves by the primary ENI: {route}"
+        );
+    }
+    assert!(
+        tcp_echo(&n.sim.node_ns, "10.0.2.6:7000").unwrap(),
+        "node → VPC host"
+    );
+    assert!(
+        tcp_echo(&n.sim.node_ns, "203.0.113.10:7000").unwrap(),
+        "node → internet"
+    );
+    let client = n.sim.pod_ns("client").to_string();
+    assert!(
+        !tcp_echo(&client, "203.0.113.10:7000").unwrap(),
+        "a strict-mode pod's own address gets no answer from the internet"
+    );
+    assert!(
+        tcp_echo(&client, "10.0.2.6:7000").unwrap(),
+        "the same pod reaches the VPC host (its rules allow everything out)"
     );
 }

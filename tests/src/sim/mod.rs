@@ -3,11 +3,14 @@
 //! ```text
 //!  [pod ns] eth0 ──veth── <host veth> [node ns] trunk0 ──veth── fab0 [fabric ns]
 //!                                                       (802.1Q)   "remote" VPC hosts on lo
+//!                                      [node ns] eth0 ───veth── fab1 (primary ENI)
+//!                                    [inet ns] inet0 ───veth── fab2 (outside the VPC)
 //! ```
 //! The fabric plays the VPC: it routes, tags frames toward each branch ENI with its VLAN
 //! and untags frames from the trunk (its own small programs; this kernel has no VLAN
-//! devices). The node's own address sits on the trunk link, untagged. Everything is
-//! removed when the `SimNode` is dropped, also when a test fails.
+//! devices). The node's own addresses sit on its primary ENI (`eth0` ── `fab1`), as on
+//! EKS; an "internet" namespace (`inet0` ── `fab2`) lies outside every VPC CIDR.
+//! Everything is removed when the `SimNode` is dropped, also when a test fails.
 mod cni;
 mod netns;
 mod process;
@@ -36,11 +39,21 @@ pub const NODE_IPV4: &str = "10.0.0.10";
 pub const NODE_IPV6: &str = "fd00:10::10";
 pub const FABRIC_IPV4: &str = "10.0.0.1";
 pub const FABRIC_IPV6: &str = "fd00:10::1";
+/// The node's primary ENI and the fabric's side of it.
+pub const PRIMARY_MAC: &str = "02:7e:00:00:00:02";
+pub const FABRIC_PRIMARY_MAC: &str = "02:fa:00:00:00:02";
+/// A host outside every VPC CIDR, reachable through the fabric; it routes back only to
+/// the node's primary address (IPv4: no NAT gateway) and to the VPC's IPv6 (as AWS
+/// routes IPv6 without NAT).
+pub const INTERNET_IPV4: &str = "203.0.113.10";
+pub const INTERNET_IPV6: &str = "2001:db8:100::10";
 
 pub struct SimNode {
     pub prefix: String,
     pub fabric_ns: String,
     pub node_ns: String,
+    /// Outside every VPC CIDR: see [`INTERNET_IPV4`].
+    pub internet_ns: String,
     pub pods: Vec<(SimPod, String)>,
     pub workdir: PathBuf,
     pub bpffs_dir: PathBuf,
@@ -70,6 +83,7 @@ impl SimNode {
         let mut sim = SimNode {
             fabric_ns: format!("{prefix}-fabric"),
             node_ns: format!("{prefix}-node"),
+            internet_ns: format!("{prefix}-inet"),
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/podsg-{prefix}")),
             prefix,
             pods: Vec::new(),
@@ -97,34 +111,68 @@ impl SimNode {
         Ok(())
     }
 
+    /// The "internet": its own namespace behind the fabric, with nothing on it but what a
+    /// test starts there.
+    fn build_internet(&mut self) -> Result<()> {
+        let (fab, inet) = (self.fabric_ns.clone(), self.internet_ns.clone());
+        self.add_ns(&inet)?;
+        ip_root(&format!(
+            "link add fab2 netns {fab} type veth peer name inet0 netns {inet}"
+        ))?;
+        ip(&fab, "link set fab2 up")?;
+        ip(&inet, "link set inet0 up")?;
+        ip(&fab, "addr add 203.0.113.1/24 dev fab2")?;
+        ip(&fab, "addr add 2001:db8:100::1/64 dev fab2 nodad")?;
+        ip(&inet, &format!("addr add {INTERNET_IPV4}/24 dev inet0"))?;
+        ip(
+            &inet,
+            &format!("addr add {INTERNET_IPV6}/64 dev inet0 nodad"),
+        )?;
+        ip(&inet, &format!("route add {NODE_IPV4}/32 via 203.0.113.1"))?;
+        for net in [&format!("{NODE_IPV6}/128"), "fd00:10:1::/64"] {
+            ip(&inet, &format!("-6 route add {net} via 2001:db8:100::1"))?;
+        }
+        Ok(())
+    }
+
     fn build_inner(&mut self, pods: &[SimPod], remote: &[&str]) -> Result<()> {
         let (fab, node) = (self.fabric_ns.clone(), self.node_ns.clone());
         self.add_ns(&fab)?;
         self.add_ns(&node)?;
+        // The trunk ENI carries only the branch pods' tagged frames; the node's own
+        // addresses are on its primary ENI, as EKS builds a node.
         ip_root(&format!(
             "link add trunk0 netns {node} type veth peer name fab0 netns {fab}"
         ))?;
+        ip_root(&format!(
+            "link add eth0 netns {node} type veth peer name fab1 netns {fab}"
+        ))?;
         ip(&fab, &format!("link set fab0 address {FABRIC_MAC} up"))?;
         ip(&node, &format!("link set trunk0 address {TRUNK_MAC} up"))?;
-        ip(&fab, &format!("addr add {FABRIC_IPV4}/16 dev fab0"))?;
-        ip(&fab, &format!("addr add {FABRIC_IPV6}/32 dev fab0 nodad"))?;
-        ip(&node, &format!("addr add {NODE_IPV4}/16 dev trunk0"))?;
-        ip(&node, &format!("addr add {NODE_IPV6}/32 dev trunk0 nodad"))?;
-        // The node reaches pods (and the VPC's hosts) through the VPC, as in strict mode.
+        ip(
+            &fab,
+            &format!("link set fab1 address {FABRIC_PRIMARY_MAC} up"),
+        )?;
+        ip(&node, &format!("link set eth0 address {PRIMARY_MAC} up"))?;
+        ip(&fab, &format!("addr add {FABRIC_IPV4}/16 dev fab1"))?;
+        ip(&fab, &format!("addr add {FABRIC_IPV6}/32 dev fab1 nodad"))?;
+        ip(&node, &format!("addr add {NODE_IPV4}/16 dev eth0"))?;
+        ip(&node, &format!("addr add {NODE_IPV6}/32 dev eth0 nodad"))?;
+        // The VPC routes each branch ENI's address to the trunk (tagged by the fabric's
+        // programs) and the node's to its primary ENI.
+        ip(&fab, "route add 10.0.1.0/24 dev fab0")?;
+        ip(&fab, "-6 route add fd00:10:1::/64 dev fab0")?;
+        // The node reaches pods, the VPC's hosts and the internet through the VPC.
         ip(&node, &format!("route add 10.0.1.0/24 via {FABRIC_IPV4}"))?;
-        ip(
-            &node,
-            &format!("-6 route add fd00:10:1::/64 via {FABRIC_IPV6}"),
-        )?;
-        ip(
-            &node,
-            &format!("-6 route add fd00:10:2::/64 via {FABRIC_IPV6}"),
-        )?;
+        ip(&node, &format!("route add default via {FABRIC_IPV4}"))?;
+        for net in ["fd00:10:1::/64", "fd00:10:2::/64", "default"] {
+            ip(&node, &format!("-6 route add {net} via {FABRIC_IPV6}"))?;
+        }
         for (ns, addr, mac, dev) in [
-            (&fab, NODE_IPV4, TRUNK_MAC, "fab0"),
-            (&fab, NODE_IPV6, TRUNK_MAC, "fab0"),
-            (&node, FABRIC_IPV4, FABRIC_MAC, "trunk0"),
-            (&node, FABRIC_IPV6, FABRIC_MAC, "trunk0"),
+            (&fab, NODE_IPV4, PRIMARY_MAC, "fab1"),
+            (&fab, NODE_IPV6, PRIMARY_MAC, "fab1"),
+            (&node, FABRIC_IPV4, FABRIC_PRIMARY_MAC, "eth0"),
+            (&node, FABRIC_IPV6, FABRIC_PRIMARY_MAC, "eth0"),
         ] {
             ip(
                 ns,
@@ -138,10 +186,13 @@ impl SimNode {
                 "net.ipv6.conf.all.forwarding=1",
                 "net.ipv4.conf.all.send_redirects=0",
                 "net.ipv4.conf.fab0.send_redirects=0",
+                "net.ipv4.conf.fab1.send_redirects=0",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.fab0.rp_filter=0",
+                "net.ipv4.conf.fab1.rp_filter=0",
             ],
         )?;
+        self.build_internet()?;
         for r in remote {
             let plen = if r.contains(':') { "128" } else { "32" };
             ip(&fab, &format!("addr add {r}/{plen} dev lo"))?;
