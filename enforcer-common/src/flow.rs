@@ -161,7 +161,9 @@ pub struct FragKey {
     pub id: u32,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// Whose verdict: a datagram between two pods of the node is judged by each, and
+    /// the receiver's refusal must not be overridden by the sender's allowance.
+    pub slot: u16,
 }
 
 #[repr(C)]
