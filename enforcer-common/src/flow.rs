@@ -161,9 +161,7 @@ pub struct FragKey {
     pub id: u32,
     pub proto: u8,
     pub family: u8,
-    /// Whose verdict: a datagram between two pods of the node is judged by each, and
-    /// the receiver's refusal must not be overridden by the sender's allowance.
-    pub slot: u16,
+    pub _pad: [u8; 2],
 }
 
 #[repr(C)]

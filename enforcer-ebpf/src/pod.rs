@@ -1,14 +1,14 @@
 //! The pod side: the pod by its host interface, anti-spoofing, link plumbing and
 //! link-scope traffic, the pod's outbound rules, then tagged out of the trunk.
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
-use enforcer_common::{AF_V4, AF_V6, Direction, PodInfo, PodMode, Reason};
-use enforcer_ebpf::parse::{Addr, KIND_ND, KIND_NORMAL, Packet, load, parse_l2, parse_l3_pulled};
-use enforcer_ebpf::rewrite::{push_tag, set_macs};
+use enforcer_common::{AF_V4, AF_V6, Direction, PodInfo, Reason};
+use enforcer_ebpf::parse::{KIND_ND, KIND_NORMAL, Packet, load, parse_l2, parse_l3_pulled};
+use enforcer_ebpf::rewrite::push_tag;
 
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
 use crate::counters::count;
 use crate::exit::Exit;
-use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, POD_BY_IPV4, POD_BY_IPV6, SCRATCH};
+use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH};
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -56,9 +56,6 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         // to the node's primary address, by the same rules.
         pkt.outer.dst = addr_of(&cfg.node_ipv6);
     }
-    if !link_scope && let Some(peer) = same_node_pod(pkt) {
-        return to_same_node_pod(ctx, pod, peer, pkt);
-    }
     let reason = match decide(pod, pkt, Direction::Egress) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
@@ -73,58 +70,6 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     count(pod.slot, reason, ctx.len());
     // SAFETY: a plain helper call with no pointers.
     Ok(unsafe { bpf_redirect(cfg.trunk_ifindex, 0) } as i32)
-}
-
-/// Another branch pod of this node that the packet is addressed to.
-#[inline(always)]
-fn same_node_pod(pkt: &Packet) -> Option<&'static PodInfo> {
-    let d = &pkt.outer.dst;
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    let ifindex = unsafe {
-        if pkt.family == AF_V4 {
-            POD_BY_IPV4.get(d[0].to_ne_bytes())
-        } else {
-            POD_BY_IPV6.get(core::mem::transmute::<Addr, [u8; 16]>(*d))
-        }
-    }?;
-    // SAFETY: as above.
-    unsafe { POD_BY_IFINDEX.get(*ifindex) }
-}
-
-/// Host-local delivery between two pods of the node: never through the VPC. Each side
-/// is judged as the VPC would have judged it — the sender's outbound and the receiver's
-/// inbound rules, each with its own flow state (strict mode) — except that standard
-/// mode bypasses groups for host-local traffic (SPEC §5). A drop is counted on the pod
-/// whose rules refused.
-#[inline(always)]
-fn to_same_node_pod(
-    ctx: &TcContext,
-    pod: &PodInfo,
-    peer: &PodInfo,
-    pkt: &Packet,
-) -> Result<i32, Exit> {
-    let sent = host_local_verdict(pod, pkt, Direction::Egress);
-    let sent = match sent {
-        Verdict::Allow(r) => r,
-        Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
-    };
-    let received = match host_local_verdict(peer, pkt, Direction::Ingress) {
-        Verdict::Allow(r) => r,
-        Verdict::Drop(r) => return Err(Exit::Drop(peer.slot, r)),
-    };
-    set_macs(ctx, &peer.mac, &peer.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
-    count(pod.slot, sent, ctx.len());
-    count(peer.slot, received, ctx.len());
-    // SAFETY: a plain helper call with no pointers.
-    Ok(unsafe { bpf_redirect(peer.host_ifindex, 0) } as i32)
-}
-
-#[inline(always)]
-fn host_local_verdict(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Verdict {
-    if pod.mode() == PodMode::Standard && !pod.is_fail_closed() {
-        return Verdict::Allow(Reason::AllowHostLocal);
-    }
-    decide(pod, pkt, dir)
 }
 
 /// Anti-spoofing: the source is the pod's address (its link-local one only toward

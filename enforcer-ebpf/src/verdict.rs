@@ -30,13 +30,13 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Verdict {
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if pkt.kind == KIND_FRAGMENT {
-        return later_fragment(pkt, pod.slot, now);
+        return later_fragment(pkt, now);
     }
     let v = decide_packet(cfg, pod, pkt, dir, now);
     if pkt.frag_first != 0
         && let Verdict::Allow(_) = v
     {
-        record_first(pkt, pod.slot, now);
+        record_first(pkt, now);
     }
     v
 }
