@@ -161,7 +161,9 @@ pub struct FragKey {
     pub id: u32,
     pub proto: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// Whose verdict: a datagram between two pods of the node is judged by each, and
+    /// the receiver's refusal must not be overridden by the sender's allowance.
+    pub slot: u16,
 }
 
 #[repr(C)]
@@ -187,7 +189,9 @@ pub struct FlowValue {
     /// `Direction` of the packet that created the flow.
     pub origin_dir: u8,
     pub seen_reply: u8,
-    pub _pad: u8,
+    /// The flow is between two pods of this node: delivered on the node (1), not
+    /// through the VPC. Lets a flow hit skip the look-up of the receiving pod.
+    pub host_local: u8,
     /// Counter slot of the pod that owns the entry: its share is charged for it, and an
     /// entry left by a deleted pod never serves a new pod given the same address.
     pub slot: u32,

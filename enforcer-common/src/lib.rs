@@ -26,6 +26,8 @@ pub mod map_names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const POD_BY_VLAN: &str = "POD_BY_VLAN";
     pub const POD_BY_IFINDEX: &str = "POD_BY_IFINDEX";
+    pub const POD_BY_IPV4: &str = "POD_BY_IPV4";
+    pub const POD_BY_IPV6: &str = "POD_BY_IPV6";
     pub const PEER_V4: &str = "PEER_V4";
     pub const PEER_V6: &str = "PEER_V6";
     pub const PORT_RULES: &str = "PORT_RULES";

@@ -8,7 +8,7 @@ use crate::map_names::*;
 use crate::*;
 
 /// Version of the pinned maps' layout as a whole.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The kernel map types we use (`bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,10 +54,12 @@ const fn lpm<K>() -> usize {
 
 use MapKind::*;
 
-pub const MAPS: [MapSpec; 13] = [
+pub const MAPS: [MapSpec; 15] = [
     spec(NODE_CONFIG, Array, 4, size_of::<NodeConfig>(), 1),
     spec(POD_BY_VLAN, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
     spec(POD_BY_IFINDEX, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
+    spec(POD_BY_IPV4, Hash, 4, 4, MAX_PODS),
+    spec(POD_BY_IPV6, Hash, 16, 4, MAX_PODS),
     spec(
         PEER_V4,
         LpmTrie,

@@ -29,10 +29,12 @@ pub enum Reason {
     DropPodFlowLimit = 17,
     /// Standard mode: the pod's groups allow it, the node's groups do not.
     DropNoNodeRule = 18,
+    /// Standard mode: to or from another pod on this node, which bypasses groups.
+    AllowHostLocal = 19,
 }
 
 /// Reason numbers are append-only: counters and tools index by them.
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 20;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -55,6 +57,7 @@ impl Reason {
         Reason::AllowFragment,
         Reason::DropPodFlowLimit,
         Reason::DropNoNodeRule,
+        Reason::AllowHostLocal,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Reason {
             Reason::AllowFragment => "allow_fragment",
             Reason::DropPodFlowLimit => "drop_pod_flow_limit",
             Reason::DropNoNodeRule => "drop_no_node_rule",
+            Reason::AllowHostLocal => "allow_host_local",
         }
     }
 
@@ -95,6 +99,7 @@ impl Reason {
                 | Reason::AllowRelated
                 | Reason::PassLocal
                 | Reason::AllowFragment
+                | Reason::AllowHostLocal
         )
     }
 }

@@ -100,7 +100,7 @@ pub fn flow_hit(
     cfg: &NodeConfig,
     pod: &PodInfo,
     key: &FlowKey,
-    pkt: &Packet,
+    pkt: &mut Packet,
     dir: Direction,
     now: u64,
 ) -> bool {
@@ -125,10 +125,23 @@ pub fn flow_hit(
         v.state = state;
         v.last_seen_ns = now;
     }
+    pkt.flow_host_local = v.host_local;
     if dir != v.origin() && v.seen_reply == 0 {
         v.seen_reply = 1;
     }
     true
+}
+
+/// Marks the flow of `pkt` (seen from the pod, in `dir`) as delivered on the node.
+#[inline(always)]
+pub fn mark_host_local(pkt: &Packet, dir: Direction) {
+    let mut key = flow_key(&pkt.outer, pkt.family, dir);
+    normalise_ports(&mut key);
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a hash value pointer stays valid for the program's run (RCU); a byte
+        // store races with nothing that matters (every writer stores 1).
+        unsafe { (*v).host_local = 1 };
+    }
 }
 
 /// Why a new flow could not be recorded.
@@ -160,7 +173,7 @@ pub fn insert_flow(
         state: initial_state(pkt.outer.proto, pkt.tcp_flags),
         origin_dir: dir as u8,
         seen_reply: 0,
-        _pad: 0,
+        host_local: 0,
         slot: pod.slot,
         node_cookie: cookies.1,
     };

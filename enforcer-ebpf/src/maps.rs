@@ -14,6 +14,14 @@ pub static POD_BY_VLAN: HashMap<u32, PodInfo, { MAX_PODS as usize }> = HashMap::
 #[btf_map]
 pub static POD_BY_IFINDEX: HashMap<u32, PodInfo, { MAX_PODS as usize }> = HashMap::new();
 
+/// A pod on this node by its address -> its host interface (the key of
+/// `POD_BY_IFINDEX`): traffic between two pods of the node is delivered directly.
+#[btf_map]
+pub static POD_BY_IPV4: HashMap<[u8; 4], u32, { MAX_PODS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static POD_BY_IPV6: HashMap<[u8; 16], u32, { MAX_PODS as usize }> = HashMap::new();
+
 /// Stage A of the policy lookup: (policy scope, remote prefix) -> rule class.
 #[btf_map]
 pub static PEER_V4: LpmTrie<PeerKeyV4, PeerClass, { MAX_PEER_ENTRIES as usize }> = LpmTrie::new();

@@ -75,6 +75,8 @@ pub struct Packet {
     /// `KIND_ICMP_ERROR` only: the quoted packet parsed, so `inner` is meaningful. A
     /// quote that does not parse is related to no flow, and the rules decide.
     pub inner_ok: u8,
+    /// Set by a flow-table hit: the flow is between two pods of this node.
+    pub flow_host_local: u8,
 }
 
 #[inline(always)]

@@ -1,14 +1,15 @@
 //! The pod side: the pod by its host interface, anti-spoofing, link plumbing and
 //! link-scope traffic, the pod's outbound rules, then tagged out of the trunk.
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
-use enforcer_common::{AF_V4, AF_V6, Direction, PodInfo, Reason};
-use enforcer_ebpf::parse::{KIND_ND, KIND_NORMAL, Packet, load, parse_l2, parse_l3_pulled};
-use enforcer_ebpf::rewrite::push_tag;
+use enforcer_common::{AF_V4, AF_V6, Direction, PodInfo, PodMode, Reason};
+use enforcer_ebpf::parse::{Addr, KIND_ND, KIND_NORMAL, Packet, load, parse_l2, parse_l3_pulled};
+use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
+use crate::conntrack::mark_host_local;
 use crate::counters::count;
 use crate::exit::Exit;
-use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH};
+use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, POD_BY_IPV4, POD_BY_IPV6, SCRATCH};
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -56,10 +57,26 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         // to the node's primary address, by the same rules.
         pkt.outer.dst = addr_of(&cfg.node_ipv6);
     }
+    // Standard mode bypasses groups toward a pod of this node: ask first. (A strict
+    // pod's rules decide first: a denied packet never pays for the look-up.)
+    if bypasses_groups(pod)
+        && !link_scope
+        && let Some(peer) = same_node_pod(pkt)
+    {
+        return to_same_node_pod(ctx, pod, peer, pkt, Reason::AllowHostLocal);
+    }
     let reason = match decide(pod, pkt, Direction::Egress) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
     };
+    // Toward a pod of this node? An established flow knows; anything else asks.
+    let known_remote = reason == Reason::AllowFlow && pkt.flow_host_local == 0;
+    if !link_scope
+        && !known_remote
+        && let Some(peer) = same_node_pod(pkt)
+    {
+        return to_same_node_pod(ctx, pod, peer, pkt, reason);
+    }
     if link_scope {
         // Allowed, and link-scope: delivered on the node, never onto the trunk.
         count(pod.slot, reason, ctx.len());
@@ -70,6 +87,63 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     count(pod.slot, reason, ctx.len());
     // SAFETY: a plain helper call with no pointers.
     Ok(unsafe { bpf_redirect(cfg.trunk_ifindex, 0) } as i32)
+}
+
+/// Another branch pod of this node that the packet is addressed to.
+#[inline(always)]
+fn same_node_pod(pkt: &Packet) -> Option<&'static PodInfo> {
+    let d = &pkt.outer.dst;
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+    let ifindex = unsafe {
+        if pkt.family == AF_V4 {
+            POD_BY_IPV4.get(d[0].to_ne_bytes())
+        } else {
+            POD_BY_IPV6.get(core::mem::transmute::<Addr, [u8; 16]>(*d))
+        }
+    }?;
+    // SAFETY: as above.
+    unsafe { POD_BY_IFINDEX.get(*ifindex) }
+}
+
+/// Host-local delivery between two pods of the node: never through the VPC. Each side
+/// is judged as the VPC would have judged it — the sender's outbound and the receiver's
+/// inbound rules, each with its own flow state (strict mode) — except that standard
+/// mode bypasses groups for host-local traffic (SPEC §5). `sent` is the sender's
+/// verdict. A drop is counted on the pod whose rules refused. New flows are marked
+/// host-local so that their later packets skip the look-up of the receiving pod.
+#[inline(always)]
+fn to_same_node_pod(
+    ctx: &TcContext,
+    pod: &PodInfo,
+    peer: &PodInfo,
+    pkt: &mut Packet,
+    sent: Reason,
+) -> Result<i32, Exit> {
+    let received = if bypasses_groups(peer) {
+        Reason::AllowHostLocal
+    } else {
+        match decide(peer, pkt, Direction::Ingress) {
+            Verdict::Allow(r) => r,
+            Verdict::Drop(r) => return Err(Exit::Drop(peer.slot, r)),
+        }
+    };
+    if sent == Reason::AllowPolicy {
+        mark_host_local(pkt, Direction::Egress);
+    }
+    if received == Reason::AllowPolicy {
+        mark_host_local(pkt, Direction::Ingress);
+    }
+    set_macs(ctx, &peer.mac, &peer.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
+    count(pod.slot, sent, ctx.len());
+    count(peer.slot, received, ctx.len());
+    // SAFETY: a plain helper call with no pointers.
+    Ok(unsafe { bpf_redirect(peer.host_ifindex, 0) } as i32)
+}
+
+/// Standard mode bypasses groups for host-local traffic; a fail-closed pod never does.
+#[inline(always)]
+fn bypasses_groups(pod: &PodInfo) -> bool {
+    pod.mode() == PodMode::Standard && !pod.is_fail_closed()
 }
 
 /// Anti-spoofing: the source is the pod's address (its link-local one only toward

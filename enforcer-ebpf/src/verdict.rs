@@ -17,7 +17,7 @@ pub enum Verdict {
 }
 
 #[inline(always)]
-pub fn decide(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Verdict {
+pub fn decide(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> Verdict {
     if pod.is_fail_closed() {
         if always_allowed(pkt, dir) {
             return Verdict::Allow(Reason::AllowAlways);
@@ -30,13 +30,13 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Verdict {
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if pkt.kind == KIND_FRAGMENT {
-        return later_fragment(pkt, now);
+        return later_fragment(pkt, pod.slot, now);
     }
     let v = decide_packet(cfg, pod, pkt, dir, now);
     if pkt.frag_first != 0
         && let Verdict::Allow(_) = v
     {
-        record_first(pkt, now);
+        record_first(pkt, pod.slot, now);
     }
     v
 }
@@ -46,7 +46,7 @@ pub fn decide(pod: &PodInfo, pkt: &Packet, dir: Direction) -> Verdict {
 fn decide_packet(
     cfg: &NodeConfig,
     pod: &PodInfo,
-    pkt: &Packet,
+    pkt: &mut Packet,
     dir: Direction,
     now: u64,
 ) -> Verdict {

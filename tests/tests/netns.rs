@@ -183,7 +183,12 @@ fn inbound_rules_and_same_node_pods_checked_on_both_sides() {
     let _w = echo_server(&web_ns, "[::]:8080").unwrap();
     let _c4 = echo_server(&client_ns, "0.0.0.0:9000").unwrap();
     // client -> web: client's outbound allows all, web's inbound admits sg-client
-    // (a referenced group whose member is the client pod). Hairpinned via the VPC.
+    // (a referenced group whose member is the client pod). Delivered on the node, never
+    // through the VPC: no frame of either pod reaches the fabric.
+    let fabric_before = (
+        n.sim.fabric_frames_on_vlan(n.client.vlan),
+        n.sim.fabric_frames_on_vlan(n.web.vlan),
+    );
     assert!(
         tcp_echo(&client_ns, &v4(&n.web.ipv4, 8080)).unwrap(),
         "client -> web v4"
@@ -191,6 +196,14 @@ fn inbound_rules_and_same_node_pods_checked_on_both_sides() {
     assert!(
         tcp_echo(&client_ns, &v6(&n.web.ipv6, 8080)).unwrap(),
         "client -> web v6"
+    );
+    assert_eq!(
+        (
+            n.sim.fabric_frames_on_vlan(n.client.vlan),
+            n.sim.fabric_frames_on_vlan(n.web.vlan)
+        ),
+        fabric_before,
+        "host-local: not hairpinned through the VPC"
     );
     // other -> web: other's outbound allows all, but web's inbound does not admit it.
     assert!(

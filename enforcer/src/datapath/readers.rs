@@ -41,6 +41,8 @@ impl Datapath {
             always_v6: lpm(e, map_names::ALWAYS_V6)?,
             pods_by_vlan: hash(e, map_names::POD_BY_VLAN)?,
             pods_by_ifindex: hash(e, map_names::POD_BY_IFINDEX)?,
+            pods_by_ipv4: hash(e, map_names::POD_BY_IPV4)?,
+            pods_by_ipv6: hash(e, map_names::POD_BY_IPV6)?,
         })
     }
 

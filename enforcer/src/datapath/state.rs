@@ -22,6 +22,9 @@ pub struct KernelState {
     pub always_v6: HashMap<(u32, [u8; 16]), AlwaysAllow>,
     pub pods_by_vlan: HashMap<u32, PodInfo>,
     pub pods_by_ifindex: HashMap<u32, PodInfo>,
+    /// A pod's address -> its host interface (same-node delivery).
+    pub pods_by_ipv4: HashMap<[u8; 4], u32>,
+    pub pods_by_ipv6: HashMap<[u8; 16], u32>,
 }
 
 /// A rule direction as the programs number it: inbound rules judge traffic toward the
@@ -146,6 +149,8 @@ impl KernelState {
         [
             (POD_BY_VLAN, self.pods_by_vlan.len()),
             (POD_BY_IFINDEX, self.pods_by_ifindex.len()),
+            (POD_BY_IPV4, self.pods_by_ipv4.len()),
+            (POD_BY_IPV6, self.pods_by_ipv6.len()),
             (PEER_V4, self.peers_v4.len()),
             (PEER_V6, self.peers_v6.len()),
             (PORT_RULES, self.ports.len()),
@@ -234,6 +239,15 @@ impl KernelState {
         }
         if info.host_ifindex != 0 {
             self.pods_by_ifindex.insert(info.host_ifindex, info);
+        }
+        // Addresses only of a pod that holds them (a pod that clashes has no VLAN).
+        if info.vlan != 0 && info.host_ifindex != 0 {
+            if let Some(a) = info.ipv4() {
+                self.pods_by_ipv4.insert(a.octets(), info.host_ifindex);
+            }
+            if let Some(a) = info.ipv6() {
+                self.pods_by_ipv6.insert(a.octets(), info.host_ifindex);
+            }
         }
     }
 }

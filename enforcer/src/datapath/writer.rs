@@ -23,12 +23,15 @@ enum Table {
     AlwaysV6,
     PodByVlan,
     PodByIfindex,
+    PodByIpv4,
+    PodByIpv6,
 }
 
 /// The write order. New rule entries go in under fresh ids before any pod points at
 /// them; the pods' entries (each pod's policy id: its atomic flip) next; then what
-/// nothing points at any more goes, pods first, rules last.
-const ORDER: [(Table, Phase); 14] = [
+/// nothing points at any more goes, pods first, rules last. An address points at an
+/// interface's entry: written after it, removed before it.
+const ORDER: [(Table, Phase); 18] = [
     (Table::PortRules, Phase::Upsert),
     (Table::PeerV4, Phase::Upsert),
     (Table::PeerV6, Phase::Upsert),
@@ -36,6 +39,10 @@ const ORDER: [(Table, Phase); 14] = [
     (Table::AlwaysV6, Phase::Upsert),
     (Table::PodByVlan, Phase::Upsert),
     (Table::PodByIfindex, Phase::Upsert),
+    (Table::PodByIpv4, Phase::Upsert),
+    (Table::PodByIpv6, Phase::Upsert),
+    (Table::PodByIpv4, Phase::Remove),
+    (Table::PodByIpv6, Phase::Remove),
     (Table::PodByVlan, Phase::Remove),
     (Table::PodByIfindex, Phase::Remove),
     (Table::AlwaysV4, Phase::Remove),
@@ -154,6 +161,20 @@ impl Datapath {
                     map_names::POD_BY_IFINDEX,
                     &old.pods_by_ifindex,
                     &new.pods_by_ifindex,
+                    p,
+                ),
+                Table::PodByIpv4 => diff_hash(
+                    e,
+                    map_names::POD_BY_IPV4,
+                    &old.pods_by_ipv4,
+                    &new.pods_by_ipv4,
+                    p,
+                ),
+                Table::PodByIpv6 => diff_hash(
+                    e,
+                    map_names::POD_BY_IPV6,
+                    &old.pods_by_ipv6,
+                    &new.pods_by_ipv6,
                     p,
                 ),
             }
