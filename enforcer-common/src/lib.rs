@@ -38,6 +38,7 @@ pub mod map_names {
     pub const FLOW_SWEPT: &str = "FLOW_SWEPT";
     pub const FRAGS: &str = "FRAGS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
     /// Every pinned map, in the table's order.
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }
@@ -46,7 +47,10 @@ pub mod map_names {
 pub mod prog_names {
     pub const TRUNK_INGRESS: &str = "trunk_ingress";
     pub const POD_EGRESS: &str = "pod_egress";
-    pub const ALL: [&str; 2] = [TRUNK_INGRESS, POD_EGRESS];
+    /// Tail-called by `pod_egress` for traffic to another pod of the node (slot 0 of
+    /// `TAIL_CALLS`): keeps that path out of the common one.
+    pub const POD_HOST_LOCAL: &str = "pod_host_local";
+    pub const ALL: [&str; 3] = [TRUNK_INGRESS, POD_EGRESS, POD_HOST_LOCAL];
 }
 
 /// Capacities. Userspace refuses (with an error naming the pod) anything that would not

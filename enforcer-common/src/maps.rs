@@ -8,7 +8,7 @@ use crate::map_names::*;
 use crate::*;
 
 /// Version of the pinned maps' layout as a whole.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// The kernel map types we use (`bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,7 @@ pub const LAYOUT_VERSION: u32 = 4;
 pub enum MapKind {
     Hash = 1,
     Array = 2,
+    ProgArray = 3,
     PerCpuArray = 6,
     LruHash = 9,
     LpmTrie = 11,
@@ -54,7 +55,7 @@ const fn lpm<K>() -> usize {
 
 use MapKind::*;
 
-pub const MAPS: [MapSpec; 15] = [
+pub const MAPS: [MapSpec; 16] = [
     spec(NODE_CONFIG, Array, 4, size_of::<NodeConfig>(), 1),
     spec(POD_BY_VLAN, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
     spec(POD_BY_IFINDEX, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
@@ -118,6 +119,7 @@ pub const MAPS: [MapSpec; 15] = [
         size_of::<Counter>(),
         COUNTER_ENTRIES,
     ),
+    spec(TAIL_CALLS, ProgArray, 4, 4, 1),
 ];
 
 pub const fn names() -> [&'static str; MAPS.len()] {

@@ -85,6 +85,15 @@ impl Reason {
         }
     }
 
+    /// The reason a stored number stands for.
+    pub const fn from_index(i: u32) -> Option<Reason> {
+        if (i as usize) < Reason::ALL.len() {
+            Some(Reason::ALL[i as usize])
+        } else {
+            None
+        }
+    }
+
     /// The reason a counter name stands for (as status and tools print them).
     pub fn from_name(name: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.name() == name)

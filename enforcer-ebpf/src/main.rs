@@ -36,6 +36,13 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     exit::finish(&ctx, pod::run(&ctx))
 }
 
+/// Traffic from a pod to another pod of the node (tail-called by `pod_egress`): the
+/// receiver's inbound rules, then straight to its host interface.
+#[classifier]
+pub fn pod_host_local(ctx: TcContext) -> i32 {
+    exit::finish(&ctx, pod::host_local(&ctx))
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

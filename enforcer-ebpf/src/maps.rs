@@ -1,6 +1,6 @@
 //! The kernel's maps. BTF maps throughout so that `bpftool map dump` names every field.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use enforcer_common::*;
@@ -66,6 +66,10 @@ pub static FRAGS: LruHashMap<FragKey, FragValue, { MAX_FRAGS as usize }> = LruHa
 
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counter, { COUNTER_ENTRIES as usize }> = PerCpuArray::new();
+
+/// Tail calls: slot 0 is `pod_host_local`, set by the loader.
+#[btf_map]
+pub static TAIL_CALLS: ProgramArray<1> = ProgramArray::new();
 
 /// Per-CPU scratch for the parsed packet (keeps it off the 512-byte stack).
 #[btf_map]

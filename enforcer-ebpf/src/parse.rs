@@ -77,6 +77,10 @@ pub struct Packet {
     pub inner_ok: u8,
     /// Set by a flow-table hit: the flow is between two pods of this node.
     pub flow_host_local: u8,
+    /// Handed to the host-local tail call: the receiving pod's host interface and the
+    /// sender's verdict (a `Reason` number).
+    pub peer_ifindex: u32,
+    pub sent: u32,
 }
 
 #[inline(always)]

@@ -9,7 +9,7 @@ use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
 use crate::conntrack::mark_host_local;
 use crate::counters::count;
 use crate::exit::Exit;
-use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, POD_BY_IPV4, POD_BY_IPV6, SCRATCH};
+use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, POD_BY_IPV4, POD_BY_IPV6, SCRATCH, TAIL_CALLS};
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -63,7 +63,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         && !link_scope
         && let Some(peer) = same_node_pod(pkt)
     {
-        return to_same_node_pod(ctx, pod, peer, pkt, Reason::AllowHostLocal);
+        return to_host_local(ctx, pod, pkt, peer, Reason::AllowHostLocal);
     }
     let reason = match decide(pod, pkt, Direction::Egress) {
         Verdict::Allow(r) => r,
@@ -75,7 +75,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         && !known_remote
         && let Some(peer) = same_node_pod(pkt)
     {
-        return to_same_node_pod(ctx, pod, peer, pkt, reason);
+        return to_host_local(ctx, pod, pkt, peer, reason);
     }
     if link_scope {
         // Allowed, and link-scope: delivered on the node, never onto the trunk.
@@ -89,36 +89,64 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     Ok(unsafe { bpf_redirect(cfg.trunk_ifindex, 0) } as i32)
 }
 
-/// Another branch pod of this node that the packet is addressed to.
+/// The host interface of another branch pod of this node the packet is addressed to.
 #[inline(always)]
-fn same_node_pod(pkt: &Packet) -> Option<&'static PodInfo> {
+fn same_node_pod(pkt: &Packet) -> Option<u32> {
     let d = &pkt.outer.dst;
     // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    let ifindex = unsafe {
+    unsafe {
         if pkt.family == AF_V4 {
             POD_BY_IPV4.get(d[0].to_ne_bytes())
         } else {
             POD_BY_IPV6.get(core::mem::transmute::<Addr, [u8; 16]>(*d))
         }
-    }?;
-    // SAFETY: as above.
-    unsafe { POD_BY_IFINDEX.get(*ifindex) }
+    }
+    .copied()
 }
 
-/// Host-local delivery between two pods of the node: never through the VPC. Each side
-/// is judged as the VPC would have judged it — the sender's outbound and the receiver's
-/// inbound rules, each with its own flow state (strict mode) — except that standard
-/// mode bypasses groups for host-local traffic (SPEC §5). `sent` is the sender's
-/// verdict. A drop is counted on the pod whose rules refused. New flows are marked
-/// host-local so that their later packets skip the look-up of the receiving pod.
+/// Hands the packet to `pod_host_local` (a tail call keeps that path, with its second
+/// verdict, out of this program's common path). `sent` is the sender's verdict.
 #[inline(always)]
-fn to_same_node_pod(
+fn to_host_local(
     ctx: &TcContext,
     pod: &PodInfo,
-    peer: &PodInfo,
     pkt: &mut Packet,
+    peer_ifindex: u32,
     sent: Reason,
 ) -> Result<i32, Exit> {
+    pkt.peer_ifindex = peer_ifindex;
+    pkt.sent = sent as u32;
+    // SAFETY: the slot holds our own `pod_host_local` (set by the loader); on success
+    // control never comes back.
+    unsafe { TAIL_CALLS.tail_call(ctx, 0) };
+    // Only when the slot is empty (a loader bug): never let it through unjudged.
+    Err(Exit::Internal(pod.slot, "host-local tail call"))
+}
+
+/// Host-local delivery between two pods of the node (`pod_host_local`): never through
+/// the VPC. Each side is judged as the VPC would have judged it — the sender's outbound
+/// rules (already, in `pod_egress`) and the receiver's inbound rules, each with its own
+/// flow state (strict mode) — except that standard mode bypasses groups for host-local
+/// traffic (SPEC §5). A drop is counted on the pod whose rules refused. New flows are
+/// marked host-local so that their later packets skip the look-up of the receiving pod.
+#[inline(always)]
+pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+    let pod =
+        unsafe { POD_BY_IFINDEX.get(ifindex) }.ok_or(Exit::Drop(0, Reason::DropUnknownPod))?;
+    let pkt = SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Exit::Drop(pod.slot, Reason::DropInternal))?;
+    // SAFETY: the per-CPU scratch slot is ours for the program's run, and pod_egress
+    // filled it on this CPU just before the tail call.
+    let pkt = unsafe { &mut *pkt };
+    // SAFETY: as above.
+    let peer = unsafe { POD_BY_IFINDEX.get(pkt.peer_ifindex) }
+        .ok_or(Exit::Drop(pod.slot, Reason::DropUnknownPod))?;
+    let sent =
+        Reason::from_index(pkt.sent).ok_or(Exit::Internal(pod.slot, "host-local verdict"))?;
     let received = if bypasses_groups(peer) {
         Reason::AllowHostLocal
     } else {

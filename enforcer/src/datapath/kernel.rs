@@ -80,6 +80,21 @@ impl Datapath {
             p.load()
                 .with_context(|| format!("verifier rejected program {name}"))?;
         }
+        // pod_egress tail-calls pod_host_local for traffic to another pod of the node.
+        let host_local = {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(prog_names::POD_HOST_LOCAL)
+                .ok_or_else(|| anyhow!("program {} missing", prog_names::POD_HOST_LOCAL))?
+                .try_into()?;
+            p.fd()?.try_clone()?
+        };
+        {
+            let mut calls: aya::maps::ProgramArray<&mut MapData> =
+                map_mut(&mut ebpf, map_names::TAIL_CALLS)?.try_into()?;
+            calls
+                .set(0, &host_local, 0)
+                .map_err(|e| map_err(map_names::TAIL_CALLS, e))?;
+        }
         let mut dp = Datapath {
             ebpf,
             current: KernelState::default(),
