@@ -11,7 +11,7 @@ mod pod;
 use std::collections::HashMap;
 
 pub use error::PodError;
-pub use pod::{Details, PodOutcome, PodPlan};
+pub use pod::{PodOutcome, PodPlan};
 
 use crate::config::Config;
 use crate::datapath::state::KernelState;

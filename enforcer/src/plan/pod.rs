@@ -63,27 +63,11 @@ impl PodOutcome {
     }
 }
 
-/// What is known of a pod whatever its outcome (shown in status).
-#[derive(Clone, Debug, Default)]
-pub struct Details {
-    pub namespace: String,
-    pub name: String,
-    pub groups: Vec<String>,
-    pub policies: Vec<String>,
-    pub mode: Option<Mode>,
-    pub vlan: Option<u16>,
-    pub interface: Option<String>,
-    pub ipv4: Option<String>,
-    pub ipv6: Option<String>,
-    pub inbound_rules: usize,
-    pub outbound_rules: usize,
-    pub policy_id: u32,
-    pub slot: u32,
-}
-
 #[derive(Debug)]
 pub struct PodPlan {
-    pub details: Details,
+    /// What is known of the pod whatever its outcome; its state, error and waiting are
+    /// the outcome's, filled in by [`PodPlan::status`].
+    pub details: PodStatus,
     pub outcome: PodOutcome,
 }
 
@@ -94,10 +78,7 @@ impl PodPlan {
 
     pub fn bad_object(bad: &BadPod) -> PodPlan {
         PodPlan {
-            details: Details {
-                namespace: bad.namespace.clone(),
-                ..Details::default()
-            },
+            details: PodStatus::new(&bad.namespace, "", PodState::FailClosed),
             outcome: PodOutcome::Ignored(PodError::BadObject {
                 problem: bad.problem.clone(),
                 origin: bad.origin.clone(),
@@ -108,17 +89,7 @@ impl PodPlan {
     pub fn status(&self) -> PodStatus {
         let d = &self.details;
         PodStatus {
-            groups: d.groups.clone(),
-            policies: d.policies.clone(),
-            mode: d.mode,
-            vlan: d.vlan,
-            interface: d.interface.clone(),
-            ipv4: d.ipv4.clone(),
-            ipv6: d.ipv6.clone(),
-            inbound_rules: d.inbound_rules,
-            outbound_rules: d.outbound_rules,
-            policy_id: d.policy_id,
-            slot: d.slot,
+            state: self.outcome.state(),
             error: self.outcome.error().map(|e| e.to_string()),
             waiting: matches!(self.outcome, PodOutcome::Waiting(_)).then(|| {
                 format!(
@@ -126,7 +97,7 @@ impl PodPlan {
                     d.interface.as_deref().unwrap_or("?")
                 )
             }),
-            ..PodStatus::new(&d.namespace, &d.name, self.outcome.state())
+            ..d.clone()
         }
     }
 }
@@ -146,12 +117,10 @@ pub(super) struct Ctx<'a> {
 
 pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
     let key = r.pod.key();
-    let mut d = Details {
-        namespace: r.pod.namespace.clone(),
-        name: r.pod.name.clone(),
+    let mut d = PodStatus {
         groups: r.groups.clone(),
         policies: r.policies.clone(),
-        ..Details::default()
+        ..PodStatus::new(&r.pod.namespace, &r.pod.name, PodState::NotBranch)
     };
     if r.duplicate {
         let error = r.error.expect("a duplicate carries its error");
