@@ -52,10 +52,10 @@ impl Fabric {
     /// Loads the fabric's programs and attaches them to `dev` (in the caller's
     /// namespace); `vlan_by_mac` says which VLAN carries frames to which branch ENI.
     pub fn attach(dev: &str, vlan_by_mac: &BTreeMap<[u8; 6], u16>) -> Result<Fabric> {
-        let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
+        let mut f = Fabric::load_detached()?;
         {
             let mut m: BpfHashMap<_, [u8; 8], u32> =
-                BpfHashMap::try_from(ebpf.map_mut(VLAN_BY_MAC).context(VLAN_BY_MAC)?)?;
+                BpfHashMap::try_from(f.ebpf.map_mut(VLAN_BY_MAC).context(VLAN_BY_MAC)?)?;
             for (mac, vlan) in vlan_by_mac {
                 let mut k = [0u8; 8];
                 k[..6].copy_from_slice(mac);
@@ -63,13 +63,11 @@ impl Fabric {
             }
         }
         for (name, hook) in PROGRAMS {
-            let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-            p.load()
-                .with_context(|| format!("verifier rejected {name}"))?;
-            p.attach(dev, hook)
+            f.program(name)?
+                .attach(dev, hook)
                 .with_context(|| format!("attaching {name} to {dev}"))?;
         }
-        Ok(Fabric { ebpf })
+        Ok(f)
     }
 
     /// How many frames the fabric received from the trunk tagged with `vlan`.

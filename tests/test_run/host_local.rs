@@ -18,18 +18,26 @@ const GROUPS: &str = r#"{"SecurityGroups":[
 ]}"#;
 
 fn harness(mode: &str) -> Harness {
+    let mut h = Harness::with_config(config(mode));
+    let p = h.apply(GROUPS, &k8s("sg-server"));
+    assert!(p.pods.iter().all(|p| p.error.is_none()), "{:?}", p.pods);
+    h
+}
+
+fn config(mode: &str) -> enforcer::config::Config {
     let mut cfg = node_config();
     cfg.node.enforcing_mode = Some(serde_yaml::from_str(mode).unwrap());
     cfg.node.node_groups = vec!["sg-server".into()];
-    let mut h = Harness::with_config(cfg);
-    let k8s = format!(
-        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{matchLabels: {{app: client}}}}, securityGroups: {{groupIds: [sg-client]}}}}\n---\nkind: SecurityGroupPolicy\nmetadata: {{name: s, namespace: test}}\nspec: {{podSelector: {{matchLabels: {{app: server}}}}, securityGroups: {{groupIds: [sg-server]}}}}\n{}{}",
+    cfg
+}
+
+/// Both pods; the server's policy names `server_group`.
+fn k8s(server_group: &str) -> String {
+    format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{matchLabels: {{app: client}}}}, securityGroups: {{groupIds: [sg-client]}}}}\n---\nkind: SecurityGroupPolicy\nmetadata: {{name: s, namespace: test}}\nspec: {{podSelector: {{matchLabels: {{app: server}}}}, securityGroups: {{groupIds: [{server_group}]}}}}\n{}{}",
         pod_yaml(&CLIENT, "{app: client}"),
         pod_yaml(&SERVER, "{app: server}")
-    );
-    let p = h.apply(GROUPS, &k8s);
-    assert!(p.pods.iter().all(|p| p.error.is_none()), "{:?}", p.pods);
-    h
+    )
 }
 
 fn to_server(dport: u16) -> Vec<u8> {
@@ -182,4 +190,68 @@ fn a_receivers_refusal_covers_the_rest_of_the_datagram() {
         "sender",
     );
     assert_eq!(h.counter(server, Reason::AllowFragment), 1, "receiver");
+}
+
+#[test]
+fn a_standard_senders_bypass_never_opens_a_strict_or_fail_closed_receiver() {
+    // The client is first seen in standard mode, the server later in strict mode.
+    let mut h = Harness::with_config(config("standard"));
+    let only_client = k8s("sg-server").replace(&pod_yaml(&SERVER, "{app: server}"), "");
+    h.apply(GROUPS, &only_client);
+    h.cfg = config("strict");
+    let p = h.apply(GROUPS, &k8s("sg-server"));
+    assert!(p.pods.iter().all(|p| p.error.is_none()), "{:?}", p.pods);
+    let (client, server) = (h.slot("client"), h.slot("server"));
+    h.expect(
+        server,
+        POD_EGRESS,
+        &to_server(82),
+        TC_ACT_SHOT,
+        Reason::DropNoRule,
+        "the sender bypasses its groups, the strict receiver's inbound still decides",
+    );
+    h.expect(
+        client,
+        POD_EGRESS,
+        &to_server(80),
+        TC_ACT_REDIRECT,
+        Reason::AllowHostLocal,
+        "allowed by the receiver: delivered",
+    );
+    // The server's group vanishes: it is fail-closed, and no bypass reaches it.
+    let p = h.apply(GROUPS, &k8s("sg-gone"));
+    assert!(
+        p.pods
+            .iter()
+            .any(|p| p.name == "server" && p.error.is_some())
+    );
+    h.expect(
+        server,
+        POD_EGRESS,
+        &to_server(80),
+        TC_ACT_SHOT,
+        Reason::DropFailClosed,
+        "a fail-closed receiver drops even host-local traffic",
+    );
+}
+
+#[test]
+fn an_empty_tail_call_slot_drops_and_never_passes() {
+    let mut h = harness("strict");
+    let client = h.slot("client");
+    let mut calls: aya::maps::ProgramArray<_> =
+        h.dp.ebpf()
+            .map_mut(enforcer_common::map_names::TAIL_CALLS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+    calls.clear_index(&0).unwrap();
+    h.expect(
+        client,
+        POD_EGRESS,
+        &to_server(80),
+        TC_ACT_SHOT,
+        Reason::DropInternal,
+        "no host-local program: dropped as an internal error, not let through",
+    );
 }
