@@ -4,7 +4,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use enforcer_common::flow::{idle_limit, initial_state, next_state};
+use enforcer_common::flow::{idle_limit, initial_state, next_state, timeout_ns};
 use enforcer_common::*;
 use enforcer_ebpf::parse::{Addr, Packet, Tuple};
 
@@ -110,7 +110,14 @@ pub fn flow_hit(
     // SAFETY: a hash value pointer stays valid for the program's run (RCU).
     let v = unsafe { &mut *v };
     let age = now.saturating_sub(v.last_seen_ns);
-    if age > idle_limit(cfg, v.state, flows_of(v.slot)) || v.slot != pod.slot {
+    // Only a half-open entry's limit depends on its pod's flow count: the established
+    // path doesn't read the counts.
+    let limit = if v.state == FLOW_TCP_SYN {
+        idle_limit(cfg, v.state, flows_of(v.slot))
+    } else {
+        timeout_ns(cfg, v.state)
+    };
+    if age > limit || v.slot != pod.slot {
         // Idle, or left by a deleted pod whose address this pod now has.
         remove_flow(key, v.slot);
         return false;
