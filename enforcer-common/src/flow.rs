@@ -189,15 +189,26 @@ pub struct FlowValue {
     /// `Direction` of the packet that created the flow.
     pub origin_dir: u8,
     pub seen_reply: u8,
-    /// The flow is between two pods of this node: delivered on the node (1), not
-    /// through the VPC. Lets a flow hit skip the look-up of the receiving pod.
-    pub host_local: u8,
+    /// Where the flow goes (`PATH_*`): lets a flow hit skip the look-ups that found it.
+    pub path: u8,
     /// Counter slot of the pod that owns the entry: its share is charged for it, and an
     /// entry left by a deleted pod never serves a new pod given the same address.
     pub slot: u32,
     /// Standard mode: the node group's rule that allowed too (0 in strict mode).
     pub node_cookie: u32,
+    /// `PATH_SNAT`: the node's port (or ICMP identifier) standing for the pod's.
+    pub nat_port: u16,
+    pub _pad: [u8; 6],
 }
+
+/// `FlowValue::path`: through the VPC (the trunk, tagged with the pod's VLAN).
+pub const PATH_VPC: u8 = 0;
+/// To or from another branch pod of this node: delivered on the node.
+pub const PATH_POD: u8 = 1;
+/// To or from the node itself: delivered on the node.
+pub const PATH_NODE: u8 = 2;
+/// Off-VPC, source-NATed to the node's primary address and out of the primary ENI.
+pub const PATH_SNAT: u8 = 3;
 
 /// ICMP query kinds (`Packet::icmp_query` in the programs): queries are tracked by
 /// identifier and request type, and only the matching reply passes by state.

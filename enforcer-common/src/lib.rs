@@ -13,12 +13,14 @@ pub mod node;
 pub mod pod;
 pub mod policy;
 pub mod reason;
+pub mod snat;
 
 pub use flow::*;
 pub use node::*;
 pub use pod::*;
 pub use policy::*;
 pub use reason::*;
+pub use snat::*;
 
 /// Pinned names of the maps, used by the loader and by operators (`bpftool map dump
 /// pinned /sys/fs/bpf/podsg/<name>`). The layouts are in [`maps::MAPS`].
@@ -39,6 +41,9 @@ pub mod map_names {
     pub const FRAGS: &str = "FRAGS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    pub const DEST_V4: &str = "DEST_V4";
+    pub const DEST_V6: &str = "DEST_V6";
+    pub const SNAT_REV: &str = "SNAT_REV";
     /// Every pinned map, in the table's order.
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }
@@ -50,7 +55,19 @@ pub mod prog_names {
     /// Tail-called by `pod_egress` for traffic to another pod of the node (slot 0 of
     /// `TAIL_CALLS`): keeps that path out of the common one.
     pub const POD_HOST_LOCAL: &str = "pod_host_local";
-    pub const ALL: [&str; 3] = [TRUNK_INGRESS, POD_EGRESS, POD_HOST_LOCAL];
+    /// TC egress of a pod's host interface: what the node itself sends the pod (kubelet
+    /// probes, NodeLocal DNSCache replies), judged by the pod's inbound rules.
+    pub const POD_INGRESS: &str = "pod_ingress";
+    /// TC ingress of the node's primary ENI: replies to source-NATed flows, translated
+    /// back and delivered to their pod; everything else is the node's own.
+    pub const PRIMARY_INGRESS: &str = "primary_ingress";
+    pub const ALL: [&str; 5] = [
+        TRUNK_INGRESS,
+        POD_EGRESS,
+        POD_HOST_LOCAL,
+        POD_INGRESS,
+        PRIMARY_INGRESS,
+    ];
 }
 
 /// Capacities. Userspace refuses (with an error naming the pod) anything that would not
@@ -60,6 +77,8 @@ pub const MAX_PEER_ENTRIES: u32 = 65536;
 pub const MAX_PORT_ENTRIES: u32 = 262144;
 pub const MAX_ALWAYS_ENTRIES: u32 = 256;
 pub const MAX_FLOWS: u32 = 262144;
+/// Node addresses, VPC CIDRs and SNAT exclusions (`DEST_V4`/`DEST_V6`).
+pub const MAX_DEST_ENTRIES: u32 = 256;
 
 pub const AF_V4: u8 = 4;
 pub const AF_V6: u8 = 6;
@@ -95,14 +114,17 @@ mod user {
         Counter,
         FragKey,
         FragValue,
+        DestClass,
+        SnatKey,
+        SnatValue,
     );
 }
 
 // The layouts both sides compile against: a change here is a map layout change.
 const _: () = assert!(core::mem::size_of::<PodInfo>() == 72);
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 112);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 128);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<PeerKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<PeerKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<PeerClass>() == 12);
@@ -112,3 +134,6 @@ const _: () = assert!(core::mem::size_of::<AlwaysAllow>() == 4);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
+const _: () = assert!(core::mem::size_of::<DestClass>() == 4);
+const _: () = assert!(core::mem::size_of::<SnatKey>() == 12);
+const _: () = assert!(core::mem::size_of::<SnatValue>() == 12);

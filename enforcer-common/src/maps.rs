@@ -8,7 +8,7 @@ use crate::map_names::*;
 use crate::*;
 
 /// Version of the pinned maps' layout as a whole.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// The kernel map types we use (`bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ const fn lpm<K>() -> usize {
 
 use MapKind::*;
 
-pub const MAPS: [MapSpec; 16] = [
+pub const MAPS: [MapSpec; 19] = [
     spec(NODE_CONFIG, Array, 4, size_of::<NodeConfig>(), 1),
     spec(POD_BY_VLAN, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
     spec(POD_BY_IFINDEX, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
@@ -120,6 +120,27 @@ pub const MAPS: [MapSpec; 16] = [
         COUNTER_ENTRIES,
     ),
     spec(TAIL_CALLS, ProgArray, 4, 4, 1),
+    spec(
+        DEST_V4,
+        LpmTrie,
+        lpm::<[u8; 4]>(),
+        size_of::<DestClass>(),
+        MAX_DEST_ENTRIES,
+    ),
+    spec(
+        DEST_V6,
+        LpmTrie,
+        lpm::<[u8; 16]>(),
+        size_of::<DestClass>(),
+        MAX_DEST_ENTRIES,
+    ),
+    spec(
+        SNAT_REV,
+        Hash,
+        size_of::<SnatKey>(),
+        size_of::<SnatValue>(),
+        MAX_SNAT,
+    ),
 ];
 
 pub const fn names() -> [&'static str; MAPS.len()] {

@@ -21,4 +21,14 @@ pub struct NodeConfig {
     pub _pad2: u32,
     /// Idle timeout of a half-open TCP entry while its pod holds more than half its share.
     pub syn_pressure_timeout_ns: u64,
+    /// The node's primary IPv4 address: the source of source-NATed traffic.
+    pub node_ipv4: [u8; 4],
+    /// The primary ENI: source-NATed traffic leaves through it.
+    pub primary_ifindex: u32,
+    /// NAT ports, inclusive (host order). The daemon reserves them from the node's own
+    /// ephemeral ports, so the node's sockets never collide with a mapping.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Random ports tried for a new mapping before giving up (`drop_snat_exhausted`).
+    pub snat_probes: u32,
 }

@@ -29,12 +29,19 @@ pub enum Reason {
     DropPodFlowLimit = 17,
     /// Standard mode: the pod's groups allow it, the node's groups do not.
     DropNoNodeRule = 18,
-    /// Standard mode: to or from another pod on this node, which bypasses groups.
+    /// Standard mode: to or from the node itself or another pod on it, which bypasses
+    /// groups.
     AllowHostLocal = 19,
+    /// Standard mode, off-VPC: no free NAT port for a new flow (never sent with the
+    /// pod's own address instead).
+    DropSnatExhausted = 20,
+    /// Standard mode, off-VPC: a packet source NAT cannot translate (a protocol without
+    /// ports, a later fragment, an ICMP error from the pod); never sent untranslated.
+    DropNoSnat = 21,
 }
 
 /// Reason numbers are append-only: counters and tools index by them.
-pub const REASON_COUNT: u32 = 20;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -58,6 +65,8 @@ impl Reason {
         Reason::DropPodFlowLimit,
         Reason::DropNoNodeRule,
         Reason::AllowHostLocal,
+        Reason::DropSnatExhausted,
+        Reason::DropNoSnat,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -82,6 +91,8 @@ impl Reason {
             Reason::DropPodFlowLimit => "drop_pod_flow_limit",
             Reason::DropNoNodeRule => "drop_no_node_rule",
             Reason::AllowHostLocal => "allow_host_local",
+            Reason::DropSnatExhausted => "drop_snat_exhausted",
+            Reason::DropNoSnat => "drop_no_snat",
         }
     }
 

@@ -6,9 +6,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::bindings::BPF_NOEXIST;
 use enforcer_common::flow::{idle_limit, initial_state, next_state, timeout_ns};
 use enforcer_common::*;
-use enforcer_ebpf::parse::{Addr, Packet, Tuple};
+use enforcer_ebpf::parse::{Addr, Packet, SNAT_FORWARD, Tuple};
 
 use crate::maps::{FLOW_COUNT, FLOW_SWEPT, FLOWS};
+use crate::snat;
 
 /// `-EEXIST` from a map insert with `BPF_NOEXIST`.
 const EEXIST: i32 = -17;
@@ -86,11 +87,14 @@ fn charge(slot: u32, delta: u64) {
 }
 
 /// Removes a flow entry and gives its pod's share back, once: only the CPU (or the
-/// daemon) whose delete succeeded does.
+/// daemon) whose delete succeeded does. A translated flow's NAT mapping goes with it.
 #[inline(always)]
-fn remove_flow(key: &FlowKey, slot: u32) {
+fn remove_flow(key: &FlowKey, slot: u32, path: u8, nat_port: u16) {
     if FLOWS.remove(key).is_ok() {
         charge(slot, u64::MAX);
+        if path == PATH_SNAT {
+            snat::release(key, nat_port);
+        }
     }
 }
 
@@ -119,7 +123,7 @@ pub fn flow_hit(
     };
     if age > limit || v.slot != pod.slot {
         // Idle, or left by a deleted pod whose address this pod now has.
-        remove_flow(key, v.slot);
+        remove_flow(key, v.slot, v.path, v.nat_port);
         return false;
     }
     // A query's flow passes requests one way and the matching replies the other: a
@@ -132,22 +136,24 @@ pub fn flow_hit(
         v.state = state;
         v.last_seen_ns = now;
     }
-    pkt.flow_host_local = v.host_local;
+    pkt.flow_path = v.path;
+    pkt.nat_port = v.nat_port;
     if dir != v.origin() && v.seen_reply == 0 {
         v.seen_reply = 1;
     }
     true
 }
 
-/// Marks the flow of `pkt` (seen from the pod, in `dir`) as delivered on the node.
+/// Records where the flow of `pkt` (seen from the pod, in `dir`) goes (`PATH_*`), so
+/// that its later packets skip the look-ups that found out.
 #[inline(always)]
-pub fn mark_host_local(pkt: &Packet, dir: Direction) {
+pub fn mark_path(pkt: &Packet, dir: Direction, path: u8) {
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     if let Some(v) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a hash value pointer stays valid for the program's run (RCU); a byte
-        // store races with nothing that matters (every writer stores 1).
-        unsafe { (*v).host_local = 1 };
+        // store races with nothing that matters (every writer stores the same value).
+        unsafe { (*v).path = path };
     }
 }
 
@@ -157,6 +163,8 @@ pub enum InsertError {
     PodShare,
     /// The node's table is full.
     TableFull,
+    /// No free NAT port for the flow.
+    SnatExhausted,
 }
 
 /// Records a new flow allowed by the rule `cookie`, charged to the pod's share.
@@ -165,7 +173,7 @@ pub fn insert_flow(
     cfg: &NodeConfig,
     pod: &PodInfo,
     key: &FlowKey,
-    pkt: &Packet,
+    pkt: &mut Packet,
     dir: Direction,
     cookies: (u32, u32),
     now: u64,
@@ -174,23 +182,42 @@ pub fn insert_flow(
         // One pod must not fill the node-wide table and starve every other pod.
         return Err(InsertError::PodShare);
     }
+    let (path, nat_port) = if pkt.snat == SNAT_FORWARD {
+        // The mapping first: a reply can only find the flow through it.
+        let port = snat::allocate(cfg, key, pod.host_ifindex).ok_or(InsertError::SnatExhausted)?;
+        (PATH_SNAT, port)
+    } else {
+        (PATH_VPC, 0)
+    };
     let v = FlowValue {
         last_seen_ns: now,
         cookie: cookies.0,
         state: initial_state(pkt.outer.proto, pkt.tcp_flags),
         origin_dir: dir as u8,
         seen_reply: 0,
-        host_local: 0,
+        path,
         slot: pod.slot,
         node_cookie: cookies.1,
+        nat_port,
+        _pad: [0; 6],
     };
-    match FLOWS.insert(key, v, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            charge(pod.slot, 1);
+    let r = FLOWS.insert(key, v, BPF_NOEXIST as u64);
+    if r.is_ok() {
+        charge(pod.slot, 1);
+        pkt.nat_port = nat_port;
+        return Ok(());
+    }
+    if path == PATH_SNAT {
+        // No flow holds this mapping: give the port back.
+        snat::release(key, nat_port);
+    }
+    match r {
+        // Another CPU created it first: use its mapping.
+        Err(EEXIST) => {
+            // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+            pkt.nat_port = unsafe { FLOWS.get(key) }.map_or(0, |v| v.nat_port);
             Ok(())
         }
-        // Another CPU created it first.
-        Err(EEXIST) => Ok(()),
-        Err(_) => Err(InsertError::TableFull),
+        _ => Err(InsertError::TableFull),
     }
 }

@@ -1,6 +1,7 @@
-//! podsg datapath: security groups per pod, enforced at the trunk and at each pod's
-//! host-side interface. The entry points are thin: each runs its path (`trunk`,
-//! `pod`) and turns the outcome into a TC action; the stages live in their own files.
+//! podsg datapath: security groups per pod, enforced at the trunk, at each pod's
+//! host-side interface (both ways) and, for source NAT, at the primary ENI. The entry
+//! points are thin: each runs its path (`trunk`, `pod`, `to_pod`, `primary`) and turns
+//! the outcome into a TC action; the stages live in their own files.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -12,11 +13,15 @@
 mod bypass;
 mod conntrack;
 mod counters;
+mod dest;
 mod exit;
 mod fragments;
 mod maps;
 mod pod;
 mod policy;
+mod primary;
+mod snat;
+mod to_pod;
 mod trunk;
 mod verdict;
 
@@ -41,6 +46,20 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn pod_host_local(ctx: TcContext) -> i32 {
     exit::finish(&ctx, pod::host_local(&ctx))
+}
+
+/// Frames the node sends a pod (TC egress of its host-side veth): the pod's inbound
+/// rules, or standard mode's host-local bypass for the node's own addresses.
+#[classifier]
+pub fn pod_ingress(ctx: TcContext) -> i32 {
+    exit::finish(&ctx, to_pod::run(&ctx))
+}
+
+/// Frames arriving on the node's primary ENI: replies to source-NATed flows go back to
+/// their pod; the rest is the node's.
+#[classifier]
+pub fn primary_ingress(ctx: TcContext) -> i32 {
+    exit::finish(&ctx, primary::run(&ctx))
 }
 
 #[cfg(not(test))]

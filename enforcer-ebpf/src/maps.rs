@@ -74,3 +74,16 @@ pub static TAIL_CALLS: ProgramArray<1> = ProgramArray::new();
 /// Per-CPU scratch for the parsed packet (keeps it off the 512-byte stack).
 #[btf_map]
 pub static SCRATCH: PerCpuArray<enforcer_ebpf::parse::Packet, 1> = PerCpuArray::new();
+
+/// Where a destination is (SPEC §5): the node's own addresses, the VPC and the SNAT
+/// exclusions. Longest prefix wins; no entry means off-VPC.
+#[btf_map]
+pub static DEST_V4: LpmTrie<[u8; 4], DestClass, { MAX_DEST_ENTRIES as usize }> = LpmTrie::new();
+
+#[btf_map]
+pub static DEST_V6: LpmTrie<[u8; 16], DestClass, { MAX_DEST_ENTRIES as usize }> = LpmTrie::new();
+
+/// Source NAT, the way back: (protocol, NAT port, remote end) -> the pod's end. Written
+/// with the flow it belongs to, removed with it (by the programs or the daemon's sweep).
+#[btf_map]
+pub static SNAT_REV: HashMap<SnatKey, SnatValue, { MAX_SNAT as usize }> = HashMap::new();

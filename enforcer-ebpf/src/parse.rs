@@ -35,6 +35,14 @@ pub const KIND_ND: u8 = 2;
 /// A non-first fragment: no L4 header.
 pub const KIND_FRAGMENT: u8 = 3;
 
+/// `Packet::snat`: no translation.
+pub const SNAT_NONE: u8 = 0;
+/// From a pod, off-VPC: judged by the node's groups, then source-NATed.
+pub const SNAT_FORWARD: u8 = 1;
+/// To the node's NAT port, already translated back to the pod: only state (a flow
+/// hit, a related error) may let it in; it never opens a flow.
+pub const SNAT_REVERSE: u8 = 2;
+
 /// An address as four 32-bit words holding the packet's bytes in network order (IPv4:
 /// first word, rest zero). Words, not bytes: byte arrays are copied by the compiler with
 /// `memcpy`/`memset` subprograms, which cost more than the rest of the parse.
@@ -75,8 +83,18 @@ pub struct Packet {
     /// `KIND_ICMP_ERROR` only: the quoted packet parsed, so `inner` is meaningful. A
     /// quote that does not parse is related to no flow, and the rules decide.
     pub inner_ok: u8,
-    /// Set by a flow-table hit: the flow is between two pods of this node.
-    pub flow_host_local: u8,
+    /// Set by a flow-table hit: where the flow goes (`PATH_*`).
+    pub flow_path: u8,
+    /// Source NAT (`SNAT_*`): set by the paths before the verdict, which then judges by
+    /// the node's groups alone (SPEC §5).
+    pub snat: u8,
+    /// `SNAT_FORWARD`: the flow's NAT port, from its entry (a hit) or just allocated.
+    pub nat_port: u16,
+    /// Offsets of the L4 header and of an ICMP error's quoted IP and L4 headers, for
+    /// the NAT rewrites.
+    pub l4_off: u16,
+    pub inner_l3_off: u16,
+    pub inner_l4_off: u16,
     /// Handed to the host-local tail call: the receiving pod's host interface and the
     /// sender's verdict (a `Reason` number).
     pub peer_ifindex: u32,
@@ -221,6 +239,8 @@ fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError
     pkt.frag_first = 0;
     pkt.icmp_query = ICMP_NOT_QUERY;
     pkt.inner_ok = 0;
+    pkt.snat = SNAT_NONE;
+    pkt.nat_port = 0;
     let l4_off;
     match l2.ethertype {
         ETH_P_IP => {
@@ -294,6 +314,7 @@ fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError
 
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseError> {
+    pkt.l4_off = off as u16;
     match pkt.outer.proto {
         PROTO_TCP => {
             (pkt.outer.sport, pkt.outer.dport) = ports_at(ctx, off)?;
@@ -353,6 +374,8 @@ fn parse_inner(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Resul
         pkt.inner.proto = proto;
         l4 = off + ihl;
     }
+    pkt.inner_l3_off = off as u16;
+    pkt.inner_l4_off = l4 as u16;
     pkt.inner.sport = 0;
     pkt.inner.dport = 0;
     match pkt.inner.proto {

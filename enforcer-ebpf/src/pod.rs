@@ -1,15 +1,23 @@
 //! The pod side: the pod by its host interface, anti-spoofing, link plumbing and
 //! link-scope traffic, the pod's outbound rules, then tagged out of the trunk.
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_redirect, programs::TcContext};
-use enforcer_common::{AF_V4, AF_V6, Direction, PodInfo, PodMode, Reason};
-use enforcer_ebpf::parse::{Addr, KIND_ND, KIND_NORMAL, Packet, load, parse_l2, parse_l3_pulled};
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use enforcer_common::*;
+use enforcer_ebpf::parse::{
+    KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2, parse_l3_pulled,
+};
 use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
-use crate::conntrack::mark_host_local;
+use crate::conntrack::mark_path;
 use crate::counters::count;
+use crate::dest::{class_of, is_node, needs_snat, same_node_pod};
 use crate::exit::Exit;
-use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, POD_BY_IPV4, POD_BY_IPV6, SCRATCH, TAIL_CALLS};
+use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH, TAIL_CALLS};
+use crate::snat::translate_out;
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -57,31 +65,75 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         // to the node's primary address, by the same rules.
         pkt.outer.dst = addr_of(&cfg.node_ipv6);
     }
-    // Standard mode bypasses groups toward a pod of this node: ask first. (A strict
-    // pod's rules decide first: a denied packet never pays for the look-up.)
-    if bypasses_groups(pod)
-        && !link_scope
-        && let Some(peer) = same_node_pod(pkt)
-    {
-        return to_host_local(ctx, pod, pkt, peer, Reason::AllowHostLocal);
-    }
-    let reason = match decide(pod, pkt, Direction::Egress) {
-        Verdict::Allow(r) => r,
-        Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
-    };
-    // Toward a pod of this node? An established flow knows; anything else asks.
-    let known_remote = reason == Reason::AllowFlow && pkt.flow_host_local == 0;
-    if !link_scope
-        && !known_remote
-        && let Some(peer) = same_node_pod(pkt)
-    {
-        return to_host_local(ctx, pod, pkt, peer, reason);
-    }
     if link_scope {
         // Allowed, and link-scope: delivered on the node, never onto the trunk.
+        let reason = verdict(pod, decide(pod, pkt, Direction::Egress))?;
         count(pod.slot, reason, ctx.len());
         return Ok(TC_ACT_OK);
     }
+    // Where is it going? A standard-mode pod must know before the verdict: host-local
+    // traffic bypasses groups, and off-VPC traffic is judged by the node's groups and
+    // source-NATed. A strict pod's rules decide first (a denied packet never pays for
+    // the look-ups), and an established flow already knows its path.
+    let placed = bypasses_groups(pod);
+    if placed {
+        let class = class_of(pkt.family, &pkt.outer.dst);
+        if class & DEST_NODE != 0 {
+            return to_node(ctx, pod, Reason::AllowHostLocal);
+        }
+        if let Some(peer) = same_node_pod(pkt) {
+            return to_host_local(ctx, pod, pkt, peer, Reason::AllowHostLocal);
+        }
+        if pkt.family == AF_V4 && needs_snat(class) {
+            if !snat_translatable(pkt) {
+                return Err(Exit::Drop(pod.slot, Reason::DropNoSnat));
+            }
+            pkt.snat = SNAT_FORWARD;
+        }
+    }
+    let reason = verdict(pod, decide(pod, pkt, Direction::Egress))?;
+    if reason == Reason::AllowFlow {
+        match pkt.flow_path {
+            PATH_SNAT => return to_primary(ctx, cfg, pod, pkt, reason),
+            PATH_NODE => return to_node(ctx, pod, reason),
+            PATH_POD => {
+                if let Some(peer) = same_node_pod(pkt) {
+                    return to_host_local(ctx, pod, pkt, peer, reason);
+                }
+            }
+            _ => {}
+        }
+        return to_trunk(ctx, cfg, pod, reason);
+    }
+    if pkt.snat == SNAT_FORWARD {
+        return to_primary(ctx, cfg, pod, pkt, reason);
+    }
+    if !placed {
+        if is_node(pkt.family, &pkt.outer.dst) {
+            if reason == Reason::AllowPolicy {
+                mark_path(pkt, Direction::Egress, PATH_NODE);
+            }
+            return to_node(ctx, pod, reason);
+        }
+        if let Some(peer) = same_node_pod(pkt) {
+            return to_host_local(ctx, pod, pkt, peer, reason);
+        }
+    }
+    to_trunk(ctx, cfg, pod, reason)
+}
+
+/// The verdict's reason when it allows; a drop counted on the pod when not.
+#[inline(always)]
+pub fn verdict(pod: &PodInfo, v: Verdict) -> Result<Reason, Exit> {
+    match v {
+        Verdict::Allow(r) => Ok(r),
+        Verdict::Drop(r) => Err(Exit::Drop(pod.slot, r)),
+    }
+}
+
+/// Through the VPC: tagged with the pod's VLAN, out of the trunk.
+#[inline(always)]
+fn to_trunk(ctx: &TcContext, cfg: &NodeConfig, pod: &PodInfo, reason: Reason) -> Result<i32, Exit> {
     push_tag(ctx, pod.vlan, &cfg.gateway_mac, &pod.mac)
         .map_err(|step| Exit::Internal(pod.slot, step))?;
     count(pod.slot, reason, ctx.len());
@@ -89,19 +141,42 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     Ok(unsafe { bpf_redirect(cfg.trunk_ifindex, 0) } as i32)
 }
 
-/// The host interface of another branch pod of this node the packet is addressed to.
+/// To the node itself: up its stack from the host interface, never hairpinned
+/// through the VPC.
 #[inline(always)]
-fn same_node_pod(pkt: &Packet) -> Option<u32> {
-    let d = &pkt.outer.dst;
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    unsafe {
-        if pkt.family == AF_V4 {
-            POD_BY_IPV4.get(d[0].to_ne_bytes())
-        } else {
-            POD_BY_IPV6.get(core::mem::transmute::<Addr, [u8; 16]>(*d))
-        }
+fn to_node(ctx: &TcContext, pod: &PodInfo, reason: Reason) -> Result<i32, Exit> {
+    count(pod.slot, reason, ctx.len());
+    Ok(TC_ACT_OK)
+}
+
+/// Source-NATed to the node's primary address and out of the primary ENI (to the
+/// next hop the node's own routes and neighbours give).
+#[inline(always)]
+fn to_primary(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    pkt: &Packet,
+    reason: Reason,
+) -> Result<i32, Exit> {
+    if pkt.nat_port == 0 {
+        return Err(Exit::Internal(pod.slot, "NAT port"));
     }
-    .copied()
+    translate_out(ctx, cfg, pkt).map_err(|step| Exit::Internal(pod.slot, step))?;
+    count(pod.slot, reason, ctx.len());
+    // SAFETY: no neighbour parameters (a null pointer with length 0 is the helper's
+    // documented "look the next hop up" form).
+    Ok(unsafe { bpf_redirect_neigh(cfg.primary_ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// What source NAT can translate: TCP, UDP and ICMP query requests, unfragmented or
+/// the first fragment. Anything else off-VPC is dropped, never sent with the pod's
+/// address (`drop_no_snat`).
+#[inline(always)]
+fn snat_translatable(pkt: &Packet) -> bool {
+    pkt.kind == KIND_NORMAL
+        && (matches!(pkt.outer.proto, PROTO_TCP | PROTO_UDP)
+            || (pkt.outer.proto == PROTO_ICMP && pkt.icmp_query == ICMP_REQUEST))
 }
 
 /// Hands the packet to `pod_host_local` (a tail call keeps that path, with its second
@@ -156,21 +231,29 @@ pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
         }
     };
     if sent == Reason::AllowPolicy {
-        mark_host_local(pkt, Direction::Egress);
+        mark_path(pkt, Direction::Egress, PATH_POD);
     }
     if received == Reason::AllowPolicy {
-        mark_host_local(pkt, Direction::Ingress);
+        mark_path(pkt, Direction::Ingress, PATH_POD);
     }
     set_macs(ctx, &peer.mac, &peer.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
     count(pod.slot, sent, ctx.len());
     count(peer.slot, received, ctx.len());
+    Ok(into_pod(peer.host_ifindex))
+}
+
+/// Into the pod behind `host_ifindex`: straight into its namespace
+/// (`bpf_redirect_peer`), so the frame never passes the host interface's egress, where
+/// `pod_ingress` judges what the node sends.
+#[inline(always)]
+pub fn into_pod(host_ifindex: u32) -> i32 {
     // SAFETY: a plain helper call with no pointers.
-    Ok(unsafe { bpf_redirect(peer.host_ifindex, 0) } as i32)
+    (unsafe { bpf_redirect_peer(host_ifindex, 0) }) as i32
 }
 
 /// Standard mode bypasses groups for host-local traffic; a fail-closed pod never does.
 #[inline(always)]
-fn bypasses_groups(pod: &PodInfo) -> bool {
+pub fn bypasses_groups(pod: &PodInfo) -> bool {
     pod.mode() == PodMode::Standard && !pod.is_fail_closed()
 }
 

@@ -1,17 +1,17 @@
 //! The trunk side: VLAN -> pod, the pod's inbound rules, tag popped, MACs rewritten,
 //! redirected to the pod's host-side interface.
-use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    helpers::{bpf_redirect, bpf_skb_vlan_pop},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_skb_vlan_pop, programs::TcContext};
 use enforcer_common::{Direction, Reason};
 use enforcer_ebpf::parse::{parse_l2, parse_l3_pulled};
 use enforcer_ebpf::rewrite::set_macs;
 
+/// `skb->pkt_type` of a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
+
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::{POD_BY_VLAN, SCRATCH};
+use crate::pod::into_pod;
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -43,7 +43,10 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         return Err(Exit::Internal(pod.slot, "VLAN pop"));
     }
     set_macs(ctx, &pod.mac, &pod.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
+    // The VPC addressed the frame to the pod's MAC, not the trunk's: the trunk took it
+    // as another host's, and the pod's stack would drop it as such.
+    ctx.change_type(PACKET_HOST)
+        .map_err(|_| Exit::Internal(pod.slot, "packet type"))?;
     count(pod.slot, reason, ctx.len());
-    // SAFETY: a plain helper call with no pointers.
-    Ok(unsafe { bpf_redirect(pod.host_ifindex, 0) } as i32)
+    Ok(into_pod(pod.host_ifindex))
 }

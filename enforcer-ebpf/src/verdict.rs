@@ -71,6 +71,21 @@ fn decide_packet(
         return Verdict::Allow(Reason::AllowFlow);
     }
 
+    if pkt.snat == SNAT_REVERSE {
+        // Sent to the node's NAT port: only state lets it in; it never opens a flow.
+        return Verdict::Drop(Reason::DropNoRule);
+    }
+    if pkt.snat == SNAT_FORWARD {
+        // Off-VPC through source NAT: the node's groups instead of the pod's (SPEC §5).
+        // Always tracked, even when always-allowed: the reply finds its pod by the flow's
+        // NAT mapping.
+        let (allowed, cookie) = match policy_allows(pod.node_policy_id, pkt, dir) {
+            Some((c, _)) => (Reason::AllowPolicy, c),
+            None if always_allowed(pkt, dir) => (Reason::AllowAlways, 0),
+            None => return Verdict::Drop(Reason::DropNoNodeRule),
+        };
+        return new_flow(cfg, pod, &key, pkt, dir, (0, cookie), now, allowed);
+    }
     let Some((cookie, mut flags)) = policy_allows(pod.policy_id, pkt, dir) else {
         // Checked only when no rule allows: it costs an LPM lookup that the common
         // path should not pay.
@@ -98,9 +113,26 @@ fn decide_packet(
     if untracked || pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
         return Verdict::Allow(Reason::AllowPolicy);
     }
-    match insert_flow(cfg, pod, &key, pkt, dir, (cookie, node_cookie), now) {
-        Ok(()) => Verdict::Allow(Reason::AllowPolicy),
+    new_flow(cfg, pod, &key, pkt, dir, (cookie, node_cookie), now, Reason::AllowPolicy)
+}
+
+/// Records the new flow the rules allowed; `allowed` is the verdict when it fits.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined; a struct would cost stack")]
+fn new_flow(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    key: &FlowKey,
+    pkt: &mut Packet,
+    dir: Direction,
+    cookies: (u32, u32),
+    now: u64,
+    allowed: Reason,
+) -> Verdict {
+    match insert_flow(cfg, pod, key, pkt, dir, cookies, now) {
+        Ok(()) => Verdict::Allow(allowed),
         Err(InsertError::PodShare) => Verdict::Drop(Reason::DropPodFlowLimit),
         Err(InsertError::TableFull) => Verdict::Drop(Reason::DropFlowTableFull),
+        Err(InsertError::SnatExhausted) => Verdict::Drop(Reason::DropSnatExhausted),
     }
 }

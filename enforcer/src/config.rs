@@ -120,6 +120,56 @@ pub struct NodeSettings {
     /// (`drop_pod_flow_limit`) while other pods keep opening theirs.
     #[serde(default = "default_flows_per_pod")]
     pub flows_per_pod: u32,
+    /// The node's primary ENI (`eth0` on EKS): source-NATed traffic leaves through it
+    /// and its replies come back on it. Without it (or without `primaryIPv4`) nothing
+    /// is source-NATed, as with `externalSnat`.
+    #[serde(default)]
+    pub primary_interface: Option<String>,
+    /// The node's other local addresses pods reach on the node (host-local delivery):
+    /// NodeLocal DNSCache and link-local agents. The primary addresses are added.
+    #[serde(default = "default_node_local")]
+    pub node_local_addresses: Vec<IpNet>,
+    /// `AWS_VPC_K8S_CNI_EXTERNALSNAT`: nothing is source-NATed; off-VPC traffic leaves
+    /// through the trunk under the pod's groups (a NAT gateway translates it).
+    #[serde(default)]
+    pub external_snat: bool,
+    /// `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`: off-VPC destinations never source-NATed.
+    #[serde(default)]
+    pub exclude_snat_cidrs: Vec<IpNet>,
+    /// NAT ports (inclusive). The daemon adds them to the node's
+    /// `net.ipv4.ip_local_reserved_ports`, so the node's own sockets never take one.
+    #[serde(default)]
+    pub snat_ports: SnatPorts,
+    /// Random ports tried for a new mapping before the packet is dropped
+    /// (`drop_snat_exhausted`).
+    #[serde(default = "default_snat_probes")]
+    pub snat_probes: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnatPorts {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for SnatPorts {
+    /// Above Linux's default ephemeral range (32768-60999).
+    fn default() -> Self {
+        SnatPorts {
+            min: 61000,
+            max: 65535,
+        }
+    }
+}
+
+/// NodeLocal DNSCache's default address.
+fn default_node_local() -> Vec<IpNet> {
+    vec!["169.254.20.10/32".parse().expect("a valid prefix")]
+}
+
+fn default_snat_probes() -> u32 {
+    16
 }
 
 /// A sixteenth of the node's table: one pod can't starve the others.
@@ -176,6 +226,13 @@ fn default_bpffs() -> PathBuf {
 }
 
 pub const ENV_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
+pub const ENV_EXTERNAL_SNAT: &str = "AWS_VPC_K8S_CNI_EXTERNALSNAT";
+pub const ENV_EXCLUDE_SNAT: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
+
+/// Where a destination lies for a pod's traffic (SPEC §5): the `DEST_*` flags of each
+/// prefix the daemon writes to `DEST_V4`/`DEST_V6`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destinations(pub BTreeMap<IpNet, u32>);
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -200,6 +257,47 @@ impl Config {
                 enforcer_common::MAX_FLOWS
             );
         }
+        if let Ok(v) = std::env::var(ENV_EXTERNAL_SNAT) {
+            cfg.node.external_snat = match v.to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                _ => anyhow::bail!("{ENV_EXTERNAL_SNAT}={v:?}: expected true or false"),
+            };
+        }
+        if let Ok(v) = std::env::var(ENV_EXCLUDE_SNAT) {
+            cfg.node.exclude_snat_cidrs = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse()
+                        .with_context(|| format!("{ENV_EXCLUDE_SNAT}: {s:?} is not a CIDR"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        let ports = cfg.node.snat_ports;
+        if ports.min == 0 || ports.max < ports.min {
+            anyhow::bail!(
+                "config {}: node.snatPorts {}-{} is not a range of ports (min 1, min <= max)",
+                path.display(),
+                ports.min,
+                ports.max
+            );
+        }
+        if !(1..=enforcer_common::MAX_SNAT_PROBES).contains(&cfg.node.snat_probes) {
+            anyhow::bail!(
+                "config {}: node.snatProbes {} is not within 1..={}",
+                path.display(),
+                cfg.node.snat_probes,
+                enforcer_common::MAX_SNAT_PROBES
+            );
+        }
+        if let Some(IpAddr::V6(a)) = cfg.node.primary_ipv4 {
+            anyhow::bail!(
+                "config {}: node.primaryIPv4 {a} is an IPv6 address",
+                path.display()
+            );
+        }
         if let Some(IpAddr::V4(a)) = cfg.node.primary_ipv6 {
             anyhow::bail!(
                 "config {}: node.primaryIPv6 {a} is an IPv4 address",
@@ -215,6 +313,46 @@ impl Config {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// Whether standard-mode pods' off-VPC IPv4 traffic is source-NATed here: not with
+    /// external SNAT, and only with a primary interface and address to NAT to.
+    pub fn snat_enabled(&self) -> bool {
+        !self.node.external_snat
+            && self.node.primary_interface.is_some()
+            && matches!(self.node.primary_ipv4, Some(IpAddr::V4(_)))
+    }
+
+    /// The node's own addresses: its primary addresses and the node-local ones.
+    pub fn node_addresses(&self) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = [self.node.primary_ipv4, self.node.primary_ipv6]
+            .into_iter()
+            .flatten()
+            .map(IpNet::from)
+            .collect();
+        out.extend(self.node.node_local_addresses.iter().copied());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every prefix of `DEST_V4`/`DEST_V6` with its flags: the node's addresses (host
+    /// delivery, never NATed), the VPC and the exclusions (never NATed), and everything
+    /// when nothing is to be NATed here.
+    pub fn destinations(&self) -> Destinations {
+        use enforcer_common::{DEST_NO_SNAT, DEST_NODE};
+        let mut m = BTreeMap::new();
+        let mut add = |n: IpNet, f: u32| *m.entry(n.trunc()).or_insert(0) |= f;
+        for n in self.node_addresses() {
+            add(n, DEST_NODE | DEST_NO_SNAT);
+        }
+        for n in self.node.vpc_cidrs.iter().chain(&self.node.exclude_snat_cidrs) {
+            add(*n, DEST_NO_SNAT);
+        }
+        if !self.snat_enabled() {
+            add("0.0.0.0/0".parse().expect("a valid prefix"), DEST_NO_SNAT);
+        }
+        Destinations(m)
     }
 
     pub fn mode(&self) -> Mode {

@@ -136,9 +136,15 @@ impl Daemon {
                 if c.node.trunk_interface != self.cfg.node.trunk_interface {
                     warn!("node.trunkInterface changed; restart the daemon to move to it");
                 }
+                if c.node.primary_interface != self.cfg.node.primary_interface {
+                    warn!("node.primaryInterface changed; restart the daemon to move to it");
+                }
                 self.cfg = c;
-                let trunk = self.node.trunk_ifindex;
-                self.node = kernel_node_config(&self.cfg, trunk);
+                let (trunk, primary) = (self.node.trunk_ifindex, self.node.primary_ifindex);
+                self.node = kernel_node_config(&self.cfg, trunk, primary);
+                self.status.node_local = node_local_summary(&self.cfg);
+                self.status.snat = snat_summary(&self.cfg);
+                reserve_snat_ports(&self.cfg);
                 if let Err(e) = self.dp.set_node_config(&self.node) {
                     error!("updating node settings: {e:#}");
                 }
@@ -211,6 +217,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
             cfg.node.trunk_interface
         )
     })?;
+    let primary = match &cfg.node.primary_interface {
+        Some(name) => netdev::ifindex(name).with_context(|| {
+            format!(
+                "primary interface {name:?} (node.primaryInterface) does not exist in this network namespace"
+            )
+        })?,
+        None => 0,
+    };
     let mut mem = match Memory::load(&cfg.state_dir) {
         Ok(m) => m,
         Err(e) => {
@@ -231,12 +245,15 @@ pub async fn run(config_path: &Path) -> Result<()> {
         info!("removed pinned link {stale}: its interface is gone");
     }
     forward_kernel_logs(dp.ebpf());
-    let node = kernel_node_config(&cfg, trunk);
+    let node = kernel_node_config(&cfg, trunk, primary);
     dp.set_node_config(&node)?;
+    reserve_snat_ports(&cfg);
     let status = NodeStatus {
         trunk_interface: cfg.node.trunk_interface.clone(),
         default_mode: Some(cfg.mode()),
         always_allowed: cfg.always_allowed().iter().map(|n| n.to_string()).collect(),
+        node_local: node_local_summary(&cfg),
+        snat: snat_summary(&cfg),
         ..Default::default()
     };
     let mut d = Daemon {
@@ -253,6 +270,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // Pods' state exists before the trunk delivers anything to them.
     d.apply();
     d.dp.attach_trunk(&d.cfg.node.trunk_interface.clone())?;
+    if let Some(name) = d.cfg.node.primary_interface.clone() {
+        d.dp.attach_primary(&name)?;
+        info!("attached to primary interface {name}");
+    }
     d.attached = true;
     info!("attached to trunk {}", d.cfg.node.trunk_interface);
     d.refresh_status();
@@ -317,9 +338,69 @@ pub fn dry_run(cfg: &Config) -> Result<NodeStatus> {
         trunk_interface: cfg.node.trunk_interface.clone(),
         default_mode: Some(cfg.mode()),
         always_allowed: cfg.always_allowed().iter().map(|n| n.to_string()).collect(),
+        node_local: node_local_summary(cfg),
+        snat: snat_summary(cfg),
         pods: p.pods,
         ..Default::default()
     })
+}
+
+/// The node's own addresses, as status lists them (host-local delivery).
+fn node_local_summary(cfg: &Config) -> Vec<String> {
+    cfg.node_addresses().iter().map(|n| n.to_string()).collect()
+}
+
+/// Whether and how standard-mode pods' off-VPC traffic is source-NATed, in words.
+fn snat_summary(cfg: &Config) -> String {
+    let n = &cfg.node;
+    if n.external_snat {
+        return "off: external SNAT (off-VPC traffic leaves through the trunk)".into();
+    }
+    match (&n.primary_interface, n.primary_ipv4) {
+        (Some(dev), Some(ip)) => {
+            let mut s = format!(
+                "to {ip} via {dev}, ports {}-{}",
+                n.snat_ports.min, n.snat_ports.max
+            );
+            if !n.exclude_snat_cidrs.is_empty() {
+                let ex: Vec<String> = n.exclude_snat_cidrs.iter().map(|c| c.to_string()).collect();
+                s.push_str(&format!(", excluding {}", ex.join(", ")));
+            }
+            s
+        }
+        _ => "off: node.primaryInterface and node.primaryIPv4 are needed for it".into(),
+    }
+}
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Keeps the node's own sockets off the NAT ports: adds the range to the kernel's
+/// reserved ports (of the daemon's network namespace, the node's), so a port the
+/// kernel picks for the node never equals a mapping's. Failing that, the daemon runs
+/// on and says why.
+fn reserve_snat_ports(cfg: &Config) {
+    if !cfg.snat_enabled() {
+        return;
+    }
+    let r = cfg.node.snat_ports;
+    let want = format!("{}-{}", r.min, r.max);
+    let current = std::fs::read_to_string(RESERVED_PORTS).unwrap_or_default();
+    let current = current.trim();
+    if current.split(',').any(|p| p == want) {
+        return;
+    }
+    let new = if current.is_empty() {
+        want.clone()
+    } else {
+        format!("{current},{want}")
+    };
+    match std::fs::write(RESERVED_PORTS, &new) {
+        Ok(()) => info!("reserved NAT ports {want} from the node's own sockets"),
+        Err(e) => warn!(
+            "could not reserve NAT ports {want} in {RESERVED_PORTS} ({e}): a node socket \
+             bound explicitly in that range could collide with a NAT mapping"
+        ),
+    }
 }
 
 pub fn read_status(state_dir: &Path) -> Result<NodeStatus> {

@@ -79,6 +79,12 @@ pub struct NodeStatus {
     pub trunk_interface: String,
     pub default_mode: Option<crate::config::Mode>,
     pub always_allowed: Vec<String>,
+    /// The node's own addresses: pods' traffic to them is delivered on the node.
+    #[serde(default)]
+    pub node_local: Vec<String>,
+    /// Standard mode's source NAT: where to, or why off.
+    #[serde(default)]
+    pub snat: String,
     /// Errors reading the sources; the last good state stays enforced meanwhile.
     pub source_errors: Vec<String>,
     pub pods: Vec<PodStatus>,
@@ -108,6 +114,8 @@ impl NodeStatus {
             "always allowed: {}\n",
             self.always_allowed.join(", ")
         ));
+        out.push_str(&format!("node-local: {}\n", self.node_local.join(", ")));
+        out.push_str(&format!("source NAT: {}\n", self.snat));
         if !self.maps.is_empty() {
             let fill: Vec<String> = self
                 .maps

@@ -95,7 +95,7 @@ impl Harness {
     /// A harness whose node settings differ from [`node_config`]'s.
     pub fn with_config(cfg: Config) -> Harness {
         let mut dp = Datapath::load(None).expect("load programs");
-        dp.set_node_config(&kernel_node_config(&cfg, 1)).unwrap();
+        dp.set_node_config(&kernel_node_config(&cfg, 1, 1)).unwrap();
         Harness {
             dp,
             mem: Memory::default(),

@@ -515,7 +515,7 @@ fn one_pod_cannot_take_the_whole_flow_table() {
     // the sweep removes all eight (an ACK from the side that sent the SYN leaves an entry
     // half-open) and gives the share back.
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let node = enforcer::datapath::kernel::kernel_node_config(&h.cfg, 1);
+    let node = enforcer::datapath::kernel::kernel_node_config(&h.cfg, 1, 1);
     let swept = h.dp.sweep_flows(&node).unwrap();
     assert_eq!(swept, 8, "half-open entries of the flooding pod swept");
     assert_eq!(h.dp.flow_counts().unwrap()[client as usize], 0);

@@ -25,8 +25,9 @@ pub struct Datapath {
     pub(super) current: KernelState,
     pin_dir: Option<PathBuf>,
     trunk: Option<TcLink>,
-    /// host interface name -> its link
-    pod_links: HashMap<String, TcLink>,
+    primary: Option<TcLink>,
+    /// (host interface name, which of its two hooks) -> the link
+    pod_links: HashMap<(String, LinkKind), TcLink>,
     /// The maps were already pinned: a previous daemon's state is in them.
     adopted: bool,
 }
@@ -100,6 +101,7 @@ impl Datapath {
             current: KernelState::default(),
             pin_dir: pin_dir.map(Path::to_path_buf),
             trunk: None,
+            primary: None,
             pod_links: HashMap::new(),
             adopted,
         };
@@ -158,14 +160,11 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches (or adopts the pinned link of) a program on `ifname`'s TC ingress.
+    /// Attaches (or adopts the pinned link of) `kind`'s program on `ifname`.
     fn attach(&mut self, kind: LinkKind, ifname: &str) -> Result<TcLink> {
         let ifindex = crate::netdev::ifindex(ifname)
             .ok_or_else(|| anyhow!("interface {ifname} does not exist"))?;
-        let prog = match kind {
-            LinkKind::Trunk => prog_names::TRUNK_INGRESS,
-            LinkKind::Pod => prog_names::POD_EGRESS,
-        };
+        let prog = kind.program();
         let pin_dir = self.pin_dir.clone();
         let (link, how) = links::attach(
             self.program(prog)?,
@@ -189,6 +188,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// The primary ENI's program: replies to source-NATed flows find their pod.
+    pub fn attach_primary(&mut self, ifname: &str) -> Result<()> {
+        let link = self.attach(LinkKind::Primary, ifname).with_context(|| {
+            format!("primary interface {ifname} (node.primaryInterface: does it exist?)")
+        })?;
+        self.primary = Some(link);
+        Ok(())
+    }
+
     /// Removes pins of links whose interface is gone or was re-created, left by an
     /// earlier daemon; returns their names.
     pub fn remove_stale_link_pins(&self) -> Vec<String> {
@@ -204,27 +212,37 @@ impl Datapath {
     /// safer than letting the interface's traffic reach the node unfiltered.
     pub fn sync_pod_links(&mut self, wanted: &[String]) -> Vec<(String, anyhow::Error)> {
         let mut errors = Vec::new();
-        let stale: Vec<String> = self
+        let stale: Vec<(String, LinkKind)> = self
             .pod_links
             .iter()
-            .filter(|(name, l)| crate::netdev::ifindex(name) != Some(l.ifindex))
-            .map(|(n, _)| n.clone())
+            .filter(|((name, _), l)| crate::netdev::ifindex(name) != Some(l.ifindex))
+            .map(|(k, _)| k.clone())
             .collect();
-        for name in stale {
-            if let Some(link) = self.pod_links.remove(&name) {
-                let prog = self.program(prog_names::POD_EGRESS).ok();
+        for key in stale {
+            if let Some(link) = self.pod_links.remove(&key) {
+                let prog = self.program(key.1.program()).ok();
                 links::detach(prog, link);
             }
         }
         for name in wanted {
-            if self.pod_links.contains_key(name) || crate::netdev::ifindex(name).is_none() {
+            if crate::netdev::ifindex(name).is_none() {
                 continue;
             }
-            match self.attach(LinkKind::Pod, name) {
-                Ok(link) => {
-                    self.pod_links.insert(name.clone(), link);
+            // Both hooks, the pod's way out first (its traffic is the larger risk).
+            for kind in LinkKind::POD {
+                let key = (name.clone(), kind);
+                if self.pod_links.contains_key(&key) {
+                    continue;
                 }
-                Err(e) => errors.push((name.clone(), e)),
+                match self.attach(kind, name) {
+                    Ok(link) => {
+                        self.pod_links.insert(key, link);
+                    }
+                    Err(e) => {
+                        errors.push((name.clone(), e));
+                        break;
+                    }
+                }
             }
         }
         errors
@@ -235,16 +253,28 @@ impl Datapath {
     pub fn links_stale(&self) -> bool {
         self.pod_links
             .iter()
-            .any(|(name, l)| crate::netdev::ifindex(name) != Some(l.ifindex))
+            .any(|((name, _), l)| crate::netdev::ifindex(name) != Some(l.ifindex))
     }
 
+    /// Pod host interfaces with both their programs attached.
     pub fn attached_pods(&self) -> usize {
-        self.pod_links.len()
+        self.pod_links
+            .keys()
+            .filter(|(name, kind)| {
+                *kind == LinkKind::Pod && self.pod_links.contains_key(&(name.clone(), LinkKind::PodIn))
+            })
+            .count()
     }
 }
 
-/// The kernel's node settings from the config and the trunk's interface index.
-pub fn kernel_node_config(cfg: &crate::config::Config, trunk_ifindex: u32) -> NodeConfig {
+/// The kernel's node settings from the config and the interface indexes of the trunk
+/// and the primary ENI (0: none, and no source NAT).
+pub fn kernel_node_config(
+    cfg: &crate::config::Config,
+    trunk_ifindex: u32,
+    primary_ifindex: u32,
+) -> NodeConfig {
+    let snat = cfg.snat_enabled() && primary_ifindex != 0;
     let t = &cfg.node.timeouts;
     let s = |secs: u64| secs.saturating_mul(1_000_000_000);
     NodeConfig {
@@ -269,5 +299,14 @@ pub fn kernel_node_config(cfg: &crate::config::Config, trunk_ifindex: u32) -> No
         flows_per_pod: cfg.node.flows_per_pod,
         _pad2: 0,
         syn_pressure_timeout_ns: s(t.tcp_syn_sent_under_pressure),
+        node_ipv4: match cfg.node.primary_ipv4 {
+            Some(std::net::IpAddr::V4(a)) => a.octets(),
+            _ => [0; 4],
+        },
+        primary_ifindex,
+        // A zero range tells the programs there is no source NAT on this node.
+        snat_port_min: if snat { cfg.node.snat_ports.min } else { 0 },
+        snat_port_max: if snat { cfg.node.snat_ports.max } else { 0 },
+        snat_probes: cfg.node.snat_probes,
     }
 }

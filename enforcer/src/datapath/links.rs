@@ -20,23 +20,57 @@ use aya::programs::{
     tc::{SchedClassifierLink, SchedClassifierLinkId},
 };
 
-/// Which program a link runs: the name is part of the pin's file name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which program a link runs, and where: the kind is part of the pin's file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LinkKind {
+    /// The trunk's ingress: frames from the VPC to branch pods.
     Trunk,
+    /// A pod host interface's ingress: what the pod sends.
     Pod,
+    /// A pod host interface's egress: what the node sends the pod.
+    PodIn,
+    /// The primary ENI's ingress: replies to source-NATed flows.
+    Primary,
 }
 
 impl LinkKind {
+    pub const ALL: [LinkKind; 4] = [
+        LinkKind::Trunk,
+        LinkKind::Pod,
+        LinkKind::PodIn,
+        LinkKind::Primary,
+    ];
+    /// Both links every pod host interface gets.
+    pub const POD: [LinkKind; 2] = [LinkKind::Pod, LinkKind::PodIn];
+
     fn tag(self) -> &'static str {
         match self {
             LinkKind::Trunk => "trunk",
             LinkKind::Pod => "pod",
+            LinkKind::PodIn => "podin",
+            LinkKind::Primary => "primary",
+        }
+    }
+
+    pub fn program(self) -> &'static str {
+        use enforcer_common::prog_names::*;
+        match self {
+            LinkKind::Trunk => TRUNK_INGRESS,
+            LinkKind::Pod => POD_EGRESS,
+            LinkKind::PodIn => POD_INGRESS,
+            LinkKind::Primary => PRIMARY_INGRESS,
+        }
+    }
+
+    fn hook(self) -> TcAttachType {
+        match self {
+            LinkKind::PodIn => TcAttachType::Egress,
+            _ => TcAttachType::Ingress,
         }
     }
 }
 
-/// One attachment of a program to an interface's TC ingress hook.
+/// One attachment of a program to an interface's TC hook.
 pub struct TcLink {
     pub ifindex: u32,
     handle: Handle,
@@ -70,11 +104,7 @@ fn pin_path(pin_dir: &Path, kind: LinkKind, ifindex: u32, ifname: &str) -> PathB
 fn parse_pin_name(name: &str) -> Option<(LinkKind, u32, String)> {
     let (tag, rest) = name.split_once('-')?;
     let (ifindex, ifname) = rest.split_once('-')?;
-    let kind = match tag {
-        "trunk" => LinkKind::Trunk,
-        "pod" => LinkKind::Pod,
-        _ => return None,
-    };
+    let kind = LinkKind::ALL.into_iter().find(|k| k.tag() == tag)?;
     let ifname = ifname.replace("%2e", ".").replace("%25", "%");
     Some((kind, ifindex.parse().ok()?, ifname))
 }
@@ -99,7 +129,8 @@ pub fn remove_stale_pins(pin_dir: &Path, ifindex_of: &dyn Fn(&str) -> Option<u32
     removed
 }
 
-/// Attaches `prog` to `ifname`'s TC ingress, or adopts the pinned link already there.
+/// Attaches `prog` to `ifname`'s TC hook for `kind`, or adopts the pinned link already
+/// there.
 pub fn attach(
     prog: &mut SchedClassifier,
     pin_dir: Option<&Path>,
@@ -108,7 +139,7 @@ pub fn attach(
     ifindex: u32,
 ) -> Result<(TcLink, Attached)> {
     let Some(pin_dir) = pin_dir else {
-        let id = prog.attach(ifname, TcAttachType::Ingress)?;
+        let id = prog.attach(ifname, kind.hook())?;
         return Ok((
             TcLink {
                 ifindex,
@@ -138,7 +169,7 @@ pub fn attach(
     }
     std::fs::create_dir_all(links_dir(pin_dir))
         .with_context(|| format!("creating {}", links_dir(pin_dir).display()))?;
-    let id = prog.attach(ifname, TcAttachType::Ingress)?;
+    let id = prog.attach(ifname, kind.hook())?;
     let fd = FdLink::try_from(prog.take_link(id)?).map_err(|e| {
         anyhow!("{ifname}: the kernel gave a netlink TC attachment, not a TCX link ({e}); TCX (Linux 6.6+) is needed to keep enforcing across restarts")
     })?;

@@ -39,6 +39,8 @@ impl Datapath {
             ports: lpm(e, map_names::PORT_RULES)?,
             always_v4: lpm(e, map_names::ALWAYS_V4)?,
             always_v6: lpm(e, map_names::ALWAYS_V6)?,
+            dest_v4: lpm(e, map_names::DEST_V4)?,
+            dest_v6: lpm(e, map_names::DEST_V6)?,
             pods_by_vlan: hash(e, map_names::POD_BY_VLAN)?,
             pods_by_ifindex: hash(e, map_names::POD_BY_IFINDEX)?,
             pods_by_ipv4: hash(e, map_names::POD_BY_IPV4)?,

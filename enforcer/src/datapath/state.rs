@@ -20,6 +20,9 @@ pub struct KernelState {
     pub ports: HashMap<(u32, PortKey), PortRule>,
     pub always_v4: HashMap<(u32, [u8; 4]), AlwaysAllow>,
     pub always_v6: HashMap<(u32, [u8; 16]), AlwaysAllow>,
+    /// Where destinations lie (the node, the VPC, SNAT exclusions).
+    pub dest_v4: HashMap<(u32, [u8; 4]), DestClass>,
+    pub dest_v6: HashMap<(u32, [u8; 16]), DestClass>,
     pub pods_by_vlan: HashMap<u32, PodInfo>,
     pub pods_by_ifindex: HashMap<u32, PodInfo>,
     /// A pod's address -> its host interface (same-node delivery).
@@ -156,6 +159,8 @@ impl KernelState {
             (PORT_RULES, self.ports.len()),
             (ALWAYS_V4, self.always_v4.len()),
             (ALWAYS_V6, self.always_v6.len()),
+            (DEST_V4, self.dest_v4.len()),
+            (DEST_V6, self.dest_v6.len()),
             (FLOWS, flows),
         ]
         .into_iter()
@@ -227,6 +232,23 @@ impl KernelState {
                 }
                 IpNet::V6(n) => {
                     self.always_v6
+                        .insert((n.prefix_len() as u32, n.network().octets()), v);
+                }
+            }
+        }
+    }
+
+    /// The destination classes (`Config::destinations`).
+    pub fn add_destinations(&mut self, d: &crate::config::Destinations) {
+        for (n, flags) in &d.0 {
+            let v = DestClass { flags: *flags };
+            match n {
+                IpNet::V4(n) => {
+                    self.dest_v4
+                        .insert((n.prefix_len() as u32, n.network().octets()), v);
+                }
+                IpNet::V6(n) => {
+                    self.dest_v6
                         .insert((n.prefix_len() as u32, n.network().octets()), v);
                 }
             }

@@ -40,7 +40,7 @@ impl Datapath {
                 .extend([v4, p.ipv6, p.ipv6_ll]);
         }
         let counts = self.flow_counts()?;
-        let dead: Vec<(FlowKey, u32)> = self
+        let dead: Vec<(FlowKey, FlowValue)> = self
             .flows()?
             .into_iter()
             .filter(|(k, v)| {
@@ -49,20 +49,20 @@ impl Datapath {
                 now.saturating_sub(v.last_seen_ns) > timeout
                     || !owned.get(&v.slot).is_some_and(|a| a.contains(&k.local))
             })
-            .map(|(k, v)| (k, v.slot))
             .collect();
         let mut removed: HashMap<u32, u64> = HashMap::new();
         {
             let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
                 map_mut(&mut self.ebpf, map_names::FLOWS)?.try_into()?;
-            for (k, slot) in &dead {
+            for (k, v) in &dead {
                 // Only a delete that succeeded gives the share back: a program may
                 // have removed the entry first, and then it did.
                 if m.remove(k).is_ok() {
-                    *removed.entry(*slot).or_default() += 1;
+                    *removed.entry(v.slot).or_default() += 1;
                 }
             }
         }
+        self.release_mappings(&dead)?;
         let mut swept: Array<&mut MapData, u64> =
             map_mut(&mut self.ebpf, map_names::FLOW_SWEPT)?.try_into()?;
         for (slot, n) in &removed {
@@ -72,5 +72,28 @@ impl Datapath {
             }
         }
         Ok(removed.values().sum::<u64>() as usize)
+    }
+
+    /// NAT mappings of the removed flows, and any whose pod is gone (its interface no
+    /// longer a pod's): a mapping lives exactly as long as its flow and its pod.
+    fn release_mappings(&mut self, removed: &[(FlowKey, FlowValue)]) -> Result<()> {
+        let pods = self.current.pods_by_ifindex.clone();
+        let mut m: BpfHashMap<&mut MapData, SnatKey, SnatValue> =
+            map_mut(&mut self.ebpf, map_names::SNAT_REV)?.try_into()?;
+        for (k, v) in removed {
+            if v.path == PATH_SNAT {
+                let _ = m.remove(&SnatKey::of_flow(k, v.nat_port));
+            }
+        }
+        let orphans: Vec<SnatKey> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| !pods.contains_key(&v.pod_ifindex))
+            .map(|(k, _)| k)
+            .collect();
+        for k in orphans {
+            let _ = m.remove(&k);
+        }
+        Ok(())
     }
 }

@@ -21,6 +21,8 @@ enum Table {
     PeerV6,
     AlwaysV4,
     AlwaysV6,
+    DestV4,
+    DestV6,
     PodByVlan,
     PodByIfindex,
     PodByIpv4,
@@ -31,12 +33,14 @@ enum Table {
 /// them; the pods' entries (each pod's policy id: its atomic flip) next; then what
 /// nothing points at any more goes, pods first, rules last. An address points at an
 /// interface's entry: written after it, removed before it.
-const ORDER: [(Table, Phase); 18] = [
+const ORDER: [(Table, Phase); 22] = [
     (Table::PortRules, Phase::Upsert),
     (Table::PeerV4, Phase::Upsert),
     (Table::PeerV6, Phase::Upsert),
     (Table::AlwaysV4, Phase::Upsert),
     (Table::AlwaysV6, Phase::Upsert),
+    (Table::DestV4, Phase::Upsert),
+    (Table::DestV6, Phase::Upsert),
     (Table::PodByVlan, Phase::Upsert),
     (Table::PodByIfindex, Phase::Upsert),
     (Table::PodByIpv4, Phase::Upsert),
@@ -47,6 +51,8 @@ const ORDER: [(Table, Phase); 18] = [
     (Table::PodByIfindex, Phase::Remove),
     (Table::AlwaysV4, Phase::Remove),
     (Table::AlwaysV6, Phase::Remove),
+    (Table::DestV4, Phase::Remove),
+    (Table::DestV6, Phase::Remove),
     (Table::PeerV4, Phase::Remove),
     (Table::PeerV6, Phase::Remove),
     (Table::PortRules, Phase::Remove),
@@ -149,6 +155,8 @@ impl Datapath {
                 Table::AlwaysV6 => {
                     diff_lpm(e, map_names::ALWAYS_V6, &old.always_v6, &new.always_v6, p)
                 }
+                Table::DestV4 => diff_lpm(e, map_names::DEST_V4, &old.dest_v4, &new.dest_v4, p),
+                Table::DestV6 => diff_lpm(e, map_names::DEST_V6, &old.dest_v6, &new.dest_v6, p),
                 Table::PodByVlan => diff_hash(
                     e,
                     map_names::POD_BY_VLAN,

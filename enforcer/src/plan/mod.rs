@@ -65,6 +65,7 @@ pub fn plan(
 
     let mut state = KernelState::default();
     state.add_always(&cfg.always_allowed());
+    state.add_destinations(&cfg.destinations());
     let mut ctx = pod::Ctx {
         cfg,
         catalog: &catalog,
