@@ -1,7 +1,7 @@
 //! Where an address is, for a pod's traffic (SPEC §5): the node itself, the VPC (or an
 //! SNAT exclusion), or off-VPC; and another branch pod of this node.
 use aya_ebpf::maps::lpm_trie::Key;
-use enforcer_common::{AF_V4, DEST_NODE, DEST_NO_SNAT};
+use enforcer_common::{AF_V4, DEST_NO_SNAT, DEST_NODE};
 use enforcer_ebpf::parse::{Addr, Packet};
 
 use crate::maps::{DEST_V4, DEST_V6, POD_BY_IPV4, POD_BY_IPV6};

@@ -101,12 +101,24 @@ fn port_off(proto: u8, l4: usize, source: bool) -> usize {
 /// Replaces an IPv4 address at `at` and fixes the IP header checksum and, when it
 /// covers the address (TCP/UDP pseudo-header), the L4 one.
 #[inline(always)]
-fn set_addr(ctx: &TcContext, at: usize, old: u32, new: u32, proto: u8, l4: usize) -> Result<(), Step> {
+fn set_addr(
+    ctx: &TcContext,
+    at: usize,
+    old: u32,
+    new: u32,
+    proto: u8,
+    l4: usize,
+) -> Result<(), Step> {
     if let Some((csum, flags, pseudo)) = l4_csum(proto, l4)
         && pseudo
     {
-        ctx.l4_csum_replace(csum, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)
-            .map_err(|_| "NAT L4 checksum")?;
+        ctx.l4_csum_replace(
+            csum,
+            old as u64,
+            new as u64,
+            flags | BPF_F_PSEUDO_HDR as u64 | 4,
+        )
+        .map_err(|_| "NAT L4 checksum")?;
     }
     ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
         .map_err(|_| "NAT IP checksum")?;
@@ -115,7 +127,13 @@ fn set_addr(ctx: &TcContext, at: usize, old: u32, new: u32, proto: u8, l4: usize
 
 /// Replaces a port (network order values) at `at`, fixing the checksum at `csum`.
 #[inline(always)]
-fn set_port(ctx: &TcContext, at: usize, old: u16, new: u16, csum: (usize, u64)) -> Result<(), Step> {
+fn set_port(
+    ctx: &TcContext,
+    at: usize,
+    old: u16,
+    new: u16,
+    csum: (usize, u64),
+) -> Result<(), Step> {
     if old == new {
         return Ok(());
     }
@@ -181,12 +199,7 @@ pub fn to_pod_view(pkt: &mut Packet, back: &SnatValue) {
 /// quoted IP header checksum is fixed too). `node` and `nat_port` are the values the
 /// packet arrived with.
 #[inline(always)]
-pub fn translate_back(
-    ctx: &TcContext,
-    pkt: &Packet,
-    node: u32,
-    nat_port: u16,
-) -> Result<(), Step> {
+pub fn translate_back(ctx: &TcContext, pkt: &Packet, node: u32, nat_port: u16) -> Result<(), Step> {
     let pod = pkt.outer.dst[0];
     let l4 = pkt.l4_off as usize;
     if pkt.kind != KIND_ICMP_ERROR {
@@ -216,7 +229,8 @@ pub fn translate_back(
         .map_err(|_| "NAT ICMP checksum")?;
     ctx.l4_csum_replace(icmp_csum.0, node as u64, pod as u64, 4)
         .map_err(|_| "NAT ICMP checksum")?;
-    ctx.store(in3 + 12, &pod, 0).map_err(|_| "NAT quoted address")?;
+    ctx.store(in3 + 12, &pod, 0)
+        .map_err(|_| "NAT quoted address")?;
     set_port(
         ctx,
         port_off(pkt.inner.proto, in4, true),

@@ -113,12 +113,24 @@ fn decide_packet(
     if untracked || pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
         return Verdict::Allow(Reason::AllowPolicy);
     }
-    new_flow(cfg, pod, &key, pkt, dir, (cookie, node_cookie), now, Reason::AllowPolicy)
+    new_flow(
+        cfg,
+        pod,
+        &key,
+        pkt,
+        dir,
+        (cookie, node_cookie),
+        now,
+        Reason::AllowPolicy,
+    )
 }
 
 /// Records the new flow the rules allowed; `allowed` is the verdict when it fits.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined; a struct would cost stack")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined; a struct would cost stack"
+)]
 fn new_flow(
     cfg: &NodeConfig,
     pod: &PodInfo,

@@ -346,7 +346,12 @@ impl Config {
         for n in self.node_addresses() {
             add(n, DEST_NODE | DEST_NO_SNAT);
         }
-        for n in self.node.vpc_cidrs.iter().chain(&self.node.exclude_snat_cidrs) {
+        for n in self
+            .node
+            .vpc_cidrs
+            .iter()
+            .chain(&self.node.exclude_snat_cidrs)
+        {
             add(*n, DEST_NO_SNAT);
         }
         if !self.snat_enabled() {

@@ -87,7 +87,10 @@ fn strict_pods_on_one_node_are_each_judged_by_their_own_rules() {
         "one flow entry per side, as each ENI tracks its own"
     );
     assert!(
-        h.dp.flows().unwrap().iter().all(|(_, v)| v.path == enforcer_common::PATH_POD),
+        h.dp.flows()
+            .unwrap()
+            .iter()
+            .all(|(_, v)| v.path == enforcer_common::PATH_POD),
         "both entries know the flow stays on the node"
     );
     // The flow's next packet: by state on both sides, and still delivered on the node

@@ -261,7 +261,10 @@ impl Datapath {
         self.pod_links
             .keys()
             .filter(|(name, kind)| {
-                *kind == LinkKind::Pod && self.pod_links.contains_key(&(name.clone(), LinkKind::PodIn))
+                *kind == LinkKind::Pod
+                    && self
+                        .pod_links
+                        .contains_key(&(name.clone(), LinkKind::PodIn))
             })
             .count()
     }

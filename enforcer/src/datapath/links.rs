@@ -209,6 +209,11 @@ pub fn uninstall(pin_dir: &Path, map_names: &[&str]) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) {
         for e in entries.flatten() {
+            // Detached now, not when the kernel gets round to freeing the unpinned
+            // link: "uninstalled" means no program runs once we return.
+            if let Err(err) = detach_pinned(&e.path()) {
+                log::warn!("detaching {}: {err}", e.path().display());
+            }
             std::fs::remove_file(e.path())
                 .with_context(|| format!("removing {}", e.path().display()))?;
             removed.push(format!("links/{}", e.file_name().to_string_lossy()));
@@ -224,6 +229,61 @@ pub fn uninstall(pin_dir: &Path, map_names: &[&str]) -> Result<Vec<String>> {
     }
     let _ = std::fs::remove_dir(pin_dir);
     Ok(removed)
+}
+
+/// Opens a pinned link (`BPF_OBJ_GET`) and detaches it (`BPF_LINK_DETACH`): the
+/// program leaves its hook at once; the defunct link goes with its last reference.
+/// aya has neither call for a pinned link's fd.
+fn detach_pinned(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    /// `union bpf_attr` for `BPF_OBJ_GET`.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let get = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // SAFETY: the kernel reads `get` (live for the call) and the NUL-terminated path it
+    // points to (`c`, alive until the end of this function).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGet,
+            std::mem::size_of::<ObjGet>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel just gave us; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let detach: [u32; 1] = [std::os::fd::AsRawFd::as_raw_fd(&fd) as u32];
+    // SAFETY: the kernel reads 4 bytes (`link_detach.link_fd`) of a live array; the fd
+    // stays open for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            detach.as_ptr(),
+            std::mem::size_of_val(&detach) as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

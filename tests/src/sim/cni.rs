@@ -26,8 +26,8 @@ impl SimPod {
 }
 
 impl SimNode {
-    /// The pod's veth pair, addresses, routes and gateway neighbour: what the CNI does
-    /// when a pod starts.
+    /// The pod's veth pair, addresses, routes and gateway neighbour, and the node's route
+    /// and neighbour for the pod: what the CNI does when a pod starts.
     pub(super) fn connect_pod(&self, p: &SimPod, pns: &str) -> Result<()> {
         let node = &self.node_ns;
         let host = host_veth_name(SIM_VETH_PREFIX, &p.namespace, &p.name);
@@ -51,6 +51,25 @@ impl SimNode {
         ip(
             pns,
             &format!("-6 neigh replace fe80::1 lladdr {host_mac} dev eth0 nud permanent"),
+        )?;
+        // The node reaches the pod on its host interface (kubelet probes, NodeLocal
+        // DNSCache replies), never through the VPC; the neighbour is permanent, as the
+        // pod's gateway is (the programs drop ARP both ways).
+        ip(node, &format!("route add {}/32 dev {host}", p.ipv4))?;
+        ip(node, &format!("-6 route add {}/128 dev {host}", p.ipv6))?;
+        ip(
+            node,
+            &format!(
+                "neigh replace {} lladdr {} dev {host} nud permanent",
+                p.ipv4, p.mac
+            ),
+        )?;
+        ip(
+            node,
+            &format!(
+                "-6 neigh replace {} lladdr {} dev {host} nud permanent",
+                p.ipv6, p.mac
+            ),
         )?;
         Self::sysctl(
             pns,

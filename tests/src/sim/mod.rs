@@ -39,6 +39,8 @@ pub const NODE_IPV4: &str = "10.0.0.10";
 pub const NODE_IPV6: &str = "fd00:10::10";
 pub const FABRIC_IPV4: &str = "10.0.0.1";
 pub const FABRIC_IPV6: &str = "fd00:10::1";
+/// NodeLocal DNSCache's default address, on the node.
+pub const NODE_LOCAL_DNS: &str = "169.254.20.10";
 /// The node's primary ENI and the fabric's side of it.
 pub const PRIMARY_MAC: &str = "02:7e:00:00:00:02";
 pub const FABRIC_PRIMARY_MAC: &str = "02:fa:00:00:00:02";
@@ -158,6 +160,8 @@ impl SimNode {
         ip(&fab, &format!("addr add {FABRIC_IPV6}/32 dev fab1 nodad"))?;
         ip(&node, &format!("addr add {NODE_IPV4}/16 dev eth0"))?;
         ip(&node, &format!("addr add {NODE_IPV6}/32 dev eth0 nodad"))?;
+        // A node-local agent's address (NodeLocal DNSCache's), as the agent adds it.
+        ip(&node, &format!("addr add {NODE_LOCAL_DNS}/32 dev lo"))?;
         // The VPC routes each branch ENI's address to the trunk (tagged by the fabric's
         // programs) and the node's to its primary ENI.
         ip(&fab, "route add 10.0.1.0/24 dev fab0")?;

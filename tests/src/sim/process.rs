@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::netns::sh;
-use super::{FABRIC_MAC, NODE_IPV4, SimNode};
+use super::{FABRIC_MAC, NODE_IPV4, NODE_IPV6, SimNode};
 
 impl SimNode {
     /// Starts `enforcer run` inside the node namespace (`nsenter --net`, which, unlike
@@ -177,7 +177,7 @@ pub fn write_config(
     std::fs::write(dir.join("groups.json"), groups_json)?;
     std::fs::write(dir.join("k8s.yaml"), k8s_yaml)?;
     let cfg = format!(
-        "node:\n  trunkInterface: trunk0\n  gatewayMac: '{FABRIC_MAC}'\n  primaryIPv4: {NODE_IPV4}\n  vpcCidrs: [10.0.0.0/16, 'fd00:10::/32']\n{extra_node}securityGroups: [groups.json]\nkubernetes: [k8s.yaml]\nstateDir: {}\nbpffsDir: {}\n",
+        "node:\n  trunkInterface: trunk0\n  gatewayMac: '{FABRIC_MAC}'\n  primaryIPv4: {NODE_IPV4}\n  primaryIPv6: '{NODE_IPV6}'\n  primaryInterface: eth0\n  vpcCidrs: [10.0.0.0/16, 'fd00:10::/32']\n{extra_node}securityGroups: [groups.json]\nkubernetes: [k8s.yaml]\nstateDir: {}\nbpffsDir: {}\n",
         sim.state_dir().display(),
         sim.bpffs_dir.display()
     );
