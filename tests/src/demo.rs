@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::agents::{curl, python};
 use crate::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
 
 const NS: &str = "my-namespace";
@@ -83,33 +84,6 @@ fn verdict(what: &str, ok: bool, expected: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn curl(sim: &SimNode, ns: &str, url: &str) -> (bool, String) {
-    match sim.exec(
-        ns,
-        &["curl", "-sS", "--max-time", "3", url],
-        Duration::from_secs(5),
-    ) {
-        Ok(out) => (true, out),
-        // Keep curl's own words, not the command line around them.
-        Err(e) => (
-            false,
-            e.to_string()
-                .rsplit(" failed: ")
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        ),
-    }
-}
-
-fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
 }
 
 pub fn run() -> Result<()> {

@@ -1,6 +1,7 @@
 //! The test bed: crafted frames, a test_run harness over the real programs, the
 //! simulated node (network namespaces, the VPC fabric's own eBPF object), the demo and
 //! the benchmarks. None of it ships in the product.
+pub mod agents;
 pub mod demo;
 pub mod fabric;
 pub mod frames;
@@ -8,6 +9,7 @@ pub mod harness;
 pub mod net;
 pub mod realbench;
 pub mod scenario;
+pub mod shop;
 pub mod sim;
 
 /// The enforcer binary the tests run (`PODSG_ENFORCER_BIN`, or the one built beside the

@@ -24,6 +24,17 @@ impl Drop for EchoServer {
 }
 
 pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
+    serve(ns, addr, |msg, _| msg.to_vec())
+}
+
+/// A server that answers every TCP message and UDP datagram with the address it came
+/// from (`ip:port`, as the server sees it): what source NAT made of the sender.
+pub fn whoami_server(ns: &str, addr: &str) -> Result<EchoServer> {
+    serve(ns, addr, |_, from| from.to_string().into_bytes())
+}
+
+/// TCP and UDP on `addr`, answering each message with `reply(message, sender)`.
+fn serve(ns: &str, addr: &str, reply: fn(&[u8], SocketAddr) -> Vec<u8>) -> Result<EchoServer> {
     let addr: SocketAddr = addr.parse()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -48,7 +59,7 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
             .unwrap();
         let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((mut c, _)) = tcp.accept() {
+            if let Ok((mut c, from)) = tcp.accept() {
                 let s2 = s.clone();
                 std::thread::spawn(move || {
                     c.set_nonblocking(false).ok();
@@ -59,7 +70,7 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
                         match c.read(&mut b) {
                             Ok(0) => break,
                             Ok(n) => {
-                                if c.write_all(&b[..n]).is_err() {
+                                if c.write_all(&reply(&b[..n], from)).is_err() {
                                     break;
                                 }
                             }
@@ -72,7 +83,7 @@ pub fn echo_server(ns: &str, addr: &str) -> Result<EchoServer> {
                 });
             }
             if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                let _ = udp.send_to(&buf[..n], from);
+                let _ = udp.send_to(&reply(&buf[..n], from), from);
             }
         }
     })?;
@@ -133,5 +144,40 @@ pub fn udp_echo_sized(ns: &str, addr: &str, size: usize) -> Result<bool> {
         }
         let mut b = vec![0u8; 65536];
         matches!(s.recv_from(&mut b), Ok((n, _)) if n == size && b[..n] == msg[..])
+    })
+}
+
+/// What a [`whoami_server`] says a TCP connection from `ns` came from.
+pub fn tcp_whoami(ns: &str, addr: &str) -> Result<Option<String>> {
+    let addr: SocketAddr = addr.parse()?;
+    in_netns(ns, move || {
+        let mut c = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+        ask(&mut c)
+    })
+}
+
+/// One question on an open connection to a [`whoami_server`].
+pub fn ask(c: &mut TcpStream) -> Option<String> {
+    c.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    c.write_all(b"?").ok()?;
+    let mut b = [0u8; 64];
+    let n = c.read(&mut b).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&b[..n]).into_owned())
+}
+
+/// What a [`whoami_server`] says a UDP datagram from `ns`, sent from local port
+/// `port` (0: any), came from. Err(kind) when the socket reports an error instead
+/// (an ICMP error came back: `ConnectionRefused` for port unreachable).
+pub fn udp_whoami(ns: &str, port: u16, addr: &str) -> Result<Result<String, std::io::ErrorKind>> {
+    let addr: SocketAddr = addr.parse()?;
+    in_netns(ns, move || {
+        let s = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| e.kind())?;
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        // Connected: an ICMP error about the flow is reported on the socket.
+        s.connect(addr).map_err(|e| e.kind())?;
+        s.send(b"?").map_err(|e| e.kind())?;
+        let mut b = [0u8; 64];
+        let n = s.recv(&mut b).map_err(|e| e.kind())?;
+        Ok(String::from_utf8_lossy(&b[..n]).into_owned())
     })
 }

@@ -160,8 +160,13 @@ impl SimNode {
         ip(&fab, &format!("addr add {FABRIC_IPV6}/32 dev fab1 nodad"))?;
         ip(&node, &format!("addr add {NODE_IPV4}/16 dev eth0"))?;
         ip(&node, &format!("addr add {NODE_IPV6}/32 dev eth0 nodad"))?;
-        // A node-local agent's address (NodeLocal DNSCache's), as the agent adds it.
-        ip(&node, &format!("addr add {NODE_LOCAL_DNS}/32 dev lo"))?;
+        // A node-local agent's address (NodeLocal DNSCache's, on its own device there).
+        // Host scope: never chosen as the node's source address (the node's probes come
+        // from its primary address, as on EKS, where eth0 is the first device with one).
+        ip(
+            &node,
+            &format!("addr add {NODE_LOCAL_DNS}/32 dev lo scope host"),
+        )?;
         // The VPC routes each branch ENI's address to the trunk (tagged by the fabric's
         // programs) and the node's to its primary ENI.
         ip(&fab, "route add 10.0.1.0/24 dev fab0")?;
