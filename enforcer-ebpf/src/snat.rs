@@ -231,6 +231,7 @@ pub fn translate_back(ctx: &TcContext, pkt: &Packet, node: u32, nat_port: u16) -
         .map_err(|_| "NAT ICMP checksum")?;
     ctx.store(in3 + 12, &pod, 0)
         .map_err(|_| "NAT quoted address")?;
+    fix_quoted_l4_csum(ctx, pkt, node, nat_port, icmp_csum.0)?;
     set_port(
         ctx,
         port_off(pkt.inner.proto, in4, true),
@@ -238,4 +239,42 @@ pub fn translate_back(ctx: &TcContext, pkt: &Packet, node: u32, nat_port: u16) -
         pkt.inner.sport.to_be(),
         icmp_csum,
     )
+}
+
+/// The quoted packet's own L4 checksum, when the quote holds it (a UDP checksum of 0
+/// means none): as it would be for the untranslated packet, so the pod sees a quote of
+/// exactly what it sent. The ICMP checksum follows the change.
+#[inline(always)]
+fn fix_quoted_l4_csum(
+    ctx: &TcContext,
+    pkt: &Packet,
+    node: u32,
+    nat_port: u16,
+    icmp_csum: usize,
+) -> Result<(), Step> {
+    let proto = pkt.inner.proto;
+    let Some((at, _, pseudo)) = l4_csum(proto, pkt.inner_l4_off as usize) else {
+        return Ok(());
+    };
+    let Ok(old) = ctx.load::<u16>(at) else {
+        return Ok(()); // not quoted
+    };
+    if proto == PROTO_UDP && old == 0 {
+        return Ok(());
+    }
+    // Plain field updates (no flags): the quoted packet is data to this skb.
+    if pseudo {
+        ctx.l4_csum_replace(at, node as u64, pkt.outer.dst[0] as u64, 4)
+            .map_err(|_| "NAT quoted L4 checksum")?;
+    }
+    ctx.l4_csum_replace(
+        at,
+        nat_port.to_be() as u64,
+        pkt.inner.sport.to_be() as u64,
+        2,
+    )
+    .map_err(|_| "NAT quoted L4 checksum")?;
+    let new: u16 = ctx.load(at).map_err(|_| "NAT quoted L4 checksum")?;
+    ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, 2)
+        .map_err(|_| "NAT ICMP checksum")
 }

@@ -72,6 +72,13 @@ impl Datapath {
         Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
 
+    /// Source-NAT mappings (the programs make them with their flows).
+    pub fn snat_mappings(&self) -> Result<Vec<(SnatKey, SnatValue)>> {
+        let m: BpfHashMap<&MapData, SnatKey, SnatValue> =
+            map_ref(&self.ebpf, map_names::SNAT_REV)?.try_into()?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
     /// Live flow entries of each pod slot, as the programs count them.
     pub fn flow_counts(&self) -> Result<Vec<u64>> {
         let added: Array<&MapData, u64> = map_ref(&self.ebpf, map_names::FLOW_COUNT)?.try_into()?;
@@ -83,6 +90,12 @@ impl Datapath {
 
     /// Entries in use and capacity of each table the daemon fills, and of the flow table.
     pub fn fill_levels(&self, flows: usize) -> std::collections::BTreeMap<String, [usize; 2]> {
-        self.current.fill_levels(flows)
+        let mut levels = self.current.fill_levels(flows);
+        let mappings = self.snat_mappings().map_or(0, |m| m.len());
+        levels.insert(
+            map_names::SNAT_REV.to_string(),
+            [mappings, MAX_SNAT as usize],
+        );
+        levels
     }
 }
