@@ -61,7 +61,7 @@ pub fn allocate(cfg: &NodeConfig, flow: &FlowKey, pod_ifindex: u32) -> Option<u1
             min + r.checked_rem(max - min + 1).unwrap_or(0)
         };
         let k = SnatKey::of_flow(flow, port as u16);
-        if SNAT_REV.insert(&k, &value, BPF_NOEXIST as u64).is_ok() {
+        if SNAT_REV.insert(k, value, BPF_NOEXIST as u64).is_ok() {
             return Some(port as u16);
         }
         i += 1;
@@ -72,7 +72,7 @@ pub fn allocate(cfg: &NodeConfig, flow: &FlowKey, pod_ifindex: u32) -> Option<u1
 /// Gives a mapping back (its flow is gone).
 #[inline(always)]
 pub fn release(flow: &FlowKey, nat_port: u16) {
-    let _ = SNAT_REV.remove(&SnatKey::of_flow(flow, nat_port));
+    let _ = SNAT_REV.remove(SnatKey::of_flow(flow, nat_port));
 }
 
 /// Offset of the checksum covering the L4 header at `l4`, and the helper flags for it
@@ -177,7 +177,7 @@ pub fn lookup_back(pkt: &Packet) -> Option<&'static SnatValue> {
         rev_key(t.src[0].to_ne_bytes(), t.sport, t.dport, t.proto)
     };
     // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    unsafe { SNAT_REV.get(&k) }
+    unsafe { SNAT_REV.get(k) }
 }
 
 /// Rewrites the parsed tuple to the pod's view (before the verdict, which looks up the

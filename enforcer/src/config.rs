@@ -292,6 +292,18 @@ impl Config {
                 enforcer_common::MAX_SNAT_PROBES
             );
         }
+        let dest = cfg.destinations();
+        for v6 in [false, true] {
+            let n = dest.0.keys().filter(|k| matches!(k, IpNet::V6(_)) == v6).count();
+            if n > enforcer_common::MAX_DEST_ENTRIES as usize {
+                anyhow::bail!(
+                    "config {}: {n} node-local, VPC and SNAT-excluded prefixes for IPv{}, more than the {} the datapath holds (node.nodeLocalAddresses, node.vpcCidrs, node.excludeSnatCidrs)",
+                    path.display(),
+                    if v6 { 6 } else { 4 },
+                    enforcer_common::MAX_DEST_ENTRIES
+                );
+            }
+        }
         if let Some(IpAddr::V6(a)) = cfg.node.primary_ipv4 {
             anyhow::bail!(
                 "config {}: node.primaryIPv4 {a} is an IPv6 address",
@@ -413,6 +425,31 @@ mod tests {
             "vlan87953dc27b8"
         );
         assert!(host_veth_name("vlan", "ns", "pod").len() <= 15, "IFNAMSIZ");
+    }
+
+    fn dest(extra: &str) -> Destinations {
+        let cfg: Config = serde_yaml::from_str(&format!(
+            "node: {{trunkInterface: t, gatewayMac: '02:00:00:00:00:01', vpcCidrs: [10.0.0.0/16], primaryIPv4: 10.0.0.10, primaryIPv6: 'fd00::10'{extra}}}"
+        ))
+        .unwrap();
+        cfg.destinations()
+    }
+
+    #[test]
+    fn destinations_place_the_node_the_vpc_and_the_exclusions() {
+        use enforcer_common::{DEST_NO_SNAT, DEST_NODE};
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let d = dest(", primaryInterface: eth0, excludeSnatCidrs: [192.0.2.0/24]");
+        assert_eq!(d.0[&net("10.0.0.10/32")], DEST_NODE | DEST_NO_SNAT, "the node");
+        assert_eq!(d.0[&net("fd00::10/128")], DEST_NODE | DEST_NO_SNAT);
+        assert_eq!(d.0[&net("169.254.20.10/32")], DEST_NODE | DEST_NO_SNAT, "NodeLocal DNS");
+        assert_eq!(d.0[&net("10.0.0.0/16")], DEST_NO_SNAT, "the VPC");
+        assert_eq!(d.0[&net("192.0.2.0/24")], DEST_NO_SNAT, "excluded");
+        assert!(!d.0.contains_key(&net("0.0.0.0/0")), "the rest is off-VPC");
+        // No source NAT here: everything is marked never-translated.
+        for off in [", primaryInterface: eth0, externalSnat: true", ""] {
+            assert_eq!(dest(off).0[&net("0.0.0.0/0")], DEST_NO_SNAT, "{off:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,8 @@ const VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
 /// The floor the benchmarks measure against: on an untagged frame it parses the
 /// Ethernet header and passes (a trivial TC program).
 pub const FLOOR_PROGRAM: &str = "sim_fabric_ingress";
+/// The redirect-only floor: parses the Ethernet header and redirects (never attached).
+pub const FLOOR_REDIRECT: &str = "sim_floor_redirect";
 
 pub struct Fabric {
     ebpf: aya::Ebpf,
@@ -33,7 +35,7 @@ impl Fabric {
     /// Loads the fabric's programs without attaching them (for test_run floors).
     pub fn load_detached() -> Result<Fabric> {
         let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
-        for (name, _) in PROGRAMS {
+        for name in PROGRAMS.map(|(n, _)| n).into_iter().chain([FLOOR_REDIRECT]) {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load()
                 .with_context(|| format!("verifier rejected {name}"))?;

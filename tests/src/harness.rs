@@ -177,15 +177,16 @@ impl Harness {
 
     /// The same for the floor: a trivial TC program (the fabric's, its own object).
     pub fn time_floor(&mut self, frame: &[u8], repeat: u32) -> (u32, f64) {
+        self.time_fabric(crate::fabric::FLOOR_PROGRAM, frame, repeat)
+    }
+
+    /// The same for one of the fabric object's programs (the floors).
+    pub fn time_fabric(&mut self, prog: &str, frame: &[u8], repeat: u32) -> (u32, f64) {
         if self.floor.is_none() {
             self.floor = Some(crate::fabric::Fabric::load_detached().expect("fabric object"));
         }
         let f = self.floor.as_mut().unwrap();
-        time_of(
-            f.program(crate::fabric::FLOOR_PROGRAM).unwrap(),
-            frame,
-            repeat,
-        )
+        time_of(f.program(prog).unwrap(), frame, repeat)
     }
 
     pub fn counter(&self, pod_slot: u32, reason: Reason) -> u64 {

@@ -7,7 +7,7 @@
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     btf_maps::HashMap,
-    helpers::bpf_skb_vlan_pop,
+    helpers::{bpf_redirect, bpf_skb_vlan_pop},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
@@ -62,6 +62,17 @@ pub fn sim_fabric_ingress(ctx: TcContext) -> i32 {
         unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
     }
     TC_ACT_OK
+}
+
+/// The benchmarks' redirect-only floor (never attached): what any datapath that
+/// delivers a frame elsewhere costs at least — parse the Ethernet header, redirect.
+#[classifier]
+pub fn sim_floor_redirect(ctx: TcContext) -> i32 {
+    if parse_l2(&ctx).is_err() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: a plain helper call with no pointers.
+    unsafe { bpf_redirect(1, 0) as i32 }
 }
 
 #[cfg(not(test))]

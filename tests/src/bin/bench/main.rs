@@ -6,6 +6,7 @@
 //! - new_flow: a first packet allowed by policy, which creates its flow; each packet a
 //!   different source port.
 //! - denied: a packet no rule allows (both policy lookups, no state).
+//! - and the other paths (source NAT, reverse NAT, host-local): see `paths`.
 //!
 //! test_run's `repeat` re-runs the *same* skb, and an allowed packet is rewritten (tag
 //! pushed), so allowed packets are timed one run per call and averaged over many calls.
@@ -14,13 +15,15 @@
 //! not rewritten and use `repeat` directly.
 use std::io::Write;
 
+mod paths;
+
 use enforcer_common::prog_names::POD_EGRESS;
 use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
 
-const REPEAT: u32 = 200_000;
+pub(crate) const REPEAT: u32 = 200_000;
 const NEW_FLOWS: u16 = 20_000;
-const ROUNDS: usize = 5;
+pub(crate) const ROUNDS: usize = 5;
 
 /// `n` outbound tcp rules over 5 groups; rule i allows port 1000+i to a /24 (v4) or /64
 /// (v6) of its own. Returns the groups JSON and the destination of the last rule.
@@ -56,12 +59,12 @@ fn k8s() -> String {
     )
 }
 
-const SINGLE_RUNS: usize = 4000;
+pub(crate) const SINGLE_RUNS: usize = 4000;
 
 /// What a one-run test_run adds on top of the program: a trivial program (the fabric's
 /// ingress on an untagged frame: parse the Ethernet header, pass) timed one run per call
 /// minus the same timed with `repeat`.
-fn single_run_overhead(h: &mut Harness) -> f64 {
+pub(crate) fn single_run_overhead(h: &mut Harness) -> f64 {
     let f = Frame::new(
         CLIENT.mac,
         HOST_MAC,
@@ -123,13 +126,18 @@ fn real_traffic(results: &mut Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
 fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
+    if std::env::args().nth(1).as_deref() == Some("paths") {
+        // Only the NAT and host-local rows (quick to rerun; not written to results).
+        paths::run(&mut results);
+        return Ok(());
+    }
     println!(
         "{:<12} {:<4} {:>6} {:>10}",
         "case", "fam", "rules", "ns/packet"
@@ -223,6 +231,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    paths::run(&mut results);
     real_traffic(&mut results)?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
