@@ -7,6 +7,7 @@
 //! order does not matter to the LPM tries).
 #![no_std]
 
+pub mod csum;
 pub mod flow;
 pub mod maps;
 pub mod node;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use enforcer_common::*;
 use enforcer_ebpf::parse::{
-    KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2, parse_l3_pulled,
+    KIND_FRAGMENT, KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2, parse_l3_pulled,
 };
 use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
@@ -18,7 +18,7 @@ use crate::dest::{class_of, is_node, needs_snat, same_node_pod};
 use crate::exit::Exit;
 use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH, TAIL_CALLS};
 use crate::snat::translate_out;
-use crate::verdict::{Verdict, decide};
+use crate::verdict::{State, Verdict, by_rules, by_state, decide};
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
@@ -71,27 +71,44 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         count(pod.slot, reason, ctx.len());
         return Ok(TC_ACT_OK);
     }
-    // Where is it going? A standard-mode pod must know before the verdict: host-local
+    // Where is it going? A standard-mode pod must know before the rules judge: host-local
     // traffic bypasses groups, and off-VPC traffic is judged by the node's groups and
-    // source-NATed. A strict pod's rules decide first (a denied packet never pays for
-    // the look-ups), and an established flow already knows its path.
+    // source-NATed. Its established flows know their path, so the state goes first and
+    // only a miss is placed (fragments are placed first: a bypassed datagram has no
+    // first-fragment record). A strict pod's rules decide first (a denied packet never
+    // pays for the look-ups).
     let placed = bypasses_groups(pod);
+    let mut state = None;
     if placed {
-        let class = class_of(pkt.family, &pkt.outer.dst);
-        if class & DEST_NODE != 0 {
-            return to_node(ctx, pod, Reason::AllowHostLocal);
+        if pkt.kind != KIND_FRAGMENT {
+            state = Some(by_state(pod, pkt, Direction::Egress));
         }
-        if let Some(peer) = same_node_pod(pkt) {
-            return to_host_local(ctx, pod, pkt, peer, Reason::AllowHostLocal);
-        }
-        if pkt.family == AF_V4 && needs_snat(class) {
-            if !snat_translatable(pkt) {
-                return Err(Exit::Drop(pod.slot, Reason::DropNoSnat));
+        let known = matches!(
+            state,
+            Some(State::Decided(Verdict::Allow(Reason::AllowFlow)))
+        );
+        if !known {
+            let class = class_of(pkt.family, &pkt.outer.dst);
+            if class & DEST_NODE != 0 {
+                return to_node(ctx, pod, Reason::AllowHostLocal);
             }
-            pkt.snat = SNAT_FORWARD;
+            if let Some(peer) = same_node_pod(pkt) {
+                return to_host_local(ctx, pod, pkt, peer, Reason::AllowHostLocal);
+            }
+            if pkt.family == AF_V4 && needs_snat(class) {
+                if !snat_translatable(pkt) {
+                    return Err(Exit::Drop(pod.slot, Reason::DropNoSnat));
+                }
+                pkt.snat = SNAT_FORWARD;
+            }
         }
     }
-    let reason = verdict(pod, decide(pod, pkt, Direction::Egress))?;
+    let v = match state {
+        Some(State::Decided(v)) => v,
+        Some(State::Rules(cfg, now)) => by_rules(cfg, pod, pkt, Direction::Egress, now),
+        None => decide(pod, pkt, Direction::Egress),
+    };
+    let reason = verdict(pod, v)?;
     if reason == Reason::AllowFlow {
         match pkt.flow_path {
             PATH_SNAT => return to_primary(ctx, cfg, pod, pkt, reason),

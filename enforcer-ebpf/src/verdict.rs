@@ -1,6 +1,7 @@
 //! Packet -> verdict for one pod and one direction: fail-closed and fragments first,
-//! then related ICMP errors and the flow table, the rules on a miss, a new flow when
-//! they allow.
+//! then related ICMP errors and the flow table (`by_state`), the rules on a miss, a new
+//! flow when they allow (`by_rules`). A path that must know where a packet goes before
+//! the rules judge it (standard mode) asks the state first and places only a miss.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::flow::timeout_ns;
 use enforcer_common::*;
@@ -16,40 +17,39 @@ pub enum Verdict {
     Drop(Reason),
 }
 
+/// What the state alone says about a packet, or that the rules must judge it (with the
+/// node's settings and the time, read once).
+pub enum State {
+    Decided(Verdict),
+    Rules(&'static NodeConfig, u64),
+}
+
 #[inline(always)]
 pub fn decide(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> Verdict {
+    match by_state(pod, pkt, dir) {
+        State::Decided(v) => v,
+        State::Rules(cfg, now) => by_rules(cfg, pod, pkt, dir, now),
+    }
+}
+
+/// Fail-closed, later fragments, related ICMP errors and the flow table: everything
+/// that needs no rule.
+#[inline(always)]
+pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
     if pod.is_fail_closed() {
         if always_allowed(pkt, dir) {
-            return Verdict::Allow(Reason::AllowAlways);
+            return State::Decided(Verdict::Allow(Reason::AllowAlways));
         }
-        return Verdict::Drop(Reason::DropFailClosed);
+        return State::Decided(Verdict::Drop(Reason::DropFailClosed));
     }
     let Some(cfg) = NODE_CONFIG.get(0) else {
-        return Verdict::Drop(Reason::DropInternal);
+        return State::Decided(Verdict::Drop(Reason::DropInternal));
     };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if pkt.kind == KIND_FRAGMENT {
-        return later_fragment(pkt, pod.slot, now);
+        return State::Decided(later_fragment(pkt, pod.slot, now));
     }
-    let v = decide_packet(cfg, pod, pkt, dir, now);
-    if pkt.frag_first != 0
-        && let Verdict::Allow(_) = v
-    {
-        record_first(pkt, pod.slot, now);
-    }
-    v
-}
-
-/// The verdict for a packet with ports (or a first fragment): state, then policy.
-#[inline(always)]
-fn decide_packet(
-    cfg: &NodeConfig,
-    pod: &PodInfo,
-    pkt: &mut Packet,
-    dir: Direction,
-    now: u64,
-) -> Verdict {
     if pkt.kind == KIND_ICMP_ERROR && pkt.inner_ok != 0 {
         // The quoted packet travelled the other way: an error about a tracked flow is
         // related traffic and passes.
@@ -61,16 +61,52 @@ fn decide_packet(
             && v.slot == pod.slot
             && now.saturating_sub(v.last_seen_ns) <= timeout_ns(cfg, v.state)
         {
-            return Verdict::Allow(Reason::AllowRelated);
+            return State::Decided(allowed(pkt, pod, Reason::AllowRelated, now));
         }
     }
-
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     if pkt.kind != KIND_ICMP_ERROR && flow_hit(cfg, pod, &key, pkt, dir, now) {
-        return Verdict::Allow(Reason::AllowFlow);
+        return State::Decided(allowed(pkt, pod, Reason::AllowFlow, now));
     }
+    State::Rules(cfg, now)
+}
 
+/// An allowing verdict; a first fragment's is recorded for the fragments after it.
+#[inline(always)]
+fn allowed(pkt: &Packet, pod: &PodInfo, r: Reason, now: u64) -> Verdict {
+    if pkt.frag_first != 0 {
+        record_first(pkt, pod.slot, now);
+    }
+    Verdict::Allow(r)
+}
+
+/// The rules, for a packet the state did not decide; a new flow when they allow.
+#[inline(always)]
+pub fn by_rules(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    pkt: &mut Packet,
+    dir: Direction,
+    now: u64,
+) -> Verdict {
+    let v = rules_verdict(cfg, pod, pkt, dir, now);
+    if let Verdict::Allow(r) = v {
+        return allowed(pkt, pod, r, now);
+    }
+    v
+}
+
+#[inline(always)]
+fn rules_verdict(
+    cfg: &NodeConfig,
+    pod: &PodInfo,
+    pkt: &mut Packet,
+    dir: Direction,
+    now: u64,
+) -> Verdict {
+    let mut key = flow_key(&pkt.outer, pkt.family, dir);
+    normalise_ports(&mut key);
     if pkt.snat == SNAT_REVERSE {
         // Sent to the node's NAT port: only state lets it in; it never opens a flow.
         return Verdict::Drop(Reason::DropNoRule);

@@ -294,7 +294,11 @@ impl Config {
         }
         let dest = cfg.destinations();
         for v6 in [false, true] {
-            let n = dest.0.keys().filter(|k| matches!(k, IpNet::V6(_)) == v6).count();
+            let n = dest
+                .0
+                .keys()
+                .filter(|k| matches!(k, IpNet::V6(_)) == v6)
+                .count();
             if n > enforcer_common::MAX_DEST_ENTRIES as usize {
                 anyhow::bail!(
                     "config {}: {n} node-local, VPC and SNAT-excluded prefixes for IPv{}, more than the {} the datapath holds (node.nodeLocalAddresses, node.vpcCidrs, node.excludeSnatCidrs)",
@@ -440,9 +444,17 @@ mod tests {
         use enforcer_common::{DEST_NO_SNAT, DEST_NODE};
         let net = |s: &str| s.parse::<IpNet>().unwrap();
         let d = dest(", primaryInterface: eth0, excludeSnatCidrs: [192.0.2.0/24]");
-        assert_eq!(d.0[&net("10.0.0.10/32")], DEST_NODE | DEST_NO_SNAT, "the node");
+        assert_eq!(
+            d.0[&net("10.0.0.10/32")],
+            DEST_NODE | DEST_NO_SNAT,
+            "the node"
+        );
         assert_eq!(d.0[&net("fd00::10/128")], DEST_NODE | DEST_NO_SNAT);
-        assert_eq!(d.0[&net("169.254.20.10/32")], DEST_NODE | DEST_NO_SNAT, "NodeLocal DNS");
+        assert_eq!(
+            d.0[&net("169.254.20.10/32")],
+            DEST_NODE | DEST_NO_SNAT,
+            "NodeLocal DNS"
+        );
         assert_eq!(d.0[&net("10.0.0.0/16")], DEST_NO_SNAT, "the VPC");
         assert_eq!(d.0[&net("192.0.2.0/24")], DEST_NO_SNAT, "excluded");
         assert!(!d.0.contains_key(&net("0.0.0.0/0")), "the rest is off-VPC");

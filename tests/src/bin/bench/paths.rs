@@ -82,7 +82,13 @@ pub fn run(results: &mut Vec<String>) {
     assert_eq!(strict.run(POD_EGRESS, &to_server).0, TC_ACT_REDIRECT);
     rows.push((
         "host_local_established",
-        timed(&mut strict, POD_EGRESS, &to_server, TC_ACT_REDIRECT, overhead),
+        timed(
+            &mut strict,
+            POD_EGRESS,
+            &to_server,
+            TC_ACT_REDIRECT,
+            overhead,
+        ),
     ));
     let floor = median(
         (0..ROUNDS)
@@ -100,11 +106,26 @@ pub fn run(results: &mut Vec<String>) {
         timed(&mut standard, POD_EGRESS, &out, TC_ACT_REDIRECT, overhead),
     ));
     let port = u16::from_be_bytes([translated[34], translated[35]]);
-    let reply =
-        Frame::new(GW_MAC, HOST_MAC, INET, NODE, L4::Ack { sport: 443, dport: port }).bytes();
+    let reply = Frame::new(
+        GW_MAC,
+        HOST_MAC,
+        INET,
+        NODE,
+        L4::Ack {
+            sport: 443,
+            dport: port,
+        },
+    )
+    .bytes();
     rows.push((
         "reverse_nat_established",
-        timed(&mut standard, PRIMARY_INGRESS, &reply, TC_ACT_REDIRECT, overhead),
+        timed(
+            &mut standard,
+            PRIMARY_INGRESS,
+            &reply,
+            TC_ACT_REDIRECT,
+            overhead,
+        ),
     ));
     let per_round: Vec<f64> = (0..ROUNDS as u16)
         .map(|r| {
