@@ -5,6 +5,11 @@
 //! group. `curl my-app` works; once the cluster group's DNS rules are revoked, lookup by
 //! name fails while fetching by IP still works. Every verdict is checked: the demo exits
 //! non-zero when one is not what the tutorial shows.
+//!
+//! `--standard`: the same pods in standard mode (POD_SECURITY_GROUP_ENFORCING_MODE), with
+//! the node's group beside theirs: they reach an internet host (outside the VPC) through
+//! source NAT, seen as the node, and the node's kubelet-style probe of each passes with
+//! no rule for it (host-local traffic bypasses groups in standard mode).
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +19,13 @@ use crate::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
 
 const NS: &str = "my-namespace";
 const SERVICE: &str = "my-app.my-namespace.svc.cluster.local";
+
+/// The node's own group (standard mode): everything out, nothing in.
+const NODE_GROUP: &str = r#",
+ {"GroupId":"sg-0node","GroupName":"eks-node-sg",
+   "IpPermissions":[],
+   "IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}
+]}"#;
 
 fn groups(dns_rules: bool) -> String {
     let dns_in = if dns_rules {
@@ -86,7 +98,7 @@ fn verdict(what: &str, ok: bool, expected: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn run() -> Result<()> {
+pub fn run(standard: bool) -> Result<()> {
     let bin = crate::enforcer_bin();
     let apps: Vec<SimPod> = (0..4)
         .map(|i| sim_pod(NS, &format!("my-deployment-{i}"), i + 1))
@@ -119,7 +131,15 @@ pub fn run() -> Result<()> {
             "{app: my-app, role: my-role}".into()
         })
     );
-    let cfg = write_config(&sim, &groups(true), &k8s, "")?;
+    let (all_groups, extra) = if standard {
+        (
+            groups(true).replace("\n]}", NODE_GROUP),
+            "  enforcingMode: standard\n  nodeGroups: [sg-0node]\n",
+        )
+    } else {
+        (groups(true), "")
+    };
+    let cfg = write_config(&sim, &all_groups, &k8s, extra)?;
     println!(
         "   my-pod-security-group: inbound all from itself; outbound all to itself, TCP+UDP 53 to the cluster group"
     );
@@ -189,40 +209,43 @@ pub fn run() -> Result<()> {
     println!("   {}", out.trim());
     verdict("curl my-app", ok, true)?;
 
-    step(
-        6,
-        "Revoke the cluster group's DNS rules (my_tcp_rule, my_udp_rule) and reload (SIGHUP)",
-    );
-    std::fs::write(sim.workdir.join("groups.json"), groups(false))?;
-    sim.reload_daemon()?;
-    println!("   applied generation {}", sim.status()?.generation);
-
-    step(7, "From my-deployment-0 again");
-    let (ok, out) = curl(&sim, &client, "http://my-app");
-    println!("   {}", out.trim());
-    verdict("curl my-app (name lookup)", ok, false)?;
     let url = format!("http://{}", apps[1].ipv4);
-    let (ok, out) = curl(&sim, &client, &url);
-    println!("   {}", out.trim());
-    verdict(&format!("curl {url} (by IP)"), ok, true)?;
+    if standard {
+        standard_steps(&mut sim, &apps)?;
+    } else {
+        step(
+            6,
+            "Revoke the cluster group's DNS rules (my_tcp_rule, my_udp_rule) and reload (SIGHUP)",
+        );
+        std::fs::write(sim.workdir.join("groups.json"), groups(false))?;
+        sim.reload_daemon()?;
+        println!("   applied generation {}", sim.status()?.generation);
 
-    step(
-        8,
-        "enforcer status: the drops are counted on the CoreDNS pod (its inbound rules said no)",
-    );
-    print!("{}", indent(&sim.status()?.render_table()));
-    let st = sim.status()?;
-    let dns = st
-        .pods
-        .iter()
-        .find(|p| p.name == "coredns")
-        .context("coredns status")?;
-    let dropped = dns.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0);
-    println!("   DNS queries dropped by CoreDNS's inbound rules: {dropped}");
-    if dropped == 0 {
-        bail!("expected the revoked DNS rules to drop queries at the CoreDNS pod");
+        step(7, "From my-deployment-0 again");
+        let (ok, out) = curl(&sim, &client, "http://my-app");
+        println!("   {}", out.trim());
+        verdict("curl my-app (name lookup)", ok, false)?;
+        let (ok, out) = curl(&sim, &client, &url);
+        println!("   {}", out.trim());
+        verdict(&format!("curl {url} (by IP)"), ok, true)?;
+
+        step(
+            8,
+            "enforcer status: the drops are counted on the CoreDNS pod (its inbound rules said no)",
+        );
+        print!("{}", indent(&sim.status()?.render_table()));
+        let st = sim.status()?;
+        let dns = st
+            .pods
+            .iter()
+            .find(|p| p.name == "coredns")
+            .context("coredns status")?;
+        let dropped = dns.counters.get("drop_no_rule").map(|c| c[0]).unwrap_or(0);
+        println!("   DNS queries dropped by CoreDNS's inbound rules: {dropped}");
+        if dropped == 0 {
+            bail!("expected the revoked DNS rules to drop queries at the CoreDNS pod");
+        }
     }
-
     step(
         9,
         "Stop the daemon: the pinned datapath goes on enforcing without it",
@@ -232,9 +255,11 @@ pub fn run() -> Result<()> {
     let (ok, out) = curl(&sim, &client, &url);
     println!("   {}", out.trim());
     verdict(&format!("curl {url} (by IP, no daemon running)"), ok, true)?;
-    let (ok, out) = curl(&sim, &client, "http://my-app");
-    println!("   {}", out.trim());
-    verdict("curl my-app (name lookup, no daemon running)", ok, false)?;
+    if !standard {
+        let (ok, out) = curl(&sim, &client, "http://my-app");
+        println!("   {}", out.trim());
+        verdict("curl my-app (name lookup, no daemon running)", ok, false)?;
+    }
 
     step(
         10,
@@ -254,6 +279,66 @@ pub fn run() -> Result<()> {
     }
     drop(sim);
     println!("\ndemo: every verdict matched the tutorial");
+    Ok(())
+}
+
+/// Standard mode's own steps: the internet through source NAT, the node's probe.
+fn standard_steps(sim: &mut SimNode, apps: &[SimPod]) -> Result<()> {
+    let inet = crate::sim::INTERNET_IPV4;
+    step(
+        6,
+        &format!(
+            "From my-deployment-0: an internet host ({inet}, outside the VPC) asks who is calling"
+        ),
+    );
+    let server = format!("{inet}:8080");
+    let _whoami = crate::net::whoami_server(&sim.internet_ns, &server)?;
+    let client = sim.pod_ns(&apps[0].name).to_string();
+    let seen = crate::net::tcp_whoami(&client, &server)?;
+    println!(
+        "   the internet host saw {} (my-deployment-0 is {}): source NAT to the node's primary address, out of its primary ENI",
+        seen.as_deref().unwrap_or("nothing"),
+        apps[0].ipv4
+    );
+    verdict(
+        "TCP to the internet, seen as the node",
+        seen.is_some_and(|s| s.starts_with(&format!("{}:", crate::sim::NODE_IPV4))),
+        true,
+    )?;
+
+    step(
+        7,
+        "From the node: a kubelet-style HTTP probe of each my-app pod (no group has a rule for it)",
+    );
+    let node = sim.node_ns.clone();
+    for p in apps {
+        let (ok, _) = curl(sim, &node, &format!("http://{}/", p.ipv4));
+        verdict(&format!("probe of {} ({})", p.name, p.ipv4), ok, true)?;
+    }
+
+    step(
+        8,
+        "enforcer status: the probes and DNS counted as host-local, the internet flows as allowed by the node's group",
+    );
+    // The daemon refreshes its status every 2 s: wait (bounded) for the probes to show.
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let (st, host_local) = loop {
+        let st = sim.status()?;
+        let n: u64 = st
+            .pods
+            .iter()
+            .filter_map(|p| p.counters.get("allow_host_local").map(|c| c[0]))
+            .sum();
+        if n > 0 || std::time::Instant::now() > deadline {
+            break (st, n);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    print!("{}", indent(&st.render_table()));
+    println!("   host-local packets: {host_local}");
+    if host_local == 0 {
+        bail!("expected the probes to be delivered on the node as host-local traffic");
+    }
     Ok(())
 }
 

@@ -20,7 +20,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up if needed, build, and replay the security-groups tutorial on a simulated node.
-    Demo,
+    Demo {
+        /// The same pods in standard mode: source NAT to the internet, the node's probes
+        /// without rules.
+        #[arg(long)]
+        standard: bool,
+    },
     /// ns/packet at 1, 60 and 1000 rules (test_run and real traffic), then the cost of
     /// each stage; writes target/bench/results.json.
     Bench,
@@ -170,7 +175,7 @@ fn main() -> Result<()> {
                 .args(["--", "--test-threads=1"])
                 .current_dir(root()))
         }
-        Task::Demo => {
+        Task::Demo { standard } => {
             setup()?;
             // The demo (test bed) drives the real daemon binary, built beside it.
             run(Command::new("cargo")
@@ -184,7 +189,9 @@ fn main() -> Result<()> {
                     "integration-tests",
                     "--bin",
                     "demo",
+                    "--",
                 ])
+                .args(standard.then_some("--standard"))
                 .current_dir(root()))
         }
         Task::Bench => {
