@@ -420,3 +420,105 @@ fn a_mapping_goes_with_its_pod() {
     assert_eq!(h.flow_count(), 0, "the pod's flows swept");
     assert_eq!(h.dp.snat_mappings().unwrap().len(), 0, "and their mappings");
 }
+
+#[test]
+fn a_mapping_expires_with_its_flow() {
+    let mut h = harness("standard", (61000, 65535));
+    let syn = from_pod(
+        CLIENT.ipv4,
+        INET,
+        L4::Syn {
+            sport: 40000,
+            dport: 443,
+        },
+    )
+    .bytes();
+    assert_eq!(h.run(POD_EGRESS, &syn).0, TC_ACT_REDIRECT);
+    // Half-open TCP idle past a (zero) timeout: the sweep removes flow and mapping.
+    h.cfg.node.timeouts.tcp_syn_sent = 0;
+    let node = enforcer::datapath::kernel::kernel_node_config(&h.cfg, 1, 1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    h.dp.sweep_flows(&node).unwrap();
+    assert_eq!(h.flow_count(), 0, "the idle flow swept");
+    assert_eq!(
+        h.dp.snat_mappings().unwrap().len(),
+        0,
+        "its mapping with it"
+    );
+}
+
+#[test]
+fn always_allowed_destinations_work_through_source_nat() {
+    // The node's groups allow nothing here: IMDS is reached because it is always
+    // allowed, translated like any off-VPC flow (its reply must find the pod).
+    let groups = GROUPS.replace(
+        r#"[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]"#,
+        "[]",
+    );
+    let mut h = harness("standard", (61000, 65535));
+    let k8s = format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-client]}}}}\n{}",
+        pod_yaml(&CLIENT, "{}")
+    );
+    h.apply(&groups, &k8s);
+    let slot = h.slot("client");
+    let imds = from_pod(
+        CLIENT.ipv4,
+        "169.254.169.254",
+        L4::Syn {
+            sport: 40000,
+            dport: 80,
+        },
+    );
+    let before = h.counter(slot, Reason::AllowAlways);
+    let (ret, out) = h.run(POD_EGRESS, &imds.bytes());
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(h.counter(slot, Reason::AllowAlways), before + 1);
+    let port = nat_port(&out);
+    assert_eq!(
+        out,
+        from_pod(
+            NODE,
+            "169.254.169.254",
+            L4::Syn {
+                sport: port,
+                dport: 80
+            }
+        )
+        .bytes(),
+        "translated"
+    );
+    let reply = Frame::new(
+        GW_MAC,
+        HOST_MAC,
+        "169.254.169.254",
+        NODE,
+        L4::SynAck {
+            sport: 80,
+            dport: port,
+        },
+    );
+    assert_eq!(
+        h.run(PRIMARY_INGRESS, &reply.bytes()).0,
+        TC_ACT_REDIRECT,
+        "its reply comes back"
+    );
+    // Elsewhere off-VPC, the node's groups (which allow nothing) decide.
+    let other = from_pod(
+        CLIENT.ipv4,
+        INET,
+        L4::Syn {
+            sport: 40001,
+            dport: 80,
+        },
+    )
+    .bytes();
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &other,
+        TC_ACT_SHOT,
+        Reason::DropNoNodeRule,
+        "the node's groups",
+    );
+}
