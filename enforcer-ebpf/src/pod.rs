@@ -22,11 +22,7 @@ use crate::verdict::{State, Verdict, by_rules, by_state, decide};
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
-    // SAFETY: the context's skb pointer is valid for the program's run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    let pod =
-        unsafe { POD_BY_IFINDEX.get(ifindex) }.ok_or(Exit::Drop(0, Reason::DropUnknownPod))?;
+    let pod = this_pod(ctx)?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let src_mac =
         load::<[u8; 6]>(ctx, 6).map_err(|_| Exit::Drop(pod.slot, Reason::DropMalformed))?;
@@ -37,11 +33,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         // A pod has no business tagging its own frames.
         return Err(Exit::Drop(pod.slot, Reason::DropEthertype));
     }
-    let pkt = SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Exit::Drop(pod.slot, Reason::DropInternal))?;
-    // SAFETY: the per-CPU scratch slot is ours for the program's run.
-    let pkt = unsafe { &mut *pkt };
+    let pkt = scratch(pod.slot)?;
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let cfg = NODE_CONFIG
         .get(0)
@@ -223,17 +215,9 @@ fn to_host_local(
 /// marked host-local so that their later packets skip the look-up of the receiving pod.
 #[inline(always)]
 pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
-    // SAFETY: the context's skb pointer is valid for the program's run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    let pod =
-        unsafe { POD_BY_IFINDEX.get(ifindex) }.ok_or(Exit::Drop(0, Reason::DropUnknownPod))?;
-    let pkt = SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Exit::Drop(pod.slot, Reason::DropInternal))?;
-    // SAFETY: the per-CPU scratch slot is ours for the program's run, and pod_egress
-    // filled it on this CPU just before the tail call.
-    let pkt = unsafe { &mut *pkt };
+    let pod = this_pod(ctx)?;
+    // pod_egress filled it on this CPU just before the tail call.
+    let pkt = scratch(pod.slot)?;
     // SAFETY: as above.
     let peer = unsafe { POD_BY_IFINDEX.get(pkt.peer_ifindex) }
         .ok_or(Exit::Drop(pod.slot, Reason::DropUnknownPod))?;
@@ -257,6 +241,26 @@ pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
     count(pod.slot, sent, ctx.len());
     count(peer.slot, received, ctx.len());
     Ok(into_pod(peer.host_ifindex))
+}
+
+/// The pod behind the host interface the packet is on (at its ingress or egress).
+#[inline(always)]
+pub fn this_pod(ctx: &TcContext) -> Result<&'static PodInfo, Exit> {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+    unsafe { POD_BY_IFINDEX.get(ifindex) }.ok_or(Exit::Drop(0, Reason::DropUnknownPod))
+}
+
+/// The per-CPU parsed packet (too large for the BPF stack).
+#[inline(always)]
+pub fn scratch(slot: u32) -> Result<&'static mut Packet, Exit> {
+    let pkt = SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Exit::Drop(slot, Reason::DropInternal))?;
+    // SAFETY: the per-CPU scratch slot is ours for the program's run (programs do not
+    // nest on a CPU; a tail call hands it on, which is how `pod_host_local` reads it).
+    Ok(unsafe { &mut *pkt })
 }
 
 /// Into the pod behind `host_ifindex`: straight into its namespace

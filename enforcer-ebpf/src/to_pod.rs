@@ -13,23 +13,15 @@ use crate::conntrack::mark_path;
 use crate::counters::count;
 use crate::dest::is_node;
 use crate::exit::Exit;
-use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH};
-use crate::pod::{bypasses_groups, verdict};
+use crate::maps::NODE_CONFIG;
+use crate::pod::{bypasses_groups, scratch, this_pod, verdict};
 use crate::verdict::decide;
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
-    // SAFETY: the context's skb pointer is valid for the program's run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    let pod =
-        unsafe { POD_BY_IFINDEX.get(ifindex) }.ok_or(Exit::Drop(0, Reason::DropUnknownPod))?;
+    let pod = this_pod(ctx)?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
-    let pkt = SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Exit::Drop(pod.slot, Reason::DropInternal))?;
-    // SAFETY: the per-CPU scratch slot is ours for the program's run.
-    let pkt = unsafe { &mut *pkt };
+    let pkt = scratch(pod.slot)?;
     // ARP included: the CNI gives the node a permanent neighbour entry for the pod, as
     // it gives the pod one for its gateway (the pod's ARP replies are dropped too).
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;

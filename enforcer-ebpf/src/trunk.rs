@@ -10,8 +10,8 @@ const PACKET_HOST: u32 = 0;
 
 use crate::counters::count;
 use crate::exit::Exit;
-use crate::maps::{POD_BY_VLAN, SCRATCH};
-use crate::pod::into_pod;
+use crate::maps::POD_BY_VLAN;
+use crate::pod::{into_pod, scratch};
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -25,11 +25,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     // SAFETY: hash values stay valid for the program's run (RCU); we only read.
     let pod =
         unsafe { POD_BY_VLAN.get(vlan as u32) }.ok_or(Exit::Drop(0, Reason::DropUnknownVlan))?;
-    let pkt = SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Exit::Drop(pod.slot, Reason::DropInternal))?;
-    // SAFETY: the per-CPU scratch slot is ours for the program's run.
-    let pkt = unsafe { &mut *pkt };
+    let pkt = scratch(pod.slot)?;
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its
     // neighbour is the host-side interface): they meet the pod's inbound rules.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::agents::{curl, python};
+use crate::agents::{curl, dns_server, http_server};
 use crate::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
 
 const NS: &str = "my-namespace";
@@ -157,19 +157,7 @@ pub fn run(standard: bool) -> Result<()> {
             format!("<title>Welcome to nginx!</title> served by {}\n", p.name),
         )?;
         let ns = sim.pod_ns(&p.name).to_string();
-        sim.spawn(
-            &ns,
-            &[
-                python(),
-                "-m",
-                "http.server",
-                "80",
-                "--bind",
-                "::",
-                "--directory",
-                &dir.display().to_string(),
-            ],
-        )?;
+        http_server(&mut sim, &ns, 80, &dir)?;
         sim.set_resolver(
             &ns,
             &coredns.ipv4,
@@ -177,22 +165,7 @@ pub fn run(standard: bool) -> Result<()> {
         )?;
     }
     let dns_ns = sim.pod_ns("coredns").to_string();
-    let record = format!("--host-record={SERVICE},{}", apps[1].ipv4);
-    sim.spawn(
-        &dns_ns,
-        &[
-            "dnsmasq",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--pid-file",
-            "--bind-interfaces",
-            "--listen-address",
-            &coredns.ipv4,
-            &record,
-        ],
-    )?;
+    dns_server(&mut sim, &dns_ns, &coredns.ipv4, SERVICE, &apps[1].ipv4)?;
 
     step(
         4,

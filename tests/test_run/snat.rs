@@ -31,13 +31,17 @@ fn harness(mode: &str, ports: (u16, u16)) -> Harness {
         serde_yaml::from_str(&format!("{{min: {}, max: {}}}", ports.0, ports.1)).unwrap();
     cfg.node.snat_probes = 4;
     let mut h = Harness::with_config(cfg);
-    let k8s = format!(
-        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-client]}}}}\n{}",
-        pod_yaml(&CLIENT, "{}")
-    );
-    let p = h.apply(GROUPS, &k8s);
+    let p = h.apply(GROUPS, &k8s());
     assert!(p.pods.iter().all(|p| p.error.is_none()), "{:?}", p.pods);
     h
+}
+
+/// The client pod and the policy giving it `sg-client`.
+fn k8s() -> String {
+    format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-client]}}}}\n{}",
+        pod_yaml(&CLIENT, "{}")
+    )
 }
 
 fn from_pod(src: &str, dst: &str, l4: L4) -> Frame {
@@ -456,11 +460,7 @@ fn always_allowed_destinations_work_through_source_nat() {
         "[]",
     );
     let mut h = harness("standard", (61000, 65535));
-    let k8s = format!(
-        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-client]}}}}\n{}",
-        pod_yaml(&CLIENT, "{}")
-    );
-    h.apply(&groups, &k8s);
+    h.apply(&groups, &k8s());
     let slot = h.slot("client");
     let imds = from_pod(
         CLIENT.ipv4,
