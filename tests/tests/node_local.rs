@@ -8,12 +8,13 @@ use integration_tests::agents::{curl, dns_server, http_server, resolve};
 use integration_tests::shop::*;
 use integration_tests::sim::NODE_LOCAL_DNS;
 
-/// web admits the node's probe (TCP 8080 from the node's addresses) and may ask the
-/// node-local resolver; other admits nothing and may send nothing; client sends anything.
+/// web admits the node's probe (TCP 8080 from the node's group, which its primary ENI
+/// carries) and may ask the node-local resolver; other admits nothing and may send
+/// nothing; client sends anything.
 fn groups() -> String {
     r#"{"SecurityGroups":[
  {"GroupId":"sg-web","IpPermissions":[
-    {"IpProtocol":"tcp","FromPort":8080,"ToPort":8080,"IpRanges":[{"CidrIp":"10.0.0.10/32"}],"Ipv6Ranges":[{"CidrIpv6":"fd00:10::10/128"}]}],
+    {"IpProtocol":"tcp","FromPort":8080,"ToPort":8080,"UserIdGroupPairs":[{"GroupId":"sg-node"}]}],
   "IpPermissionsEgress":[
     {"IpProtocol":"udp","FromPort":53,"ToPort":53,"IpRanges":[{"CidrIp":"169.254.20.10/32"}]}]},
  {"GroupId":"sg-client","IpPermissions":[],
@@ -57,7 +58,7 @@ fn hairpinned(n: &Node) -> u64 {
 
 #[test]
 fn strict_pods_see_the_node_through_their_own_groups() {
-    let mut n = node_with_groups("", &groups());
+    let mut n = node_with_groups("  nodeGroups: [sg-node]\n", &groups());
     agents(&mut n);
     let node_ns = n.sim.node_ns.clone();
     let before = hairpinned(&n);

@@ -62,6 +62,13 @@ pub fn plan(
             m.extend(eni.ipv6.map(std::net::IpAddr::V6));
         }
     }
+    // The node's primary ENI carries the node's groups: a rule naming one of them
+    // admits the node's primary addresses (kubelet probes, the node's own traffic).
+    for g in &cfg.node.node_groups {
+        let m = catalog.members.entry(g.clone()).or_default();
+        m.extend(cfg.node.primary_ipv4);
+        m.extend(cfg.node.primary_ipv6);
+    }
 
     let mut state = KernelState::default();
     state.add_always(&cfg.always_allowed());
