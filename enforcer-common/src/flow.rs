@@ -198,7 +198,10 @@ pub struct FlowValue {
     pub node_cookie: u32,
     /// `PATH_SNAT`: the node's port (or ICMP identifier) standing for the pod's.
     pub nat_port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// `PATH_POD`: the other pod's host interface (its `POD_BY_IFINDEX` key), so that
+    /// later packets skip the look-up by address.
+    pub peer_ifindex: u32,
 }
 
 /// `FlowValue::path`: through the VPC (the trunk, tagged with the pod's VLAN).

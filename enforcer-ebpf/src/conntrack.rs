@@ -138,22 +138,27 @@ pub fn flow_hit(
     }
     pkt.flow_path = v.path;
     pkt.nat_port = v.nat_port;
+    pkt.flow_peer = v.peer_ifindex;
     if dir != v.origin() && v.seen_reply == 0 {
         v.seen_reply = 1;
     }
     true
 }
 
-/// Records where the flow of `pkt` (seen from the pod, in `dir`) goes (`PATH_*`), so
-/// that its later packets skip the look-ups that found out.
+/// Records where the flow of `pkt` (seen from the pod, in `dir`) goes (`PATH_*`; for
+/// `PATH_POD` the other pod's host interface), so that its later packets skip the
+/// look-ups that found out.
 #[inline(always)]
-pub fn mark_path(pkt: &Packet, dir: Direction, path: u8) {
+pub fn mark_path(pkt: &Packet, dir: Direction, path: u8, peer_ifindex: u32) {
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     if let Some(v) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a hash value pointer stays valid for the program's run (RCU); a byte
-        // store races with nothing that matters (every writer stores the same value).
-        unsafe { (*v).path = path };
+        // SAFETY: a hash value pointer stays valid for the program's run (RCU); the
+        // stores race with nothing that matters (every writer stores the same values).
+        unsafe {
+            (*v).path = path;
+            (*v).peer_ifindex = peer_ifindex;
+        }
     }
 }
 
@@ -199,7 +204,8 @@ pub fn insert_flow(
         slot: pod.slot,
         node_cookie: cookies.1,
         nat_port,
-        _pad: [0; 6],
+        _pad: 0,
+        peer_ifindex: 0,
     };
     let r = FLOWS.insert(key, v, BPF_NOEXIST as u64);
     if r.is_ok() {

@@ -95,10 +95,13 @@ pub struct Packet {
     pub l4_off: u16,
     pub inner_l3_off: u16,
     pub inner_l4_off: u16,
-    /// Handed to the host-local tail call: the receiving pod's host interface and the
-    /// sender's verdict (a `Reason` number).
+    /// Handed to the host-local tail call: the receiving pod's host interface, the
+    /// sender's verdict (a `Reason` number) and counter slot.
     pub peer_ifindex: u32,
     pub sent: u32,
+    pub sender_slot: u32,
+    /// Set by a flow-table hit on a `PATH_POD` flow: the other pod's host interface.
+    pub flow_peer: u32,
 }
 
 #[inline(always)]

@@ -1,5 +1,6 @@
 //! The pod side: the pod by its host interface, anti-spoofing, link plumbing and
-//! link-scope traffic, the pod's outbound rules, then tagged out of the trunk.
+//! link-scope traffic, the pod's outbound rules, then by destination: the trunk (the
+//! VPC), the node's stack, another pod of the node, or source NAT and the primary ENI.
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
@@ -106,7 +107,11 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
             PATH_SNAT => return to_primary(ctx, cfg, pod, pkt, reason),
             PATH_NODE => return to_node(ctx, pod, reason),
             PATH_POD => {
-                if let Some(peer) = same_node_pod(pkt) {
+                let peer = match pkt.flow_peer {
+                    0 => same_node_pod(pkt),
+                    known => Some(known),
+                };
+                if let Some(peer) = peer {
                     return to_host_local(ctx, pod, pkt, peer, reason);
                 }
             }
@@ -120,7 +125,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     if !placed {
         if is_node(pkt.family, &pkt.outer.dst) {
             if reason == Reason::AllowPolicy {
-                mark_path(pkt, Direction::Egress, PATH_NODE);
+                mark_path(pkt, Direction::Egress, PATH_NODE, 0);
             }
             return to_node(ctx, pod, reason);
         }
@@ -200,6 +205,7 @@ fn to_host_local(
 ) -> Result<i32, Exit> {
     pkt.peer_ifindex = peer_ifindex;
     pkt.sent = sent as u32;
+    pkt.sender_slot = pod.slot;
     // SAFETY: the slot holds our own `pod_host_local` (set by the loader); on success
     // control never comes back.
     unsafe { TAIL_CALLS.tail_call(ctx, 0) };
@@ -215,14 +221,19 @@ fn to_host_local(
 /// marked host-local so that their later packets skip the look-up of the receiving pod.
 #[inline(always)]
 pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
-    let pod = this_pod(ctx)?;
-    // pod_egress filled it on this CPU just before the tail call.
-    let pkt = scratch(pod.slot)?;
-    // SAFETY: as above.
+    // pod_egress filled it on this CPU just before the tail call, the sender's slot
+    // included (no second look-up of the sender).
+    let pkt = scratch(0)?;
+    let slot = pkt.sender_slot;
+    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
     let peer = unsafe { POD_BY_IFINDEX.get(pkt.peer_ifindex) }
-        .ok_or(Exit::Drop(pod.slot, Reason::DropUnknownPod))?;
-    let sent =
-        Reason::from_index(pkt.sent).ok_or(Exit::Internal(pod.slot, "host-local verdict"))?;
+        .ok_or(Exit::Drop(slot, Reason::DropUnknownPod))?;
+    if !addressed_to(peer, pkt) {
+        // A flow's remembered interface now belongs to another pod (its own was
+        // re-created): never deliver to a pod the packet is not addressed to.
+        return Err(Exit::Drop(slot, Reason::DropUnknownPod));
+    }
+    let sent = Reason::from_index(pkt.sent).ok_or(Exit::Internal(slot, "host-local verdict"))?;
     let received = if bypasses_groups(peer) {
         Reason::AllowHostLocal
     } else {
@@ -232,15 +243,27 @@ pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
         }
     };
     if sent == Reason::AllowPolicy {
-        mark_path(pkt, Direction::Egress, PATH_POD);
+        mark_path(pkt, Direction::Egress, PATH_POD, peer.host_ifindex);
     }
     if received == Reason::AllowPolicy {
-        mark_path(pkt, Direction::Ingress, PATH_POD);
+        // SAFETY: the context's skb pointer is valid for the program's run.
+        let sender_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        mark_path(pkt, Direction::Ingress, PATH_POD, sender_ifindex);
     }
-    set_macs(ctx, &peer.mac, &peer.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
-    count(pod.slot, sent, ctx.len());
+    set_macs(ctx, &peer.mac, &peer.host_mac).map_err(|step| Exit::Internal(slot, step))?;
+    count(slot, sent, ctx.len());
     count(peer.slot, received, ctx.len());
     Ok(into_pod(peer.host_ifindex))
+}
+
+/// Whether the packet's destination is `pod`'s address.
+#[inline(always)]
+fn addressed_to(pod: &PodInfo, pkt: &Packet) -> bool {
+    if pkt.family == AF_V4 {
+        pkt.outer.dst[0] == u32::from_ne_bytes(pod.ipv4)
+    } else {
+        pkt.outer.dst == addr_of(&pod.ipv6)
+    }
 }
 
 /// The pod behind the host interface the packet is on (at its ingress or egress).

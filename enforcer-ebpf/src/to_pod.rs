@@ -51,7 +51,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let reason = verdict(pod, decide(pod, pkt, Direction::Ingress))?;
     if reason == Reason::AllowPolicy && is_node(pkt.family, &pkt.outer.src) {
         // The pod's replies go back up the node's stack, not out of the trunk.
-        mark_path(pkt, Direction::Ingress, PATH_NODE);
+        mark_path(pkt, Direction::Ingress, PATH_NODE, 0);
     }
     count(pod.slot, reason, ctx.len());
     Ok(TC_ACT_OK)

@@ -93,6 +93,17 @@ fn strict_pods_on_one_node_are_each_judged_by_their_own_rules() {
             .all(|(_, v)| v.path == enforcer_common::PATH_POD),
         "both entries know the flow stays on the node"
     );
+    // Each entry names the other side's host interface (the sender's is lo, 1).
+    let server_if =
+        h.dp.current().pods_by_ipv4[&SERVER.ipv4.parse::<std::net::Ipv4Addr>().unwrap().octets()];
+    let mut peers: Vec<u32> =
+        h.dp.flows()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v.peer_ifindex)
+            .collect();
+    peers.sort();
+    assert_eq!(peers, vec![1, server_if], "each side's flow names its peer");
     // The flow's next packet: by state on both sides, and still delivered on the node
     // (the entries' host-local mark, not another look-up, says where it goes).
     let ack = Frame::new(
@@ -256,5 +267,33 @@ fn an_empty_tail_call_slot_drops_and_never_passes() {
         TC_ACT_SHOT,
         Reason::DropInternal,
         "no host-local program: dropped as an internal error, not let through",
+    );
+}
+
+#[test]
+fn a_remembered_peer_interface_never_misdelivers() {
+    // The sender's flow entry remembers the receiver's host interface. Should that
+    // interface number come to belong to another pod (the receiver's sandbox re-created,
+    // the number reused), the packet is dropped, never delivered to a pod it is not
+    // addressed to.
+    let mut h = harness("strict");
+    let client = h.slot("client");
+    assert_eq!(h.run(POD_EGRESS, &to_server(80)).0, TC_ACT_REDIRECT);
+    let flows = h.dp.flows().unwrap();
+    let (key, mut value) = flows
+        .into_iter()
+        .find(|(_, v)| v.peer_ifindex != 1)
+        .expect("the client's entry");
+    value.peer_ifindex = 1; // lo: the client's own interface, another pod than the server
+    let mut m: aya::maps::HashMap<_, enforcer_common::FlowKey, enforcer_common::FlowValue> =
+        h.dp.ebpf().map_mut("FLOWS").unwrap().try_into().unwrap();
+    m.insert(key, value, 0).unwrap();
+    h.expect(
+        client,
+        POD_EGRESS,
+        &to_server(80),
+        TC_ACT_SHOT,
+        Reason::DropUnknownPod,
+        "the remembered interface is not the destination's",
     );
 }
