@@ -74,7 +74,8 @@ pub mod prog_names {
 /// Capacities. Userspace refuses (with an error naming the pod) anything that would not
 /// fit instead of truncating.
 pub const MAX_PODS: u32 = 1024;
-pub const MAX_PEER_ENTRIES: u32 = 65536;
+/// LPM tries allocate per entry: a large capacity costs nothing until used.
+pub const MAX_PEER_ENTRIES: u32 = 262144;
 pub const MAX_PORT_ENTRIES: u32 = 262144;
 pub const MAX_ALWAYS_ENTRIES: u32 = 256;
 pub const MAX_FLOWS: u32 = 262144;

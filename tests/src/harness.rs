@@ -66,6 +66,15 @@ pub fn pod_yaml(p: &TestPod, labels: &str) -> String {
     )
 }
 
+/// Sources parsed from DescribeSecurityGroups JSON and Kubernetes YAML.
+pub fn snapshot(groups_json: &str, k8s: &str) -> Snapshot {
+    let mut catalog = GroupCatalog::default();
+    catalog.add_groups(ec2::parse_security_groups(groups_json, "test").unwrap());
+    let mut kube = KubeObjects::default();
+    kube.add_documents(k8s, "test").unwrap();
+    Snapshot { catalog, kube }
+}
+
 pub struct Harness {
     pub dp: Datapath,
     pub mem: Memory,
@@ -107,11 +116,12 @@ impl Harness {
 
     /// Programs the maps from DescribeSecurityGroups JSON and Kubernetes YAML.
     pub fn apply(&mut self, groups_json: &str, k8s: &str) -> &Plan {
-        let mut catalog = GroupCatalog::default();
-        catalog.add_groups(ec2::parse_security_groups(groups_json, "test").unwrap());
-        let mut kube = KubeObjects::default();
-        kube.add_documents(k8s, "test").unwrap();
-        let snap = Snapshot { catalog, kube };
+        let snap = snapshot(groups_json, k8s);
+        self.apply_snapshot(&snap)
+    }
+
+    /// Programs the maps from parsed sources (what the daemon holds between changes).
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> &Plan {
         let prefix = self.cfg.node.host_veth_prefix.clone();
         let client_if = enforcer::config::host_veth_name(&prefix, "test", CLIENT.name);
         // The client pod sits on lo (test_run runs skbs there); the others get made-up
@@ -133,7 +143,7 @@ impl Harness {
         // The daemon's own sequence; no interface named here exists, so nothing attaches.
         let applied = enforcer::engine::apply(
             &self.cfg,
-            &snap,
+            snap,
             &mut self.mem,
             &iface,
             &mut self.dp,

@@ -41,14 +41,19 @@ fn kernel_direction(d: Direction) -> enforcer_common::Direction {
 
 /// A map that would overflow: the pod that needed the room is failed, with this error.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-#[error("map {map} would need {needed} entries, more than its {capacity}")]
+#[error(
+    "map {map} would need {needed} entries, more than the {capacity} it may hold (half its size: the other half is room to swap rule sets atomically)"
+)]
 pub struct CapacityError {
     pub map: &'static str,
     pub needed: usize,
     pub capacity: usize,
 }
 
-/// Whether adding `new` to `map` stays within the kernel map's capacity.
+/// Whether adding `new` to `map` stays within half the kernel map's capacity. Rule
+/// sets are swapped by writing the new entries beside the old ones before any pod
+/// points at them, so a change touching every pod (a shared group's rule) needs room
+/// for both at once: the desired state may fill half of each rule table, never more.
 fn fits<K: Eq + std::hash::Hash, V>(
     map: &HashMap<K, V>,
     new: &[(K, V)],
@@ -56,11 +61,12 @@ fn fits<K: Eq + std::hash::Hash, V>(
     capacity: u32,
 ) -> Result<(), CapacityError> {
     let needed = map.len() + new.iter().filter(|(k, _)| !map.contains_key(k)).count();
-    if needed > capacity as usize {
+    let usable = capacity as usize / 2;
+    if needed > usable {
         return Err(CapacityError {
             map: name,
             needed,
-            capacity: capacity as usize,
+            capacity: usable,
         });
     }
     Ok(())
@@ -314,6 +320,20 @@ impl Slots {
 mod tests {
     use super::*;
     use crate::policy::compile::{FlatRule, compile};
+
+    #[test]
+    fn a_table_may_fill_half_its_map_leaving_room_for_a_swap() {
+        let mut m: HashMap<u32, u32> = HashMap::new();
+        assert!(fits(&m, &[(1, 0), (2, 0)], "T", 4).is_ok(), "half of 4");
+        m.insert(1, 0);
+        assert!(
+            fits(&m, &[(1, 0), (2, 0)], "T", 4).is_ok(),
+            "an entry already there is no more"
+        );
+        let e = fits(&m, &[(2, 0), (3, 0)], "T", 4).unwrap_err();
+        assert_eq!((e.map, e.needed, e.capacity), ("T", 3, 2));
+        assert!(e.to_string().contains("room to swap"), "{e}");
+    }
 
     fn rule(net: &str, port: u16, cookie: u32) -> FlatRule {
         FlatRule {

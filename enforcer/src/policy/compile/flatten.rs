@@ -2,7 +2,7 @@
 //! peer prefix, with the quotas enforced as errors, never truncation.
 use ipnet::IpNet;
 
-use super::cookies::{CookieTable, RuleRef};
+use super::cookies::CookieTable;
 use super::untracked::mark_untracked;
 use crate::config::Quotas;
 use crate::model::group::{Direction, GroupCatalog, Peer, Protocol, Rule};
@@ -159,11 +159,7 @@ pub fn flatten(
                         total += nets.len();
                     }
                 }
-                let cookie = cookies.cookie(RuleRef {
-                    group: gid.clone(),
-                    direction: dir,
-                    index,
-                });
+                let cookie = cookies.cookie(gid, dir, index);
                 for net in nets {
                     out.push(FlatRule {
                         dir,

@@ -1,10 +1,10 @@
 //! Flat rules -> the two LPM stages (see the module comment of `compile`).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::flatten::FlatRule;
+use super::flatten::{FlatRule, is_v4};
 use crate::model::group::Direction;
 
 /// A verdict's reason: which rule, and whether it is tracked.
@@ -67,15 +67,34 @@ pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 
 pub fn compile(rules: &[FlatRule]) -> CompiledPolicy {
     let mut peers = BTreeMap::new();
-    let prefixes: BTreeSet<(Direction, IpNet)> = rules.iter().map(|r| (r.dir, r.net)).collect();
+    // The rules covering a prefix are those on one of its ancestors. Indexed by prefix,
+    // with the prefix lengths in use per direction and family, finding them is a few
+    // look-ups per prefix rather than a scan of every rule (which made a re-plan
+    // quadratic in a pod's rule count).
+    let mut by_net: HashMap<(Direction, IpNet), Vec<&FlatRule>> = HashMap::new();
+    let mut lengths: BTreeMap<(Direction, bool), BTreeSet<u8>> = BTreeMap::new();
+    for r in rules {
+        by_net.entry((r.dir, r.net)).or_default().push(r);
+        lengths
+            .entry((r.dir, is_v4(&r.net)))
+            .or_default()
+            .insert(r.net.prefix_len());
+    }
+    let prefixes: BTreeSet<(Direction, IpNet)> = by_net.keys().copied().collect();
     for (dir, p) in prefixes {
         let mut class = ClassContent::default();
-        // Rules are sorted by cookie within equal keys' insertion, so the first rule in
-        // cookie order wins a shared block: attribution is deterministic.
-        let mut covering: Vec<&FlatRule> = rules
-            .iter()
-            .filter(|r| r.dir == dir && r.net.contains(&p))
-            .collect();
+        let mut covering: Vec<&FlatRule> = Vec::new();
+        for &len in &lengths[&(dir, is_v4(&p))] {
+            if len > p.prefix_len() {
+                break;
+            }
+            let ancestor = IpNet::new(p.addr(), len).expect("a shorter length").trunc();
+            if let Some(on) = by_net.get(&(dir, ancestor)) {
+                covering.extend(on);
+            }
+        }
+        // The first rule in cookie order wins a shared block: attribution is
+        // deterministic.
         covering.sort_by_key(|r| r.cookie);
         for r in covering {
             let allow = Allow {

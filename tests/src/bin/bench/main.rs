@@ -16,6 +16,7 @@
 use std::io::Write;
 
 mod paths;
+mod reconcile;
 
 use enforcer_common::prog_names::POD_EGRESS;
 use integration_tests::frames::{Frame, L4};
@@ -133,10 +134,18 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
-    if std::env::args().nth(1).as_deref() == Some("paths") {
-        // Only the NAT and host-local rows (quick to rerun; not written to results).
-        paths::run(&mut results);
-        return Ok(());
+    // `bench paths` / `bench reconcile`: only those rows (quick to rerun; printed, not
+    // written to results.json).
+    match std::env::args().nth(1).as_deref() {
+        Some("paths") => {
+            paths::run(&mut results);
+            return Ok(());
+        }
+        Some("reconcile") => {
+            reconcile::run(&mut results);
+            return Ok(());
+        }
+        _ => {}
     }
     println!(
         "{:<12} {:<4} {:>6} {:>10}",
@@ -232,6 +241,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     paths::run(&mut results);
+    reconcile::run(&mut results);
     real_traffic(&mut results)?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;

@@ -1,0 +1,148 @@
+//! The control plane's cost (issue 8's load shape): 110 branch pods, each with 5 groups
+//! of 60 rules per address family (30 inbound, 30 outbound; 4 groups of its own and one
+//! all pods share: 300 prefixes per pod and family), planned
+//! and written into the real maps (programs loaded, not attached) by the daemon's own
+//! apply sequence.
+//!
+//! - full_resync_110_pods: an apply that finds nothing changed (what a relist or a
+//!   SIGHUP costs).
+//! - rule_change_110_pods: one rule changed in the group all 110 pods share.
+//! - pod_event_to_enforced: one pod added (its interface already present), p99 of
+//!   repeated adds and deletes.
+use std::time::Instant;
+
+use integration_tests::harness::*;
+
+use crate::median;
+
+pub const PODS: usize = 110;
+const OWN_GROUPS: usize = 4;
+const RULES: usize = 60;
+const EVENTS: usize = 100;
+
+/// Group `g`'s 60 rules per family: 30 inbound and 30 outbound, TCP to its own /24
+/// and /64 each, ports 1000+.
+fn group(id: &str, g: usize) -> String {
+    let perms = |dir: usize| -> String {
+        (0..RULES / 2)
+            .map(|k| {
+                let j = dir * RULES / 2 + k;
+                format!(
+                    r#"{{"IpProtocol":"tcp","FromPort":{p},"ToPort":{p},"IpRanges":[{{"CidrIp":"{a}.{b}.{j}.0/24"}}],"Ipv6Ranges":[{{"CidrIpv6":"fd00:{g:x}:{j:x}::/64"}}]}}"#,
+                    p = 1000 + j,
+                    a = 20 + g / 256,
+                    b = g % 256,
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        r#"{{"GroupId":"{id}","IpPermissions":[{}],"IpPermissionsEgress":[{}]}}"#,
+        perms(0),
+        perms(1)
+    )
+}
+
+/// Every group; `shift` moves one rule of the shared group to another port.
+pub fn groups(pods: usize, shift: usize) -> String {
+    let mut all = vec![group("sg-shared", 0).replacen(
+        "\"FromPort\":1000,\"ToPort\":1000",
+        &format!("\"FromPort\":{p},\"ToPort\":{p}", p = 1000 + shift),
+        1,
+    )];
+    for i in 0..pods {
+        for k in 0..OWN_GROUPS {
+            all.push(group(&format!("sg-{i}-{k}"), 1 + i * OWN_GROUPS + k));
+        }
+    }
+    format!(r#"{{"SecurityGroups":[{}]}}"#, all.join(","))
+}
+
+/// Pod `i`: its policy (its own groups and the shared one) and its object.
+fn pod(i: usize) -> String {
+    let own: Vec<String> = (0..OWN_GROUPS).map(|k| format!("sg-{i}-{k}")).collect();
+    let vlan = 100 + i;
+    format!(
+        "---\nkind: SecurityGroupPolicy\nmetadata: {{name: p{i}, namespace: test}}\nspec: {{podSelector: {{matchLabels: {{app: p{i}}}}}, securityGroups: {{groupIds: [sg-shared, {}]}}}}\n---\nkind: Pod\nmetadata:\n  name: p{i}\n  namespace: test\n  labels: {{app: p{i}}}\n  annotations:\n    vpc.amazonaws.com/pod-eni: '[{{\"eniId\":\"eni-{i}\",\"ifAddress\":\"02:00:00:01:{:02x}:{:02x}\",\"privateIp\":\"10.0.{}.{}\",\"ipv6Addr\":\"fd00:10:1::{:x}\",\"vlanId\":{vlan}}}]'\n",
+        own.join(", "),
+        vlan >> 8,
+        vlan & 0xff,
+        1 + i / 200,
+        10 + i % 200,
+        0x100 + i,
+    )
+}
+
+pub fn k8s(pods: usize) -> String {
+    (0..pods).map(pod).collect()
+}
+
+fn harness() -> Harness {
+    let mut cfg = node_config();
+    cfg.node.quotas.rules_per_group_per_family = RULES;
+    // 5 groups × 60 rules × 2 families (EC2 counts a rule per address range).
+    cfg.node.quotas.rules_per_pod = 5 * RULES * 2;
+    Harness::with_config(cfg)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+pub fn run(results: &mut Vec<String>) {
+    let mut h = harness();
+    // Parsed once, as the daemon holds its sources between changes.
+    let (g0, g1) = (groups(PODS, 0), groups(PODS, 7));
+    let (all, fewer) = (snapshot(&g0, &k8s(PODS)), snapshot(&g0, &k8s(PODS - 1)));
+    let changed = snapshot(&g1, &k8s(PODS));
+    let t = Instant::now();
+    let plan = h.apply_snapshot(&all);
+    let first = ms(t);
+    let failed: Vec<_> = plan.pods.iter().filter_map(|p| p.error.clone()).collect();
+    assert!(failed.is_empty(), "every pod enforced: {failed:?}");
+    let resync = median(
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                h.apply_snapshot(&all);
+                ms(t)
+            })
+            .collect(),
+    );
+    let policy = |h: &Harness| h.dp.current().pods_by_vlan[&100].policy_id;
+    let before = policy(&h);
+    h.apply_snapshot(&changed);
+    assert_ne!(policy(&h), before, "the rule change reached the maps");
+    h.apply_snapshot(&all);
+    let change = median(
+        (0..5)
+            .map(|k| {
+                let t = Instant::now();
+                h.apply_snapshot(if k % 2 == 0 { &changed } else { &all });
+                ms(t)
+            })
+            .collect(),
+    );
+    // One pod gone, then back: the event cost as the daemon pays it today (a whole
+    // re-plan, writing only what changed).
+    h.apply_snapshot(&all);
+    let mut events: Vec<f64> = (0..EVENTS)
+        .map(|k| {
+            let t = Instant::now();
+            h.apply_snapshot(if k % 2 == 0 { &fewer } else { &all });
+            ms(t)
+        })
+        .collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = events[events.len() * 99 / 100];
+    for (case, v) in [
+        ("first_apply_110_pods", first),
+        ("full_resync_110_pods", resync),
+        ("rule_change_110_pods", change),
+        ("pod_event_to_enforced_p99", p99),
+    ] {
+        println!("{case:<28} {v:>10.1} ms");
+        results.push(format!(r#"{{"case":"{case}","ms":{v:.1}}}"#));
+    }
+}
