@@ -1,6 +1,7 @@
 //! `enforcer run`: load (or adopt what a previous daemon pinned), attach, program the
-//! maps from the sources, and keep them current: re-read on SIGHUP, refresh status and
-//! sweep idle flows on timers. SIGINT/SIGTERM end the process, not the enforcement.
+//! maps from the sources, and keep them current: re-read when a watched file changes,
+//! on SIGHUP or when asked on the control socket; refresh status and sweep idle flows
+//! on timers. SIGINT/SIGTERM end the process, not the enforcement.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,6 +102,61 @@ impl Daemon {
         );
         self.status.pods = p.pods;
         self.refresh_status();
+    }
+
+    /// Watches the config and source files; `None` (logged) when the watch can't be set
+    /// up: SIGHUP and the control socket still reload.
+    fn watch_sources(
+        &self,
+        tx: &tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        let files = crate::watch::watched_files(&self.config_path, &self.cfg);
+        match crate::watch::watch(files, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("watching the source files: {e} (SIGHUP or `enforcer reload` re-read them)");
+                None
+            }
+        }
+    }
+
+    /// One control-socket request: a line in, a JSON line out (bounded in time; a
+    /// client that says nothing is dropped).
+    async fn serve(&mut self, stream: tokio::net::UnixStream) {
+        use crate::control::Request;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (r, mut w) = stream.into_split();
+        let mut line = String::new();
+        let mut r = BufReader::new(r);
+        let read = r.read_line(&mut line);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(5), read).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let reply = match Request::parse(&line) {
+            Some(Request::Reload) => {
+                info!("control socket: re-reading sources");
+                self.reload();
+                serde_json::to_string(&self.status)
+            }
+            Some(Request::Status) => {
+                self.refresh_status();
+                serde_json::to_string(&self.status)
+            }
+            None => Ok(
+                serde_json::json!({ "error": format!("unknown request {:?}", line.trim()) })
+                    .to_string(),
+            ),
+        };
+        let reply =
+            reply.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            w.write_all(format!("{reply}\n").as_bytes()),
+        )
+        .await;
     }
 
     fn sweep(&mut self) {
@@ -278,11 +334,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
     info!("attached to trunk {}", d.cfg.node.trunk_interface);
     d.refresh_status();
 
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = d.watch_sources(&changed_tx);
+    let control = bind_control(&d.cfg.state_dir)?;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = hup.recv() => { info!("SIGHUP: re-reading sources"); d.reload(); }
+            Some(()) = changed.recv() => {
+                // A writer's burst of events is one change.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changed.try_recv().is_ok() {}
+                info!("a source file changed: re-reading sources");
+                d.reload();
+                // The config may name other files now.
+                watcher = d.watch_sources(&changed_tx);
+            }
+            Ok((stream, _)) = control.accept() => d.serve(stream).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
@@ -310,9 +379,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
         d.cfg.bpffs_dir.display()
     );
     let state_dir = d.cfg.state_dir.clone();
+    drop(watcher);
     drop(d);
     let _ = std::fs::remove_file(state_dir.join(STATUS_FILE));
+    let _ = std::fs::remove_file(crate::control::socket_path(&state_dir));
     Ok(())
+}
+
+/// The control socket, root only (a stale one from a killed daemon is replaced).
+fn bind_control(state_dir: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = crate::control::socket_path(state_dir);
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }
 
 /// What `run` would enforce with this config, computed without the kernel (interfaces

@@ -2,6 +2,7 @@
 pub mod claims;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod engine;
@@ -12,3 +13,4 @@ pub mod plan;
 pub mod policy;
 pub mod sources;
 pub mod status;
+pub mod watch;

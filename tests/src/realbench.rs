@@ -96,7 +96,7 @@ impl RealBench {
 
     pub fn set_groups(&mut self, groups_json: &str) -> Result<()> {
         std::fs::write(self.sim.workdir.join("groups.json"), groups_json)?;
-        self.sim.reload_daemon()
+        self.sim.reload_daemon().map(|_| ())
     }
 
     pub fn fabric_ns(&self) -> String {

@@ -1,5 +1,6 @@
 //! Command-line interface: the arguments (here) and one module per command.
 mod check;
+mod reload;
 mod status;
 mod uninstall;
 use std::path::PathBuf;
@@ -39,8 +40,21 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Show each pod's groups, VLAN, mode, rule counts, errors and counters.
+    /// Show each pod's groups, VLAN, mode, rule counts, errors and counters (live from
+    /// the running daemon; what it last published if it can't be reached).
     Status {
+        /// The daemon's state directory (stateDir in its config).
+        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
+        state_dir: PathBuf,
+        /// Read stateDir from this config instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Ask the running daemon to re-read its config and every source; returns once the
+    /// new generation is applied (exit 1 when a source could not be read).
+    Reload {
         /// The daemon's state directory (stateDir in its config).
         #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
         state_dir: PathBuf,
@@ -84,9 +98,22 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             config,
             output,
         } => status::run(state_dir, config, output),
+        Command::Reload {
+            state_dir,
+            config,
+            output,
+        } => reload::run(state_dir, config, output),
         Command::Check { config, output } => check::run(&config, output),
         Command::Uninstall { bpffs_dir, config } => uninstall::run(bpffs_dir, config),
     }
+}
+
+/// The state directory: `--config`'s stateDir, or `--state-dir`.
+fn state_dir_of(state_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match config {
+        Some(c) => crate::config::Config::load(&c)?.state_dir,
+        None => state_dir,
+    })
 }
 
 /// Prints status as a table or JSON.

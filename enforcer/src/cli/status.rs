@@ -1,14 +1,18 @@
-//! `enforcer status`: what the running daemon last published.
+//! `enforcer status`: read live from the running daemon (its control socket: counters
+//! and fill levels from the maps now), or what it last published when the socket
+//! can't be reached.
 use std::path::PathBuf;
 
-use crate::cli::{Outcome, Output, print};
-use crate::config::Config;
+use crate::cli::{Outcome, Output, print, state_dir_of};
+use crate::control::{Request, ask};
 
 pub fn run(state_dir: PathBuf, config: Option<PathBuf>, output: Output) -> anyhow::Result<Outcome> {
-    let dir = match config {
-        Some(c) => Config::load(&c)?.state_dir,
-        None => state_dir,
+    let dir = state_dir_of(state_dir, config)?;
+    let st = match ask(&dir, Request::Status) {
+        Ok(reply) => crate::cli::reload::parse(&reply)?,
+        Err(live) => crate::daemon::read_status(&dir)
+            .map_err(|file| anyhow::anyhow!("{live:#}; and {file:#}"))?,
     };
-    print(&crate::daemon::read_status(&dir)?, output)?;
+    print(&st, output)?;
     Ok(Outcome::Ok)
 }

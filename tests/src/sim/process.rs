@@ -35,8 +35,14 @@ impl SimNode {
         self.workdir.join("state")
     }
 
+    /// The daemon's status, live from its control socket (counters read from the maps
+    /// now); what it last published when the socket can't be reached.
     pub fn status(&self) -> Result<enforcer::status::NodeStatus> {
-        enforcer::daemon::read_status(&self.state_dir())
+        use enforcer::control::{Request, ask};
+        match ask(&self.state_dir(), Request::Status) {
+            Ok(reply) => Ok(serde_json::from_str(&reply)?),
+            Err(_) => enforcer::daemon::read_status(&self.state_dir()),
+        }
     }
 
     /// Waits (at most 20 s) until the daemon has applied generation `g` or later.
@@ -63,8 +69,17 @@ impl SimNode {
         }
     }
 
+    /// Asks the daemon to re-read its sources (its control socket, as `enforcer
+    /// reload` does); returns once the new generation is applied.
+    pub fn reload_daemon(&mut self) -> Result<u64> {
+        use enforcer::control::{Request, ask};
+        let reply = ask(&self.state_dir(), Request::Reload)?;
+        let st: enforcer::status::NodeStatus = serde_json::from_str(&reply)?;
+        Ok(st.generation)
+    }
+
     /// Sends SIGHUP and waits for the daemon to apply the re-read sources.
-    pub fn reload_daemon(&mut self) -> Result<()> {
+    pub fn signal_reload(&mut self) -> Result<()> {
         let g = self.status()?.generation;
         let pid = self.daemon.as_ref().context("daemon not running")?.id();
         // SAFETY: our own child, not yet waited for, so its pid can't have been reused.

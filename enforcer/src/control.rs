@@ -1,0 +1,65 @@
+//! The daemon's control socket (`<stateDir>/control.sock`, root only): an operator or a
+//! test asks for a reload and learns when it is applied, or reads status live from the
+//! maps — no PID to find, no file written every 2 s to poll. One request line, one JSON
+//! reply line.
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+pub const SOCKET: &str = "control.sock";
+
+/// What a client may ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Re-read the config and every source, apply, then answer with the status.
+    Reload,
+    /// The status, with counters and fill levels read from the maps now.
+    Status,
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Option<Request> {
+        match line.trim() {
+            "reload" => Some(Request::Reload),
+            "status" => Some(Request::Status),
+            _ => None,
+        }
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Request::Reload => "reload",
+            Request::Status => "status",
+        }
+    }
+}
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET)
+}
+
+/// Sends `req` to the daemon of `state_dir` and returns its reply (bounded in time).
+pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
+    let path = socket_path(state_dir);
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connecting to {} (is `enforcer run` running with this state dir?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "{}", req.word())?;
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .with_context(|| format!("reading the daemon's answer on {}", path.display()))?;
+    anyhow::ensure!(
+        !reply.is_empty(),
+        "the daemon closed {} without answering",
+        path.display()
+    );
+    Ok(reply)
+}
