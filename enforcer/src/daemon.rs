@@ -104,6 +104,15 @@ impl Daemon {
         self.refresh_status();
     }
 
+    /// A pod waits for its interface, or an attached interface is gone or re-created.
+    fn interfaces_changed(&self) -> bool {
+        self.status
+            .pods
+            .iter()
+            .any(|p| p.state == PodState::Pending)
+            || self.dp.links_stale()
+    }
+
     /// Watches the config and source files; `None` (logged) when the watch can't be set
     /// up: SIGHUP and the control socket still reload.
     fn watch_sources(
@@ -337,6 +346,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = d.watch_sources(&changed_tx);
     let control = bind_control(&d.cfg.state_dir)?;
+    let mut links = crate::link_events::LinkEvents::open()
+        .map_err(|e| warn!("subscribing to interface events: {e}; checking every 2 s instead"))
+        .ok();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
     loop {
@@ -352,12 +364,19 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 watcher = d.watch_sources(&changed_tx);
             }
             Ok((stream, _)) = control.accept() => d.serve(stream).await,
+            () = crate::link_events::next(&mut links) => {
+                // A host interface appeared, went or was re-created: attach (or drop
+                // the stale link) now.
+                if d.interfaces_changed() {
+                    info!("interface event: attaching what changed");
+                    d.apply();
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
-                // Pods whose interface did not exist yet, or was re-created by the CNI,
-                // are (re)attached here.
-                if d.status.pods.iter().any(|p| p.state == PodState::Pending) || d.dp.links_stale() {
+                // A safety net for interface events missed (or not subscribed to).
+                if d.interfaces_changed() {
                     d.apply();
                 } else {
                     d.refresh_status();
