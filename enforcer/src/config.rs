@@ -210,6 +210,10 @@ pub struct Config {
     /// Pods, SecurityGroupPolicies and ServiceAccounts (YAML or JSON).
     #[serde(default)]
     pub kubernetes: Vec<PathBuf>,
+    /// The Kubernetes API as a source of Pods, SecurityGroupPolicies and ServiceAccounts
+    /// (watched), beside or instead of `kubernetes` files.
+    #[serde(default)]
+    pub kubernetes_api: Option<crate::sources::kube_api::KubeApiConfig>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default = "default_bpffs")]

@@ -23,6 +23,9 @@ struct Daemon {
     /// Why the config file could not be re-read (the previous one stays in use).
     config_error: Option<String>,
     files: files::FileSource,
+    /// The Kubernetes API source, when configured (started once; a changed
+    /// `kubernetesApi` needs a restart).
+    kube_api: Option<crate::sources::kube_api::KubeApiSource>,
     cfg: Config,
     dp: Datapath,
     node: NodeConfig,
@@ -45,8 +48,26 @@ impl Daemon {
     /// Reads the sources and brings the kernel in line. Never fails: problems become
     /// status errors, and the last good state stays enforced when the sources can't be read.
     fn apply(&mut self) {
+        let mut loaded = self.files.load(&self.cfg);
+        if let Some(api) = &self.kube_api {
+            let snap = api.snapshot();
+            self.status.sources = snap
+                .counts
+                .iter()
+                .map(|(kind, n, events)| format!("Kubernetes API: {n} {kind}s ({events} events)"))
+                .collect();
+            if !snap.ready {
+                // Applying a partial view would remove pods that are only not listed
+                // yet: what the maps enforce stays until every watcher has listed.
+                info!("waiting for the Kubernetes API's first list of every kind");
+                self.status.source_errors = snap.errors;
+                return;
+            }
+            loaded.errors.extend(snap.errors);
+            loaded.errors.extend(snap.kube.errors.iter().cloned());
+            loaded.snapshot.kube.extend(snap.kube);
+        }
         self.status.generation += 1;
-        let loaded = self.files.load(&self.cfg);
         for e in &loaded.errors {
             error!("{e}");
         }
@@ -321,10 +342,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
         snat: snat_summary(&cfg),
         ..Default::default()
     };
+    let (api_tx, mut api_changed) = tokio::sync::mpsc::unbounded_channel();
+    let kube_api = match &cfg.kubernetes_api {
+        Some(k) => Some(crate::sources::kube_api::KubeApiSource::start(k, api_tx).await?),
+        None => None,
+    };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
         config_error: None,
         files: files::FileSource::default(),
+        kube_api,
         cfg,
         dp,
         node,
@@ -364,6 +391,12 @@ pub async fn run(config_path: &Path) -> Result<()> {
                 watcher = d.watch_sources(&changed_tx);
             }
             Ok((stream, _)) = control.accept() => d.serve(stream).await,
+            Some(()) = api_changed.recv() => {
+                // A burst of watch events (a relist, a rollout) is one apply.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while api_changed.try_recv().is_ok() {}
+                d.apply();
+            }
             () = crate::link_events::next(&mut links) => {
                 // A host interface appeared, went or was re-created: attach (or drop
                 // the stale link) now.

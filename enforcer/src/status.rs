@@ -85,6 +85,9 @@ pub struct NodeStatus {
     /// Standard mode's source NAT: where to, or why off.
     #[serde(default)]
     pub snat: String,
+    /// What each API source holds (object counts, events).
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// Errors reading the sources; the last good state stays enforced meanwhile.
     pub source_errors: Vec<String>,
     pub pods: Vec<PodStatus>,
@@ -116,6 +119,9 @@ impl NodeStatus {
         ));
         out.push_str(&format!("node-local: {}\n", self.node_local.join(", ")));
         out.push_str(&format!("source NAT: {}\n", self.snat));
+        for s in &self.sources {
+            out.push_str(&format!("source: {s}\n"));
+        }
         if !self.maps.is_empty() {
             let fill: Vec<String> = self
                 .maps

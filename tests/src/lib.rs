@@ -6,6 +6,7 @@ pub mod demo;
 pub mod fabric;
 pub mod frames;
 pub mod harness;
+pub mod kube_fake;
 pub mod net;
 pub mod realbench;
 pub mod scenario;

@@ -198,6 +198,12 @@ impl KubeObjects {
         Ok(())
     }
 
+    /// Adds one object (as the Kubernetes API source gets it); an object that is not
+    /// usable is recorded in `errors`, like a bad document of a file.
+    pub fn add_object(&mut self, value: serde_json::Value, origin: &str) {
+        self.add_value(value, origin);
+    }
+
     fn add_value(&mut self, value: serde_json::Value, origin: &str) {
         let obj: RawObject = match serde_json::from_value(value) {
             Ok(o) => o,

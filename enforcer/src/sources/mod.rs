@@ -1,8 +1,9 @@
-//! Where the daemon learns pods, policies and groups. This source is files; the
-//! Kubernetes and EC2 API sources produce the same types.
+//! Where the daemon learns pods, policies and groups: files (`files`), the Kubernetes
+//! API (`kube_api`); both produce the same model types through the same parsers.
 pub mod ec2;
 pub mod files;
 pub mod kube;
+pub mod kube_api;
 
 /// Input that cannot be used, with the object it came from.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,259 @@
+//! The Kubernetes API as a source: kube-runtime watchers for this node's Pods (field
+//! selector `spec.nodeName`), every SecurityGroupPolicy and every ServiceAccount. Each
+//! watcher keeps its objects; a (re)list replaces them whole — objects missing from it
+//! are gone (a watch restart, 410 Gone included, is a full resync). Every change wakes
+//! the daemon, which re-plans from the objects through the same parsers as the file
+//! source (per-object errors). A watcher that fails keeps its last objects and reports
+//! the error until it is back; nothing is applied from the API before every watcher has
+//! listed once, so a daemon (re)starting while the API is away keeps what the pinned
+//! maps enforce.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::Deserialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::model::objects::KubeObjects;
+
+/// `kubernetesApi` in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeApiConfig {
+    /// This node's name (the Pods scheduled here); env `NODE_NAME` wins, as a
+    /// DaemonSet sets it from `spec.nodeName`.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// A kubeconfig file; without it, the in-cluster service account (or the usual
+    /// kubeconfig search when not in a cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// One watched kind.
+struct Kind {
+    name: &'static str,
+    resource: ApiResource,
+    fields: Option<String>,
+}
+
+fn kinds(node: &str) -> [Kind; 3] {
+    let r = |group: &str, version: &str, kind: &str, plural: &str| ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: if group.is_empty() {
+            version.into()
+        } else {
+            format!("{group}/{version}")
+        },
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    [
+        Kind {
+            name: "Pod",
+            resource: r("", "v1", "Pod", "pods"),
+            fields: Some(format!("spec.nodeName={node}")),
+        },
+        Kind {
+            name: "SecurityGroupPolicy",
+            resource: r(
+                "vpcresources.k8s.aws",
+                "v1beta1",
+                "SecurityGroupPolicy",
+                "securitygrouppolicies",
+            ),
+            fields: None,
+        },
+        Kind {
+            name: "ServiceAccount",
+            resource: r("", "v1", "ServiceAccount", "serviceaccounts"),
+            fields: None,
+        },
+    ]
+}
+
+/// What one watcher holds.
+#[derive(Default)]
+struct Store {
+    /// namespace/name -> the object as JSON (kind and apiVersion filled in).
+    objects: BTreeMap<String, serde_json::Value>,
+    /// Objects of a (re)list in progress: they replace `objects` when it completes.
+    relist: Option<BTreeMap<String, serde_json::Value>>,
+    /// Has completed a list at least once.
+    synced: bool,
+    /// The watcher's last error, until it works again.
+    error: Option<String>,
+    /// Events applied since the start (for status).
+    events: u64,
+}
+
+pub struct KubeApiSource {
+    stores: Vec<(&'static str, Arc<Mutex<Store>>)>,
+}
+
+/// What the source holds now.
+pub struct KubeApiSnapshot {
+    pub kube: KubeObjects,
+    /// Every watcher has listed once: the objects are the cluster's, not a partial view.
+    pub ready: bool,
+    pub errors: Vec<String>,
+    /// Per kind: object count and events so far.
+    pub counts: Vec<(&'static str, usize, u64)>,
+}
+
+impl KubeApiSource {
+    /// Connects and starts the watchers; `changed` is told about every change.
+    pub async fn start(cfg: &KubeApiConfig, changed: UnboundedSender<()>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let node = std::env::var("NODE_NAME")
+            .ok()
+            .or_else(|| cfg.node_name.clone())
+            .context("kubernetesApi: the node's name is needed (nodeName, or env NODE_NAME)")?;
+        let client_cfg = match &cfg.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("kubernetesApi.kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .with_context(|| format!("kubernetesApi.kubeconfig {}", path.display()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .context("kubernetesApi: no in-cluster service account and no kubeconfig")?,
+        };
+        let client = kube::Client::try_from(client_cfg).context("kubernetesApi: client")?;
+        let mut stores = Vec::new();
+        for kind in kinds(&node) {
+            let store = Arc::new(Mutex::new(Store::default()));
+            stores.push((kind.name, store.clone()));
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
+            let mut wc = watcher::Config::default();
+            if let Some(f) = &kind.fields {
+                wc = wc.fields(f);
+            }
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                let mut events = watcher(api, wc).default_backoff().boxed();
+                while let Some(ev) = events.next().await {
+                    if apply_event(&store, &kind, ev) {
+                        let _ = changed.send(());
+                    }
+                }
+            });
+        }
+        Ok(KubeApiSource { stores })
+    }
+
+    /// The objects as KubeObjects (parsed like files, per-object errors).
+    pub fn snapshot(&self) -> KubeApiSnapshot {
+        let mut kube = KubeObjects::default();
+        let mut errors = Vec::new();
+        let mut ready = true;
+        let mut counts = Vec::new();
+        for (name, store) in &self.stores {
+            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            ready &= s.synced;
+            if let Some(e) = &s.error {
+                errors.push(format!(
+                    "Kubernetes API, {name}s: {e} ({})",
+                    if s.synced {
+                        "their last listed state stays in use"
+                    } else {
+                        "not listed yet: nothing from the API is applied"
+                    }
+                ));
+            }
+            counts.push((*name, s.objects.len(), s.events));
+            for (key, obj) in &s.objects {
+                kube.add_object(obj.clone(), &format!("Kubernetes API {name} {key}"));
+            }
+        }
+        KubeApiSnapshot {
+            kube,
+            ready,
+            errors,
+            counts,
+        }
+    }
+}
+
+/// Applies one watcher event to its store; whether the objects changed.
+fn apply_event(
+    store: &Mutex<Store>,
+    kind: &Kind,
+    ev: Result<watcher::Event<DynamicObject>, watcher::Error>,
+) -> bool {
+    let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+    let ev = match ev {
+        Ok(ev) => ev,
+        Err(e) => {
+            let text = e.to_string();
+            let new = s.error.as_deref() != Some(&text);
+            log::warn!("Kubernetes API, {}s: {text}", kind.name);
+            s.error = Some(text);
+            return new;
+        }
+    };
+    let had_error = s.error.take().is_some();
+    s.events += 1;
+    match ev {
+        watcher::Event::Init => {
+            s.relist = Some(BTreeMap::new());
+            had_error
+        }
+        watcher::Event::InitApply(o) => {
+            let (k, v) = entry(kind, o);
+            if let Some(r) = s.relist.as_mut() {
+                r.insert(k, v);
+            }
+            had_error
+        }
+        watcher::Event::InitDone => {
+            // Whatever the list did not return is gone (also after a 410 Gone).
+            let listed = s.relist.take().unwrap_or_default();
+            let changed = listed != s.objects || !s.synced;
+            s.objects = listed;
+            s.synced = true;
+            changed || had_error
+        }
+        watcher::Event::Apply(o) => {
+            let (k, v) = entry(kind, o);
+            let changed = s.objects.get(&k) != Some(&v);
+            s.objects.insert(k, v);
+            changed || had_error
+        }
+        watcher::Event::Delete(o) => {
+            let (k, _) = entry(kind, o);
+            s.objects.remove(&k).is_some() || had_error
+        }
+    }
+}
+
+/// namespace/name and the object as the parsers take it (kind and apiVersion set:
+/// a watch does not always fill them in).
+fn entry(kind: &Kind, o: DynamicObject) -> (String, serde_json::Value) {
+    let key = format!(
+        "{}/{}",
+        o.metadata.namespace.as_deref().unwrap_or(""),
+        o.metadata.name.as_deref().unwrap_or("")
+    );
+    let mut v = serde_json::to_value(&o).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("kind".into(), kind.resource.kind.clone().into());
+        m.insert(
+            "apiVersion".into(),
+            kind.resource.api_version.clone().into(),
+        );
+        // Status, managed fields and the like are noise to us and churn on every write.
+        m.remove("status");
+        if let Some(md) = m.get_mut("metadata").and_then(|md| md.as_object_mut()) {
+            md.remove("managedFields");
+            md.remove("resourceVersion");
+        }
+    }
+    (key, v)
+}
