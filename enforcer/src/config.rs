@@ -412,6 +412,17 @@ impl Config {
     }
 }
 
+/// Whether `name` has the shape of a branch pod's host interface: `prefix` and 11
+/// lowercase hex digits (see [`host_veth_name`]).
+pub fn is_host_veth_name(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix).is_some_and(|rest| {
+        rest.len() == 11
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Name of a pod's host-side interface, as the AWS VPC CNI derives it: the prefix and
 /// the first 11 hex digits of SHA-1("namespace.name").
 pub fn host_veth_name(prefix: &str, namespace: &str, name: &str) -> String {
@@ -433,6 +444,16 @@ mod tests {
             "vlan87953dc27b8"
         );
         assert!(host_veth_name("vlan", "ns", "pod").len() <= 15, "IFNAMSIZ");
+        assert!(is_host_veth_name("vlan", "vlan87953dc27b8"));
+        for other in [
+            "vlan87953dc27b",
+            "vlan87953dc27b8a",
+            "vlan.eth.1",
+            "eth0",
+            "vlanXYZ53dc27b8",
+        ] {
+            assert!(!is_host_veth_name("vlan", other), "{other}");
+        }
     }
 
     fn dest(extra: &str) -> Destinations {

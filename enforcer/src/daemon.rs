@@ -76,11 +76,13 @@ impl Daemon {
             .source_errors
             .extend(self.config_error.iter().cloned());
         let state_dir = self.cfg.state_dir.clone();
+        let host_veths = self.host_veths();
         let applied = engine::apply(
             &self.cfg,
             &loaded.snapshot,
             &mut self.mem,
             &netdev::lookup,
+            &host_veths,
             &mut self.dp,
             &mut |m| save_memory(m, &state_dir),
         );
@@ -125,13 +127,24 @@ impl Daemon {
         self.refresh_status();
     }
 
-    /// A pod waits for its interface, or an attached interface is gone or re-created.
+    /// A pod waits for its interface, an attached interface is gone or re-created, or
+    /// a host interface no pod is known for appeared (it must be closed).
     fn interfaces_changed(&self) -> bool {
         self.status
             .pods
             .iter()
             .any(|p| p.state == PodState::Pending)
             || self.dp.links_stale()
+            || self.host_veths().iter().any(|n| !self.dp.is_attached(n))
+    }
+
+    /// Interfaces in the node's namespace shaped like a pod's host interface.
+    fn host_veths(&self) -> Vec<String> {
+        let prefix = &self.cfg.node.host_veth_prefix;
+        netdev::names()
+            .into_iter()
+            .filter(|n| crate::config::is_host_veth_name(prefix, n))
+            .collect()
     }
 
     /// Watches the config and source files; `None` (logged) when the watch can't be set
@@ -461,6 +474,7 @@ pub fn dry_run(cfg: &Config) -> Result<NodeStatus> {
         &loaded.snapshot,
         &mut Memory::default(),
         &netdev::lookup,
+        &[],
         &mut recorder,
         &mut |_| {},
     );

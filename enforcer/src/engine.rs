@@ -27,11 +27,15 @@ pub struct Applied {
 
 /// Runs the sequence. `persist` sees the memory before the maps change (so a crash
 /// leaves a memory that knows every id the kernel may hold) and after.
+/// `host_veths` are the interfaces that look like pods' host interfaces (whether or not
+/// a known pod has them): each gets the pod programs, so one whose pod is not known
+/// yet is closed (no pod entry: everything dropped) rather than routed unfiltered.
 pub fn apply(
     cfg: &crate::config::Config,
     snap: &Snapshot,
     mem: &mut Memory,
     iface: &dyn Fn(&str) -> Option<Iface>,
+    host_veths: &[String],
     writer: &mut dyn Writer,
     persist: &mut dyn FnMut(&Memory),
 ) -> Applied {
@@ -48,7 +52,11 @@ pub fn apply(
     }
     mem.ids.retain(&p.state);
     persist(mem);
-    for (ifname, e) in writer.attach(&p.interfaces) {
+    let mut interfaces = p.interfaces.clone();
+    interfaces.extend(host_veths.iter().cloned());
+    interfaces.sort();
+    interfaces.dedup();
+    for (ifname, e) in writer.attach(&interfaces) {
         errors.push(format!("attaching to {ifname}: {e:#}"));
     }
     Applied { plan: p, errors }

@@ -53,3 +53,28 @@ pub fn lookup(name: &str) -> Option<Iface> {
         mac: mac(name)?,
     })
 }
+
+/// The names of every interface in the caller's network namespace.
+pub fn names() -> Vec<String> {
+    let mut out = Vec::new();
+    // SAFETY: no arguments; the array it returns is freed below.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return out;
+    }
+    let mut i = 0;
+    loop {
+        // SAFETY: the array ends with an entry whose index is 0; we stop there.
+        let e = unsafe { &*list.add(i) };
+        if e.if_index == 0 || e.if_name.is_null() {
+            break;
+        }
+        // SAFETY: a NUL-terminated name owned by the array, read before it is freed.
+        let name = unsafe { std::ffi::CStr::from_ptr(e.if_name) };
+        out.push(name.to_string_lossy().into_owned());
+        i += 1;
+    }
+    // SAFETY: the array if_nameindex returned, freed once.
+    unsafe { libc::if_freenameindex(list) };
+    out
+}

@@ -146,6 +146,7 @@ impl Harness {
             snap,
             &mut self.mem,
             &iface,
+            &[],
             &mut self.dp,
             &mut |_| {},
         );

@@ -256,6 +256,13 @@ impl Datapath {
             .any(|((name, _), l)| crate::netdev::ifindex(name) != Some(l.ifindex))
     }
 
+    /// Whether `ifname` has both pod programs attached.
+    pub fn is_attached(&self, ifname: &str) -> bool {
+        LinkKind::POD
+            .iter()
+            .all(|k| self.pod_links.contains_key(&(ifname.to_string(), *k)))
+    }
+
     /// Pod host interfaces with both their programs attached.
     pub fn attached_pods(&self) -> usize {
         self.pod_links
