@@ -214,6 +214,10 @@ pub struct Config {
     /// (watched), beside or instead of `kubernetes` files.
     #[serde(default)]
     pub kubernetes_api: Option<crate::sources::kube_api::KubeApiConfig>,
+    /// EC2 as the source of security groups, their referenced members and prefix lists
+    /// (polled), beside or instead of `securityGroups` files.
+    #[serde(default)]
+    pub ec2_api: Option<crate::sources::ec2_api::Ec2ApiConfig>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default = "default_bpffs")]

@@ -26,6 +26,8 @@ struct Daemon {
     /// The Kubernetes API source, when configured (started once; a changed
     /// `kubernetesApi` needs a restart).
     kube_api: Option<crate::sources::kube_api::KubeApiSource>,
+    /// The EC2 source, when configured (likewise started once).
+    ec2_api: Option<crate::sources::ec2_api::Ec2ApiSource>,
     cfg: Config,
     dp: Datapath,
     node: NodeConfig,
@@ -49,23 +51,41 @@ impl Daemon {
     /// status errors, and the last good state stays enforced when the sources can't be read.
     fn apply(&mut self) {
         let mut loaded = self.files.load(&self.cfg);
+        self.status.sources.clear();
+        let mut waiting = Vec::new();
         if let Some(api) = &self.kube_api {
             let snap = api.snapshot();
-            self.status.sources = snap
-                .counts
-                .iter()
-                .map(|(kind, n, events)| format!("Kubernetes API: {n} {kind}s ({events} events)"))
-                .collect();
+            self.status.sources.extend(
+                snap.counts.iter().map(|(kind, n, events)| {
+                    format!("Kubernetes API: {n} {kind}s ({events} events)")
+                }),
+            );
             if !snap.ready {
-                // Applying a partial view would remove pods that are only not listed
-                // yet: what the maps enforce stays until every watcher has listed.
-                info!("waiting for the Kubernetes API's first list of every kind");
-                self.status.source_errors = snap.errors;
-                return;
+                waiting.push("the Kubernetes API's first list of every kind");
             }
             loaded.errors.extend(snap.errors);
             loaded.errors.extend(snap.kube.errors.iter().cloned());
             loaded.snapshot.kube.extend(snap.kube);
+        }
+        if let Some(ec2) = &self.ec2_api {
+            let snap = ec2.snapshot(&mut loaded.snapshot.catalog);
+            self.status.sources.push(snap.summary);
+            if !snap.ready {
+                waiting.push("EC2's first answer");
+            }
+            loaded.errors.extend(snap.errors);
+        }
+        if !waiting.is_empty() {
+            // Applying a partial view would remove (or fail closed) pods whose objects
+            // or groups are only not known yet: what the maps enforce stays meanwhile.
+            let why = format!(
+                "waiting for {}: nothing new applied yet",
+                waiting.join(" and ")
+            );
+            info!("{why}");
+            self.status.source_errors = loaded.errors;
+            self.status.source_errors.push(why);
+            return;
         }
         self.status.generation += 1;
         for e in &loaded.errors {
@@ -357,7 +377,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     let (api_tx, mut api_changed) = tokio::sync::mpsc::unbounded_channel();
     let kube_api = match &cfg.kubernetes_api {
-        Some(k) => Some(crate::sources::kube_api::KubeApiSource::start(k, api_tx).await?),
+        Some(k) => Some(crate::sources::kube_api::KubeApiSource::start(k, api_tx.clone()).await?),
+        None => None,
+    };
+    let ec2_api = match &cfg.ec2_api {
+        Some(e) => Some(crate::sources::ec2_api::Ec2ApiSource::start(e, api_tx.clone()).await),
         None => None,
     };
     let mut d = Daemon {
@@ -365,6 +389,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         config_error: None,
         files: files::FileSource::default(),
         kube_api,
+        ec2_api,
         cfg,
         dp,
         node,

@@ -1,6 +1,7 @@
 //! Where the daemon learns pods, policies and groups: files (`files`), the Kubernetes
 //! API (`kube_api`); both produce the same model types through the same parsers.
 pub mod ec2;
+pub mod ec2_api;
 pub mod files;
 pub mod kube;
 pub mod kube_api;

@@ -62,6 +62,8 @@ pub struct SimNode {
     pub(super) namespaces: Vec<String>,
     pub(super) fabric: Option<Fabric>,
     pub(super) daemon: Option<Child>,
+    /// Extra environment for the daemon (e.g. the AWS SDK's credentials and endpoint).
+    pub daemon_env: Vec<(String, String)>,
     pub(super) children: Vec<Child>,
 }
 
@@ -93,6 +95,7 @@ impl SimNode {
             namespaces: Vec::new(),
             fabric: None,
             daemon: None,
+            daemon_env: Vec::new(),
             children: Vec::new(),
         };
         sim.build_inner(pods, remote)?;

@@ -22,6 +22,7 @@ impl SimNode {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(self.daemon_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -150,6 +151,15 @@ impl SimNode {
             .with_context(|| format!("starting {args:?} in {ns}"))?;
         self.children.push(child);
         Ok(())
+    }
+
+    /// Stops every program `spawn` started (an agent going away).
+    pub fn stop_children(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
     }
 
     /// Runs a command in a namespace with a time limit; Ok(stdout) when it succeeded.
