@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use integration_tests::enforcer_bin;
 use integration_tests::net::*;
 use integration_tests::shop::{REMOTE, counter_reaching};
-use integration_tests::sim::{SimNode, pods_yaml, sim_pod, write_config};
+use integration_tests::sim::{SimNode, pods_yaml, sh, sim_pod, write_config};
 
 /// The AWS CLI against the local EC2, from the node's namespace; its JSON output.
 fn aws(sim: &SimNode, port: u16, args: &[&str]) -> serde_json::Value {
@@ -159,6 +159,84 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(counter_reaching(&sim, "web", "drop_no_rule", 2) >= 2);
+
+    // A rule naming another group: its members are the private addresses of the
+    // network interfaces carrying it, learned from EC2 (here one ENI, its address
+    // hosted by the fabric).
+    let db = aws(
+        &sim,
+        port,
+        &[
+            "create-security-group",
+            "--group-name",
+            "db",
+            "--description",
+            "db",
+        ],
+    );
+    let db = db["GroupId"].as_str().unwrap().to_string();
+    let subnets = aws(&sim, port, &["describe-subnets"]);
+    let subnet = subnets["Subnets"][0]["SubnetId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cidr: ipnet::Ipv4Net = subnets["Subnets"][0]["CidrBlock"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let member = cidr.hosts().nth(40).unwrap().to_string();
+    sh(&[
+        "ip",
+        "-n",
+        &sim.fabric_ns,
+        "addr",
+        "add",
+        &format!("{member}/32"),
+        "dev",
+        "lo",
+    ])
+    .unwrap();
+    let _db = echo_server(&sim.fabric_ns, &format!("{member}:5432")).unwrap();
+    let to_db =
+        format!("IpProtocol=tcp,FromPort=5432,ToPort=5432,UserIdGroupPairs=[{{GroupId={db}}}]");
+    aws(
+        &sim,
+        port,
+        &[
+            "authorize-security-group-egress",
+            "--group-id",
+            &sg,
+            "--ip-permissions",
+            &to_db,
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !tcp_echo(&ns, &format!("{member}:5432")).unwrap(),
+        "no interface carries db yet: no member"
+    );
+    aws(
+        &sim,
+        port,
+        &[
+            "create-network-interface",
+            "--subnet-id",
+            &subnet,
+            "--groups",
+            &db,
+            "--private-ip-address",
+            &member,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tcp_echo(&ns, &format!("{member}:5432")).unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the db member was not learned within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // EC2 goes away: the last good state stays (still revoked, still enforced), and
     // status says why.
