@@ -48,6 +48,11 @@ fn from_pod(src: &str, dst: &str, l4: L4) -> Frame {
     Frame::new(CLIENT.mac, HOST_MAC, src, dst, l4)
 }
 
+/// The client's TCP SYN to the internet host, as its host interface receives it.
+fn syn_out(sport: u16, dport: u16) -> Vec<u8> {
+    from_pod(CLIENT.ipv4, INET, L4::Syn { sport, dport }).bytes()
+}
+
 /// As the internet host's frame arrives on the primary ENI.
 fn from_inet(dst: &str, l4: L4) -> Frame {
     Frame::new(GW_MAC, HOST_MAC, INET, dst, l4)
@@ -290,39 +295,15 @@ fn collisions_probe_and_exhaustion_drops() {
     // One NAT port: a mapping per remote end (endpoint-dependent), then nothing.
     let mut h = harness("standard", (61000, 61000));
     let slot = h.slot("client");
-    let first = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40000,
-            dport: 443,
-        },
-    )
-    .bytes();
+    let first = syn_out(40000, 443);
     assert_eq!(h.run(POD_EGRESS, &first).0, TC_ACT_REDIRECT);
-    let other_remote = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40001,
-            dport: 80,
-        },
-    )
-    .bytes();
+    let other_remote = syn_out(40001, 80);
     assert_eq!(
         h.run(POD_EGRESS, &other_remote).0,
         TC_ACT_REDIRECT,
         "same port, another remote end"
     );
-    let collide = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40002,
-            dport: 443,
-        },
-    )
-    .bytes();
+    let collide = syn_out(40002, 443);
     h.expect(
         slot,
         POD_EGRESS,
@@ -339,15 +320,7 @@ fn collisions_probe_and_exhaustion_drops() {
 fn what_is_never_translated() {
     let mut h = harness("standard", (61000, 65535));
     let slot = h.slot("client");
-    let syn = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40000,
-            dport: 443,
-        },
-    )
-    .bytes();
+    let syn = syn_out(40000, 443);
     let gre = with_ipv4_protocol(&syn, 14, 47);
     h.expect(
         slot,
@@ -407,15 +380,7 @@ fn what_is_never_translated() {
 #[test]
 fn a_mapping_goes_with_its_pod() {
     let mut h = harness("standard", (61000, 65535));
-    let syn = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40000,
-            dport: 443,
-        },
-    )
-    .bytes();
+    let syn = syn_out(40000, 443);
     assert_eq!(h.run(POD_EGRESS, &syn).0, TC_ACT_REDIRECT);
     assert_eq!(h.dp.snat_mappings().unwrap().len(), 1);
     h.apply(GROUPS, "");
@@ -428,15 +393,7 @@ fn a_mapping_goes_with_its_pod() {
 #[test]
 fn a_mapping_expires_with_its_flow() {
     let mut h = harness("standard", (61000, 65535));
-    let syn = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40000,
-            dport: 443,
-        },
-    )
-    .bytes();
+    let syn = syn_out(40000, 443);
     assert_eq!(h.run(POD_EGRESS, &syn).0, TC_ACT_REDIRECT);
     // Half-open TCP idle past a (zero) timeout: the sweep removes flow and mapping.
     h.cfg.node.timeouts.tcp_syn_sent = 0;
@@ -504,15 +461,7 @@ fn always_allowed_destinations_work_through_source_nat() {
         "its reply comes back"
     );
     // Elsewhere off-VPC, the node's groups (which allow nothing) decide.
-    let other = from_pod(
-        CLIENT.ipv4,
-        INET,
-        L4::Syn {
-            sport: 40001,
-            dport: 80,
-        },
-    )
-    .bytes();
+    let other = syn_out(40001, 80);
     h.expect(
         slot,
         POD_EGRESS,

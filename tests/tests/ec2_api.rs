@@ -32,6 +32,16 @@ fn aws(sim: &SimNode, port: u16, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
 }
 
+/// Adds ("authorize") or removes ("revoke") an outbound permission of group `sg`.
+fn egress(sim: &SimNode, port: u16, verb: &str, sg: &str, permission: &str) {
+    let op = format!("{verb}-security-group-egress");
+    aws(
+        sim,
+        port,
+        &[&op, "--group-id", sg, "--ip-permissions", permission],
+    );
+}
+
 /// A free TCP port in `ns` (bound and released: moto binds it next).
 fn free_port(ns: &str) -> u16 {
     integration_tests::sim::in_netns(ns, || {
@@ -75,29 +85,15 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
         ],
     );
     let sg = sg["GroupId"].as_str().unwrap().to_string();
-    aws(
+    egress(
         &sim,
         port,
-        &[
-            "revoke-security-group-egress",
-            "--group-id",
-            &sg,
-            "--ip-permissions",
-            "IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}]",
-        ],
+        "revoke",
+        &sg,
+        "IpProtocol=-1,IpRanges=[{CidrIp=0.0.0.0/0}]",
     );
     let rule = "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=10.0.2.5/32}]";
-    aws(
-        &sim,
-        port,
-        &[
-            "authorize-security-group-egress",
-            "--group-id",
-            &sg,
-            "--ip-permissions",
-            rule,
-        ],
-    );
+    egress(&sim, port, "authorize", &sg, rule);
 
     let k8s = format!(
         "---\nkind: SecurityGroupPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, securityGroups: {{groupIds: [{sg}]}}}}\n{}",
@@ -139,17 +135,7 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
     assert!(!tcp_echo(&ns, "10.0.2.6:443").unwrap(), "nothing else");
 
     // Revoked through the EC2 API: new flows stop within a poll (1 s here).
-    aws(
-        &sim,
-        port,
-        &[
-            "revoke-security-group-egress",
-            "--group-id",
-            &sg,
-            "--ip-permissions",
-            rule,
-        ],
-    );
+    egress(&sim, port, "revoke", &sg, rule);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tcp_echo(&ns, "10.0.2.5:443").unwrap() {
         assert!(
@@ -200,17 +186,7 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
     let _db = echo_server(&sim.fabric_ns, &format!("{member}:5432")).unwrap();
     let to_db =
         format!("IpProtocol=tcp,FromPort=5432,ToPort=5432,UserIdGroupPairs=[{{GroupId={db}}}]");
-    aws(
-        &sim,
-        port,
-        &[
-            "authorize-security-group-egress",
-            "--group-id",
-            &sg,
-            "--ip-permissions",
-            &to_db,
-        ],
-    );
+    egress(&sim, port, "authorize", &sg, &to_db);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !tcp_echo(&ns, &format!("{member}:5432")).unwrap(),
@@ -240,17 +216,7 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
 
     // EC2 goes away: the last good state stays (still revoked, still enforced), and
     // status says why.
-    aws(
-        &sim,
-        port,
-        &[
-            "authorize-security-group-egress",
-            "--group-id",
-            &sg,
-            "--ip-permissions",
-            rule,
-        ],
-    );
+    egress(&sim, port, "authorize", &sg, rule);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tcp_echo(&ns, "10.0.2.5:443").unwrap() {
         assert!(
