@@ -141,6 +141,10 @@ fn main() -> anyhow::Result<()> {
             paths::run(&mut results);
             return Ok(());
         }
+        Some("events") => {
+            reconcile::events_only();
+            return Ok(());
+        }
         Some("reconcile") => {
             reconcile::run(&mut results);
             return Ok(());

@@ -146,3 +146,16 @@ pub fn run(results: &mut Vec<String>) {
         results.push(format!(r#"{{"case":"{case}","ms":{v:.1}}}"#));
     }
 }
+
+/// Only pod events, for profiling (`bench events`).
+pub fn events_only() {
+    let mut h = harness();
+    let g0 = groups(PODS, 0);
+    let (all, fewer) = (snapshot(&g0, &k8s(PODS)), snapshot(&g0, &k8s(PODS - 1)));
+    h.apply_snapshot(&all);
+    let t = Instant::now();
+    for k in 0..EVENTS {
+        h.apply_snapshot(if k % 2 == 0 { &fewer } else { &all });
+    }
+    println!("{:.1} ms per event", ms(t) / EVENTS as f64);
+}
