@@ -26,8 +26,10 @@ enum Task {
         #[arg(long)]
         standard: bool,
     },
-    /// ns/packet at 1, 60 and 1000 rules (test_run and real traffic), then the cost of
-    /// each stage; writes target/bench/results.json.
+    /// ns/packet at 1, 60 and 1000 rules (test_run and real traffic), the other paths
+    /// (source NAT, reverse NAT, host-local) beside a redirect-only floor, the control
+    /// plane (110 pods: resync, rule change, pod event), then the cost of each stage;
+    /// writes target/bench/results.json.
     Bench,
 }
 
