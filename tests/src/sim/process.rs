@@ -32,6 +32,11 @@ impl SimNode {
         self.wait_generation(1)
     }
 
+    /// The running daemon's process id (nsenter execs it, so it is the child's).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
     pub(super) fn state_dir(&self) -> PathBuf {
         self.workdir.join("state")
     }

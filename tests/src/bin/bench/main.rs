@@ -141,6 +141,10 @@ fn main() -> anyhow::Result<()> {
             paths::run(&mut results);
             return Ok(());
         }
+        Some("rss") => {
+            reconcile::idle_rss(&mut results)?;
+            return Ok(());
+        }
         Some("events") => {
             reconcile::events_only();
             return Ok(());
@@ -246,6 +250,7 @@ fn main() -> anyhow::Result<()> {
     }
     paths::run(&mut results);
     reconcile::run(&mut results);
+    reconcile::idle_rss(&mut results)?;
     real_traffic(&mut results)?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;

@@ -11,6 +11,8 @@
 //!   repeated adds and deletes.
 use std::time::Instant;
 
+use anyhow::Context;
+
 use integration_tests::harness::*;
 
 use crate::median;
@@ -158,4 +160,75 @@ pub fn events_only() {
         h.apply_snapshot(if k % 2 == 0 { &fewer } else { &all });
     }
     println!("{:.1} ms per event", ms(t) / EVENTS as f64);
+}
+
+/// The daemon's resident memory once idle, enforcing 110 such pods on a simulated node
+/// (their namespaces and interfaces real, both programs attached to each).
+pub fn idle_rss(results: &mut Vec<String>) -> anyhow::Result<()> {
+    use integration_tests::sim::{SimNode, pods_yaml, sim_pod, write_config};
+    let pods: Vec<_> = (0..PODS)
+        .map(|i| sim_pod("test", &format!("p{i}"), i as u16 + 1))
+        .collect();
+    let mut sim = SimNode::build(&pods, &[])?;
+    let policies: String = (0..PODS)
+        .map(|i| {
+            let own: Vec<String> = (0..OWN_GROUPS).map(|k| format!("sg-{i}-{k}")).collect();
+            format!(
+                "---\nkind: SecurityGroupPolicy\nmetadata: {{name: p{i}, namespace: test}}\nspec: {{podSelector: {{matchLabels: {{app: p{i}}}}}, securityGroups: {{groupIds: [sg-shared, {}]}}}}\n",
+                own.join(", ")
+            )
+        })
+        .collect();
+    let k8s = format!(
+        "{policies}{}",
+        pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name))
+    );
+    let quotas = format!(
+        "  quotas: {{groupsPerPod: 5, rulesPerGroupPerFamily: {RULES}, rulesPerPod: {}}}\n",
+        5 * RULES * 2
+    );
+    let cfg = write_config(&sim, &groups(PODS, 0), &k8s, &quotas)?;
+    sim.start_daemon(&integration_tests::enforcer_bin(), &cfg)?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let st = sim.status()?;
+        let enforced = st
+            .pods
+            .iter()
+            .filter(|p| p.state == enforcer::status::PodState::Enforced)
+            .count();
+        if enforced == PODS {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {enforced} of {PODS} pods enforced:\n{}",
+            st.render_table()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let pid = sim.daemon_pid().context("daemon pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .context("VmRSS")?;
+    let mib = kib / 1024.0;
+    let part = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "{:<28} {mib:>10.1} MiB  (anonymous {}, file-backed {})",
+        "idle_rss_110_pods",
+        part("RssAnon:"),
+        part("RssFile:")
+    );
+    results.push(format!(r#"{{"case":"idle_rss_110_pods","mib":{mib:.1}}}"#));
+    Ok(())
 }
