@@ -55,11 +55,12 @@ impl Daemon {
         let mut waiting = Vec::new();
         if let Some(api) = &self.kube_api {
             let snap = api.snapshot();
-            self.status.sources.extend(
-                snap.counts.iter().map(|(kind, n, events)| {
-                    format!("Kubernetes API: {n} {kind}s ({events} events)")
-                }),
-            );
+            self.status
+                .sources
+                .extend(snap.counts.iter().map(|(kind, n, events, since)| {
+                    let last = since.map_or("never".into(), |s| format!("{s} s ago"));
+                    format!("Kubernetes API: {n} {kind}s ({events} events, last {last})")
+                }));
             if !snap.ready {
                 waiting.push("the Kubernetes API's first list of every kind");
             }

@@ -66,6 +66,8 @@ struct State {
     last_good: Option<Answer>,
     error: Option<String>,
     polls: u64,
+    /// When a poll last succeeded.
+    last_ok: Option<std::time::Instant>,
 }
 
 pub struct Ec2ApiSource {
@@ -102,6 +104,7 @@ impl Ec2ApiSource {
                     match result {
                         Ok(a) => {
                             backoff = 1;
+                            s.last_ok = Some(std::time::Instant::now());
                             let new = s.last_good.as_ref() != Some(&a) || s.error.is_some();
                             s.last_good = Some(a);
                             s.error = None;
@@ -151,12 +154,15 @@ impl Ec2ApiSource {
                 }
             ));
         }
-        let mut summary = format!("EC2: {} polls", s.polls);
+        let since = s.last_ok.map_or("never".to_string(), |t| {
+            format!("{} s ago", t.elapsed().as_secs())
+        });
+        let mut summary = format!("EC2: {} polls, last success {since}", s.polls);
         if let Some(a) = &s.last_good {
             match ec2::parse_security_groups(&a.groups, "EC2 DescribeSecurityGroups") {
                 Ok(g) => {
                     summary = format!(
-                        "EC2: {} groups, {} referenced groups' members ({} polls)",
+                        "EC2: {} groups, {} referenced groups' members ({} polls, last success {since})",
                         g.groups.len() + g.invalid.len(),
                         a.members.len(),
                         s.polls

@@ -89,6 +89,8 @@ struct Store {
     error: Option<String>,
     /// Events applied since the start (for status).
     events: u64,
+    /// When the watch last delivered something (an event or a list).
+    last_ok: Option<std::time::Instant>,
 }
 
 pub struct KubeApiSource {
@@ -101,8 +103,8 @@ pub struct KubeApiSnapshot {
     /// Every watcher has listed once: the objects are the cluster's, not a partial view.
     pub ready: bool,
     pub errors: Vec<String>,
-    /// Per kind: object count and events so far.
-    pub counts: Vec<(&'static str, usize, u64)>,
+    /// Per kind: object count, events so far, seconds since the last one (None: never).
+    pub counts: Vec<(&'static str, usize, u64, Option<u64>)>,
 }
 
 impl KubeApiSource {
@@ -167,7 +169,12 @@ impl KubeApiSource {
                     }
                 ));
             }
-            counts.push((*name, s.objects.len(), s.events));
+            counts.push((
+                *name,
+                s.objects.len(),
+                s.events,
+                s.last_ok.map(|t| t.elapsed().as_secs()),
+            ));
             for (key, obj) in &s.objects {
                 kube.add_object(obj.clone(), &format!("Kubernetes API {name} {key}"));
             }
@@ -200,6 +207,7 @@ fn apply_event(
     };
     let had_error = s.error.take().is_some();
     s.events += 1;
+    s.last_ok = Some(std::time::Instant::now());
     match ev {
         watcher::Event::Init => {
             s.relist = Some(BTreeMap::new());
