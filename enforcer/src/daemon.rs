@@ -133,18 +133,14 @@ impl Daemon {
                 warn!("pod {}/{} ({:?}): {e}", pod.namespace, pod.name, pod.state);
             }
         }
-        let enforced = p
-            .pods
-            .iter()
-            .filter(|p| p.state == PodState::Enforced)
-            .count();
+        self.status.pods = p.pods;
         info!(
-            "applied generation {}: {} pods, {enforced} enforced, {} attached",
+            "applied generation {}: {} pods, {} enforced, {} attached",
             self.status.generation,
-            p.pods.len(),
+            self.status.pods.len(),
+            self.status.enforced(),
             self.dp.attached_pods()
         );
-        self.status.pods = p.pods;
         self.refresh_status();
         // A re-plan allocates and frees tens of MiB; give what is free back to the
         // system rather than holding the peak for the daemon's life.

@@ -104,6 +104,14 @@ pub struct NodeStatus {
 pub const STATUS_FILE: &str = "status.json";
 
 impl NodeStatus {
+    /// How many pods are enforced (the rest pending or fail-closed).
+    pub fn enforced(&self) -> usize {
+        self.pods
+            .iter()
+            .filter(|p| p.state == PodState::Enforced)
+            .count()
+    }
+
     pub fn render_table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(

@@ -226,23 +226,11 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
         std::thread::sleep(Duration::from_millis(200));
     }
     sim.stop_children();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = sim.status().unwrap();
-        if st
-            .source_errors
+    sim.wait_status("EC2's error in status", |st| {
+        st.source_errors
             .iter()
             .any(|e| e.contains("EC2") && e.contains("last good"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no EC2 error in status: {:?}",
-            st.source_errors
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     assert!(
         tcp_echo(&ns, "10.0.2.5:443").unwrap(),
         "the last good rules stay enforced"

@@ -3,7 +3,6 @@
 //! (`kube_fake`, in the node's namespace). Objects created, changed and deleted through
 //! the API are enforced; only this node's pods are watched; a watch that ends in
 //! 410 Gone relists, and what the relist lacks is gone.
-use std::time::{Duration, Instant};
 
 use integration_tests::enforcer_bin;
 use integration_tests::kube_fake::FakeApi;
@@ -31,19 +30,6 @@ fn pod_on(p: &SimPod, node: &str) -> Value {
     v["apiVersion"] = "v1".into();
     v["spec"] = serde_json::json!({ "nodeName": node, "containers": [] });
     v
-}
-
-/// Polls the live status until `ok` holds (5 s at most).
-fn until(sim: &SimNode, what: &str, ok: impl Fn(&enforcer::status::NodeStatus) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let st = sim.status().unwrap();
-        if ok(&st) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}:\n{}", st.render_table());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn state_of(st: &enforcer::status::NodeStatus, pod: &str) -> Option<enforcer::status::PodState> {
@@ -78,12 +64,8 @@ fn pods_and_policies_from_the_api_are_enforced_and_followed() {
     std::fs::write(&cfg, text).unwrap();
     sim.start_daemon(&enforcer_bin(), &cfg).expect("daemon");
 
-    until(&sim, "the three pods of this node enforced", |st| {
-        st.pods.len() == 3
-            && st
-                .pods
-                .iter()
-                .all(|p| p.state == enforcer::status::PodState::Enforced)
+    sim.wait_status("the three pods of this node enforced", |st| {
+        st.pods.len() == 3 && st.enforced() == 3
     });
     let st = sim.status().unwrap();
     assert!(
@@ -101,7 +83,7 @@ fn pods_and_policies_from_the_api_are_enforced_and_followed() {
 
     // The policy deleted through the API: web is no longer selected, fails closed.
     api.delete("securitygrouppolicies", "shop", "web");
-    until(&sim, "web fail-closed without its policy", |st| {
+    sim.wait_status("web fail-closed without its policy", |st| {
         state_of(st, "web") != Some(enforcer::status::PodState::Enforced)
     });
     assert!(
@@ -118,7 +100,7 @@ fn pods_and_policies_from_the_api_are_enforced_and_followed() {
             .find(|p| p["metadata"]["name"] == "web")
             .unwrap(),
     );
-    until(&sim, "web enforced again", |st| {
+    sim.wait_status("web enforced again", |st| {
         state_of(st, "web") == Some(enforcer::status::PodState::Enforced)
     });
     assert!(tcp_echo(&web, "10.0.2.5:443").unwrap(), "allowed again");
@@ -127,7 +109,7 @@ fn pods_and_policies_from_the_api_are_enforced_and_followed() {
     // relist is a full resync, and the pod it lacks is gone.
     api.delete_silently("pods", "shop", "other");
     api.expire_watches();
-    until(&sim, "the relist dropped the pod it lacks", |st| {
+    sim.wait_status("the relist dropped the pod it lacks", |st| {
         state_of(st, "other").is_none() && st.pods.len() == 2
     });
 }

@@ -1,7 +1,6 @@
 //! Changes reach the datapath without a signal, and an operator (or a test) knows when:
 //! the watched source files, `enforcer reload` (the control socket, answering once the
 //! new generation is applied), live `enforcer status`, and SIGHUP as before.
-use std::time::{Duration, Instant};
 
 use integration_tests::enforcer_bin;
 use integration_tests::net::*;
@@ -40,14 +39,8 @@ fn a_changed_file_is_enforced_without_a_signal_and_reload_says_when() {
     let tmp = n.groups_path.with_extension("tmp");
     std::fs::write(&tmp, &revoked).unwrap();
     std::fs::rename(&tmp, &n.groups_path).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while n.sim.status().unwrap().generation == g {
-        assert!(
-            Instant::now() < deadline,
-            "the edit was not picked up within 5 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    n.sim
+        .wait_status("the edit picked up", |st| st.generation > g);
     assert!(
         !tcp_echo(&client, "10.0.2.5:443").unwrap(),
         "revoked: no new flow"

@@ -8,22 +8,18 @@ use anyhow::Context;
 
 use crate::cli::{Outcome, Output, print, state_dir_of};
 use crate::control::{Request, ask};
-use crate::status::{NodeStatus, PodState};
+use crate::status::NodeStatus;
 
 pub fn run(state_dir: PathBuf, config: Option<PathBuf>, output: Output) -> anyhow::Result<Outcome> {
     let dir = state_dir_of(state_dir, config)?;
     let st = parse(&ask(&dir, Request::Reload)?)?;
     match output {
         Output::Table => {
-            let enforced = st
-                .pods
-                .iter()
-                .filter(|p| p.state == PodState::Enforced)
-                .count();
             println!(
-                "generation {} applied: {} pods, {enforced} enforced",
+                "generation {} applied: {} pods, {} enforced",
                 st.generation,
-                st.pods.len()
+                st.pods.len(),
+                st.enforced()
             );
             for e in &st.source_errors {
                 println!("source error: {e}");

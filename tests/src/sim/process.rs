@@ -51,6 +51,20 @@ impl SimNode {
         }
     }
 
+    /// Polls the live status until `ok` holds (10 s at most); panics naming `what`, with
+    /// the status table, when it does not.
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&enforcer::status::NodeStatus) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.status().expect("status");
+            if ok(&st) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}:\n{}", st.render_table());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits (at most 20 s) until the daemon has applied generation `g` or later.
     pub fn wait_generation(&mut self, g: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
