@@ -122,6 +122,45 @@ fn standard_pods_reach_and_are_reached_by_the_node_without_rules() {
         "counted as host-local"
     );
     assert_eq!(hairpinned(&n), before, "the VPC saw none of it");
+    // The bypass is for what the node itself sends. A VPC host's packets the node's
+    // stack forwards to the pod (here the fabric routes other's address to the node's
+    // primary ENI) come through the same interface and meet other's groups: refused.
+    let fab = n.sim.fabric_ns.clone();
+    integration_tests::sim::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ])
+    .unwrap();
+    integration_tests::sim::sh(&[
+        "ip",
+        "-n",
+        &fab,
+        "route",
+        "add",
+        "10.0.1.13/32",
+        "via",
+        "10.0.0.10",
+        "dev",
+        "fab1",
+    ])
+    .unwrap();
+    let dropped = counter_reaching(&n.sim, "other", "drop_no_rule", 0);
+    let (ok, _) = curl(&n.sim, &fab, "http://10.0.1.13:8080/healthz");
+    assert!(
+        !ok,
+        "a VPC host through the node's stack: other's groups refuse it"
+    );
+    assert!(
+        counter_reaching(&n.sim, "other", "drop_no_rule", dropped + 1) > dropped,
+        "refused by other's rules, counted on other"
+    );
+    let (ok, _) = curl(&n.sim, &node_ns, "http://10.0.1.13:8080/healthz");
+    assert!(ok, "the node's own probe still bypasses");
     // The bypass is the node's addresses only: a VPC host still meets both groups.
     let _srv = integration_tests::net::echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
     assert!(
