@@ -62,7 +62,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Quotas {
     pub groups_per_pod: usize,

@@ -5,6 +5,7 @@ use crate::datapath::kernel::Datapath;
 use crate::datapath::state::KernelState;
 use crate::memory::Memory;
 use crate::netdev::Iface;
+use crate::plan::desired::Touched;
 use crate::plan::{Plan, plan};
 use crate::sources::files::Snapshot;
 
@@ -12,8 +13,9 @@ use crate::sources::files::Snapshot;
 pub trait Writer {
     /// A slot handed to a new pod: its counters and flow share start from zero.
     fn zero_slot(&mut self, slot: u32) -> anyhow::Result<()>;
-    /// Brings the maps to `state` (atomically per pod; see `Datapath::apply`).
-    fn write(&mut self, state: &KernelState) -> anyhow::Result<()>;
+    /// Brings the maps to `state` (atomically per pod; see `Datapath::apply`), looking
+    /// at only the rule-table keys `touched` names unless it says all.
+    fn write(&mut self, state: &KernelState, touched: &Touched) -> anyhow::Result<()>;
     /// Attaches the pod program to these host interfaces; the failures, per interface.
     fn attach(&mut self, interfaces: &[String]) -> Vec<(String, anyhow::Error)>;
 }
@@ -47,10 +49,19 @@ pub fn apply(
             errors.push(format!("zeroing counters of slot {s}: {e:#}"));
         }
     }
-    if let Err(e) = writer.write(&p.state) {
-        errors.push(format!("writing maps: {e:#}"));
+    match writer.write(&mem.desired.state, &mem.desired.touched) {
+        Ok(()) => mem.desired.touched.written(),
+        Err(e) => {
+            // Written part-way: the next write compares the tables whole.
+            mem.desired.touched.all = true;
+            errors.push(format!("writing maps: {e:#}"));
+        }
     }
-    mem.ids.retain(&p.state);
+    // Ids of classes that left the tables are forgotten only now: one that came back
+    // within the apply kept its id (and cost no write).
+    for c in mem.desired.take_released() {
+        mem.ids.forget_class(c);
+    }
     persist(mem);
     let mut interfaces = p.interfaces.clone();
     interfaces.extend(host_veths.iter().cloned());
@@ -66,8 +77,8 @@ impl Writer for Datapath {
     fn zero_slot(&mut self, slot: u32) -> anyhow::Result<()> {
         self.zero_counters(slot)
     }
-    fn write(&mut self, state: &KernelState) -> anyhow::Result<()> {
-        self.apply(state.clone())
+    fn write(&mut self, state: &KernelState, touched: &Touched) -> anyhow::Result<()> {
+        self.apply(state, touched)
     }
     fn attach(&mut self, interfaces: &[String]) -> Vec<(String, anyhow::Error)> {
         self.sync_pod_links(interfaces)
@@ -88,7 +99,7 @@ impl Writer for Recorder {
         self.zeroed.push(slot);
         Ok(())
     }
-    fn write(&mut self, state: &KernelState) -> anyhow::Result<()> {
+    fn write(&mut self, state: &KernelState, _: &Touched) -> anyhow::Result<()> {
         self.written = Some(state.clone());
         Ok(())
     }

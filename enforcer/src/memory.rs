@@ -26,6 +26,13 @@ pub struct Memory {
     /// against newcomers.
     #[serde(default)]
     pub claims: BTreeMap<String, crate::claims::Claim>,
+    /// Compiled policies, kept for the daemon's life (not saved: rebuilt on start).
+    #[serde(skip)]
+    pub cache: crate::plan::cache::PolicyCache,
+    /// The kernel's desired state, changed in place by each apply (not saved: the
+    /// first apply after a start compares the tables whole).
+    #[serde(skip)]
+    pub desired: crate::plan::desired::Desired,
 }
 
 pub const MEMORY_FILE: &str = "memory.json";

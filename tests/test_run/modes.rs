@@ -150,8 +150,8 @@ fn strict_mode_ignores_the_nodes_groups_and_modes_stick() {
     );
     // A changed node setting applies to pods first seen later, not to this one.
     h.cfg.node.enforcing_mode = Some(serde_yaml::from_str("standard").unwrap());
-    let p = h.apply(GROUPS, &k8s());
-    let entry = p.state.pods_by_vlan[&(CLIENT.vlan as u32)];
+    h.apply(GROUPS, &k8s());
+    let entry = h.dp.current().pods_by_vlan[&(CLIENT.vlan as u32)];
     assert_eq!(entry.mode(), PodMode::Strict);
     h.expect(
         slot,

@@ -1,9 +1,17 @@
 //! The kernel's desired map contents, computed in plain Rust.
 //!
-//! Ids are content-addressed and never reused while the daemon runs: an id's entries
-//! never change meaning, so a policy change writes the new policy's entries under fresh
-//! ids, flips each pod's `policy_id` with one map update, and only then deletes what
-//! nothing points to. A packet sees the old rule set or the new one, never a mix.
+//! Two kinds of id, neither reused while the daemon runs:
+//! - A class id is content-addressed: its port entries never change meaning. A changed
+//!   class is a new id, written before any peer entry points at it, removed after none
+//!   does.
+//! - A policy id names a group list (every pod with the same groups shares it) and
+//!   stays while the list is in use, so a rule change rewrites only the peer entries
+//!   whose class changed, in place. A packet makes one peer lookup and one port lookup,
+//!   so it sees its prefix's old class or its new one; the writer orders the peer
+//!   changes (new prefixes longest first, then changed values, then removals shortest
+//!   first) so that the longest match in the table is always a prefix's longest match
+//!   under the old rules or under the new ones: a packet never sees a mix.
+//!   A pod whose groups change flips to another list's id with one map update.
 use std::collections::{BTreeMap, HashMap};
 
 use enforcer_common::*;
@@ -61,6 +69,11 @@ fn fits<K: Eq + std::hash::Hash, V>(
     capacity: u32,
 ) -> Result<(), CapacityError> {
     let needed = map.len() + new.iter().filter(|(k, _)| !map.contains_key(k)).count();
+    check_room(name, needed, capacity)
+}
+
+/// Whether a table of map `name` (of `capacity` entries) may hold `needed`.
+pub fn check_room(name: &'static str, needed: usize, capacity: u32) -> Result<(), CapacityError> {
     let usable = capacity as usize / 2;
     if needed > usable {
         return Err(CapacityError {
@@ -76,38 +89,208 @@ fn flags(a: &Allow) -> u32 {
     if a.untracked { RULE_UNTRACKED } else { 0 }
 }
 
-type PolicyShape = Vec<(Direction, IpNet, u32, Option<Allow>)>;
+/// Content digest -> id and back. Content is known by a 128-bit digest (SHA-256,
+/// truncated) rather than kept: a policy's content is hundreds of entries, and
+/// memory.json (written on every apply) and the daemon's heap held every one.
+#[derive(Default, Debug)]
+struct Interned {
+    by_digest: HashMap<u128, u32>,
+    by_id: HashMap<u32, u128>,
+}
 
-/// Allocates content-addressed ids; see the module comment.
+impl Interned {
+    fn insert(&mut self, digest: u128, id: u32) {
+        self.by_digest.insert(digest, id);
+        self.by_id.insert(id, digest);
+    }
+
+    fn forget(&mut self, id: u32) {
+        if let Some(d) = self.by_id.remove(&id) {
+            self.by_digest.remove(&d);
+        }
+    }
+}
+
+impl serde::Serialize for Interned {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.by_digest
+                .iter()
+                .map(|(d, id)| (format!("{d:032x}"), *id)),
+        )
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Interned {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut i = Interned::default();
+        for (hex, id) in Vec::<(String, u32)>::deserialize(d)? {
+            let digest = u128::from_str_radix(&hex, 16).map_err(serde::de::Error::custom)?;
+            i.insert(digest, id);
+        }
+        Ok(i)
+    }
+}
+
+/// Feeds content into a SHA-256 digest, truncated to 128 bits.
+struct Digester(sha2::Sha256);
+
+impl Digester {
+    fn new(kind: &[u8]) -> Digester {
+        use sha2::Digest;
+        Digester(sha2::Sha256::new_with_prefix(kind))
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        sha2::Digest::update(&mut self.0, b);
+        self
+    }
+
+    fn allow(&mut self, a: Option<Allow>) -> &mut Self {
+        match a {
+            None => self.bytes(&[0]),
+            Some(a) => self
+                .bytes(&[1, a.untracked as u8])
+                .bytes(&a.cookie.to_le_bytes()),
+        }
+    }
+
+    fn finish(self) -> u128 {
+        let out = sha2::Digest::finalize(self.0);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&out[..16]);
+        u128::from_le_bytes(first)
+    }
+}
+
+fn class_digest(c: &ClassContent) -> u128 {
+    let mut d = Digester::new(b"class");
+    d.allow(c.all);
+    for ((proto, start, plen), a) in &c.ports {
+        d.bytes(&[*proto, *plen])
+            .bytes(&start.to_le_bytes())
+            .allow(Some(*a));
+    }
+    d.finish()
+}
+
+/// A compiled policy as map entries: its peer prefixes (keyed by its id) and its
+/// classes' port entries (keyed by class id; classes are shared between policies).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEntries {
+    pub v4: Vec<PeerEntryV4>,
+    pub v6: Vec<PeerEntryV6>,
+    pub classes: Vec<(u32, Vec<PortEntry>)>,
+}
+
+pub type PeerEntryV4 = ((u32, PeerKeyV4), PeerClass);
+pub type PeerEntryV6 = ((u32, PeerKeyV6), PeerClass);
+pub type PortEntry = ((u32, PortKey), PortRule);
+
+impl PolicyEntries {
+    /// Policy `pid`'s entries (its classes get their content-addressed ids).
+    pub fn of(ids: &mut Ids, pid: u32, p: &CompiledPolicy) -> PolicyEntries {
+        let mut e = PolicyEntries::default();
+        let mut classes = BTreeMap::new();
+        for ((dir, net), content) in &p.peers {
+            let cid = ids.class(content);
+            classes.insert(cid, content);
+            let value = PeerClass {
+                class_id: cid,
+                all_cookie: content.all.map(|a| a.cookie).unwrap_or(0),
+                all_flags: content.all.as_ref().map(flags).unwrap_or(0),
+            };
+            let sc = scope(pid, kernel_direction(*dir));
+            let plen = PEER_SCOPE_BITS + net.prefix_len() as u32;
+            match net {
+                IpNet::V4(n) => e.v4.push(((plen, PeerKeyV4::new(sc, n.network())), value)),
+                IpNet::V6(n) => e.v6.push(((plen, PeerKeyV6::new(sc, n.network())), value)),
+            }
+        }
+        for (cid, content) in classes {
+            let ports = content
+                .ports
+                .iter()
+                .map(|((proto, start, plen), a)| {
+                    (
+                        (
+                            PORT_FIXED_BITS + *plen as u32,
+                            PortKey::new(cid, *proto, *start),
+                        ),
+                        PortRule {
+                            cookie: a.cookie,
+                            flags: flags(a),
+                        },
+                    )
+                })
+                .collect();
+            e.classes.push((cid, ports));
+        }
+        e
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.classes.iter().map(|(_, p)| p.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Allocates ids; see the module comment.
 #[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ids {
-    #[serde(with = "crate::memory::pairs")]
-    classes: HashMap<ClassContent, u32>,
-    #[serde(with = "crate::memory::pairs")]
-    policies: HashMap<PolicyShape, u32>,
+    #[serde(default)]
+    class_ids: Interned,
+    /// Each group list's policy id.
+    #[serde(default, with = "crate::memory::pairs")]
+    lists: HashMap<Vec<String>, u32>,
     next_class: u32,
     next_policy: u32,
 }
 
 impl Ids {
     fn class(&mut self, c: &ClassContent) -> u32 {
-        if let Some(id) = self.classes.get(c) {
+        let d = class_digest(c);
+        if let Some(id) = self.class_ids.by_digest.get(&d) {
             return *id;
         }
         self.next_class += 1;
-        self.classes.insert(c.clone(), self.next_class);
+        self.class_ids.insert(d, self.next_class);
         self.next_class
     }
 
-    fn policy(&mut self, shape: PolicyShape) -> u32 {
-        if let Some(id) = self.policies.get(&shape) {
+    /// The policy id of group list `groups`, made on first use.
+    pub fn policy(&mut self, groups: &[String]) -> u32 {
+        if let Some(id) = self.lists.get(groups) {
             return *id;
         }
         // policy ids are shifted left once in a scope; stay below 2^31.
         self.next_policy += 1;
         assert!(self.next_policy < (1 << 31), "policy id space exhausted");
-        self.policies.insert(shape, self.next_policy);
+        self.lists.insert(groups.to_vec(), self.next_policy);
         self.next_policy
+    }
+
+    /// Group list `groups`'s policy id, if it has one.
+    pub fn known_policy(&self, groups: &[String]) -> Option<u32> {
+        self.lists.get(groups).copied()
+    }
+
+    /// Forgets group list `groups`'s id: it is not handed out again.
+    pub fn forget_policy(&mut self, groups: &[String]) {
+        self.lists.remove(groups);
+    }
+
+    /// Forgets every group list `keep` says no.
+    pub fn retain_policies(&mut self, keep: &dyn Fn(&[String]) -> bool) {
+        self.lists.retain(|l, _| keep(l));
+    }
+
+    /// Forgets class `id`: it is not handed out again.
+    pub fn forget_class(&mut self, id: u32) {
+        self.class_ids.forget(id);
     }
 
     /// Makes sure new ids lie above every id `state` uses (tables a previous daemon
@@ -129,24 +312,6 @@ impl Ids {
             .map(|c| c.class_id)
             .chain(state.ports.keys().map(|(_, k)| k.class_id));
         self.next_class = self.next_class.max(classes.max().unwrap_or(0));
-    }
-
-    /// Forgets ids no longer in use. They are not handed out again.
-    pub fn retain(&mut self, state: &KernelState) {
-        let live_policies: std::collections::HashSet<u32> = state
-            .pods_by_vlan
-            .values()
-            .chain(state.pods_by_ifindex.values())
-            .map(|p| p.policy_id)
-            .collect();
-        self.policies.retain(|_, id| live_policies.contains(id));
-        let live_classes: std::collections::HashSet<u32> = state
-            .peers_v4
-            .values()
-            .chain(state.peers_v6.values())
-            .map(|c| c.class_id)
-            .collect();
-        self.classes.retain(|_, id| live_classes.contains(id));
     }
 }
 
@@ -177,55 +342,40 @@ impl KernelState {
         .collect()
     }
 
-    /// Adds a compiled policy's entries and returns its id. Nothing is added when a map
-    /// would overflow.
-    pub fn add_policy(&mut self, ids: &mut Ids, p: &CompiledPolicy) -> Result<u32, CapacityError> {
-        let mut shape = Vec::new();
-        let mut classes = BTreeMap::new();
-        for ((dir, net), content) in &p.peers {
-            let cid = ids.class(content);
-            classes.insert(cid, content);
-            shape.push((*dir, *net, cid, content.all));
-        }
-        let pid = ids.policy(shape.clone());
-
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for (dir, net, cid, all) in &shape {
-            let value = PeerClass {
-                class_id: *cid,
-                all_cookie: all.map(|a| a.cookie).unwrap_or(0),
-                all_flags: all.as_ref().map(flags).unwrap_or(0),
-            };
-            let sc = scope(pid, kernel_direction(*dir));
-            let plen = PEER_SCOPE_BITS + net.prefix_len() as u32;
-            match net {
-                IpNet::V4(n) => v4.push(((plen, PeerKeyV4::new(sc, n.network())), value)),
-                IpNet::V6(n) => v6.push(((plen, PeerKeyV6::new(sc, n.network())), value)),
-            }
-        }
-        let mut ports = Vec::new();
-        for (cid, content) in classes {
-            for ((proto, start, plen), a) in &content.ports {
-                ports.push((
-                    (
-                        PORT_FIXED_BITS + *plen as u32,
-                        PortKey::new(cid, *proto, *start),
-                    ),
-                    PortRule {
-                        cookie: a.cookie,
-                        flags: flags(a),
-                    },
-                ));
-            }
-        }
-        fits(&self.peers_v4, &v4, map_names::PEER_V4, MAX_PEER_ENTRIES)?;
-        fits(&self.peers_v6, &v6, map_names::PEER_V6, MAX_PEER_ENTRIES)?;
-        fits(&self.ports, &ports, map_names::PORT_RULES, MAX_PORT_ENTRIES)?;
-        self.peers_v4.extend(v4);
-        self.peers_v6.extend(v6);
-        self.ports.extend(ports);
+    /// Adds group list `groups`' compiled policy and returns its id. Nothing is added
+    /// when a map would overflow.
+    pub fn add_policy(
+        &mut self,
+        ids: &mut Ids,
+        groups: &[String],
+        p: &CompiledPolicy,
+    ) -> Result<u32, CapacityError> {
+        let pid = ids.policy(groups);
+        let e = PolicyEntries::of(ids, pid, p);
+        self.fits(&e)?;
+        self.insert(&e);
         Ok(pid)
+    }
+
+    /// Whether a policy's entries fit (see [`fits`]).
+    pub fn fits(&self, e: &PolicyEntries) -> Result<(), CapacityError> {
+        fits(&self.peers_v4, &e.v4, map_names::PEER_V4, MAX_PEER_ENTRIES)?;
+        fits(&self.peers_v6, &e.v6, map_names::PEER_V6, MAX_PEER_ENTRIES)?;
+        let ports: Vec<_> = e
+            .classes
+            .iter()
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        fits(&self.ports, &ports, map_names::PORT_RULES, MAX_PORT_ENTRIES)
+    }
+
+    /// Adds a policy's entries (its peers, and its classes' ports).
+    pub fn insert(&mut self, e: &PolicyEntries) {
+        self.peers_v4.extend(e.v4.iter().copied());
+        self.peers_v6.extend(e.v6.iter().copied());
+        for (_, ports) in &e.classes {
+            self.ports.extend(ports.iter().copied());
+        }
     }
 
     pub fn add_always(&mut self, nets: &[IpNet]) {
@@ -348,29 +498,32 @@ mod tests {
     }
 
     #[test]
-    fn same_content_same_ids_new_content_new_ids() {
+    fn a_group_list_keeps_its_id_and_classes_follow_content() {
         let mut ids = Ids::default();
+        let list = |g: &str| vec![g.to_string()];
         let a = compile(&[rule("10.0.0.0/8", 80, 1)]);
         let b = compile(&[rule("10.0.0.0/8", 443, 2)]);
-        let mut s = KernelState::default();
-        let pa = s.add_policy(&mut ids, &a).unwrap();
-        let pa2 = s.add_policy(&mut ids, &a).unwrap();
-        let pb = s.add_policy(&mut ids, &b).unwrap();
-        assert_eq!(pa, pa2);
+        let pa = ids.policy(&list("sg-a"));
+        assert_eq!(ids.policy(&list("sg-a")), pa, "same list, same id");
+        let pb = ids.policy(&list("sg-b"));
         assert_ne!(pa, pb);
-        assert_eq!(s.peers_v4.len(), 2);
-        assert_eq!(s.ports.len(), 2);
-        // Dropping policy a and re-adding it later gets a fresh id.
-        let mut only_b = KernelState::default();
-        only_b.add_policy(&mut ids, &b).unwrap();
-        only_b.add_pod(PodInfo {
-            policy_id: pb,
-            vlan: 1,
-            ..Default::default()
-        });
-        ids.retain(&only_b);
-        let pa3 = only_b.add_policy(&mut ids, &a).unwrap();
-        assert!(pa3 > pb);
+        let ea = PolicyEntries::of(&mut ids, pa, &a);
+        let ea2 = PolicyEntries::of(&mut ids, pb, &a);
+        let eb = PolicyEntries::of(&mut ids, pa, &b);
+        assert_eq!(
+            ea.classes[0].0, ea2.classes[0].0,
+            "same content, same class"
+        );
+        assert_ne!(ea.classes[0].0, eb.classes[0].0, "new content, new class");
+        assert_eq!(
+            ea.v4[0].0, eb.v4[0].0,
+            "the same prefix of the same list: one key"
+        );
+        // A forgotten list gets a fresh id; a forgotten class too.
+        ids.forget_policy(&list("sg-a"));
+        assert!(ids.policy(&list("sg-a")) > pb);
+        ids.forget_class(ea.classes[0].0);
+        assert!(PolicyEntries::of(&mut ids, pa, &a).classes[0].0 > eb.classes[0].0);
     }
 
     #[test]
@@ -403,7 +556,7 @@ mod tests {
         }
         let before = s.clone();
         let err = s
-            .add_policy(&mut ids, &compile(&[rule("10.0.0.0/8", 80, 1)]))
+            .add_policy(&mut ids, &[], &compile(&[rule("10.0.0.0/8", 80, 1)]))
             .unwrap_err();
         assert_eq!(err.map, "PORT_RULES");
         assert_eq!(s, before);

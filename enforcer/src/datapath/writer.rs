@@ -1,6 +1,6 @@
 //! Writing a desired state into the maps: per table, upserts then removals, in an order
 //! that keeps every packet's view consistent.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use anyhow::Result;
@@ -12,6 +12,7 @@ use enforcer_common::map_names;
 
 use crate::datapath::kernel::{Datapath, map_err, map_mut};
 use crate::datapath::state::KernelState;
+use crate::plan::desired::Touched;
 
 /// The tables the daemon writes.
 #[derive(Clone, Copy, Debug)]
@@ -29,10 +30,11 @@ enum Table {
     PodByIpv6,
 }
 
-/// The write order. New rule entries go in under fresh ids before any pod points at
-/// them; the pods' entries (each pod's policy id: its atomic flip) next; then what
-/// nothing points at any more goes, pods first, rules last. An address points at an
-/// interface's entry: written after it, removed before it.
+/// The write order. New classes' port entries go in before any peer entry points at
+/// them, and a new group list's peer entries before any pod points at its id; the
+/// pods' entries (each pod's policy id: its atomic flip) next; then what nothing points
+/// at any more goes, pods first, rules last. Within a peer table, see [`lpm_changes`].
+/// An address points at an interface's entry: written after it, removed before it.
 const ORDER: [(Table, Phase); 22] = [
     (Table::PortRules, Phase::Upsert),
     (Table::PeerV4, Phase::Upsert),
@@ -64,28 +66,26 @@ enum Phase {
     Remove,
 }
 
-/// One phase of bringing a map from `old` to `new`: upserts (new or changed entries)
-/// or removals (entries `new` no longer has).
-fn diff<K: Eq + Hash, V: PartialEq>(
-    name: &str,
-    old: &HashMap<K, V>,
-    new: &HashMap<K, V>,
+/// The keys one phase writes or removes: upserts (new or changed entries) or removals
+/// (entries `new` no longer has), among `keys` when given (the keys that may differ),
+/// else among all.
+fn changes<'a, K: Eq + Hash, V: PartialEq>(
+    old: &'a HashMap<K, V>,
+    new: &'a HashMap<K, V>,
+    keys: Option<&'a HashSet<K>>,
     phase: Phase,
-    mut insert: impl FnMut(&K, &V) -> Result<(), aya::maps::MapError>,
-    mut remove: impl FnMut(&K),
-) -> Result<()> {
-    match phase {
-        Phase::Upsert => {
-            for (k, v) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
-                insert(k, v).map_err(|e| map_err(name, e))?;
-            }
-        }
-        Phase::Remove => old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .for_each(&mut remove),
-    }
-    Ok(())
+) -> Vec<&'a K> {
+    let candidates: Box<dyn Iterator<Item = &'a K>> = match (phase, keys) {
+        (_, Some(keys)) => Box::new(keys.iter()),
+        (Phase::Upsert, None) => Box::new(new.keys()),
+        (Phase::Remove, None) => Box::new(old.keys()),
+    };
+    candidates
+        .filter(|k| match phase {
+            Phase::Upsert => new.get(*k).is_some_and(|v| old.get(*k) != Some(v)),
+            Phase::Remove => old.contains_key(*k) && !new.contains_key(*k),
+        })
+        .collect()
 }
 
 fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
@@ -98,18 +98,37 @@ fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     let m: BpfHashMap<&mut MapData, K, V> = map_mut(ebpf, name)?
         .try_into()
         .map_err(|e| map_err(name, e))?;
-    let m = std::cell::RefCell::new(m);
-    diff(
-        name,
-        old,
-        new,
-        phase,
-        |k, v| m.borrow_mut().insert(k, v, 0),
-        |k| {
-            // Already gone is fine: removal is the goal.
-            let _ = m.borrow_mut().remove(k);
-        },
-    )
+    let mut m = m;
+    for k in changes(old, new, None, phase) {
+        match phase {
+            Phase::Upsert => m.insert(k, new[k], 0).map_err(|e| map_err(name, e))?,
+            Phase::Remove => {
+                // Already gone is fine: removal is the goal.
+                let _ = m.remove(k);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`changes`] of an LPM table in the order they must reach the kernel: upserts longest
+/// prefix first, removals shortest first. The table then holds the old prefixes and
+/// the new ones until the removals, and a prefix's new value is written only once every
+/// longer new prefix is in, so the longest match of any address is always its longest
+/// match under the old entries (with the old value) or under the new ones (with the
+/// new value): a packet never sees a mix.
+fn lpm_changes<'a, K: Eq + Hash, V: PartialEq>(
+    old: &'a HashMap<(u32, K), V>,
+    new: &'a HashMap<(u32, K), V>,
+    keys: Option<&'a HashSet<(u32, K)>>,
+    phase: Phase,
+) -> Vec<&'a (u32, K)> {
+    let mut todo = changes(old, new, keys, phase);
+    match phase {
+        Phase::Upsert => todo.sort_by_key(|(plen, _)| std::cmp::Reverse(*plen)),
+        Phase::Remove => todo.sort_by_key(|(plen, _)| *plen),
+    }
+    todo
 }
 
 /// LPM keys are (prefix length, key data).
@@ -118,45 +137,91 @@ fn diff_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     name: &str,
     old: &HashMap<(u32, K), V>,
     new: &HashMap<(u32, K), V>,
+    keys: Option<&HashSet<(u32, K)>>,
     phase: Phase,
 ) -> Result<()> {
     let m: LpmTrie<&mut MapData, K, V> = map_mut(ebpf, name)?
         .try_into()
         .map_err(|e| map_err(name, e))?;
-    let m = std::cell::RefCell::new(m);
-    diff(
-        name,
-        old,
-        new,
-        phase,
-        |(plen, k), v| m.borrow_mut().insert(&Key::new(*plen, *k), v, 0),
-        |(plen, k)| {
-            let _ = m.borrow_mut().remove(&Key::new(*plen, *k));
-        },
-    )
+    let mut m = m;
+    for key in lpm_changes(old, new, keys, phase) {
+        let (plen, k) = key;
+        match phase {
+            Phase::Upsert => m
+                .insert(&Key::new(*plen, *k), new[key], 0)
+                .map_err(|e| map_err(name, e))?,
+            Phase::Remove => {
+                let _ = m.remove(&Key::new(*plen, *k));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `current` brought to `new` at `keys`.
+fn sync_keys<K: Eq + Hash + Copy, V: Copy>(
+    current: &mut HashMap<K, V>,
+    new: &HashMap<K, V>,
+    keys: &HashSet<K>,
+) {
+    for k in keys {
+        match new.get(k) {
+            Some(v) => current.insert(*k, *v),
+            None => current.remove(k),
+        };
+    }
 }
 
 impl Datapath {
     /// Brings the maps from the current state to `new` in the order of [`ORDER`]: rule
     /// tables first, then the pods' policy ids (the atomic flip), then removal of
-    /// whatever nothing refers to any more.
-    pub fn apply(&mut self, new: KernelState) -> Result<()> {
-        let old = std::mem::take(&mut self.current);
+    /// whatever nothing refers to any more. The rule tables are compared at the keys
+    /// `touched` names only, unless it says all; the small tables always whole.
+    pub fn apply(&mut self, new: &KernelState, touched: &Touched) -> Result<()> {
+        let old = &self.current;
         let e = &mut self.ebpf;
+        let (t4, t6, tp) = match touched.all {
+            true => (None, None, None),
+            false => (
+                Some(&touched.peers_v4),
+                Some(&touched.peers_v6),
+                Some(&touched.ports),
+            ),
+        };
         let r = ORDER.iter().try_for_each(|(table, phase)| {
             let p = *phase;
             match table {
-                Table::PortRules => diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, p),
-                Table::PeerV4 => diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, p),
-                Table::PeerV6 => diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, p),
-                Table::AlwaysV4 => {
-                    diff_lpm(e, map_names::ALWAYS_V4, &old.always_v4, &new.always_v4, p)
+                Table::PortRules => {
+                    diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, tp, p)
                 }
-                Table::AlwaysV6 => {
-                    diff_lpm(e, map_names::ALWAYS_V6, &old.always_v6, &new.always_v6, p)
+                Table::PeerV4 => {
+                    diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, t4, p)
                 }
-                Table::DestV4 => diff_lpm(e, map_names::DEST_V4, &old.dest_v4, &new.dest_v4, p),
-                Table::DestV6 => diff_lpm(e, map_names::DEST_V6, &old.dest_v6, &new.dest_v6, p),
+                Table::PeerV6 => {
+                    diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, t6, p)
+                }
+                Table::AlwaysV4 => diff_lpm(
+                    e,
+                    map_names::ALWAYS_V4,
+                    &old.always_v4,
+                    &new.always_v4,
+                    None,
+                    p,
+                ),
+                Table::AlwaysV6 => diff_lpm(
+                    e,
+                    map_names::ALWAYS_V6,
+                    &old.always_v6,
+                    &new.always_v6,
+                    None,
+                    p,
+                ),
+                Table::DestV4 => {
+                    diff_lpm(e, map_names::DEST_V4, &old.dest_v4, &new.dest_v4, None, p)
+                }
+                Table::DestV6 => {
+                    diff_lpm(e, map_names::DEST_V6, &old.dest_v6, &new.dest_v6, None, p)
+                }
                 Table::PodByVlan => diff_hash(
                     e,
                     map_names::POD_BY_VLAN,
@@ -187,16 +252,122 @@ impl Datapath {
                 ),
             }
         });
-        match r {
-            Ok(()) => {
-                self.current = new;
+        if let Err(e) = r {
+            // Partly written: the next apply must rewrite everything it wants.
+            self.current = KernelState::default();
+            return Err(e);
+        }
+        if touched.all {
+            self.current = new.clone();
+            return Ok(());
+        }
+        let c = &mut self.current;
+        sync_keys(&mut c.peers_v4, &new.peers_v4, &touched.peers_v4);
+        sync_keys(&mut c.peers_v6, &new.peers_v6, &touched.peers_v6);
+        sync_keys(&mut c.ports, &new.ports, &touched.ports);
+        c.always_v4.clone_from(&new.always_v4);
+        c.always_v6.clone_from(&new.always_v6);
+        c.dest_v4.clone_from(&new.dest_v4);
+        c.dest_v6.clone_from(&new.dest_v6);
+        c.pods_by_vlan.clone_from(&new.pods_by_vlan);
+        c.pods_by_ifindex.clone_from(&new.pods_by_ifindex);
+        c.pods_by_ipv4.clone_from(&new.pods_by_ipv4);
+        c.pods_by_ipv6.clone_from(&new.pods_by_ipv6);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::state::{Ids, PolicyEntries};
+    use crate::model::group::Direction;
+    use crate::policy::compile::{FlatRule, compile};
+    use enforcer_common::{PEER_SCOPE_BITS, PeerClass, PeerKeyV4};
+    use proptest::prelude::*;
+
+    type Table = HashMap<(u32, PeerKeyV4), PeerClass>;
+
+    /// Prefixes of a small space, so that they nest often.
+    fn rule() -> impl Strategy<Value = FlatRule> {
+        (
+            0u32..8,
+            prop_oneof![Just(8u8), Just(16), Just(24), Just(32)],
+            prop_oneof![Just(80u16), Just(443)],
+        )
+            .prop_map(|(bits, plen, port)| FlatRule {
+                dir: Direction::Inbound,
+                net: ipnet::IpNet::new(addr(bits).into(), plen).unwrap().trunc(),
+                proto: Some(6),
+                lo: port,
+                hi: port,
+                cookie: port as u32,
+                untracked: false,
+            })
+    }
+
+    /// 10.a.b.c with a, b, c each 0 or 1.
+    fn addr(bits: u32) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(
+            10,
+            (bits >> 2 & 1) as u8,
+            (bits >> 1 & 1) as u8,
+            (bits & 1) as u8,
+        )
+    }
+
+    /// The class of the longest prefix holding `a`, as the kernel's LPM finds it.
+    fn lookup(t: &Table, a: std::net::Ipv4Addr) -> Option<u32> {
+        t.iter()
+            .filter(|((plen, k), _)| {
+                let bits = plen - PEER_SCOPE_BITS;
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from_be_bytes(k.addr) & mask == u32::from(a) & mask
+            })
+            .max_by_key(|((plen, _), _)| *plen)
+            .map(|(_, c)| c.class_id)
+    }
+
+    fn table(ids: &mut Ids, rules: &[FlatRule]) -> Table {
+        PolicyEntries::of(ids, 1, &compile(rules))
+            .v4
+            .into_iter()
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// One policy's rules changed in place, step by step as the writer goes: at
+        /// every step every address finds its old class or its new one.
+        #[test]
+        fn a_packet_sees_the_old_rules_or_the_new_never_a_mix(
+            before in proptest::collection::vec(rule(), 0..10),
+            after in proptest::collection::vec(rule(), 0..10),
+        ) {
+            let mut ids = Ids::default();
+            let (old, new) = (table(&mut ids, &before), table(&mut ids, &after));
+            let mut t = old.clone();
+            let check = |t: &Table| {
+                for a in (0..8).map(addr).chain([std::net::Ipv4Addr::new(11, 0, 0, 0)]) {
+                    let got = lookup(t, a);
+                    prop_assert!(got == lookup(&old, a) || got == lookup(&new, a), "{a}");
+                }
                 Ok(())
+            };
+            for k in lpm_changes(&old, &new, None, Phase::Upsert) {
+                t.insert(*k, new[k]);
+                check(&t)?;
             }
-            Err(e) => {
-                // Partly written: next apply must rewrite everything it wants.
-                self.current = KernelState::default();
-                Err(e)
+            for k in lpm_changes(&old, &new, None, Phase::Remove) {
+                t.remove(k);
+                check(&t)?;
             }
+            prop_assert_eq!(t, new);
         }
     }
 }

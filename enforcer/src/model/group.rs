@@ -1,5 +1,6 @@
 //! The policy model: security groups and their rules, as EC2 defines them (SPEC §3).
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -87,7 +88,9 @@ impl SecurityGroup {
 /// Everything known about groups: the groups, prefix lists and member addresses.
 #[derive(Clone, Debug, Default)]
 pub struct GroupCatalog {
-    pub groups: BTreeMap<String, SecurityGroup>,
+    /// Shared, so that a catalog copied from a source keeps pointing at the same
+    /// groups: an unchanged group is then known unchanged without comparing its rules.
+    pub groups: BTreeMap<String, Arc<SecurityGroup>>,
     pub prefix_lists: BTreeMap<String, Vec<IpNet>>,
     /// Private IPs of every interface carrying each group (pods on this node and any other
     /// known members).
@@ -103,7 +106,7 @@ impl GroupCatalog {
     pub fn add_groups(&mut self, g: crate::sources::ec2::Groups) {
         for group in g.groups {
             self.invalid_groups.remove(&group.id);
-            self.groups.insert(group.id.clone(), group);
+            self.groups.insert(group.id.clone(), Arc::new(group));
         }
         for (id, why) in g.invalid {
             self.groups.remove(&id);

@@ -5,10 +5,12 @@
 //! `plan_pod` decides one pod ([`PodOutcome`]); `plan` resolves every pod's groups and
 //! claims first (they depend on each other), then folds the outcomes into the kernel
 //! state. Status is derived from the outcomes.
+pub mod cache;
+pub mod desired;
 mod error;
 mod pod;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 
 pub use error::PodError;
 pub use pod::{PodOutcome, PodPlan};
@@ -18,12 +20,13 @@ use crate::datapath::state::KernelState;
 pub use crate::memory::Memory;
 use crate::model::group::GroupCatalog;
 use crate::netdev::Iface;
+use crate::policy::compile::Peers;
 use crate::policy::resolve::{group_error, resolve_pods};
 use crate::sources::files::Snapshot;
 use crate::status::PodStatus;
 
+/// What an apply decided. The kernel's desired state it leads to is `Memory::desired`.
 pub struct Plan {
-    pub state: KernelState,
     /// One outcome per Pod object (and per nameless one), in source order with the
     /// pods that held their VLAN, MAC and addresses first.
     pub outcomes: Vec<PodPlan>,
@@ -53,11 +56,11 @@ pub fn plan(
     mem.claims = crate::claims::settle(&mut resolved, &mem.claims, &cfg.always_allowed());
 
     // Referenced groups include the pods on this node that carry them (SPEC §3).
-    let mut catalog: GroupCatalog = snap.catalog.clone();
+    let mut local: BTreeMap<String, Vec<std::net::IpAddr>> = BTreeMap::new();
     for r in resolved.iter().filter(|r| r.error.is_none()) {
         let Some(eni) = &r.eni else { continue };
         for g in &r.groups {
-            let m = catalog.members.entry(g.clone()).or_default();
+            let m = local.entry(g.clone()).or_default();
             m.extend(eni.ipv4.map(std::net::IpAddr::V4));
             m.extend(eni.ipv6.map(std::net::IpAddr::V6));
         }
@@ -65,34 +68,55 @@ pub fn plan(
     // The node's primary ENI carries the node's groups: a rule naming one of them
     // admits the node's primary addresses (kubelet probes, the node's own traffic).
     for g in &cfg.node.node_groups {
-        let m = catalog.members.entry(g.clone()).or_default();
+        let m = local.entry(g.clone()).or_default();
         m.extend(cfg.node.primary_ipv4);
         m.extend(cfg.node.primary_ipv6);
     }
+    let peers = Peers {
+        catalog: &snap.catalog,
+        local: &local,
+    };
 
-    let mut state = KernelState::default();
-    state.add_always(&cfg.always_allowed());
-    state.add_destinations(&cfg.destinations());
+    // Every group list a pod may need; cached policies of others (or whose inputs
+    // changed) leave the desired state before new ones are added.
+    let mut wanted: HashSet<Vec<String>> = resolved
+        .iter()
+        .filter(|r| r.eni.is_some() && r.error.is_none())
+        .map(|r| r.groups.clone())
+        .collect();
+    wanted.insert(cfg.node.node_groups.clone());
+    let round = mem.cache.begin(
+        &peers,
+        &cfg.node.quotas,
+        &wanted,
+        &mut mem.ids,
+        &mut mem.desired,
+    );
+
     let mut ctx = pod::Ctx {
         cfg,
-        catalog: &catalog,
+        peers: &peers,
         iface,
         mem,
-        state: &mut state,
-        compiled: HashMap::new(),
+        round,
         new_slots: Vec::new(),
     };
     let mut outcomes: Vec<PodPlan> = snap.kube.bad_pods.iter().map(PodPlan::bad_object).collect();
     outcomes.extend(resolved.into_iter().map(|r| pod::plan_pod(&mut ctx, r)));
     let new_slots = std::mem::take(&mut ctx.new_slots);
+    mem.cache.end(&mut mem.ids, &mut mem.desired);
 
+    let mut fresh = KernelState::default();
+    fresh.add_always(&cfg.always_allowed());
+    fresh.add_destinations(&cfg.destinations());
     let mut interfaces = Vec::new();
     for o in &outcomes {
         if let Some(entry) = o.outcome.entry() {
-            state.add_pod(*entry);
+            fresh.add_pod(*entry);
             interfaces.extend(o.details.interface.clone());
         }
     }
+    mem.desired.set_small_tables(fresh);
     let live: std::collections::HashSet<String> = outcomes
         .iter()
         .filter(|o| o.details.slot != 0)
@@ -103,7 +127,6 @@ pub fn plan(
     mem.modes.retain(|k, _| present(k));
     mem.frozen_groups.retain(|k, _| present(k));
     Plan {
-        state,
         pods: outcomes.iter().map(PodPlan::status).collect(),
         outcomes,
         new_slots,
@@ -213,7 +236,8 @@ mod tests {
         assert_eq!(new.mode, Some(Mode::Standard));
         assert_eq!(new.state, PodState::Enforced, "{:?}", new.error);
         let entry = |slot| {
-            p.state
+            mem.desired
+                .state
                 .pods_by_vlan
                 .values()
                 .find(|e| e.slot == slot)
@@ -268,8 +292,8 @@ mod tests {
         let e = p.pods[1].error.as_ref().unwrap();
         assert!(e.contains("ns/a"), "{e}");
         // The first pod keeps its VLAN entry; the second is reachable by interface only.
-        assert_eq!(p.state.pods_by_vlan[&11].slot, p.pods[0].slot);
-        assert_eq!(p.state.pods_by_vlan.len(), 1);
+        assert_eq!(mem.desired.state.pods_by_vlan[&11].slot, p.pods[0].slot);
+        assert_eq!(mem.desired.state.pods_by_vlan.len(), 1);
     }
 
     /// A pod manifest with explicit ENI fields (MAC byte, IP octet, VLAN).
@@ -340,7 +364,10 @@ mod tests {
             let e = state_of(&p, name)[0].error.clone().unwrap_or_default();
             assert!(e.contains(what), "{name}: {e}");
         }
-        assert_eq!(p.state.pods_by_vlan[&11].slot, state_of(&p, "old")[0].slot);
+        assert_eq!(
+            mem.desired.state.pods_by_vlan[&11].slot,
+            state_of(&p, "old")[0].slot
+        );
     }
 
     #[test]
@@ -362,7 +389,7 @@ mod tests {
                 .contains("a second Pod object named ns/web")
         );
         assert_eq!(
-            p.state.pods_by_vlan.len(),
+            mem.desired.state.pods_by_vlan.len(),
             1,
             "the duplicate enters no table"
         );
@@ -471,9 +498,9 @@ metadata: {namespace: ns}
             &mut mem,
             &any_iface,
         );
-        assert!(before.state.pods_by_vlan.contains_key(&12));
+        assert!(mem.desired.state.pods_by_vlan.contains_key(&12));
         let after = plan(&cfg, &snapshot("sg-b", &[("p1", 11)]), &mut mem, &any_iface);
-        assert!(!after.state.pods_by_vlan.contains_key(&12));
+        assert!(!mem.desired.state.pods_by_vlan.contains_key(&12));
         assert_eq!(after.pods.len(), 1);
         assert!(!mem.modes.contains_key("ns/p2"));
         // Its counter slot is free again, and a new pod gets it with fresh counters.

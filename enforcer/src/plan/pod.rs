@@ -1,16 +1,13 @@
 //! One pod's outcome: what the kernel gets for it and what status says.
-use std::collections::HashMap;
-
 use enforcer_common::{MAX_PODS, PodInfo, PodMode};
 
 use crate::config::{Config, Mode, host_veth_name};
-use crate::datapath::state::KernelState;
 use crate::memory::Memory;
-use crate::model::group::GroupCatalog;
 use crate::model::pod::{BadPod, link_local_v6};
 use crate::netdev::Iface;
 use crate::plan::PodError;
-use crate::policy::compile::{CompileError, CompiledPolicy, compile, flatten};
+use crate::plan::cache::Round;
+use crate::policy::compile::Peers;
 use crate::policy::resolve::{Resolved, group_error};
 use crate::status::{PodState, PodStatus};
 
@@ -106,12 +103,12 @@ impl PodPlan {
 pub(super) struct Ctx<'a> {
     pub cfg: &'a Config,
     /// Groups, with this node's pods among their members.
-    pub catalog: &'a GroupCatalog,
+    pub peers: &'a Peers<'a>,
     pub iface: &'a dyn Fn(&str) -> Option<Iface>,
+    /// Policies come from its cache and are held in its desired state
+    /// (content-addressed: pods with the same groups share).
     pub mem: &'a mut Memory,
-    /// Policies are added here (content-addressed: pods with the same groups share).
-    pub state: &'a mut KernelState,
-    pub compiled: HashMap<Vec<String>, Result<CompiledPolicy, CompileError>>,
+    pub round: Round,
     pub new_slots: Vec<u32>,
 }
 
@@ -229,7 +226,10 @@ fn node_policy(ctx: &mut Ctx) -> Result<u32, PodError> {
     if groups.is_empty() {
         return Err(PodError::NoNodeGroups);
     }
-    if let Some(e) = groups.iter().find_map(|g| group_error(ctx.catalog, g)) {
+    if let Some(e) = groups
+        .iter()
+        .find_map(|g| group_error(ctx.peers.catalog, g))
+    {
         return Err(PodError::NodeGroups(Box::new(e)));
     }
     policy_for(ctx, &groups)
@@ -237,21 +237,31 @@ fn node_policy(ctx: &mut Ctx) -> Result<u32, PodError> {
         .map_err(|e| PodError::NodeGroups(Box::new(e)))
 }
 
-/// The compiled policy of a set of groups (compiled once per set), added to the kernel
-/// state: (policy id, inbound rules, outbound rules).
+/// The policy of a group list (compiled once, then cached while pods use it), held in
+/// the desired state: (policy id, inbound rules, outbound rules).
 fn policy_for(ctx: &mut Ctx, groups: &[String]) -> Result<(u32, usize, usize), PodError> {
     let Ctx {
         cfg,
-        catalog,
+        peers,
         mem,
-        state,
-        compiled,
+        round,
         ..
     } = ctx;
-    let c = compiled.entry(groups.to_vec()).or_insert_with(|| {
-        flatten(groups, catalog, &cfg.node.quotas, &mut mem.cookies).map(|f| compile(&f))
-    });
-    let p = c.as_ref().map_err(|e| PodError::Compile(e.clone()))?;
-    let id = state.add_policy(&mut mem.ids, p)?;
-    Ok((id, p.inbound_rules, p.outbound_rules))
+    let Memory {
+        cache,
+        cookies,
+        ids,
+        desired,
+        ..
+    } = &mut **mem;
+    let c = cache.get(
+        round,
+        peers,
+        &cfg.node.quotas,
+        groups,
+        cookies,
+        ids,
+        desired,
+    )?;
+    Ok((c.id, c.inbound_rules, c.outbound_rules))
 }

@@ -166,12 +166,12 @@ mod tests {
         for id in ids {
             c.groups.insert(
                 id.to_string(),
-                SecurityGroup {
+                std::sync::Arc::new(SecurityGroup {
                     id: id.to_string(),
                     name: String::new(),
                     inbound: vec![],
                     outbound: vec![],
-                },
+                }),
             );
         }
         c

@@ -1,5 +1,8 @@
 //! Groups -> flat rules: one (direction, prefix, protocol, port range) per EC2 rule and
 //! peer prefix, with the quotas enforced as errors, never truncation.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
 use super::cookies::CookieTable;
@@ -90,31 +93,45 @@ fn port_text(p: Option<i32>) -> String {
     p.map(|p| p.to_string()).unwrap_or_else(|| "unset".into())
 }
 
-fn peer_nets(peer: &Peer, catalog: &GroupCatalog) -> Result<Vec<IpNet>, String> {
-    Ok(match peer {
-        Peer::Cidr(n) => vec![*n],
-        Peer::PrefixList(id) => match catalog.prefix_lists.get(id) {
-            Some(nets) => nets.clone(),
-            None => {
-                return Err(match catalog.invalid_prefix_lists.get(id) {
-                    Some(why) => format!("prefix list {id} is unusable: {why}"),
-                    None => {
-                        format!("prefix list {id} is not known (no entries were provided for it)")
-                    }
-                });
+/// Where a rule's peer expands from: the catalog, plus this node's pods by the groups
+/// they carry (they are members of those groups, SPEC §3).
+pub struct Peers<'a> {
+    pub catalog: &'a GroupCatalog,
+    pub local: &'a BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl Peers<'_> {
+    /// The prefixes a peer stands for, or why it can't be used.
+    pub fn expand(&self, peer: &Peer) -> Result<Vec<IpNet>, String> {
+        let catalog = self.catalog;
+        Ok(match peer {
+            Peer::Cidr(n) => vec![*n],
+            Peer::PrefixList(id) => match catalog.prefix_lists.get(id) {
+                Some(nets) => nets.clone(),
+                None => {
+                    return Err(match catalog.invalid_prefix_lists.get(id) {
+                        Some(why) => format!("prefix list {id} is unusable: {why}"),
+                        None => format!(
+                            "prefix list {id} is not known (no entries were provided for it)"
+                        ),
+                    });
+                }
+            },
+            Peer::Group(g) => {
+                let mut v: Vec<IpNet> = catalog
+                    .members
+                    .get(g)
+                    .into_iter()
+                    .chain(self.local.get(g))
+                    .flatten()
+                    .map(|ip| IpNet::from(*ip))
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
             }
-        },
-        Peer::Group(g) => {
-            let mut v: Vec<IpNet> = catalog
-                .members
-                .get(g)
-                .map(|ips| ips.iter().map(|ip| IpNet::from(*ip)).collect())
-                .unwrap_or_default();
-            v.sort();
-            v.dedup();
-            v
-        }
-    })
+        })
+    }
 }
 
 pub(super) fn is_v4(n: &IpNet) -> bool {
@@ -129,6 +146,26 @@ pub fn flatten(
     quotas: &Quotas,
     cookies: &mut CookieTable,
 ) -> Result<Vec<FlatRule>, CompileError> {
+    let local = BTreeMap::new();
+    flatten_with(
+        groups,
+        &Peers {
+            catalog,
+            local: &local,
+        },
+        quotas,
+        cookies,
+    )
+}
+
+/// [`flatten`], expanding peers through `peers`.
+pub fn flatten_with(
+    groups: &[String],
+    peers: &Peers,
+    quotas: &Quotas,
+    cookies: &mut CookieTable,
+) -> Result<Vec<FlatRule>, CompileError> {
+    let catalog = peers.catalog;
     let mut out = Vec::new();
     let mut total = 0usize;
     for gid in groups {
@@ -145,7 +182,7 @@ pub fn flatten(
                     problem,
                 };
                 let (proto, lo, hi) = port_range(rule).map_err(bad)?;
-                let nets = peer_nets(&rule.peer, catalog).map_err(bad)?;
+                let nets = peers.expand(&rule.peer).map_err(bad)?;
                 match &rule.peer {
                     Peer::Group(_) => {
                         n4 += 1;

@@ -16,7 +16,7 @@ mod reference;
 mod untracked;
 
 pub use cookies::{CookieTable, RuleRef};
-pub use flatten::{CompileError, FlatRule, flatten};
+pub use flatten::{CompileError, FlatRule, Peers, flatten, flatten_with};
 pub use lpm::{Allow, ClassContent, CompiledPolicy, compile, port_blocks};
 pub use reference::reference_verdict;
 
@@ -48,7 +48,7 @@ mod tests {
     fn catalog(groups: Vec<SecurityGroup>) -> GroupCatalog {
         let mut c = GroupCatalog::default();
         for g in groups {
-            c.groups.insert(g.id.clone(), g);
+            c.groups.insert(g.id.clone(), std::sync::Arc::new(g));
         }
         c
     }
