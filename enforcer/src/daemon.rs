@@ -54,7 +54,7 @@ impl Daemon {
         self.status.sources.clear();
         let mut waiting = Vec::new();
         if let Some(api) = &self.kube_api {
-            let snap = api.snapshot();
+            let snap = api.snapshot(&mut loaded.snapshot.catalog);
             self.status
                 .sources
                 .extend(snap.counts.iter().map(|(kind, n, events, since)| {

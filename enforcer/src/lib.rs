@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod engine;
 pub mod link_events;
 pub mod memory;
+pub mod mirror;
 pub mod model;
 pub mod netdev;
 pub mod plan;

@@ -3,7 +3,10 @@
 //! watches from one (chunked JSON lines of ADDED / MODIFIED / DELETED), field
 //! selectors on `spec.nodeName`, and `410 Gone` for a watch from a version it has
 //! forgotten — which forces the watcher to relist. Tests change objects in-process
-//! (`put`, `delete`) and can expire every open watch (`expire_watches`).
+//! (`put`, `delete`) and can expire every open watch (`expire_watches`). Clients can
+//! write too, as the EC2 mirror does: GET of one object, POST (409 AlreadyExists),
+//! PUT (409 Conflict on a stale resourceVersion), PATCH (server-side apply, taken as
+//! create-or-replace) and DELETE, for Leases and the mirror's kinds as for the rest.
 //!
 //! Plain HTTP/1.1 on one port, a thread per connection, every response `Connection:
 //! close`. It listens inside a network namespace (the daemon's), since loopback is per
@@ -53,11 +56,40 @@ impl Drop for FakeApi {
     }
 }
 
-/// The resource a request path names: (plural, namespace filter).
-fn plural_of(path: &str) -> Option<String> {
+/// The resources served, and their list kinds.
+const RESOURCES: [(&str, &str); 6] = [
+    ("pods", "PodList"),
+    ("securitygrouppolicies", "SecurityGroupPolicyList"),
+    ("serviceaccounts", "ServiceAccountList"),
+    ("leases", "LeaseList"),
+    ("mirroredsecuritygroups", "MirroredSecurityGroupList"),
+    ("mirroredprefixlists", "MirroredPrefixListList"),
+];
+
+/// What a request path names: a resource, and one object of it.
+struct Target {
+    plural: String,
+    namespace: String,
+    name: Option<String>,
+}
+
+fn target(path: &str) -> Option<Target> {
     let p = path.split('?').next()?;
-    let last = p.rsplit('/').next()?;
-    matches!(last, "pods" | "securitygrouppolicies" | "serviceaccounts").then(|| last.to_string())
+    let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+    let i = segs
+        .iter()
+        .position(|s| RESOURCES.iter().any(|(r, _)| r == s))?;
+    let namespace = segs
+        .iter()
+        .position(|s| *s == "namespaces")
+        .filter(|j| *j < i)
+        .and_then(|j| segs.get(j + 1))
+        .map_or(String::new(), |s| s.to_string());
+    Some(Target {
+        plural: segs[i].to_string(),
+        namespace,
+        name: segs.get(i + 1).map(|s| s.to_string()),
+    })
 }
 
 fn query(path: &str, key: &str) -> Option<String> {
@@ -80,11 +112,10 @@ fn selected(obj: &Value, fields: &Option<String>) -> bool {
 }
 
 fn list_kind(plural: &str) -> &'static str {
-    match plural {
-        "pods" => "PodList",
-        "securitygrouppolicies" => "SecurityGroupPolicyList",
-        _ => "ServiceAccountList",
-    }
+    RESOURCES
+        .iter()
+        .find(|(r, _)| *r == plural)
+        .map_or("List", |(_, k)| k)
 }
 
 fn key(obj: &Value) -> String {
@@ -135,48 +166,18 @@ impl FakeApi {
 
     /// Creates or replaces an object (`plural`: pods, securitygrouppolicies,
     /// serviceaccounts), as `kubectl apply` would.
-    pub fn put(&self, plural: &str, mut obj: Value) {
-        let (m, cv) = &*self.state;
-        let mut s = m.lock().unwrap();
-        s.rv += 1;
-        let rv = s.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let k = key(&obj);
-        let existed = s
-            .objects
-            .entry(plural.to_string())
-            .or_default()
-            .insert(k, obj.clone())
-            .is_some();
-        s.log.push(Change {
-            rv,
-            plural: plural.into(),
-            kind: if existed { "MODIFIED" } else { "ADDED" },
-            object: obj,
-        });
-        cv.notify_all();
+    pub fn put(&self, plural: &str, obj: Value) {
+        store(&self.state, plural, obj);
+    }
+
+    /// The objects of `plural` now, by namespace/name.
+    pub fn objects(&self, plural: &str) -> BTreeMap<String, Value> {
+        let s = self.state.0.lock().unwrap();
+        s.objects.get(plural).cloned().unwrap_or_default()
     }
 
     pub fn delete(&self, plural: &str, namespace: &str, name: &str) {
-        let (m, cv) = &*self.state;
-        let mut s = m.lock().unwrap();
-        let Some(mut obj) = s
-            .objects
-            .get_mut(plural)
-            .and_then(|o| o.remove(&format!("{namespace}/{name}")))
-        else {
-            return;
-        };
-        s.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-        let rv = s.rv;
-        s.log.push(Change {
-            rv,
-            plural: plural.into(),
-            kind: "DELETED",
-            object: obj,
-        });
-        cv.notify_all();
+        remove(&self.state, plural, &format!("{namespace}/{name}"));
     }
 
     /// Forgets the change history and ends every open watch with 410 Gone: each
@@ -202,22 +203,152 @@ impl FakeApi {
     }
 }
 
-/// One request: a list or a watch.
-fn serve(c: TcpStream, state: &Arc<(Mutex<State>, Condvar)>, stop: &AtomicBool) -> Result<()> {
+type Shared = Arc<(Mutex<State>, Condvar)>;
+
+/// Creates or replaces an object; the object as stored (its resourceVersion set).
+fn store(state: &Shared, plural: &str, mut obj: Value) -> Value {
+    let (m, cv) = &**state;
+    let mut s = m.lock().unwrap();
+    s.rv += 1;
+    let rv = s.rv;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let k = key(&obj);
+    let existed = s
+        .objects
+        .entry(plural.to_string())
+        .or_default()
+        .insert(k, obj.clone())
+        .is_some();
+    s.log.push(Change {
+        rv,
+        plural: plural.into(),
+        kind: if existed { "MODIFIED" } else { "ADDED" },
+        object: obj.clone(),
+    });
+    cv.notify_all();
+    obj
+}
+
+/// Deletes an object (`key`: namespace/name); the object as it was.
+fn remove(state: &Shared, plural: &str, key: &str) -> Option<Value> {
+    let (m, cv) = &**state;
+    let mut s = m.lock().unwrap();
+    let mut obj = s.objects.get_mut(plural).and_then(|o| o.remove(key))?;
+    s.rv += 1;
+    obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+    let rv = s.rv;
+    s.log.push(Change {
+        rv,
+        plural: plural.into(),
+        kind: "DELETED",
+        object: obj.clone(),
+    });
+    cv.notify_all();
+    Some(obj)
+}
+
+fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let body = body.to_string();
+    write!(
+        w,
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind":"Status","apiVersion":"v1","status":"Failure","code":code,"reason":reason,"message":message})
+}
+
+/// A write, or a read of one object.
+fn write_or_get(
+    w: &mut TcpStream,
+    state: &Shared,
+    method: &str,
+    t: &Target,
+    body: &[u8],
+) -> Result<()> {
+    let name = t.name.clone().unwrap_or_default();
+    let mut obj: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if obj.is_object() {
+        if !t.namespace.is_empty() {
+            obj["metadata"]["namespace"] = json!(t.namespace);
+        }
+        if !name.is_empty() {
+            obj["metadata"]["name"] = json!(name);
+        }
+    }
+    let k = if obj.is_object() {
+        key(&obj)
+    } else {
+        format!("{}/{name}", t.namespace)
+    };
+    let current = state
+        .0
+        .lock()
+        .unwrap()
+        .objects
+        .get(&t.plural)
+        .and_then(|o| o.get(&k).cloned());
+    let (code, reply) = match (method, current) {
+        ("GET", Some(o)) => (200, o),
+        ("GET" | "PUT" | "DELETE", None) => {
+            (404, status(404, "NotFound", &format!("{k} not found")))
+        }
+        ("POST", Some(_)) => (
+            409,
+            status(409, "AlreadyExists", &format!("{k} already exists")),
+        ),
+        ("POST", None) => (201, store(state, &t.plural, obj)),
+        ("PUT", Some(o)) => {
+            let asked = &obj["metadata"]["resourceVersion"];
+            if !asked.is_null() && *asked != o["metadata"]["resourceVersion"] {
+                (409, status(409, "Conflict", "the object has been modified"))
+            } else {
+                (200, store(state, &t.plural, obj))
+            }
+        }
+        ("PATCH", _) => (200, store(state, &t.plural, obj)),
+        ("DELETE", Some(_)) => (200, remove(state, &t.plural, &k).unwrap_or_default()),
+        _ => (405, status(405, "MethodNotAllowed", method)),
+    };
+    respond(w, code, &reply)?;
+    Ok(())
+}
+
+/// One request: a list, a watch, or (`write_or_get`) the rest.
+fn serve(c: TcpStream, state: &Shared, stop: &AtomicBool) -> Result<()> {
     c.set_nonblocking(false)?;
     c.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut r = BufReader::new(c.try_clone()?);
     let mut line = String::new();
     r.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("GET").to_string();
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut length = 0usize;
     loop {
         let mut h = String::new();
         if r.read_line(&mut h)? == 0 || h == "\r\n" {
             break;
         }
+        if let Some((_, v)) = h
+            .split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
     }
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(&mut r, &mut body)?;
     let mut w = c;
-    let Some(plural) = plural_of(&path) else {
+    let target = target(&path);
+    if let Some(t) = target
+        .as_ref()
+        .filter(|t| method != "GET" || t.name.is_some())
+    {
+        return write_or_get(&mut w, state, &method, t, &body);
+    }
+    let Some(plural) = target.map(|t| t.plural) else {
         let body = json!({"kind":"Status","apiVersion":"v1","status":"Failure","code":404,"reason":"NotFound","message":"not served"}).to_string();
         write!(
             w,

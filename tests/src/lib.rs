@@ -7,6 +7,7 @@ pub mod fabric;
 pub mod frames;
 pub mod harness;
 pub mod kube_fake;
+pub mod moto;
 pub mod net;
 pub mod realbench;
 pub mod scenario;

@@ -31,6 +31,15 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Poll EC2 and publish its security groups, members and prefix lists as
+    /// MirroredSecurityGroup / MirroredPrefixList objects (one leader per cluster,
+    /// elected by a Lease); daemons with `kubernetesApi.mirroredGroups` read them.
+    Mirror {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the CustomResourceDefinitions of the mirror's kinds (YAML).
+    Crds,
     /// Dry run: read the config and every source, resolve and compile, and show what
     /// would be enforced, without touching the kernel. Exits 1 when a pod would be
     /// fail-closed or a source cannot be read.
@@ -93,6 +102,15 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             .build()?
             .block_on(crate::daemon::run(&config))
             .map(|()| Outcome::Ok),
+        Command::Mirror { config } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::mirror::run(&config))
+            .map(|()| Outcome::Ok),
+        Command::Crds => {
+            print!("{}", crate::mirror::crds()?);
+            Ok(Outcome::Ok)
+        }
         Command::Status {
             state_dir,
             config,

@@ -2,7 +2,8 @@
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::model::group::{Peer, Protocol, Rule, SecurityGroup};
 use crate::sources::SourceError;
@@ -27,48 +28,54 @@ struct Ec2Group {
     ip_permissions_egress: Vec<Ec2Permission>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
-struct Ec2Permission {
-    ip_protocol: String,
-    from_port: Option<i32>,
-    to_port: Option<i32>,
+pub struct Ec2Permission {
+    pub ip_protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_port: Option<i32>,
     #[serde(default)]
-    ip_ranges: Vec<IpRange>,
+    pub ip_ranges: Vec<IpRange>,
     #[serde(default)]
-    ipv6_ranges: Vec<Ipv6Range>,
+    pub ipv6_ranges: Vec<Ipv6Range>,
     #[serde(default)]
-    prefix_list_ids: Vec<PrefixListId>,
+    pub prefix_list_ids: Vec<PrefixListId>,
     #[serde(default)]
-    user_id_group_pairs: Vec<GroupPair>,
+    pub user_id_group_pairs: Vec<GroupPair>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
-struct IpRange {
-    cidr_ip: String,
-    description: Option<String>,
+pub struct IpRange {
+    pub cidr_ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
-struct Ipv6Range {
-    cidr_ipv6: String,
-    description: Option<String>,
+pub struct Ipv6Range {
+    pub cidr_ipv6: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
-struct PrefixListId {
-    prefix_list_id: String,
-    description: Option<String>,
+pub struct PrefixListId {
+    pub prefix_list_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
-struct GroupPair {
-    group_id: String,
-    description: Option<String>,
+pub struct GroupPair {
+    pub group_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -77,10 +84,10 @@ struct PrefixListEntries {
     entries: Vec<PrefixListEntry>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
-struct PrefixListEntry {
-    cidr: String,
+pub struct PrefixListEntry {
+    pub cidr: String,
 }
 
 pub fn parse_protocol(s: &str) -> Result<Protocol, String> {

@@ -52,13 +52,13 @@ fn default_jitter() -> u64 {
 
 /// One successful poll, as the file source's documents.
 #[derive(Clone, Default, PartialEq)]
-struct Answer {
+pub struct Answer {
     /// `describe-security-groups` output.
-    groups: String,
+    pub groups: String,
     /// `{"pl-…": get-managed-prefix-list-entries output}`.
-    prefix_lists: String,
+    pub prefix_lists: String,
     /// group id -> member addresses.
-    members: BTreeMap<String, BTreeSet<IpAddr>>,
+    pub members: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 #[derive(Default)]
@@ -84,14 +84,7 @@ pub struct Ec2Snapshot {
 
 impl Ec2ApiSource {
     pub async fn start(cfg: &Ec2ApiConfig, changed: UnboundedSender<()>) -> Ec2ApiSource {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        if let Some(e) = &cfg.endpoint {
-            loader = loader.endpoint_url(e);
-        }
-        let client = aws_sdk_ec2::Client::new(&loader.load().await);
+        let client = client(cfg).await;
         let state: Arc<Mutex<State>> = Arc::default();
         let (st, cfg) = (state.clone(), cfg.clone());
         tokio::spawn(async move {
@@ -111,7 +104,7 @@ impl Ec2ApiSource {
                             new
                         }
                         Err(e) => {
-                            if e.contains("RequestLimitExceeded") || e.contains("Throttl") {
+                            if throttled(&e) {
                                 backoff = (backoff * 2).min(16);
                             }
                             log::warn!("EC2: {e}");
@@ -124,17 +117,7 @@ impl Ec2ApiSource {
                 if wake {
                     let _ = changed.send(());
                 }
-                // A random share of the jitter (RandomState is seeded per process), so
-                // a fleet's pollers drift apart.
-                let jitter = if cfg.jitter_seconds == 0 {
-                    0
-                } else {
-                    use std::hash::BuildHasher;
-                    std::collections::hash_map::RandomState::new().hash_one(backoff)
-                        % (cfg.jitter_seconds * 1000)
-                };
-                let wait = cfg.poll_seconds.max(1) * 1000 * backoff as u64 + jitter;
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                tokio::time::sleep(cfg.wait(backoff)).await;
             }
         });
         Ec2ApiSource { state }
@@ -188,6 +171,39 @@ impl Ec2ApiSource {
     }
 }
 
+impl Ec2ApiConfig {
+    /// The wait before the next poll: the interval (times `backoff` while throttled)
+    /// plus a random share of the jitter (RandomState is seeded per process), so a
+    /// fleet's pollers drift apart.
+    pub fn wait(&self, backoff: u32) -> Duration {
+        let jitter = if self.jitter_seconds == 0 {
+            0
+        } else {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(backoff)
+                % (self.jitter_seconds * 1000)
+        };
+        Duration::from_millis(self.poll_seconds.max(1) * 1000 * backoff as u64 + jitter)
+    }
+}
+
+/// Whether a poll's error is EC2 throttling (the interval then backs off).
+pub fn throttled(error: &str) -> bool {
+    error.contains("RequestLimitExceeded") || error.contains("Throttl")
+}
+
+/// A client from the SDK's standard chain, with the config's region and endpoint.
+pub async fn client(cfg: &Ec2ApiConfig) -> aws_sdk_ec2::Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = &cfg.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    if let Some(e) = &cfg.endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    aws_sdk_ec2::Client::new(&loader.load().await)
+}
+
 fn sdk_error(call: &str, e: impl std::error::Error) -> String {
     // The SDK's Display is terse ("service error"); its source chain names the code.
     let mut text = format!("{call}: {e}");
@@ -201,7 +217,7 @@ fn sdk_error(call: &str, e: impl std::error::Error) -> String {
 
 /// One poll: every group (of the VPC), then the members of the referenced groups and
 /// the named prefix lists.
-async fn poll(client: &aws_sdk_ec2::Client, vpc: Option<&str>) -> Result<Answer, String> {
+pub async fn poll(client: &aws_sdk_ec2::Client, vpc: Option<&str>) -> Result<Answer, String> {
     let vpc_filter = vpc.map(|v| Filter::builder().name("vpc-id").values(v).build());
     let mut groups = Vec::new();
     let mut pages = client

@@ -6,7 +6,8 @@
 //! source (per-object errors). A watcher that fails keeps its last objects and reports
 //! the error until it is back; nothing is applied from the API before every watcher has
 //! listed once, so a daemon (re)starting while the API is away keeps what the pinned
-//! maps enforce.
+//! maps enforce. With `mirroredGroups`, the EC2 mirror's objects are watched too and
+//! feed the groups (`sources::mirror`).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,30 @@ pub struct KubeApiConfig {
     /// kubeconfig search when not in a cluster).
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// Read security groups, their members and prefix lists from the objects
+    /// `enforcer mirror` publishes (MirroredSecurityGroup, MirroredPrefixList) instead
+    /// of polling EC2 from every node.
+    #[serde(default)]
+    pub mirrored_groups: bool,
+}
+
+/// A client from `kubeconfig`, or the in-cluster service account (or the usual
+/// kubeconfig search when not in a cluster).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let client_cfg = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster service account and no kubeconfig")?,
+    };
+    kube::Client::try_from(client_cfg).context("Kubernetes client")
 }
 
 /// One watched kind.
@@ -40,7 +65,7 @@ struct Kind {
     fields: Option<String>,
 }
 
-fn kinds(node: &str) -> [Kind; 3] {
+fn kinds(node: &str, mirrored: bool) -> Vec<Kind> {
     let r = |group: &str, version: &str, kind: &str, plural: &str| ApiResource {
         group: group.into(),
         version: version.into(),
@@ -52,7 +77,7 @@ fn kinds(node: &str) -> [Kind; 3] {
         kind: kind.into(),
         plural: plural.into(),
     };
-    [
+    let mut kinds = vec![
         Kind {
             name: "Pod",
             resource: r("", "v1", "Pod", "pods"),
@@ -73,7 +98,21 @@ fn kinds(node: &str) -> [Kind; 3] {
             resource: r("", "v1", "ServiceAccount", "serviceaccounts"),
             fields: None,
         },
-    ]
+    ];
+    if mirrored {
+        use crate::sources::mirror::{GROUP_KIND, PREFIX_LIST_KIND};
+        for (name, plural) in [
+            (GROUP_KIND, "mirroredsecuritygroups"),
+            (PREFIX_LIST_KIND, "mirroredprefixlists"),
+        ] {
+            kinds.push(Kind {
+                name,
+                resource: r("podsg.io", "v1alpha1", name, plural),
+                fields: None,
+            });
+        }
+    }
+    kinds
 }
 
 /// What one watcher holds.
@@ -115,21 +154,11 @@ impl KubeApiSource {
             .ok()
             .or_else(|| cfg.node_name.clone())
             .context("kubernetesApi: the node's name is needed (nodeName, or env NODE_NAME)")?;
-        let client_cfg = match &cfg.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("kubernetesApi.kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .with_context(|| format!("kubernetesApi.kubeconfig {}", path.display()))?
-            }
-            None => kube::Config::infer()
-                .await
-                .context("kubernetesApi: no in-cluster service account and no kubeconfig")?,
-        };
-        let client = kube::Client::try_from(client_cfg).context("kubernetesApi: client")?;
+        let client = client(cfg.kubeconfig.as_deref())
+            .await
+            .context("kubernetesApi")?;
         let mut stores = Vec::new();
-        for kind in kinds(&node) {
+        for kind in kinds(&node, cfg.mirrored_groups) {
             let store = Arc::new(Mutex::new(Store::default()));
             stores.push((kind.name, store.clone()));
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
@@ -150,8 +179,11 @@ impl KubeApiSource {
         Ok(KubeApiSource { stores })
     }
 
-    /// The objects as KubeObjects (parsed like files, per-object errors).
-    pub fn snapshot(&self) -> KubeApiSnapshot {
+    /// The objects as KubeObjects (parsed like files, per-object errors); the mirror's
+    /// objects, if watched, are added to `catalog`.
+    pub fn snapshot(&self, catalog: &mut crate::model::group::GroupCatalog) -> KubeApiSnapshot {
+        use crate::sources::mirror::{GROUP_KIND, PREFIX_LIST_KIND};
+        let (mut groups, mut lists) = (BTreeMap::new(), BTreeMap::new());
         let mut kube = KubeObjects::default();
         let mut errors = Vec::new();
         let mut ready = true;
@@ -175,9 +207,22 @@ impl KubeApiSource {
                 s.events,
                 s.last_ok.map(|t| t.elapsed().as_secs()),
             ));
-            for (key, obj) in &s.objects {
-                kube.add_object(obj.clone(), &format!("Kubernetes API {name} {key}"));
+            match *name {
+                GROUP_KIND => groups.extend(s.objects.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                PREFIX_LIST_KIND => {
+                    lists.extend(s.objects.iter().map(|(k, v)| (k.clone(), v.clone())))
+                }
+                _ => {
+                    for (key, obj) in &s.objects {
+                        kube.add_object(obj.clone(), &format!("Kubernetes API {name} {key}"));
+                    }
+                }
             }
+        }
+        if self.stores.iter().any(|(n, _)| *n == GROUP_KIND) {
+            errors.extend(crate::sources::mirror::add_to_catalog(
+                &groups, &lists, catalog,
+            ));
         }
         KubeApiSnapshot {
             kube,

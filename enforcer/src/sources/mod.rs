@@ -1,10 +1,12 @@
 //! Where the daemon learns pods, policies and groups: files (`files`), the Kubernetes
-//! API (`kube_api`); both produce the same model types through the same parsers.
+//! API (`kube_api`), EC2 (`ec2_api`, or its mirror's objects through the API:
+//! `mirror`); all produce the same model types through the same parsers.
 pub mod ec2;
 pub mod ec2_api;
 pub mod files;
 pub mod kube;
 pub mod kube_api;
+pub mod mirror;
 
 /// Input that cannot be used, with the object it came from.
 #[derive(Debug, thiserror::Error)]

@@ -150,7 +150,8 @@ impl SimNode {
     }
 
     /// Starts a long-running program in a namespace; killed when the node is dropped.
-    pub fn spawn(&mut self, ns: &str, args: &[&str]) -> Result<()> {
+    /// Returns its number, for [`SimNode::kill_child`].
+    pub fn spawn(&mut self, ns: &str, args: &[&str]) -> Result<usize> {
         let name = Path::new(args[0])
             .file_name()
             .unwrap_or_default()
@@ -169,7 +170,15 @@ impl SimNode {
             .spawn()
             .with_context(|| format!("starting {args:?} in {ns}"))?;
         self.children.push(child);
-        Ok(())
+        Ok(self.children.len() - 1)
+    }
+
+    /// Kills one program `spawn` started (a replica crashing).
+    pub fn kill_child(&mut self, i: usize) {
+        if let Some(c) = self.children.get_mut(i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Stops every program `spawn` started (an agent going away).

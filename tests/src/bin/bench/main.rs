@@ -146,7 +146,11 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some("events") => {
-            reconcile::events_only();
+            reconcile::events_only(false);
+            return Ok(());
+        }
+        Some("changes") => {
+            reconcile::events_only(true);
             return Ok(());
         }
         Some("reconcile") => {

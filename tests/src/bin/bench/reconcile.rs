@@ -161,15 +161,20 @@ pub fn run(results: &mut Vec<String>) {
     }
 }
 
-/// Only pod events, for profiling (`bench events`).
-pub fn events_only() {
+/// Only pod events (`bench events`) or only shared-rule changes (`bench changes`),
+/// for profiling.
+pub fn events_only(rule_changes: bool) {
     let mut h = harness();
     let g0 = groups(PODS, 0);
-    let (all, fewer) = (snapshot(&g0, &k8s(PODS)), snapshot(&g0, &k8s(PODS - 1)));
+    let all = snapshot(&g0, &k8s(PODS));
+    let other = match rule_changes {
+        true => snapshot(&groups(PODS, 7), &k8s(PODS)),
+        false => snapshot(&g0, &k8s(PODS - 1)),
+    };
     h.apply_snapshot(&all);
     let t = Instant::now();
     for k in 0..EVENTS {
-        h.apply_snapshot(if k % 2 == 0 { &fewer } else { &all });
+        h.apply_snapshot(if k % 2 == 0 { &other } else { &all });
     }
     println!("{:.1} ms per event", ms(t) / EVENTS as f64);
 }
