@@ -17,8 +17,9 @@ use anyhow::{Context, Result, bail};
 use crate::agents::{curl, dns_server, http_server};
 use crate::sim::{SimNode, SimPod, pods_yaml, sim_pod, write_config};
 
-const NS: &str = "my-namespace";
-const SERVICE: &str = "my-app.my-namespace.svc.cluster.local";
+/// The tutorial's namespace and service name.
+pub const NS: &str = "my-namespace";
+pub const SERVICE: &str = "my-app.my-namespace.svc.cluster.local";
 
 /// The node's own group (standard mode): everything out, nothing in.
 const NODE_GROUP: &str = r#",
@@ -49,7 +50,8 @@ fn groups(dns_rules: bool) -> String {
     )
 }
 
-const POLICIES: &str = r#"
+/// The tutorial's SecurityGroupPolicies (groups sg-0my-pod-sg and sg-0cluster).
+pub const POLICIES: &str = r#"
 apiVersion: vpcresources.k8s.aws/v1beta1
 kind: SecurityGroupPolicy
 metadata:
@@ -342,7 +344,8 @@ fn indent(s: &str) -> String {
 }
 
 /// The HTTP servers take a moment to bind; wait (bounded) until each answers by IP.
-fn wait_for_servers(sim: &SimNode, apps: &[SimPod]) -> Result<()> {
+/// Waits until every app pod's HTTP server answers the first app pod by IP.
+pub fn wait_for_servers(sim: &SimNode, apps: &[SimPod]) -> Result<()> {
     let client = sim.pod_ns(&apps[0].name);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     for p in apps {
