@@ -106,7 +106,7 @@ impl GroupCatalog {
     pub fn add_groups(&mut self, g: crate::sources::ec2::Groups) {
         for group in g.groups {
             self.invalid_groups.remove(&group.id);
-            self.groups.insert(group.id.clone(), Arc::new(group));
+            self.groups.insert(group.id.clone(), group);
         }
         for (id, why) in g.invalid {
             self.groups.remove(&id);

@@ -156,9 +156,10 @@ fn rules(perms: Vec<Ec2Permission>, group: &str, dir: &str) -> Result<Vec<Rule>,
 
 /// What a DescribeSecurityGroups document holds: the usable groups, and per group id
 /// why a group is unusable (pods that use it fail closed with that error).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Groups {
-    pub groups: Vec<SecurityGroup>,
+    /// Shared: a catalog built from this parse points at the same groups.
+    pub groups: Vec<std::sync::Arc<SecurityGroup>>,
     pub invalid: Vec<(String, String)>,
     /// Entries that can't be named (no GroupId): reported, and otherwise ignored.
     pub unnamed: Vec<String>,
@@ -192,7 +193,7 @@ pub fn parse_security_groups(json: &str, origin: &str) -> Result<Groups, SourceE
                 })
             });
         match (group, id) {
-            (Ok(g), _) => out.groups.push(g),
+            (Ok(g), _) => out.groups.push(std::sync::Arc::new(g)),
             (Err(e), Some(id)) => out.invalid.push((id, e.to_string())),
             (Err(e), None) => out
                 .unnamed

@@ -26,10 +26,39 @@ pub struct Loaded {
     pub errors: Vec<String>,
 }
 
-/// The last text of each file that parsed, kept across reloads.
+/// The last good parse of each file, kept across reloads with the identity of the file
+/// it came from (device, inode, size, modification time): an unchanged file is not
+/// read again, and its groups stay the same shared objects (which the policy cache then
+/// knows unchanged at a pointer compare). A file that can't be read or parsed any more
+/// keeps contributing its last good parse.
 #[derive(Default)]
 pub struct FileSource {
-    last_good: HashMap<PathBuf, String>,
+    last_good: HashMap<PathBuf, (Option<Stamp>, Box<dyn std::any::Any + Send>)>,
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+/// The file's stamp, if it can be trusted to change with the content. Modification
+/// times tick coarsely (a jiffy on some filesystems): a file changed again within the
+/// tick it was read in keeps its stamp. As git does with "racily clean" entries, a
+/// stamp younger than two seconds is not trusted: such a file is read again.
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let age = m.modified().ok()?.elapsed().ok()?;
+    (age > std::time::Duration::from_secs(2)).then(|| Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    })
 }
 
 fn read(path: &Path) -> Result<String, SourceError> {
@@ -76,25 +105,35 @@ impl FileSource {
         }
     }
 
-    /// Parses a file, or its last good text when it can't be read or parsed now.
-    fn parse<T>(
+    /// Parses a file (unless unchanged since its last good parse), or gives its last
+    /// good parse when it can't be read or parsed now.
+    fn parse<T: Clone + Send + 'static>(
         &mut self,
         path: &Path,
         errors: &mut Vec<String>,
         parse: impl Fn(&str, &str) -> Result<T, SourceError>,
     ) -> Option<T> {
         let origin = path.display().to_string();
-        let now = read(path).and_then(|text| parse(&text, &origin).map(|v| (text, v)));
-        match now {
-            Ok((text, v)) => {
-                self.last_good.insert(path.to_path_buf(), text);
+        let now = stamp(path);
+        let last = |s: &Self| {
+            s.last_good
+                .get(path)
+                .and_then(|(_, v)| v.downcast_ref::<T>().cloned())
+        };
+        if let (Some((Some(was), _)), Some(now)) = (self.last_good.get(path), now)
+            && *was == now
+            && let Some(v) = last(self)
+        {
+            return Some(v);
+        }
+        match read(path).and_then(|text| parse(&text, &origin)) {
+            Ok(v) => {
+                self.last_good
+                    .insert(path.to_path_buf(), (now, Box::new(v.clone())));
                 Some(v)
             }
             Err(e) => {
-                let kept = self
-                    .last_good
-                    .get(path)
-                    .and_then(|text| parse(text, &origin).ok());
+                let kept = last(self);
                 errors.push(match kept {
                     Some(_) => format!("{e} (its last good content stays in use)"),
                     None => format!("{e} (nothing from it is in use)"),
@@ -108,4 +147,54 @@ impl FileSource {
 /// Reads everything once, with no earlier content to fall back on (`enforcer check`).
 pub fn load(cfg: &Config) -> Loaded {
     FileSource::default().load(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(groups: &Path) -> Config {
+        serde_yaml::from_str(&format!(
+            "node: {{trunkInterface: t, gatewayMac: '02:00:00:00:00:01'}}\nsecurityGroups: [{}]\n",
+            groups.display()
+        ))
+        .unwrap()
+    }
+
+    const ONE: &str = r#"{"SecurityGroups":[{"GroupId":"sg-a","IpPermissions":[]}]}"#;
+
+    /// Backdates a file past the racy window, as if written long ago.
+    fn age(path: &Path) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(10))
+            .unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_parsed_again_and_a_broken_one_keeps_its_last_parse() {
+        let dir = std::env::temp_dir().join(format!("podsg-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("groups.json");
+        std::fs::write(&path, ONE).unwrap();
+        age(&path);
+        let cfg = config(&path);
+        let mut src = FileSource::default();
+        let a = src.load(&cfg).snapshot.catalog.groups["sg-a"].clone();
+        let b = src.load(&cfg).snapshot.catalog.groups["sg-a"].clone();
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "the same parse, shared");
+        // Rewritten just now with the same length: too recent to trust, read again.
+        std::fs::write(&path, ONE.replace("sg-a", "sg-b")).unwrap();
+        let l = src.load(&cfg);
+        assert!(l.snapshot.catalog.groups.contains_key("sg-b"));
+        // Broken: the last good parse stays, and the error says so.
+        std::fs::write(&path, "{").unwrap();
+        let l = src.load(&cfg);
+        assert!(l.snapshot.catalog.groups.contains_key("sg-b"));
+        assert!(
+            l.errors[0].contains("last good content stays"),
+            "{:?}",
+            l.errors
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

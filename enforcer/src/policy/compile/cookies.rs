@@ -1,6 +1,7 @@
 //! Cookies: the number each compiled entry carries to name the group and rule that
 //! allowed, stable for the daemon's life (and saved across restarts).
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::model::group::Direction;
 
@@ -9,7 +10,9 @@ use crate::model::group::Direction;
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct RuleRef {
-    pub group: String,
+    /// Shared by every rule of the group (tens of thousands of rules, a few hundred
+    /// groups).
+    pub group: Arc<str>,
     pub direction: Direction,
     pub index: usize,
 }
@@ -24,7 +27,7 @@ pub struct RuleRef {
 pub struct CookieTable {
     refs: Vec<RuleRef>,
     #[serde(skip)]
-    by_group: HashMap<String, [Vec<u32>; 2]>,
+    by_group: HashMap<Arc<str>, [Vec<u32>; 2]>,
     /// How many of `refs` `by_group` covers (a table loaded from memory.json starts
     /// unindexed).
     #[serde(skip)]
@@ -50,8 +53,12 @@ impl CookieTable {
         {
             return *c;
         }
+        let group = self
+            .by_group
+            .get_key_value(group)
+            .map_or_else(|| Arc::from(group), |(k, _)| k.clone());
         self.refs.push(RuleRef {
-            group: group.to_string(),
+            group,
             direction,
             index,
         });
@@ -66,6 +73,10 @@ impl CookieTable {
     /// Indexes the entries of `refs` not indexed yet.
     fn catch_up(&mut self) {
         while self.indexed < self.refs.len() {
+            // Refs read back from memory.json each hold their own copy of the name.
+            if let Some((k, _)) = self.by_group.get_key_value(&self.refs[self.indexed].group) {
+                self.refs[self.indexed].group = k.clone();
+            }
             let r = &self.refs[self.indexed];
             let v = &mut self.by_group.entry(r.group.clone()).or_default()[slot(r.direction)];
             if v.len() <= r.index {
