@@ -91,3 +91,136 @@ fn a_thousand_pod_events_leave_nothing_behind() {
         "RSS grew by {grown} KiB over 450 add/delete pairs"
     );
 }
+
+/// Files under the daemon's pinned links directory.
+fn link_pins(sim: &integration_tests::sim::SimNode) -> usize {
+    std::fs::read_dir(sim.bpffs_dir.join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Links in the kernel running one of `progs` (our programs), pinned or not.
+fn kernel_links(progs: &std::collections::BTreeSet<u64>) -> usize {
+    let out = integration_tests::sim::sh(&["bpftool", "-j", "link", "show"]).unwrap();
+    let links: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    links
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|p| progs.contains(&p)))
+        .count()
+}
+
+/// The programs the pinned links run.
+fn our_programs(sim: &integration_tests::sim::SimNode) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(sim.bpffs_dir.join("links"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let out = integration_tests::sim::sh(&[
+                "bpftool",
+                "-j",
+                "link",
+                "show",
+                "pinned",
+                &p.display().to_string(),
+            ])
+            .ok()?;
+            serde_json::from_str::<serde_json::Value>(&out).ok()?["prog_id"].as_u64()
+        })
+        .collect()
+}
+
+fn daemon_rss_kib(sim: &integration_tests::sim::SimNode) -> u64 {
+    let pid = sim.daemon_pid().unwrap();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The same churn on a simulated node with real interfaces, through the Kubernetes API:
+/// a pod deleted (object and interface) and created again (a new interface, a new
+/// ifindex) 100 times. Every link and pin made for it goes with it; the kernel holds no
+/// link of ours beyond the live pods'; the tables and the daemon's memory are where
+/// they were.
+#[test]
+fn pods_coming_and_going_on_a_node_leave_no_links_or_pins_behind() {
+    use integration_tests::kube_fake::FakeApi;
+    use integration_tests::net::{echo_server, tcp_echo};
+    use integration_tests::shop::REMOTE;
+    use integration_tests::sim::{SimNode, pods_yaml, sim_pod, write_config};
+    let pods = [sim_pod("test", "stay", 1), sim_pod("test", "churn", 2)];
+    let mut sim = SimNode::build(&pods, REMOTE).unwrap();
+    let api = FakeApi::start(&sim.node_ns).unwrap();
+    let kubeconfig = sim.workdir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let object = |i: usize| {
+        let mut v: serde_json::Value =
+            serde_yaml::from_str(&pods_yaml(&pods[i..=i], &|_| "{app: a}".into())).unwrap();
+        v["apiVersion"] = "v1".into();
+        v["spec"] = serde_json::json!({ "nodeName": "node-1", "containers": [] });
+        v
+    };
+    api.put(
+        "securitygrouppolicies",
+        serde_yaml::from_str(POLICY).unwrap(),
+    );
+    api.put("pods", object(0));
+    api.put("pods", object(1));
+    let cfg = write_config(&sim, GROUPS, "", "").unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "kubernetesApi: {{nodeName: node-1, kubeconfig: {}}}\n",
+        kubeconfig.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    sim.start_daemon(&integration_tests::enforcer_bin(), &cfg)
+        .unwrap();
+    let baseline_pins = link_pins(&sim);
+    sim.wait_status("both pods enforced and attached", |st| {
+        st.enforced() == 2 && link_pins(&sim) == baseline_pins
+    });
+    let baseline_pins = link_pins(&sim);
+    let progs = our_programs(&sim);
+    let baseline_links = kernel_links(&progs);
+    let baseline_maps = sim.status().unwrap().maps;
+    assert!(
+        baseline_links >= baseline_pins && baseline_pins >= 4,
+        "{baseline_pins} pins"
+    );
+    let mut rss_after_warmup = 0;
+    for i in 0..100 {
+        api.delete("pods", "test", "churn");
+        sim.disconnect_pod("churn").unwrap();
+        sim.wait_status("churn gone, its links and pins too", |st| {
+            st.pods.len() == 1 && link_pins(&sim) < baseline_pins
+        });
+        sim.reconnect_pod("churn").unwrap();
+        api.put("pods", object(1));
+        sim.wait_status("churn back, attached", |st| {
+            st.enforced() == 2 && link_pins(&sim) == baseline_pins
+        });
+        if i == 10 {
+            rss_after_warmup = daemon_rss_kib(&sim);
+        }
+    }
+    assert_eq!(link_pins(&sim), baseline_pins, "no pin left behind");
+    assert_eq!(kernel_links(&progs), baseline_links, "no link left behind");
+    assert_eq!(
+        sim.status().unwrap().maps,
+        baseline_maps,
+        "the tables as they were"
+    );
+    let grown = daemon_rss_kib(&sim).saturating_sub(rss_after_warmup);
+    assert!(
+        grown < 4096,
+        "daemon RSS grew by {grown} KiB over 90 deletions and creations"
+    );
+    // The last incarnation is enforced: its group's rule passes, nothing else.
+    let _a = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let _b = echo_server(&sim.fabric_ns, "10.0.2.6:80").unwrap();
+    let ns = sim.pod_ns("churn").to_string();
+    assert!(tcp_echo(&ns, "10.0.2.5:443").unwrap());
+    assert!(!tcp_echo(&ns, "10.0.2.6:80").unwrap());
+}
