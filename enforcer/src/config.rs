@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -233,6 +235,19 @@ fn default_bpffs() -> PathBuf {
     "/sys/fs/bpf/podsg".into()
 }
 
+/// What `enforcer run`'s flags set over the config file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `kubernetesApi.nodeName` (a Kubernetes API source with it, if none is configured).
+    pub node_name: Option<String>,
+    /// `kubernetesApi.kubeconfig` (likewise).
+    pub kubeconfig: Option<PathBuf>,
+    /// `node.enforcingMode`.
+    pub enforcing_mode: Option<Mode>,
+    /// `stateDir`.
+    pub state_dir: Option<PathBuf>,
+}
+
 pub const ENV_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
 pub const ENV_EXTERNAL_SNAT: &str = "AWS_VPC_K8S_CNI_EXTERNALSNAT";
 pub const ENV_EXCLUDE_SNAT: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
@@ -243,6 +258,28 @@ pub const ENV_EXCLUDE_SNAT: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
 pub struct Destinations(pub BTreeMap<IpNet, u32>);
 
 impl Config {
+    /// [`Config::load`], then the `enforcer run` flags (they win over the file and the
+    /// environment, and hold across reloads).
+    pub fn load_with(path: &Path, flags: &Overrides) -> anyhow::Result<Config> {
+        let mut cfg = Config::load(path)?;
+        if let Some(m) = flags.enforcing_mode {
+            cfg.node.enforcing_mode = Some(m);
+        }
+        if let Some(d) = &flags.state_dir {
+            cfg.state_dir = d.clone();
+        }
+        if flags.node_name.is_some() || flags.kubeconfig.is_some() {
+            let api = cfg.kubernetes_api.get_or_insert_with(Default::default);
+            if let Some(n) = &flags.node_name {
+                api.node_name = Some(n.clone());
+            }
+            if let Some(k) = &flags.kubeconfig {
+                api.kubeconfig = Some(k.clone());
+            }
+        }
+        Ok(cfg)
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         use anyhow::Context;
         let text = std::fs::read_to_string(path)
@@ -502,5 +539,35 @@ mod tests {
         let l = cfg.always_allowed();
         assert!(l.contains(&"10.0.0.2/32".parse().unwrap()));
         assert!(l.contains(&"169.254.169.253/32".parse().unwrap()));
+    }
+
+    #[test]
+    fn run_flags_win_over_the_file_and_hold_its_other_settings() {
+        let dir = std::env::temp_dir().join(format!("podsg-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(
+            &path,
+            "node: {trunkInterface: t, gatewayMac: '02:00:00:00:00:01', enforcingMode: strict}\nkubernetesApi: {nodeName: from-file}\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            node_name: Some("from-flag".into()),
+            kubeconfig: Some("/k".into()),
+            enforcing_mode: Some(Mode::Standard),
+            state_dir: None,
+        };
+        let c = Config::load_with(&path, &flags).unwrap();
+        let api = c.kubernetes_api.unwrap();
+        assert_eq!(api.node_name.as_deref(), Some("from-flag"));
+        assert_eq!(api.kubeconfig.as_deref(), Some(Path::new("/k")));
+        assert_eq!(c.node.enforcing_mode, Some(Mode::Standard));
+        assert_eq!(c.node.trunk_interface, "t", "the rest from the file");
+        let plain = Config::load_with(&path, &Overrides::default()).unwrap();
+        assert_eq!(
+            plain.kubernetes_api.unwrap().node_name.as_deref(),
+            Some("from-file")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -20,6 +20,8 @@ use crate::status::{NodeStatus, PodState, STATUS_FILE};
 
 struct Daemon {
     config_path: PathBuf,
+    /// `enforcer run`'s flags, applied over the config at every reload.
+    flags: crate::config::Overrides,
     /// Why the config file could not be re-read (the previous one stays in use).
     config_error: Option<String>,
     files: files::FileSource,
@@ -251,7 +253,7 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
-        match Config::load(&self.config_path) {
+        match Config::load_with(&self.config_path, &self.flags) {
             Ok(c) => {
                 if c.node.trunk_interface != self.cfg.node.trunk_interface {
                     warn!("node.trunkInterface changed; restart the daemon to move to it");
@@ -324,13 +326,13 @@ fn write_status(dir: &Path, status: &NodeStatus) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(config_path: &Path) -> Result<()> {
+pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<()> {
     // Before anything else: a SIGHUP during start-up must not kill the daemon (the
     // default action), and SIGTERM must still detach cleanly.
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let cfg = Config::load(config_path)?;
+    let cfg = Config::load_with(config_path, &flags)?;
     let trunk = netdev::ifindex(&cfg.node.trunk_interface).with_context(|| {
         format!(
             "trunk interface {:?} (node.trunkInterface) does not exist in this network namespace",
@@ -387,6 +389,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
+        flags,
         config_error: None,
         files: files::FileSource::default(),
         kube_api,

@@ -128,11 +128,17 @@ fn the_tutorial_through_the_kubernetes_and_ec2_apis() {
     let cfg = write_config(&sim, r#"{"SecurityGroups":[]}"#, "", "").unwrap();
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
-        "kubernetesApi: {{nodeName: {NODE}, kubeconfig: {}}}\nec2Api: {{endpoint: '{}', region: us-east-1, pollSeconds: 1, jitterSeconds: 0}}\n",
-        kubeconfig.display(),
+        "ec2Api: {{endpoint: '{}', region: us-east-1, pollSeconds: 1, jitterSeconds: 0}}\n",
         moto.endpoint()
     ));
     std::fs::write(&cfg, text).unwrap();
+    // The Kubernetes API source from `enforcer run`'s flags alone.
+    sim.daemon_args = vec![
+        "--node-name".into(),
+        NODE.into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+    ];
     sim.daemon_env = SDK_ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -27,9 +27,23 @@ pub enum Output {
 #[derive(Subcommand)]
 pub enum Command {
     /// Load and attach the datapath and enforce the configured sources until stopped.
+    /// Flags win over the config file (and over POD_SECURITY_GROUP_ENFORCING_MODE).
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// This node's name, for the Kubernetes API source (env NODE_NAME wins, as a
+        /// DaemonSet sets it from spec.nodeName).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// A kubeconfig for the Kubernetes API source (else the in-cluster account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The mode of pods first seen from now on.
+        #[arg(long, value_enum)]
+        enforcing_mode: Option<crate::config::Mode>,
+        /// Where status, memory and the control socket live (stateDir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Poll EC2 and publish its security groups, members and prefix lists as
     /// MirroredSecurityGroup / MirroredPrefixList objects (one leader per cluster,
@@ -97,11 +111,25 @@ pub enum Outcome {
 /// Runs a command.
 pub fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
-        Command::Run { config } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::daemon::run(&config))
-            .map(|()| Outcome::Ok),
+        Command::Run {
+            config,
+            node_name,
+            kubeconfig,
+            enforcing_mode,
+            state_dir,
+        } => {
+            let flags = crate::config::Overrides {
+                node_name,
+                kubeconfig,
+                enforcing_mode,
+                state_dir,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::daemon::run(&config, flags))
+                .map(|()| Outcome::Ok)
+        }
         Command::Mirror { config } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

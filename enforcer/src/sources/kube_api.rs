@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::model::objects::KubeObjects;
 
 /// `kubernetesApi` in the config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeApiConfig {
     /// This node's name (the Pods scheduled here); env `NODE_NAME` wins, as a

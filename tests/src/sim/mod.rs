@@ -64,6 +64,8 @@ pub struct SimNode {
     pub(super) daemon: Option<Child>,
     /// Extra environment for the daemon (e.g. the AWS SDK's credentials and endpoint).
     pub daemon_env: Vec<(String, String)>,
+    /// Flags given to `enforcer run` after `--config`.
+    pub daemon_args: Vec<String>,
     pub(super) children: Vec<Child>,
 }
 
@@ -96,6 +98,7 @@ impl SimNode {
             fabric: None,
             daemon: None,
             daemon_env: Vec::new(),
+            daemon_args: Vec::new(),
             children: Vec::new(),
         };
         sim.build_inner(pods, remote)?;

@@ -21,6 +21,7 @@ impl SimNode {
             .arg(enforcer_bin)
             .args(["run", "--config"])
             .arg(config)
+            .args(&self.daemon_args)
             .env("RUST_LOG", "info")
             .envs(self.daemon_env.iter().cloned())
             .stdin(Stdio::null())
