@@ -20,6 +20,8 @@ use crate::status::{NodeStatus, PodState, STATUS_FILE};
 
 struct Daemon {
     config_path: PathBuf,
+    /// `Memory::tables_fingerprint` when last saved.
+    tables_saved: Option<(usize, u32, usize)>,
     /// `enforcer run`'s flags, applied over the config at every reload.
     flags: crate::config::Overrides,
     /// Why the config file could not be re-read (the previous one stays in use).
@@ -289,6 +291,22 @@ fn save_memory(mem: &Memory, state_dir: &Path) {
     }
 }
 
+impl Daemon {
+    /// Saves the class ids and cookies if they changed since last saved: on the 2 s
+    /// tick and at exit, not on every apply (they are megabytes; see
+    /// `memory::TABLES_FILE` for what losing their latest changes costs).
+    fn save_tables(&mut self) {
+        let now = self.mem.tables_fingerprint();
+        if Some(now) == self.tables_saved {
+            return;
+        }
+        match self.mem.save_tables(&self.cfg.state_dir) {
+            Ok(()) => self.tables_saved = Some(now),
+            Err(e) => warn!("{e} (a restart would rewrite more of the maps)"),
+        }
+    }
+}
+
 /// The programs log rare internal failures with aya-log; relay them to our log.
 fn forward_kernel_logs(ebpf: &mut aya::Ebpf) {
     let logger = match aya_log::EbpfLogger::init(ebpf) {
@@ -389,6 +407,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
     };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
+        tables_saved: None,
         flags,
         config_error: None,
         files: files::FileSource::default(),
@@ -434,8 +453,9 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
             }
             Ok((stream, _)) = control.accept() => d.serve(stream).await,
             Some(()) = api_changed.recv() => {
-                // A burst of watch events (a relist, a rollout) is one apply.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Applied at once; events already queued (a relist, a rollout) join
+                // this apply, and those arriving during it the next.
+                tokio::task::yield_now().await;
                 while api_changed.try_recv().is_ok() {}
                 d.apply();
             }
@@ -450,6 +470,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
+                d.save_tables();
                 // A safety net for interface events missed (or not subscribed to).
                 if d.interfaces_changed() {
                     d.apply();
@@ -473,6 +494,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
         d.cfg.bpffs_dir.display()
     );
     let state_dir = d.cfg.state_dir.clone();
+    d.save_tables();
     drop(watcher);
     drop(d);
     let _ = std::fs::remove_file(state_dir.join(STATUS_FILE));

@@ -17,6 +17,9 @@ use crate::policy::compile::CookieTable;
 pub struct Memory {
     pub ids: Ids,
     pub slots: Slots,
+    /// Saved apart (`save_tables`); read from memory.json too, where versions before
+    /// the split kept it.
+    #[serde(default, skip_serializing)]
     pub cookies: CookieTable,
     /// A pod's mode is fixed when it is first seen (SPEC §5).
     pub modes: BTreeMap<String, Mode>,
@@ -36,6 +39,24 @@ pub struct Memory {
 }
 
 pub const MEMORY_FILE: &str = "memory.json";
+/// Class ids and rule cookies: most of the memory's size (megabytes on a busy node), so
+/// saved apart and lazily. Losing their latest changes in a crash costs the next
+/// daemon some map rewrites (classes it does not know get new ids, written in the
+/// order that keeps every packet's verdict consistent) and, until the flows made under
+/// lost cookies expire, the rule names those flows are attributed to; never a verdict.
+pub const TABLES_FILE: &str = "memory-tables.json";
+
+#[derive(serde::Serialize)]
+struct TablesOut<'a> {
+    class_ids: &'a crate::datapath::state::Interned,
+    cookies: &'a CookieTable,
+}
+
+#[derive(serde::Deserialize)]
+struct TablesIn {
+    class_ids: crate::datapath::state::Interned,
+    cookies: CookieTable,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -65,20 +86,68 @@ impl Memory {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Memory::default()),
             Err(source) => return Err(MemoryError::Read { path, source }),
         };
-        serde_json::from_str(&text).map_err(|source| MemoryError::Parse { path, source })
+        let mut mem: Memory =
+            serde_json::from_str(&text).map_err(|source| MemoryError::Parse { path, source })?;
+        let path = dir.join(TABLES_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let t: TablesIn = serde_json::from_str(&text)
+                    .map_err(|source| MemoryError::Parse { path, source })?;
+                mem.ids.class_ids = t.class_ids;
+                mem.cookies = t.cookies;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(MemoryError::Read { path, source }),
+        }
+        Ok(mem)
     }
 
-    /// Writes atomically (a rename), so a crash leaves the old file or the new one.
-    pub fn save(&self, dir: &Path) -> Result<(), MemoryError> {
-        let path = dir.join(MEMORY_FILE);
-        let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
-        let write = |p: &Path| -> std::io::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            std::fs::write(p, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-            std::fs::rename(p, &path)
-        };
-        write(&tmp).map_err(|source| MemoryError::Write { path, source })
+    /// What [`Memory::save_tables`] would change: compare to decide whether to save.
+    pub fn tables_fingerprint(&self) -> (usize, u32, usize) {
+        let (n, next) = self.ids.class_fingerprint();
+        (n, next, self.cookies.len())
     }
+
+    /// Writes the class ids and cookies ([`TABLES_FILE`]), atomically.
+    pub fn save_tables(&self, dir: &Path) -> Result<(), MemoryError> {
+        let t = TablesOut {
+            class_ids: &self.ids.class_ids,
+            cookies: &self.cookies,
+        };
+        write_atomically(
+            dir,
+            TABLES_FILE,
+            &serde_json::to_vec(&t).map_err(std::io::Error::other),
+        )
+    }
+
+    /// Writes memory.json (all but the tables), atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), MemoryError> {
+        write_atomically(
+            dir,
+            MEMORY_FILE,
+            &serde_json::to_vec(self).map_err(std::io::Error::other),
+        )
+    }
+}
+
+/// Writes `name` in `dir` by a rename, so a crash leaves the old file or the new one.
+fn write_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &std::io::Result<Vec<u8>>,
+) -> Result<(), MemoryError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let bytes = bytes
+            .as_ref()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|source| MemoryError::Write { path, source })
 }
 
 /// Serialises a map whose keys are not strings as a list of pairs (JSON objects only
@@ -135,5 +204,33 @@ mod tests {
         let e = Memory::load(&dir).unwrap_err().to_string();
         assert!(e.contains("move it away"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_tables_are_saved_apart_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("podsg-tables-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut m = Memory::default();
+        let c = m
+            .cookies
+            .cookie("sg-a", crate::model::group::Direction::Inbound, 0);
+        m.save(&dir).unwrap();
+        let small = std::fs::read_to_string(dir.join(MEMORY_FILE)).unwrap();
+        assert!(
+            !small.contains("sg-a"),
+            "cookies are not in memory.json: {small}"
+        );
+        let mut back = Memory::load(&dir).unwrap();
+        assert!(back.cookies.is_empty(), "not saved yet: lost, at worst");
+        let before = m.tables_fingerprint();
+        m.save_tables(&dir).unwrap();
+        back = Memory::load(&dir).unwrap();
+        assert_eq!(back.tables_fingerprint(), before);
+        assert_eq!(
+            back.cookies
+                .cookie("sg-a", crate::model::group::Direction::Inbound, 0),
+            c
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -93,7 +93,7 @@ fn flags(a: &Allow) -> u32 {
 /// truncated) rather than kept: a policy's content is hundreds of entries, and
 /// memory.json (written on every apply) and the daemon's heap held every one.
 #[derive(Default, Debug)]
-struct Interned {
+pub struct Interned {
     by_digest: HashMap<u128, u32>,
     by_id: HashMap<u32, u128>,
 }
@@ -241,8 +241,9 @@ impl PolicyEntries {
 /// Allocates ids; see the module comment.
 #[derive(Default, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ids {
-    #[serde(default)]
-    class_ids: Interned,
+    /// Saved apart (`Memory::save_tables`): it is most of the memory's size.
+    #[serde(skip)]
+    pub(crate) class_ids: Interned,
     /// Each group list's policy id.
     #[serde(default, with = "crate::memory::pairs")]
     lists: HashMap<Vec<String>, u32>,
@@ -251,6 +252,11 @@ pub struct Ids {
 }
 
 impl Ids {
+    /// How many class ids are known and the next one: changes when classes come or go.
+    pub fn class_fingerprint(&self) -> (usize, u32) {
+        (self.class_ids.by_id.len(), self.next_class)
+    }
+
     fn class(&mut self, c: &ClassContent) -> u32 {
         let d = class_digest(c);
         if let Some(id) = self.class_ids.by_digest.get(&d) {

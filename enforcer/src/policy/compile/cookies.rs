@@ -66,6 +66,15 @@ impl CookieTable {
         self.refs.len() as u32
     }
 
+    /// How many cookies were handed out.
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
     pub fn rule(&self, cookie: u32) -> Option<&RuleRef> {
         self.refs.get((cookie as usize).checked_sub(1)?)
     }

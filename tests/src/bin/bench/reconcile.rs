@@ -149,6 +149,13 @@ pub fn run(results: &mut Vec<String>) {
         })
         .collect();
     events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let t = Instant::now();
+    let saved = serde_json::to_vec(&h.mem).unwrap();
+    println!(
+        "memory.json: {} KiB, serialised in {:.1} ms",
+        saved.len() / 1024,
+        ms(t)
+    );
     let p99 = events[events.len() * 99 / 100];
     for (case, v) in [
         ("first_apply_110_pods", first),
