@@ -149,3 +149,35 @@ fn status_without_a_daemon_says_where_it_looked() {
         "{err}"
     );
 }
+
+/// deploy/crds.yaml is what `enforcer crds` prints (regenerate it with
+/// `enforcer crds > deploy/crds.yaml`), and each document is a CRD of ours.
+#[test]
+fn the_shipped_crds_are_the_binary_s() {
+    let out = std::process::Command::new(integration_tests::enforcer_bin())
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml"))
+            .unwrap();
+    assert_eq!(printed, shipped, "deploy/crds.yaml is stale");
+    let names: Vec<String> = printed
+        .split("\n---\n")
+        .map(|d| {
+            let v: serde_json::Value = serde_yaml::from_str(d).unwrap();
+            assert_eq!(v["kind"], "CustomResourceDefinition");
+            assert_eq!(v["spec"]["scope"], "Cluster");
+            v["metadata"]["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mirroredsecuritygroups.podsg.io",
+            "mirroredprefixlists.podsg.io"
+        ]
+    );
+}
