@@ -61,10 +61,7 @@ impl Daemon {
             let snap = api.snapshot(&mut loaded.snapshot.catalog);
             self.status
                 .sources
-                .extend(snap.counts.iter().map(|(kind, n, events, since)| {
-                    let last = since.map_or("never".into(), |s| format!("{s} s ago"));
-                    format!("Kubernetes API: {n} {kind}s ({events} events, last {last})")
-                }));
+                .extend(snap.counts.iter().map(|c| c.to_string()));
             if !snap.ready {
                 waiting.push("the Kubernetes API's first list of every kind");
             }

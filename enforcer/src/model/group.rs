@@ -114,6 +114,30 @@ impl GroupCatalog {
         }
     }
 
+    /// Adds everything `other` holds (its groups, prefix lists and their errors win;
+    /// members are added).
+    pub fn merge(&mut self, other: &GroupCatalog) {
+        for (id, g) in &other.groups {
+            self.invalid_groups.remove(id);
+            self.groups.insert(id.clone(), g.clone());
+        }
+        for (id, why) in &other.invalid_groups {
+            self.groups.remove(id);
+            self.invalid_groups.insert(id.clone(), why.clone());
+        }
+        for (id, nets) in &other.prefix_lists {
+            self.invalid_prefix_lists.remove(id);
+            self.prefix_lists.insert(id.clone(), nets.clone());
+        }
+        for (id, why) in &other.invalid_prefix_lists {
+            self.prefix_lists.remove(id);
+            self.invalid_prefix_lists.insert(id.clone(), why.clone());
+        }
+        for (g, ips) in &other.members {
+            self.members.entry(g.clone()).or_default().extend(ips);
+        }
+    }
+
     /// Adds prefix lists, usable or not.
     pub fn add_prefix_lists(&mut self, lists: BTreeMap<String, Result<Vec<IpNet>, String>>) {
         for (id, nets) in lists {

@@ -64,10 +64,36 @@ pub struct Answer {
 #[derive(Default)]
 struct State {
     last_good: Option<Answer>,
+    /// `last_good` parsed (once per new answer, not per apply): its groups, prefix
+    /// lists and members, and what could not be used.
+    parsed: Option<(GroupCatalog, Vec<String>)>,
     error: Option<String>,
     polls: u64,
     /// When a poll last succeeded.
     last_ok: Option<std::time::Instant>,
+    /// The last error, even once recovered, and when.
+    last_error: Option<(String, std::time::Instant)>,
+}
+
+/// An answer as the catalog takes it, parsed like the files (per-group errors).
+fn parse(a: &Answer) -> (GroupCatalog, Vec<String>) {
+    let mut catalog = GroupCatalog::default();
+    let mut errors = Vec::new();
+    match ec2::parse_security_groups(&a.groups, "EC2 DescribeSecurityGroups") {
+        Ok(g) => {
+            errors.extend(g.unnamed.iter().cloned());
+            catalog.add_groups(g);
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    match ec2::parse_prefix_lists(&a.prefix_lists, "EC2 GetManagedPrefixListEntries") {
+        Ok(l) => catalog.add_prefix_lists(l),
+        Err(e) => errors.push(e.to_string()),
+    }
+    for (g, ips) in &a.members {
+        catalog.members.entry(g.clone()).or_default().extend(ips);
+    }
+    (catalog, errors)
 }
 
 pub struct Ec2ApiSource {
@@ -99,6 +125,9 @@ impl Ec2ApiSource {
                             backoff = 1;
                             s.last_ok = Some(std::time::Instant::now());
                             let new = s.last_good.as_ref() != Some(&a) || s.error.is_some();
+                            if s.last_good.as_ref() != Some(&a) {
+                                s.parsed = Some(parse(&a));
+                            }
                             s.last_good = Some(a);
                             s.error = None;
                             new
@@ -109,6 +138,7 @@ impl Ec2ApiSource {
                             }
                             log::warn!("EC2: {e}");
                             let new = s.error.as_deref() != Some(e.as_str());
+                            s.last_error = Some((e.clone(), std::time::Instant::now()));
                             s.error = Some(e);
                             new
                         }
@@ -140,28 +170,19 @@ impl Ec2ApiSource {
         let since = s.last_ok.map_or("never".to_string(), |t| {
             format!("{} s ago", t.elapsed().as_secs())
         });
-        let mut summary = format!("EC2: {} polls, last success {since}", s.polls);
-        if let Some(a) = &s.last_good {
-            match ec2::parse_security_groups(&a.groups, "EC2 DescribeSecurityGroups") {
-                Ok(g) => {
-                    summary = format!(
-                        "EC2: {} groups, {} referenced groups' members ({} polls, last success {since})",
-                        g.groups.len() + g.invalid.len(),
-                        a.members.len(),
-                        s.polls
-                    );
-                    errors.extend(g.unnamed.iter().cloned());
-                    catalog.add_groups(g);
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-            match ec2::parse_prefix_lists(&a.prefix_lists, "EC2 GetManagedPrefixListEntries") {
-                Ok(l) => catalog.add_prefix_lists(l),
-                Err(e) => errors.push(e.to_string()),
-            }
-            for (g, ips) in &a.members {
-                catalog.members.entry(g.clone()).or_default().extend(ips);
-            }
+        let last_error = s.last_error.as_ref().map_or(String::new(), |(e, t)| {
+            format!("; last error {} s ago: {e}", t.elapsed().as_secs())
+        });
+        let mut summary = format!("EC2: {} polls, last success {since}{last_error}", s.polls);
+        if let Some((parsed, problems)) = &s.parsed {
+            summary = format!(
+                "EC2: {} groups, {} referenced groups' members ({} polls, last success {since}{last_error})",
+                parsed.groups.len() + parsed.invalid_groups.len(),
+                parsed.members.len(),
+                s.polls
+            );
+            errors.extend(problems.iter().cloned());
+            catalog.merge(parsed);
         }
         Ec2Snapshot {
             ready: s.last_good.is_some(),

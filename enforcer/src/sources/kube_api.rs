@@ -126,6 +126,10 @@ struct Store {
     synced: bool,
     /// The watcher's last error, until it works again.
     error: Option<String>,
+    /// The last error, even once recovered, and when.
+    last_error: Option<(String, std::time::Instant)>,
+    /// Bumped whenever `objects` change.
+    generation: u64,
     /// Events applied since the start (for status).
     events: u64,
     /// When the watch last delivered something (an event or a list).
@@ -134,6 +138,38 @@ struct Store {
 
 pub struct KubeApiSource {
     stores: Vec<(&'static str, Arc<Mutex<Store>>)>,
+    /// The mirror's objects parsed, with the store generations they were parsed at:
+    /// parsed again only when those changed, not on every apply.
+    mirror: Mutex<Option<MirrorParse>>,
+}
+
+/// The mirror stores' generations, what their objects give the catalog, the problems.
+type MirrorParse = (Vec<u64>, crate::model::group::GroupCatalog, Vec<String>);
+
+/// One kind's line in status.
+pub struct KindCount {
+    pub kind: &'static str,
+    pub objects: usize,
+    pub events: u64,
+    /// Seconds since the watch last delivered (None: never).
+    pub since: Option<u64>,
+    /// The last error (even once recovered) and its age in seconds.
+    pub last_error: Option<(String, u64)>,
+}
+
+impl std::fmt::Display for KindCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let last = self.since.map_or("never".into(), |s| format!("{s} s ago"));
+        write!(
+            f,
+            "Kubernetes API: {} {}s ({} events, last {last}",
+            self.objects, self.kind, self.events
+        )?;
+        if let Some((e, age)) = &self.last_error {
+            write!(f, "; last error {age} s ago: {e}")?;
+        }
+        write!(f, ")")
+    }
 }
 
 /// What the source holds now.
@@ -142,8 +178,8 @@ pub struct KubeApiSnapshot {
     /// Every watcher has listed once: the objects are the cluster's, not a partial view.
     pub ready: bool,
     pub errors: Vec<String>,
-    /// Per kind: object count, events so far, seconds since the last one (None: never).
-    pub counts: Vec<(&'static str, usize, u64, Option<u64>)>,
+    /// Per kind, for status.
+    pub counts: Vec<KindCount>,
 }
 
 impl KubeApiSource {
@@ -171,19 +207,25 @@ impl KubeApiSource {
                 let mut events = watcher(api, wc).default_backoff().boxed();
                 while let Some(ev) = events.next().await {
                     if apply_event(&store, &kind, ev) {
+                        let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+                        s.generation += 1;
+                        drop(s);
                         let _ = changed.send(());
                     }
                 }
             });
         }
-        Ok(KubeApiSource { stores })
+        Ok(KubeApiSource {
+            stores,
+            mirror: Mutex::default(),
+        })
     }
 
     /// The objects as KubeObjects (parsed like files, per-object errors); the mirror's
     /// objects, if watched, are added to `catalog`.
     pub fn snapshot(&self, catalog: &mut crate::model::group::GroupCatalog) -> KubeApiSnapshot {
         use crate::sources::mirror::{GROUP_KIND, PREFIX_LIST_KIND};
-        let (mut groups, mut lists) = (BTreeMap::new(), BTreeMap::new());
+        let mut mirror_generations = Vec::new();
         let mut kube = KubeObjects::default();
         let mut errors = Vec::new();
         let mut ready = true;
@@ -201,28 +243,49 @@ impl KubeApiSource {
                     }
                 ));
             }
-            counts.push((
-                *name,
-                s.objects.len(),
-                s.events,
-                s.last_ok.map(|t| t.elapsed().as_secs()),
-            ));
-            match *name {
-                GROUP_KIND => groups.extend(s.objects.iter().map(|(k, v)| (k.clone(), v.clone()))),
-                PREFIX_LIST_KIND => {
-                    lists.extend(s.objects.iter().map(|(k, v)| (k.clone(), v.clone())))
-                }
-                _ => {
-                    for (key, obj) in &s.objects {
-                        kube.add_object(obj.clone(), &format!("Kubernetes API {name} {key}"));
-                    }
+            counts.push(KindCount {
+                kind: name,
+                objects: s.objects.len(),
+                events: s.events,
+                since: s.last_ok.map(|t| t.elapsed().as_secs()),
+                last_error: s
+                    .last_error
+                    .as_ref()
+                    .map(|(e, t)| (e.clone(), t.elapsed().as_secs())),
+            });
+            if [GROUP_KIND, PREFIX_LIST_KIND].contains(name) {
+                mirror_generations.push(s.generation);
+            } else {
+                for (key, obj) in &s.objects {
+                    kube.add_object(obj.clone(), &format!("Kubernetes API {name} {key}"));
                 }
             }
         }
-        if self.stores.iter().any(|(n, _)| *n == GROUP_KIND) {
-            errors.extend(crate::sources::mirror::add_to_catalog(
-                &groups, &lists, catalog,
-            ));
+        if !mirror_generations.is_empty() {
+            let mut cache = self.mirror.lock().unwrap_or_else(|p| p.into_inner());
+            if cache
+                .as_ref()
+                .is_none_or(|(g, _, _)| *g != mirror_generations)
+            {
+                let objects = |kind: &str| {
+                    self.stores
+                        .iter()
+                        .find(|(n, _)| *n == kind)
+                        .map(|(_, st)| st.lock().unwrap_or_else(|p| p.into_inner()).objects.clone())
+                        .unwrap_or_default()
+                };
+                let mut parsed = crate::model::group::GroupCatalog::default();
+                let problems = crate::sources::mirror::add_to_catalog(
+                    &objects(GROUP_KIND),
+                    &objects(PREFIX_LIST_KIND),
+                    &mut parsed,
+                );
+                *cache = Some((mirror_generations, parsed, problems));
+            }
+            if let Some((_, parsed, problems)) = cache.as_ref() {
+                catalog.merge(parsed);
+                errors.extend(problems.iter().cloned());
+            }
         }
         KubeApiSnapshot {
             kube,
@@ -246,6 +309,7 @@ fn apply_event(
             let text = e.to_string();
             let new = s.error.as_deref() != Some(&text);
             log::warn!("Kubernetes API, {}s: {text}", kind.name);
+            s.last_error = Some((text.clone(), std::time::Instant::now()));
             s.error = Some(text);
             return new;
         }
