@@ -85,6 +85,15 @@ impl Moto {
         );
     }
 
+    /// A group for pod web, made through the API: TCP 443 out to one VPC host (the
+    /// fabric's 10.0.2.5). Its id and that rule, as `egress` takes it.
+    pub fn web_group(&self, sim: &SimNode) -> (String, &'static str) {
+        let sg = self.bare_group(sim, "web");
+        let rule = "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=10.0.2.5/32}]";
+        self.egress(sim, "authorize", &sg, rule);
+        (sg, rule)
+    }
+
     /// A new group with no rules (EC2's default allow-all egress rule removed); its id.
     pub fn bare_group(&self, sim: &SimNode, name: &str) -> String {
         let sg = self.aws(

@@ -16,10 +16,7 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
     let web = sim_pod("shop", "web", 1);
     let mut sim = SimNode::build(std::slice::from_ref(&web), REMOTE).unwrap();
     let moto = Moto::start(&mut sim);
-    // web's group, made through the API: TCP 443 out to one VPC host.
-    let sg = moto.bare_group(&sim, "web");
-    let rule = "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=10.0.2.5/32}]";
-    moto.egress(&sim, "authorize", &sg, rule);
+    let (sg, rule) = moto.web_group(&sim);
 
     let k8s = format!(
         "---\nkind: SecurityGroupPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, securityGroups: {{groupIds: [{sg}]}}}}\n{}",

@@ -36,9 +36,7 @@ fn groups_reach_the_daemon_through_the_mirror_and_survive_a_leader_crash() {
     let web = sim_pod("shop", "web", 1);
     let mut sim = SimNode::build(std::slice::from_ref(&web), REMOTE).unwrap();
     let moto = Moto::start(&mut sim);
-    let sg = moto.bare_group(&sim, "web");
-    let rule = "IpProtocol=tcp,FromPort=443,ToPort=443,IpRanges=[{CidrIp=10.0.2.5/32}]";
-    moto.egress(&sim, "authorize", &sg, rule);
+    let (sg, rule) = moto.web_group(&sim);
 
     let api = FakeApi::start(&sim.node_ns).unwrap();
     let kubeconfig = sim.workdir.join("kubeconfig");

@@ -492,15 +492,7 @@ mod tests {
     }
 
     fn rule(net: &str, port: u16, cookie: u32) -> FlatRule {
-        FlatRule {
-            dir: Direction::Inbound,
-            net: net.parse().unwrap(),
-            proto: Some(6),
-            lo: port,
-            hi: port,
-            cookie,
-            untracked: false,
-        }
+        FlatRule::tcp_in(net, port, cookie)
     }
 
     #[test]

@@ -230,19 +230,10 @@ impl Desired {
 mod tests {
     use super::*;
     use crate::datapath::state::Ids;
-    use crate::model::group::Direction;
     use crate::policy::compile::{FlatRule, compile};
 
     fn tcp(net: &str, port: u16) -> FlatRule {
-        FlatRule {
-            dir: Direction::Inbound,
-            net: net.parse().unwrap(),
-            proto: Some(6),
-            lo: port,
-            hi: port,
-            cookie: 1,
-            untracked: false,
-        }
+        FlatRule::tcp_in(net, port, 1)
     }
 
     fn entries(ids: &mut Ids, pid: u32, rules: &[FlatRule]) -> Arc<PolicyEntries> {

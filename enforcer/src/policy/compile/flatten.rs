@@ -48,6 +48,22 @@ pub struct FlatRule {
     pub untracked: bool,
 }
 
+impl FlatRule {
+    /// An inbound TCP rule for one port (tests build policies from these).
+    #[cfg(test)]
+    pub fn tcp_in(net: &str, port: u16, cookie: u32) -> FlatRule {
+        FlatRule {
+            dir: Direction::Inbound,
+            net: net.parse().expect("a CIDR"),
+            proto: Some(6),
+            lo: port,
+            hi: port,
+            cookie,
+            untracked: false,
+        }
+    }
+}
+
 fn port_range(rule: &Rule) -> Result<(Option<u8>, u16, u16), String> {
     let (from, to) = (rule.from_port, rule.to_port);
     match rule.protocol {
