@@ -143,10 +143,7 @@ impl Daemon {
             self.dp.attached_pods()
         );
         self.refresh_status();
-        // A re-plan allocates and frees tens of MiB; give what is free back to the
-        // system rather than holding the peak for the daemon's life.
-        // SAFETY: glibc's malloc_trim takes no pointers and only releases free memory.
-        unsafe { libc::malloc_trim(0) };
+        give_back_memory();
     }
 
     /// A pod waits for its interface, an attached interface is gone or re-created, or
@@ -282,6 +279,13 @@ impl Daemon {
     }
 }
 
+/// A re-plan, or serialising the tables, allocates and frees megabytes; give what is
+/// free back to the system rather than holding the peak for the daemon's life.
+fn give_back_memory() {
+    // SAFETY: glibc's malloc_trim takes no pointers and only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
 fn save_memory(mem: &Memory, state_dir: &Path) {
     if let Err(e) = mem.save(state_dir) {
         warn!("{e} (a restart would not know this daemon's ids, modes and slots)");
@@ -301,6 +305,7 @@ impl Daemon {
             Ok(()) => self.tables_saved = Some(now),
             Err(e) => warn!("{e} (a restart would rewrite more of the maps)"),
         }
+        give_back_memory();
     }
 }
 
