@@ -116,3 +116,105 @@ impl Moto {
         sg
     }
 }
+
+/// A front for the local EC2 that can be made to throttle: while `throttle` is set it
+/// answers every call as EC2 does when an account's request budget is spent (HTTP 503,
+/// `RequestLimitExceeded`); otherwise it relays the call to moto. One request per
+/// connection; stops when dropped.
+pub struct ThrottlingFront {
+    pub port: u16,
+    pub throttle: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for ThrottlingFront {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+const THROTTLED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>";
+
+/// Reads one HTTP request (headers and a Content-Length body).
+fn read_request(c: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return Ok(buf);
+        }
+    }
+}
+
+impl Moto {
+    /// Starts a [`ThrottlingFront`] in the node's namespace.
+    pub fn throttling_front(&self) -> ThrottlingFront {
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (throttle, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (t, s, moto) = (throttle.clone(), stop.clone(), self.port);
+        let (ptx, prx) = std::sync::mpsc::channel();
+        crate::sim::spawn_in_netns(&self.ns, move || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            ptx.send(l.local_addr().unwrap().port()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(req) = read_request(&mut c) else { continue };
+                if t.load(Ordering::Relaxed) {
+                    let _ = write!(
+                        c,
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{THROTTLED}",
+                        THROTTLED.len()
+                    );
+                    continue;
+                }
+                // Relayed with the connection closed after the answer, which is then
+                // read to its end.
+                let text = String::from_utf8_lossy(&req).replacen(
+                    "\r\n",
+                    "\r\nConnection: close\r\n",
+                    1,
+                );
+                let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", moto)) else { continue };
+                let _ = up.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut answer = Vec::new();
+                if up.write_all(text.as_bytes()).is_ok() && up.read_to_end(&mut answer).is_ok() {
+                    let _ = c.write_all(&answer);
+                }
+            }
+        })
+        .unwrap();
+        let port = prx.recv_timeout(Duration::from_secs(10)).unwrap();
+        ThrottlingFront {
+            port,
+            throttle,
+            stop,
+        }
+    }
+}

@@ -148,3 +148,74 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
     );
     assert!(!tcp_echo(&ns, "10.0.2.6:443").unwrap(), "and nothing opens");
 }
+
+/// EC2 throttling the account (`RequestLimitExceeded`, after the SDK's own retries):
+/// the last good answer stays enforced — a rule revoked meanwhile is not seen, nothing
+/// opens — status names the throttling, and once EC2 answers again the revocation
+/// takes effect.
+#[test]
+fn throttled_ec2_keeps_the_last_good_state_until_it_answers_again() {
+    let web = sim_pod("shop", "web", 1);
+    let mut sim = SimNode::build(std::slice::from_ref(&web), REMOTE).unwrap();
+    let moto = Moto::start(&mut sim);
+    let (sg, rule) = moto.web_group(&sim);
+    let front = moto.throttling_front();
+    let k8s = format!(
+        "---\nkind: SecurityGroupPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, securityGroups: {{groupIds: [{sg}]}}}}\n{}",
+        pods_yaml(std::slice::from_ref(&web), &|_| "{app: web}".into())
+    );
+    let cfg = write_config(&sim, r#"{"SecurityGroups":[]}"#, &k8s, "").unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "ec2Api: {{endpoint: 'http://127.0.0.1:{}', region: us-east-1, pollSeconds: 1, jitterSeconds: 0}}\n",
+        front.port
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    sim.daemon_env = SDK_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    sim.start_daemon(&enforcer_bin(), &cfg).unwrap();
+    sim.wait_status("web enforced from EC2", |st| st.enforced() == 1);
+    let _a = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let _b = echo_server(&sim.fabric_ns, "10.0.2.6:443").unwrap();
+    let ns = sim.pod_ns("web").to_string();
+    assert!(tcp_echo(&ns, "10.0.2.5:443").unwrap());
+
+    front
+        .throttle
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    sim.wait_status("the throttling in status", |st| {
+        st.source_errors
+            .iter()
+            .any(|e| e.contains("RequestLimitExceeded") && e.contains("last good"))
+    });
+    moto.egress(&sim, "revoke", &sg, rule);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        tcp_echo(&ns, "10.0.2.5:443").unwrap(),
+        "the last good answer stays enforced"
+    );
+    assert!(!tcp_echo(&ns, "10.0.2.6:443").unwrap(), "and nothing opens");
+
+    // EC2 answers again: after the backed-off wait (at most 16 polls), the revocation.
+    front
+        .throttle
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while tcp_echo(&ns, "10.0.2.5:443").unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the revocation was not enforced within 40 s of EC2 answering"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let st = sim.status().unwrap();
+    assert!(
+        st.sources
+            .iter()
+            .any(|s| s.contains("last error") && s.contains("RequestLimitExceeded")),
+        "the recovered error stays named: {:?}",
+        st.sources
+    );
+}
