@@ -74,10 +74,18 @@ pub struct Round {
 
 impl PolicyCache {
     fn version(&mut self, round: &mut Round, peers: &Peers, gid: &str) -> u64 {
+        let now = peers.catalog.groups.get(gid);
+        // The same parse as last time (the usual case: only pods changed): no compare,
+        // nothing to remember for the round.
+        if let Some(seen) = self.groups.get(gid)
+            && let (Some(a), Some(b)) = (&seen.group, now)
+            && Arc::ptr_eq(a, b)
+        {
+            return seen.version;
+        }
         if let Some(v) = round.versions.get(gid) {
             return *v;
         }
-        let now = peers.catalog.groups.get(gid);
         let same = |seen: &Seen| match (&seen.group, now) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,

@@ -123,7 +123,8 @@ pub fn plan(
         .map(|o| o.key())
         .collect();
     mem.slots.retain(&|k| live.contains(k));
-    let present = |k: &String| snap.kube.pods.iter().any(|p| &p.key() == k);
+    let pods: HashSet<String> = snap.kube.pods.iter().map(|p| p.key()).collect();
+    let present = |k: &String| pods.contains(k);
     mem.modes.retain(|k, _| present(k));
     mem.frozen_groups.retain(|k, _| present(k));
     Plan {
