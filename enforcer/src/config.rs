@@ -224,8 +224,15 @@ pub struct Config {
     pub state_dir: PathBuf,
     #[serde(default = "default_bpffs")]
     pub bpffs_dir: PathBuf,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; empty: nowhere.
+    #[serde(default = "default_http")]
+    pub http_address: String,
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+fn default_http() -> String {
+    "0.0.0.0:61680".into()
 }
 
 fn default_state_dir() -> PathBuf {

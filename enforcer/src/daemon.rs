@@ -20,6 +20,10 @@ use crate::status::{NodeStatus, PodState, STATUS_FILE};
 
 struct Daemon {
     config_path: PathBuf,
+    /// Why the daemon is not ready (`/readyz`), if it is not.
+    not_ready: Option<String>,
+    /// Apply durations (`/metrics`).
+    apply_seconds: prometheus_client::metrics::histogram::Histogram,
     /// `Memory::tables_fingerprint` when last saved.
     tables_saved: Option<(usize, u32, usize)>,
     /// `enforcer run`'s flags, applied over the config at every reload.
@@ -54,6 +58,7 @@ impl Daemon {
     /// Reads the sources and brings the kernel in line. Never fails: problems become
     /// status errors, and the last good state stays enforced when the sources can't be read.
     fn apply(&mut self) {
+        let started = std::time::Instant::now();
         let mut loaded = self.files.load(&self.cfg);
         self.status.sources.clear();
         let mut waiting = Vec::new();
@@ -86,9 +91,11 @@ impl Daemon {
             );
             info!("{why}");
             self.status.source_errors = loaded.errors;
-            self.status.source_errors.push(why);
+            self.status.source_errors.push(why.clone());
+            self.not_ready = Some(why);
             return;
         }
+        self.not_ready = None;
         self.status.generation += 1;
         for e in &loaded.errors {
             error!("{e}");
@@ -142,8 +149,27 @@ impl Daemon {
             self.status.enforced(),
             self.dp.attached_pods()
         );
+        self.apply_seconds.observe(started.elapsed().as_secs_f64());
         self.refresh_status();
         give_back_memory();
+    }
+
+    /// Answers the HTTP endpoints' questions (counters read now).
+    fn answer(&mut self, ask: crate::http::Ask) {
+        match ask {
+            crate::http::Ask::Ready(tx) => {
+                let r = match (&self.not_ready, self.attached) {
+                    (Some(why), _) => Err(why.clone()),
+                    (None, false) => Err("the datapath is not attached yet".into()),
+                    (None, true) => Ok(()),
+                };
+                let _ = tx.send(r);
+            }
+            crate::http::Ask::Metrics(tx) => {
+                self.refresh_status();
+                let _ = tx.send(crate::http::render(&self.status, &self.apply_seconds));
+            }
+        }
     }
 
     /// A pod waits for its interface, an attached interface is gone or re-created, or
@@ -409,6 +435,10 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
     };
     let mut d = Daemon {
         config_path: config_path.to_path_buf(),
+        not_ready: None,
+        apply_seconds: prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 14),
+        ),
         tables_saved: None,
         flags,
         config_error: None,
@@ -436,6 +466,17 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = d.watch_sources(&changed_tx);
     let control = bind_control(&d.cfg.state_dir)?;
+    let (asks_tx, mut asks) = tokio::sync::mpsc::channel(8);
+    if !d.cfg.http_address.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&d.cfg.http_address)
+            .await
+            .with_context(|| format!("httpAddress {}", d.cfg.http_address))?;
+        info!(
+            "serving /healthz, /readyz and /metrics on {}",
+            d.cfg.http_address
+        );
+        tokio::spawn(crate::http::serve(listener, asks_tx));
+    }
     let mut links = crate::link_events::LinkEvents::open()
         .map_err(|e| warn!("subscribing to interface events: {e}; checking every 2 s instead"))
         .ok();
@@ -454,6 +495,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
                 watcher = d.watch_sources(&changed_tx);
             }
             Ok((stream, _)) = control.accept() => d.serve(stream).await,
+            Some(ask) = asks.recv() => d.answer(ask),
             Some(()) = api_changed.recv() => {
                 // Applied at once; events already queued (a relist, a rollout) join
                 // this apply, and those arriving during it the next.
