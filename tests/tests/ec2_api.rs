@@ -9,7 +9,27 @@ use integration_tests::enforcer_bin;
 use integration_tests::moto::{Moto, SDK_ENV};
 use integration_tests::net::*;
 use integration_tests::shop::{REMOTE, counter_reaching};
-use integration_tests::sim::{SimNode, pods_yaml, sh, sim_pod, write_config};
+use integration_tests::sim::{SimNode, SimPod, pods_yaml, sh, sim_pod, write_config};
+
+/// The daemon with web's policy and pod from files and its groups from EC2 at
+/// `endpoint`, polled every second.
+fn start_daemon_on_ec2(sim: &mut SimNode, web: &SimPod, sg: &str, endpoint: &str) {
+    let k8s = format!(
+        "---\nkind: SecurityGroupPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, securityGroups: {{groupIds: [{sg}]}}}}\n{}",
+        pods_yaml(std::slice::from_ref(web), &|_| "{app: web}".into())
+    );
+    let cfg = write_config(sim, r#"{"SecurityGroups":[]}"#, &k8s, "").unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "ec2Api: {{endpoint: '{endpoint}', region: us-east-1, pollSeconds: 1, jitterSeconds: 0}}\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    sim.daemon_env = SDK_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    sim.start_daemon(&enforcer_bin(), &cfg).unwrap();
+}
 
 #[test]
 fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() {
@@ -18,22 +38,7 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
     let moto = Moto::start(&mut sim);
     let (sg, rule) = moto.web_group(&sim);
 
-    let k8s = format!(
-        "---\nkind: SecurityGroupPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, securityGroups: {{groupIds: [{sg}]}}}}\n{}",
-        pods_yaml(std::slice::from_ref(&web), &|_| "{app: web}".into())
-    );
-    let cfg = write_config(&sim, r#"{"SecurityGroups":[]}"#, &k8s, "").unwrap();
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "ec2Api: {{endpoint: '{}', region: us-east-1, pollSeconds: 1, jitterSeconds: 0}}\n",
-        moto.endpoint()
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    sim.daemon_env = SDK_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    sim.start_daemon(&enforcer_bin(), &cfg).unwrap();
+    start_daemon_on_ec2(&mut sim, &web, &sg, &moto.endpoint());
     let st = sim.status().unwrap();
     let web_st = st.pods.iter().find(|p| p.name == "web").unwrap();
     assert_eq!(
@@ -160,22 +165,12 @@ fn throttled_ec2_keeps_the_last_good_state_until_it_answers_again() {
     let moto = Moto::start(&mut sim);
     let (sg, rule) = moto.web_group(&sim);
     let front = moto.throttling_front();
-    let k8s = format!(
-        "---\nkind: SecurityGroupPolicy\nmetadata: {{name: web, namespace: shop}}\nspec: {{podSelector: {{matchLabels: {{app: web}}}}, securityGroups: {{groupIds: [{sg}]}}}}\n{}",
-        pods_yaml(std::slice::from_ref(&web), &|_| "{app: web}".into())
+    start_daemon_on_ec2(
+        &mut sim,
+        &web,
+        &sg,
+        &format!("http://127.0.0.1:{}", front.port),
     );
-    let cfg = write_config(&sim, r#"{"SecurityGroups":[]}"#, &k8s, "").unwrap();
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "ec2Api: {{endpoint: 'http://127.0.0.1:{}', region: us-east-1, pollSeconds: 1, jitterSeconds: 0}}\n",
-        front.port
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    sim.daemon_env = SDK_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    sim.start_daemon(&enforcer_bin(), &cfg).unwrap();
     sim.wait_status("web enforced from EC2", |st| st.enforced() == 1);
     let _a = echo_server(&sim.fabric_ns, "10.0.2.5:443").unwrap();
     let _b = echo_server(&sim.fabric_ns, "10.0.2.6:443").unwrap();
