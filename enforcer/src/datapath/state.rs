@@ -58,20 +58,6 @@ pub struct CapacityError {
     pub capacity: usize,
 }
 
-/// Whether adding `new` to `map` stays within half the kernel map's capacity. Rule
-/// sets are swapped by writing the new entries beside the old ones before any pod
-/// points at them, so a change touching every pod (a shared group's rule) needs room
-/// for both at once: the desired state may fill half of each rule table, never more.
-fn fits<K: Eq + std::hash::Hash, V>(
-    map: &HashMap<K, V>,
-    new: &[(K, V)],
-    name: &'static str,
-    capacity: u32,
-) -> Result<(), CapacityError> {
-    let needed = map.len() + new.iter().filter(|(k, _)| !map.contains_key(k)).count();
-    check_room(name, needed, capacity)
-}
-
 /// Whether a table of map `name` (of `capacity` entries) may hold `needed`.
 pub fn check_room(name: &'static str, needed: usize, capacity: u32) -> Result<(), CapacityError> {
     let usable = capacity as usize / 2;
@@ -228,14 +214,6 @@ impl PolicyEntries {
         }
         e
     }
-
-    pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len() + self.classes.iter().map(|(_, p)| p.len()).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Allocates ids; see the module comment.
@@ -348,42 +326,6 @@ impl KernelState {
         .collect()
     }
 
-    /// Adds group list `groups`' compiled policy and returns its id. Nothing is added
-    /// when a map would overflow.
-    pub fn add_policy(
-        &mut self,
-        ids: &mut Ids,
-        groups: &[String],
-        p: &CompiledPolicy,
-    ) -> Result<u32, CapacityError> {
-        let pid = ids.policy(groups);
-        let e = PolicyEntries::of(ids, pid, p);
-        self.fits(&e)?;
-        self.insert(&e);
-        Ok(pid)
-    }
-
-    /// Whether a policy's entries fit (see [`fits`]).
-    pub fn fits(&self, e: &PolicyEntries) -> Result<(), CapacityError> {
-        fits(&self.peers_v4, &e.v4, map_names::PEER_V4, MAX_PEER_ENTRIES)?;
-        fits(&self.peers_v6, &e.v6, map_names::PEER_V6, MAX_PEER_ENTRIES)?;
-        let ports: Vec<_> = e
-            .classes
-            .iter()
-            .flat_map(|(_, p)| p.iter().copied())
-            .collect();
-        fits(&self.ports, &ports, map_names::PORT_RULES, MAX_PORT_ENTRIES)
-    }
-
-    /// Adds a policy's entries (its peers, and its classes' ports).
-    pub fn insert(&mut self, e: &PolicyEntries) {
-        self.peers_v4.extend(e.v4.iter().copied());
-        self.peers_v6.extend(e.v6.iter().copied());
-        for (_, ports) in &e.classes {
-            self.ports.extend(ports.iter().copied());
-        }
-    }
-
     pub fn add_always(&mut self, nets: &[IpNet]) {
         for (i, n) in nets.iter().enumerate() {
             let v = AlwaysAllow { id: i as u32 + 1 };
@@ -479,14 +421,8 @@ mod tests {
 
     #[test]
     fn a_table_may_fill_half_its_map_leaving_room_for_a_swap() {
-        let mut m: HashMap<u32, u32> = HashMap::new();
-        assert!(fits(&m, &[(1, 0), (2, 0)], "T", 4).is_ok(), "half of 4");
-        m.insert(1, 0);
-        assert!(
-            fits(&m, &[(1, 0), (2, 0)], "T", 4).is_ok(),
-            "an entry already there is no more"
-        );
-        let e = fits(&m, &[(2, 0), (3, 0)], "T", 4).unwrap_err();
+        assert!(check_room("T", 2, 4).is_ok(), "half of 4");
+        let e = check_room("T", 3, 4).unwrap_err();
         assert_eq!((e.map, e.needed, e.capacity), ("T", 3, 2));
         assert!(e.to_string().contains("room to swap"), "{e}");
     }
@@ -522,42 +458,6 @@ mod tests {
         assert!(ids.policy(&list("sg-a")) > pb);
         ids.forget_class(ea.classes[0].0);
         assert!(PolicyEntries::of(&mut ids, pa, &a).classes[0].0 > eb.classes[0].0);
-    }
-
-    #[test]
-    fn overflow_is_an_error_and_adds_nothing() {
-        let mut ids = Ids::default();
-        let mut s = KernelState::default();
-        for i in 0..MAX_PORT_ENTRIES {
-            s.ports.insert(
-                (
-                    64,
-                    PortKey {
-                        class_id: 9999,
-                        proto: 6,
-                        port_be: [0, 0],
-                    },
-                ),
-                PortRule::default(),
-            );
-            s.ports.insert(
-                (
-                    64,
-                    PortKey {
-                        class_id: 10000 + i,
-                        proto: 6,
-                        port_be: [0, 0],
-                    },
-                ),
-                PortRule::default(),
-            );
-        }
-        let before = s.clone();
-        let err = s
-            .add_policy(&mut ids, &[], &compile(&[rule("10.0.0.0/8", 80, 1)]))
-            .unwrap_err();
-        assert_eq!(err.map, "PORT_RULES");
-        assert_eq!(s, before);
     }
 
     #[test]
