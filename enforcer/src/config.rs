@@ -255,9 +255,10 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
 }
 
-pub const ENV_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
-pub const ENV_EXTERNAL_SNAT: &str = "AWS_VPC_K8S_CNI_EXTERNALSNAT";
-pub const ENV_EXCLUDE_SNAT: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
+use crate::env::{
+    ENFORCING_MODE as ENV_MODE, EXCLUDE_SNAT_CIDRS as ENV_EXCLUDE_SNAT,
+    EXTERNAL_SNAT as ENV_EXTERNAL_SNAT,
+};
 
 /// Where a destination lies for a pod's traffic (SPEC §5): the `DEST_*` flags of each
 /// prefix the daemon writes to `DEST_V4`/`DEST_V6`.

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod engine;
+pub mod env;
 pub mod http;
 pub mod link_events;
 pub mod memory;

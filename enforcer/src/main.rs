@@ -3,7 +3,8 @@ use clap::Parser;
 use enforcer::cli::{Cli, Outcome};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or(enforcer::env::LOG, "info"))
+        .init();
     match enforcer::cli::run(Cli::parse().command) {
         Ok(Outcome::Ok) => {}
         // An expected "no", already explained on stderr.

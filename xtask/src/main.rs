@@ -36,7 +36,8 @@ enum Task {
 /// What the build, tests and demo use that a fresh machine lacks: LLVM 22 for
 /// bpf-linker, ping for ICMP tests, dnsmasq and curl for the demo, bpftool for the
 /// benchmark's kernel stats and the tests' map dumps. (moto and the AWS CLI, for the
-/// EC2 source's tests, come from pip: see `setup`.)
+/// EC2 source's tests, and kubernetes-validate for the deploy test, come from pip: see
+/// `setup`.)
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -131,7 +132,12 @@ fn setup() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     // The EC2 source's tests: a local EC2 API (moto) and the AWS CLI to drive it.
-    for (bin, package) in [("moto_server", "moto[server]"), ("aws", "awscli")] {
+    // And the deploy test's offline manifest check against Kubernetes' schemas.
+    for (bin, package) in [
+        ("moto_server", "moto[server]"),
+        ("aws", "awscli"),
+        ("kubernetes-validate", "kubernetes-validate"),
+    ] {
         if !have(bin) {
             run(Command::new("python3").args(["-m", "pip", "install", "-q", package]))?;
         }

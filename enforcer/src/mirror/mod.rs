@@ -61,7 +61,7 @@ impl Default for LeaseConfig {
 /// This replica's name in the lease: env `POD_NAME` (a Deployment sets it), else the
 /// host name and process id.
 fn identity() -> String {
-    std::env::var("POD_NAME").unwrap_or_else(|_| {
+    std::env::var(crate::env::POD_NAME).unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     })

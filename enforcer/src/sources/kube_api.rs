@@ -115,6 +115,15 @@ fn kinds(node: &str, mirrored: bool) -> Vec<Kind> {
     kinds
 }
 
+/// (API group, plural) of every kind the daemon watches: what its RBAC role must let
+/// it list and watch, and nothing more (the deploy test holds `deploy/` to it).
+pub fn watched_resources(mirrored: bool) -> Vec<(String, String)> {
+    kinds("", mirrored)
+        .into_iter()
+        .map(|k| (k.resource.group, k.resource.plural))
+        .collect()
+}
+
 /// What one watcher holds.
 #[derive(Default)]
 struct Store {
@@ -186,7 +195,7 @@ impl KubeApiSource {
     /// Connects and starts the watchers; `changed` is told about every change.
     pub async fn start(cfg: &KubeApiConfig, changed: UnboundedSender<()>) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let node = std::env::var("NODE_NAME")
+        let node = std::env::var(crate::env::NODE_NAME)
             .ok()
             .or_else(|| cfg.node_name.clone())
             .context("kubernetesApi: the node's name is needed (nodeName, or env NODE_NAME)")?;
