@@ -15,7 +15,13 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=PODSG_EBPF_TOOLCHAIN");
     let toolchain = env::var("PODSG_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
-    let target_dir = root.join("target/ebpf");
+    // The upgrade test's build of the next layout: its own object, in its own dir.
+    let next = env::var_os("CARGO_FEATURE_LAYOUT_NEXT").is_some();
+    let target_dir = root.join(if next {
+        "target/ebpf-next"
+    } else {
+        "target/ebpf"
+    });
     let status = Command::new("rustup")
         .args([
             "run",
@@ -27,6 +33,11 @@ fn main() {
             "--release",
         ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(if next {
+            &["--features", "layout-next"][..]
+        } else {
+            &[]
+        })
         .arg("--target-dir")
         .arg(&target_dir)
         .current_dir(&root)

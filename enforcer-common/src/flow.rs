@@ -202,6 +202,11 @@ pub struct FlowValue {
     /// `PATH_POD`: the other pod's host interface (its `POD_BY_IFINDEX` key), so that
     /// later packets skip the look-up by address.
     pub peer_ifindex: u32,
+    /// Only in the `layout-next` test build: makes its FlowValue one u64 longer, as a
+    /// next version adding a field would, so that the upgrade test migrates flows
+    /// across a changed value layout.
+    #[cfg(feature = "layout-next")]
+    pub next_field: u64,
 }
 
 /// `FlowValue::path`: through the VPC (the trunk, tagged with the pod's VLAN).

@@ -126,7 +126,10 @@ mod user {
 const _: () = assert!(core::mem::size_of::<PodInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 128);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+#[cfg(not(feature = "layout-next"))]
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+#[cfg(feature = "layout-next")]
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
 const _: () = assert!(core::mem::size_of::<PeerKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<PeerKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<PeerClass>() == 12);

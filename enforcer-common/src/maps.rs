@@ -1,14 +1,43 @@
 //! Every pinned map of the product, once: name, kind, key and value sizes, capacity. The
 //! programs declare their maps with these types and capacities; the loader checks a
 //! previous daemon's pins against this table before reusing them; a test checks the
-//! loaded object against it. Changing a row is a layout change: bump `LAYOUT_VERSION`.
+//! loaded object against it. Changing a row is a layout change: bump `LAYOUT_VERSION`
+//! and say in the row's `carry` how the older layout's entries cross over.
 use core::mem::size_of;
 
 use crate::map_names::*;
 use crate::*;
 
-/// Version of the pinned maps' layout as a whole.
+/// Version of the pinned maps' layout as a whole: the maps are pinned under
+/// `<bpffsDir>/v<LAYOUT_VERSION>/`, and a daemon finding another version's maps there
+/// migrates from them (older) or refuses to start (newer).
+#[cfg(not(feature = "layout-next"))]
 pub const LAYOUT_VERSION: u32 = 6;
+#[cfg(feature = "layout-next")]
+pub const LAYOUT_VERSION: u32 = 7;
+
+/// How a map's contents cross from an older layout's maps to this build's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carry {
+    /// The daemon writes it whole from its sources (pods, policies, node settings): it
+    /// starts empty and is filled before any link moves to the new programs.
+    Rebuilt,
+    /// Entries the programs made (flows, NAT bindings, fragments): copied, and again
+    /// those the old programs made or removed until their links moved. The key must
+    /// be the same; the value the same, or one of `grown_from`: an older value size
+    /// this layout's value extends by appending fields (zero-filled when copied).
+    Entries { grown_from: &'static [u32] },
+    /// Arrays of u64 counters: copied, then what the old programs counted until their
+    /// links moved is added.
+    Counters,
+}
+
+/// Older FlowValue sizes this build's extends (the `layout-next` test build appends
+/// a u64 to layout 6's 32 bytes).
+#[cfg(not(feature = "layout-next"))]
+const FLOW_VALUE_GROWN_FROM: &[u32] = &[];
+#[cfg(feature = "layout-next")]
+const FLOW_VALUE_GROWN_FROM: &[u32] = &[32];
 
 /// The kernel map types we use (`bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +59,7 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub capacity: u32,
+    pub carry: Carry,
 }
 
 const fn spec(
@@ -38,6 +68,7 @@ const fn spec(
     key: usize,
     value: usize,
     capacity: u32,
+    carry: Carry,
 ) -> MapSpec {
     MapSpec {
         name,
@@ -45,28 +76,47 @@ const fn spec(
         key_size: key as u32,
         value_size: value as u32,
         capacity,
+        carry,
     }
 }
+
+const ENTRIES: Carry = Carry::Entries { grown_from: &[] };
 
 /// An LPM trie's key: prefix length, then the data.
 const fn lpm<K>() -> usize {
     4 + size_of::<K>()
 }
 
+use Carry::*;
 use MapKind::*;
 
 pub const MAPS: [MapSpec; 19] = [
-    spec(NODE_CONFIG, Array, 4, size_of::<NodeConfig>(), 1),
-    spec(POD_BY_VLAN, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
-    spec(POD_BY_IFINDEX, Hash, 4, size_of::<PodInfo>(), MAX_PODS),
-    spec(POD_BY_IPV4, Hash, 4, 4, MAX_PODS),
-    spec(POD_BY_IPV6, Hash, 16, 4, MAX_PODS),
+    spec(NODE_CONFIG, Array, 4, size_of::<NodeConfig>(), 1, Rebuilt),
+    spec(
+        POD_BY_VLAN,
+        Hash,
+        4,
+        size_of::<PodInfo>(),
+        MAX_PODS,
+        Rebuilt,
+    ),
+    spec(
+        POD_BY_IFINDEX,
+        Hash,
+        4,
+        size_of::<PodInfo>(),
+        MAX_PODS,
+        Rebuilt,
+    ),
+    spec(POD_BY_IPV4, Hash, 4, 4, MAX_PODS, Rebuilt),
+    spec(POD_BY_IPV6, Hash, 16, 4, MAX_PODS, Rebuilt),
     spec(
         PEER_V4,
         LpmTrie,
         lpm::<PeerKeyV4>(),
         size_of::<PeerClass>(),
         MAX_PEER_ENTRIES,
+        Rebuilt,
     ),
     spec(
         PEER_V6,
@@ -74,6 +124,7 @@ pub const MAPS: [MapSpec; 19] = [
         lpm::<PeerKeyV6>(),
         size_of::<PeerClass>(),
         MAX_PEER_ENTRIES,
+        Rebuilt,
     ),
     spec(
         PORT_RULES,
@@ -81,6 +132,7 @@ pub const MAPS: [MapSpec; 19] = [
         lpm::<PortKey>(),
         size_of::<PortRule>(),
         MAX_PORT_ENTRIES,
+        Rebuilt,
     ),
     spec(
         ALWAYS_V4,
@@ -88,6 +140,7 @@ pub const MAPS: [MapSpec; 19] = [
         lpm::<[u8; 4]>(),
         size_of::<AlwaysAllow>(),
         MAX_ALWAYS_ENTRIES,
+        Rebuilt,
     ),
     spec(
         ALWAYS_V6,
@@ -95,6 +148,7 @@ pub const MAPS: [MapSpec; 19] = [
         lpm::<[u8; 16]>(),
         size_of::<AlwaysAllow>(),
         MAX_ALWAYS_ENTRIES,
+        Rebuilt,
     ),
     spec(
         FLOWS,
@@ -102,15 +156,19 @@ pub const MAPS: [MapSpec; 19] = [
         size_of::<FlowKey>(),
         size_of::<FlowValue>(),
         MAX_FLOWS,
+        Entries {
+            grown_from: FLOW_VALUE_GROWN_FROM,
+        },
     ),
-    spec(FLOW_COUNT, Array, 4, 8, MAX_PODS),
-    spec(FLOW_SWEPT, Array, 4, 8, MAX_PODS),
+    spec(FLOW_COUNT, Array, 4, 8, MAX_PODS, Counters),
+    spec(FLOW_SWEPT, Array, 4, 8, MAX_PODS, Counters),
     spec(
         FRAGS,
         LruHash,
         size_of::<FragKey>(),
         size_of::<FragValue>(),
         MAX_FRAGS,
+        ENTRIES,
     ),
     spec(
         COUNTERS,
@@ -118,14 +176,16 @@ pub const MAPS: [MapSpec; 19] = [
         4,
         size_of::<Counter>(),
         COUNTER_ENTRIES,
+        Counters,
     ),
-    spec(TAIL_CALLS, ProgArray, 4, 4, 1),
+    spec(TAIL_CALLS, ProgArray, 4, 4, 1, Rebuilt),
     spec(
         DEST_V4,
         LpmTrie,
         lpm::<[u8; 4]>(),
         size_of::<DestClass>(),
         MAX_DEST_ENTRIES,
+        Rebuilt,
     ),
     spec(
         DEST_V6,
@@ -133,6 +193,7 @@ pub const MAPS: [MapSpec; 19] = [
         lpm::<[u8; 16]>(),
         size_of::<DestClass>(),
         MAX_DEST_ENTRIES,
+        Rebuilt,
     ),
     spec(
         SNAT_REV,
@@ -140,6 +201,7 @@ pub const MAPS: [MapSpec; 19] = [
         size_of::<SnatKey>(),
         size_of::<SnatValue>(),
         MAX_SNAT,
+        ENTRIES,
     ),
 ];
 
@@ -161,6 +223,21 @@ pub fn spec_of(name: &str) -> Option<&'static MapSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A migration adds counters word by word and zero-extends grown values: the rows
+    /// must allow it.
+    #[test]
+    fn carry_rules_fit_their_rows() {
+        for m in MAPS {
+            match m.carry {
+                Carry::Counters => assert_eq!(m.value_size % 8, 0, "{}", m.name),
+                Carry::Entries { grown_from } => {
+                    assert!(grown_from.iter().all(|&s| s < m.value_size), "{}", m.name)
+                }
+                Carry::Rebuilt => {}
+            }
+        }
+    }
 
     #[test]
     fn names_are_unique_and_in_table_order() {

@@ -206,6 +206,8 @@ pub fn insert_flow(
         nat_port,
         _pad: 0,
         peer_ifindex: 0,
+        #[cfg(feature = "layout-next")]
+        next_field: 0,
     };
     let r = FLOWS.insert(key, v, BPF_NOEXIST as u64);
     if r.is_ok() {

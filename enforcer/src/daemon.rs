@@ -150,8 +150,39 @@ impl Daemon {
             self.dp.attached_pods()
         );
         self.apply_seconds.observe(started.elapsed().as_secs_f64());
+        if !self.attached
+            && self.dp.migration().is_some()
+            && let Err(e) = self.attach_edges()
+        {
+            error!("attaching after the first apply: {e:#}");
+            self.status.source_errors.push(format!("attaching: {e:#}"));
+        }
         self.refresh_status();
         give_back_memory();
+    }
+
+    /// Attaches the trunk's and the primary ENI's programs (adopting their pinned
+    /// links); when upgrading from another layout, then moves every other pinned link
+    /// and retires the old maps. Called once the pods' state is written: on start-up,
+    /// or, while an older datapath still enforces, after the first full apply.
+    fn attach_edges(&mut self) -> Result<()> {
+        self.dp
+            .attach_trunk(&self.cfg.node.trunk_interface.clone())?;
+        if let Some(name) = self.cfg.node.primary_interface.clone() {
+            self.dp.attach_primary(&name)?;
+            info!("attached to primary interface {name}");
+        }
+        self.attached = true;
+        info!("attached to trunk {}", self.cfg.node.trunk_interface);
+        if self.dp.migration().is_some() {
+            match self.dp.finish_migration() {
+                Ok(done) => info!("{done}"),
+                Err(e) => error!(
+                    "finishing the upgrade: {e:#}; the old maps stay pinned and a restart copies their entries again"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Answers the HTTP endpoints' questions (counters read now).
@@ -401,6 +432,13 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
         }
     };
     let mut dp = Datapath::load(Some(&cfg.bpffs_dir))?;
+    if let Some(from) = dp.migration() {
+        info!(
+            "upgrading from {from}: it keeps enforcing until every pod is written to this \
+             build's maps (layout v{}), then each link moves over atomically",
+            enforcer_common::maps::LAYOUT_VERSION
+        );
+    }
     if dp.adopted() {
         info!(
             "adopted the pinned datapath in {} ({} pods): enforcement never stopped",
@@ -454,13 +492,9 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
     };
     // Pods' state exists before the trunk delivers anything to them.
     d.apply();
-    d.dp.attach_trunk(&d.cfg.node.trunk_interface.clone())?;
-    if let Some(name) = d.cfg.node.primary_interface.clone() {
-        d.dp.attach_primary(&name)?;
-        info!("attached to primary interface {name}");
+    if d.dp.migration().is_none() {
+        d.attach_edges()?;
     }
-    d.attached = true;
-    info!("attached to trunk {}", d.cfg.node.trunk_interface);
     d.refresh_status();
 
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();

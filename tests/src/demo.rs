@@ -320,7 +320,7 @@ fn standard_steps(sim: &mut SimNode, apps: &[SimPod]) -> Result<()> {
 /// What an operator sees with bpftool: the pinned map entry of one pod, fields named
 /// through BTF. Informational: a missing bpftool is mentioned, not fatal.
 fn show_pinned_pod(sim: &SimNode, vlan: u16) {
-    let path = sim.bpffs_dir.join(enforcer_common::map_names::POD_BY_VLAN);
+    let path = sim.map_pin(enforcer_common::map_names::POD_BY_VLAN);
     let path = path.display().to_string();
     match crate::sim::sh(&["bpftool", "-j", "map", "dump", "pinned", &path]) {
         Ok(out) => {

@@ -20,13 +20,24 @@ pub fn enforcer_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("PODSG_ENFORCER_BIN") {
         return p.into();
     }
-    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/enforcer
+    built("enforcer")
+}
+
+/// The daemon built with the next map layout (`cargo xtask test` builds it as
+/// `target/release/enforcer-layout-next`), for the upgrade test.
+pub fn enforcer_next_bin() -> std::path::PathBuf {
+    built("enforcer-layout-next")
+}
+
+/// A binary of the workspace beside the test binary.
+fn built(name: &str) -> std::path::PathBuf {
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/<name>
     let exe = std::env::current_exe().unwrap();
-    let beside = exe.parent().unwrap().join("enforcer");
+    let beside = exe.parent().unwrap().join(name);
     let bin = if beside.exists() {
         beside
     } else {
-        exe.parent().unwrap().parent().unwrap().join("enforcer")
+        exe.parent().unwrap().parent().unwrap().join(name)
     };
     assert!(
         bin.exists(),

@@ -107,3 +107,110 @@ pub fn counter_reaching(sim: &SimNode, pod: &str, reason: &str, min: u64) -> u64
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// What web saw while [`Probe`] ran.
+#[derive(Debug)]
+pub struct Probed {
+    /// Exchanges on the established TCP flow that went through, and those that failed.
+    pub ok: u32,
+    pub failed: u32,
+    pub worst: std::time::Duration,
+    /// Denied datagrams sent, and those that reached the fabric.
+    pub sent: u32,
+    pub received: u32,
+}
+
+/// Web's traffic while a daemon is stopped, restarted or replaced: an allowed,
+/// established TCP flow to 10.0.2.5:443 exercised every 20 ms, and datagrams its
+/// rules deny (UDP to 10.0.2.6:5353) every 2 ms.
+pub struct Probe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    established: std::thread::JoinHandle<(u32, u32, std::time::Duration)>,
+    denied: std::thread::JoinHandle<anyhow::Result<u32>>,
+    sink: std::net::UdpSocket,
+}
+
+impl Probe {
+    /// Needs an echo server on 10.0.2.5:443 in the fabric.
+    pub fn start(sim: &SimNode) -> Probe {
+        use std::sync::atomic::Ordering::Relaxed;
+        let web_ns = sim.pod_ns("web").to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut conn = crate::net::tcp_connect(&web_ns, "10.0.2.5:443").unwrap();
+        let s = stop.clone();
+        let established = std::thread::spawn(move || {
+            let (mut ok, mut failed, mut worst) = (0u32, 0u32, std::time::Duration::ZERO);
+            while !s.load(Relaxed) {
+                let t = std::time::Instant::now();
+                if crate::net::exchange(&mut conn) {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (ok, failed, worst)
+        });
+        let sink = crate::sim::in_netns(&sim.fabric_ns, || {
+            let s = std::net::UdpSocket::bind("10.0.2.6:5353").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .unwrap();
+        let s = stop.clone();
+        let denied = crate::sim::spawn_in_netns(&web_ns, move || {
+            let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut sent = 0u32;
+            while !s.load(Relaxed) {
+                if sock.send_to(b"denied", "10.0.2.6:5353").is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            sent
+        })
+        .unwrap();
+        Probe {
+            stop,
+            established,
+            denied,
+            sink,
+        }
+    }
+
+    pub fn finish(self) -> Probed {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed, worst) = self.established.join().unwrap();
+        let sent = self.denied.join().unwrap().unwrap();
+        let mut received = 0;
+        let mut buf = [0u8; 64];
+        while self.sink.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+        Probed {
+            ok,
+            failed,
+            worst,
+            sent,
+            received,
+        }
+    }
+}
+
+impl Probed {
+    /// Established kept flowing, denied stayed denied, throughout.
+    pub fn assert_nothing_lost_or_leaked(&self) {
+        assert!(
+            self.sent > 200,
+            "denied datagrams were sent throughout: {self:?}"
+        );
+        assert_eq!(self.received, 0, "denied datagrams got through: {self:?}");
+        assert_eq!(self.failed, 0, "the established flow broke: {self:?}");
+        assert!(self.ok > 40, "the established flow kept flowing: {self:?}");
+        assert!(
+            self.worst < std::time::Duration::from_millis(1000),
+            "an exchange stalled: {self:?}"
+        );
+    }
+}

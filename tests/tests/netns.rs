@@ -11,7 +11,7 @@
 use integration_tests::enforcer_bin;
 use integration_tests::net::*;
 use integration_tests::shop::*;
-use integration_tests::sim::{SimNode, SimPod, pods_yaml, sh, sim_pod, write_config};
+use integration_tests::sim::{SimNode, SimPod, pods_yaml, sh, sim_pod, tcx_programs, write_config};
 
 #[test]
 fn outbound_rules_tcp_udp_icmp_both_families() {
@@ -359,7 +359,7 @@ fn bad_input_fails_only_its_pod_and_uninstall_detaches() {
         "map",
         "dump",
         "pinned",
-        &sim.bpffs_dir.join("POD_BY_VLAN").display().to_string(),
+        &sim.map_pin("POD_BY_VLAN").display().to_string(),
     ])
     .unwrap();
     let entries: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -379,10 +379,10 @@ fn bad_input_fails_only_its_pod_and_uninstall_detaches() {
 
     // SIGTERM: clean exit, and the pinned datapath keeps enforcing without a daemon.
     let bpffs = sim.bpffs_dir.clone();
-    assert!(bpffs.join("FLOWS").exists());
+    assert!(sim.map_pin("FLOWS").exists());
     let status = sim.stop_daemon().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(bpffs.join("FLOWS").exists(), "maps stay pinned");
+    assert!(sim.map_pin("FLOWS").exists(), "maps stay pinned");
     assert!(
         tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
         "allowed traffic still tagged and forwarded with no daemon"
@@ -665,22 +665,6 @@ fn frames_with_headers_outside_the_linear_area_are_enforced() {
 }
 
 /// Programs attached to `ifname`'s TCX ingress in `ns`: (id, name).
-fn tcx_programs(ns: &str, ifname: &str) -> Vec<(u32, String)> {
-    let ifname = ifname.to_string();
-    integration_tests::sim::in_netns(ns, move || {
-        let (_, progs) = aya::programs::SchedClassifier::query_tcx(
-            &ifname,
-            aya::programs::TcAttachType::Ingress,
-        )
-        .unwrap();
-        progs
-            .iter()
-            .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
-            .collect()
-    })
-    .unwrap()
-}
-
 #[test]
 fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     let mut n = node();
@@ -720,48 +704,7 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     let slot_before = web_slot(&n.sim);
     let maps_before = n.sim.status().unwrap().maps;
 
-    // An allowed, established flow, exercised every 20 ms, and denied datagrams sent
-    // every 2 ms, for the whole test.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut conn = tcp_connect(&web_ns, "10.0.2.5:443").unwrap();
-    let s = stop.clone();
-    let established = std::thread::spawn(move || {
-        let (mut ok, mut failed, mut worst) = (0u32, 0u32, std::time::Duration::ZERO);
-        while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            let t = std::time::Instant::now();
-            if exchange(&mut conn) {
-                ok += 1;
-            } else {
-                failed += 1;
-            }
-            worst = worst.max(t.elapsed());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        (ok, failed, worst)
-    });
-    let sink = {
-        let ns = n.sim.fabric_ns.clone();
-        integration_tests::sim::in_netns(&ns, || {
-            let s = std::net::UdpSocket::bind("10.0.2.6:5353").unwrap();
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .unwrap()
-    };
-    let s = stop.clone();
-    let denied = integration_tests::sim::spawn_in_netns(&web_ns, move || {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-        let mut sent = 0u32;
-        while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            if sock.send_to(b"denied", "10.0.2.6:5353").is_ok() {
-                sent += 1;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        sent
-    })
-    .unwrap();
-
+    let probe = Probe::start(&n.sim);
     std::thread::sleep(std::time::Duration::from_millis(300));
     n.sim.kill_daemon().unwrap();
     // No daemon for a second: the pinned programs go on alone.
@@ -773,29 +716,7 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     let cfg = n.sim.workdir.join("enforcer.yaml");
     n.sim.start_daemon(&enforcer_bin(), &cfg).expect("restart");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed, worst) = established.join().unwrap();
-    let sent = denied.join().unwrap().unwrap();
-
-    let mut received = 0;
-    let mut buf = [0u8; 64];
-    while sink.recv(&mut buf).is_ok() {
-        received += 1;
-    }
-    assert!(sent > 200, "denied datagrams were sent throughout ({sent})");
-    assert_eq!(
-        received, 0,
-        "{received} of {sent} denied datagrams got through"
-    );
-    assert_eq!(
-        failed, 0,
-        "established flow broke ({ok} exchanges went through)"
-    );
-    assert!(ok > 40, "established flow kept flowing ({ok} exchanges)");
-    assert!(
-        worst < std::time::Duration::from_millis(1000),
-        "an exchange took {worst:?}"
-    );
+    probe.finish().assert_nothing_lost_or_leaked();
 
     assert_eq!(
         during, before,

@@ -11,7 +11,7 @@ use enforcer_common::{map_names, maps::MAPS, prog_names};
 struct Pins(PathBuf);
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = enforcer::datapath::links::uninstall(&self.0, &map_names::ALL);
+        let _ = enforcer::datapath::links::uninstall(&self.0);
     }
 }
 

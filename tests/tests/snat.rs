@@ -37,7 +37,7 @@ fn standard(extra: &str) -> Node {
 
 /// Entries of a pinned map (bpftool's count of its JSON dump).
 fn entries(sim: &SimNode, map: &str) -> usize {
-    let path = sim.bpffs_dir.join(map).display().to_string();
+    let path = sim.map_pin(map).display().to_string();
     let out = sh(&["bpftool", "-j", "map", "dump", "pinned", &path]).unwrap();
     serde_json::from_str::<serde_json::Value>(&out)
         .unwrap()

@@ -162,6 +162,31 @@ fn build_ebpf() -> Result<()> {
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf"))
 }
 
+/// `target/release/enforcer-layout-next`: the daemon built with the next map layout
+/// (a FlowValue one u64 longer, layout version + 1), for the upgrade test. Built in
+/// the same target dir (only enforcer and enforcer-common compile again; the eBPF
+/// object goes to target/ebpf-next) and copied aside, then the normal build is
+/// linked back into place by the caller's build.
+fn build_layout_next() -> Result<()> {
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "enforcer",
+            "--features",
+            "layout-next",
+        ])
+        .current_dir(root()))?;
+    let release = root().join("target/release");
+    std::fs::copy(
+        release.join("enforcer"),
+        release.join("enforcer-layout-next"),
+    )
+    .context("copying the layout-next build aside")?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Task::parse() {
         Task::Setup => setup(),
@@ -172,6 +197,8 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup()?;
             build_ebpf()?;
+            // The upgrade test runs the next layout's build over this one's datapath.
+            build_layout_next()?;
             // The namespace tests run the real daemon binary.
             run(Command::new("cargo")
                 .args(["build", "--release", "-p", "enforcer"])

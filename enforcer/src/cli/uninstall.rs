@@ -9,7 +9,7 @@ pub fn run(bpffs_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Outcom
         Some(c) => Config::load(&c)?.bpffs_dir,
         None => bpffs_dir,
     };
-    let removed = crate::datapath::links::uninstall(&dir, &enforcer_common::map_names::ALL)?;
+    let removed = crate::datapath::links::uninstall(&dir)?;
     if removed.is_empty() {
         println!("nothing pinned under {}", dir.display());
     } else {

@@ -13,7 +13,8 @@ use aya::{
 use enforcer_common::*;
 
 use crate::datapath::links::{self, Attached, LinkKind, TcLink};
-use crate::datapath::pins::{check_layout, ensure_bpffs};
+use crate::datapath::migrate;
+use crate::datapath::pins::{adopt_unversioned, check_layout, ensure_bpffs};
 use crate::datapath::state::KernelState;
 
 /// The eBPF object, built by `enforcer/build.rs` and embedded in the binary.
@@ -30,6 +31,8 @@ pub struct Datapath {
     pod_links: HashMap<(String, LinkKind), TcLink>,
     /// The maps were already pinned: a previous daemon's state is in them.
     adopted: bool,
+    /// An older layout's datapath, still running until `finish_migration`.
+    migration: Option<migrate::Migration>,
 }
 
 pub(super) fn map_err(map: &str, e: impl std::fmt::Display) -> anyhow::Error {
@@ -48,27 +51,42 @@ pub(super) fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::M
 
 impl Datapath {
     /// Loads the programs into the kernel (not attached yet). With `pin_dir`, the maps
-    /// are pinned there (for bpftool, and so they outlive the process); maps a previous
-    /// daemon pinned are reused, entries and all, after checking they have this build's
-    /// layout, and `current()` then describes what they hold.
+    /// are pinned in its directory for this layout version (for bpftool, and so they
+    /// outlive the process); maps a previous daemon of this layout pinned are reused,
+    /// entries and all, and `current()` then describes what they hold. An older
+    /// layout's datapath is migrated from (`migration()`, finished by
+    /// `finish_migration` once the links may move); a newer one's, or one that can't be
+    /// carried, is refused and left running.
     pub fn load(pin_dir: Option<&Path>) -> Result<Datapath> {
         let mut loader = EbpfLoader::new();
         let mut adopted = false;
-        let paths: Vec<(&str, PathBuf)> = match pin_dir {
-            Some(dir) => {
-                ensure_bpffs(dir)?;
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating pin dir {}", dir.display()))?;
-                map_names::ALL.iter().map(|n| (*n, dir.join(n))).collect()
+        let mut migration = None;
+        let ours = pin_dir.map(migrate::our_dir);
+        if let (Some(dir), Some(ours)) = (pin_dir, &ours) {
+            ensure_bpffs(dir)?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating pin dir {}", dir.display()))?;
+            if adopt_unversioned(dir, ours)? {
+                log::info!(
+                    "moved the unversioned pinned maps of this layout into {}",
+                    ours.display()
+                );
             }
-            None => Vec::new(),
-        };
-        for (name, path) in &paths {
-            if path.exists() {
-                check_layout(name, path)?;
-                adopted = true;
+            // The newest other layout is the one running (older ones are leftovers of
+            // a migration cut short, removed when this one finishes).
+            if let Some(other) = migrate::others(dir).pop() {
+                migration = Some(migrate::plan(other)?);
             }
-            loader.map_pin_path(name, path.as_path());
+            std::fs::create_dir_all(ours)
+                .with_context(|| format!("creating pin dir {}", ours.display()))?;
+            for name in map_names::ALL {
+                let path = ours.join(name);
+                if path.exists() {
+                    check_layout(name, &path)?;
+                    adopted = true;
+                }
+                loader.map_pin_path(name, path);
+            }
         }
         let mut ebpf = loader
             .load(OBJECT)
@@ -96,6 +114,19 @@ impl Datapath {
                 .set(0, &host_local, 0)
                 .map_err(|e| map_err(map_names::TAIL_CALLS, e))?;
         }
+        if let (Some(m), Some(ours), false) = (&mut migration, &ours, adopted) {
+            if let Err(e) = m.first_pass(ours) {
+                // Nothing moved yet: the old datapath runs on; ours goes.
+                migrate::remove(&migrate::Other {
+                    version: Some(enforcer_common::maps::LAYOUT_VERSION),
+                    dir: ours.clone(),
+                });
+                return Err(e.context(format!("migrating from {}", m.from)));
+            }
+        }
+        if let (Some(dir), None) = (pin_dir, &migration) {
+            migrate::point_maps_at(dir, enforcer_common::maps::LAYOUT_VERSION)?;
+        }
         let mut dp = Datapath {
             ebpf,
             current: KernelState::default(),
@@ -104,11 +135,62 @@ impl Datapath {
             primary: None,
             pod_links: HashMap::new(),
             adopted,
+            migration,
         };
         if adopted {
             dp.current = dp.read_state()?;
         }
         Ok(dp)
+    }
+
+    /// The layout being migrated from, until `finish_migration`.
+    pub fn migration(&self) -> Option<&migrate::Other> {
+        self.migration.as_ref().map(|m| &m.from)
+    }
+
+    /// Once every pod is written: moves every pinned link (those of interfaces no pod
+    /// wants too) to this build's programs, copies what the old programs did meanwhile,
+    /// and unpins the old maps. Returns what it did, for the log.
+    pub fn finish_migration(&mut self) -> Result<String> {
+        let Some(mut m) = self.migration.take() else {
+            return Ok(String::new());
+        };
+        let dir = self.pin_dir.clone().context("no pin directory")?;
+        let mut moved = 0;
+        for (kind, ifname) in links::pinned(&dir) {
+            let taken = match kind {
+                LinkKind::Trunk => self.trunk.is_some(),
+                LinkKind::Primary => self.primary.is_some(),
+                _ => self.pod_links.contains_key(&(ifname.clone(), kind)),
+            };
+            if taken {
+                continue;
+            }
+            let link = self.attach(kind, &ifname)?;
+            moved += 1;
+            match kind {
+                LinkKind::Trunk => self.trunk = Some(link),
+                LinkKind::Primary => self.primary = Some(link),
+                _ => {
+                    self.pod_links.insert((ifname, kind), link);
+                }
+            }
+        }
+        let ours = migrate::our_dir(&dir);
+        if let Err(e) = m.last_pass(&ours) {
+            // The old maps stay pinned: a restarted daemon copies their entries again.
+            self.migration = Some(m);
+            return Err(e);
+        }
+        migrate::point_maps_at(&dir, enforcer_common::maps::LAYOUT_VERSION)?;
+        let mut removed = 0;
+        for other in migrate::others(&dir) {
+            removed += migrate::remove(&other).len();
+        }
+        Ok(format!(
+            "migrated from {}: {} entries and counters carried, {moved} more links moved, {removed} old pins removed",
+            m.from, m.entries
+        ))
     }
 
     /// Whether the maps were a previous daemon's (pinned), now adopted.

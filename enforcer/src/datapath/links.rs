@@ -129,6 +129,20 @@ pub fn remove_stale_pins(pin_dir: &Path, ifindex_of: &dyn Fn(&str) -> Option<u32
     removed
 }
 
+/// (kind, interface) of every pinned link whose interface still exists as pinned.
+pub fn pinned(pin_dir: &Path) -> Vec<(LinkKind, String)> {
+    let mut out: Vec<(LinkKind, String)> = std::fs::read_dir(links_dir(pin_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| parse_pin_name(&e.file_name().to_string_lossy()))
+        .filter(|(_, ifindex, ifname)| crate::netdev::ifindex(ifname) == Some(*ifindex))
+        .map(|(kind, _, ifname)| (kind, ifname))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Attaches `prog` to `ifname`'s TC hook for `kind`, or adopts the pinned link already
 /// there.
 pub fn attach(
@@ -203,9 +217,9 @@ pub fn detach(prog: Option<&mut SchedClassifier>, link: TcLink) {
 }
 
 /// `enforcer uninstall`: removes every link pin (detaching the programs from the trunk
-/// and the pods' interfaces), then the map pins and the directory. Returns what it
-/// removed. A daemon still running keeps its own fds: stop it first.
-pub fn uninstall(pin_dir: &Path, map_names: &[&str]) -> Result<Vec<String>> {
+/// and the pods' interfaces), then the maps of every layout version and the directory.
+/// Returns what it removed. A daemon still running keeps its own fds: stop it first.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     if let Ok(entries) = std::fs::read_dir(links_dir(pin_dir)) {
         for e in entries.flatten() {
@@ -220,11 +234,16 @@ pub fn uninstall(pin_dir: &Path, map_names: &[&str]) -> Result<Vec<String>> {
         }
         let _ = std::fs::remove_dir(links_dir(pin_dir));
     }
-    for name in map_names {
-        let p = pin_dir.join(name);
-        if p.exists() {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            removed.push((*name).to_string());
+    let _ = std::fs::remove_file(pin_dir.join("maps"));
+    let mut layouts = crate::datapath::migrate::others(pin_dir);
+    layouts.push(crate::datapath::migrate::Other {
+        version: Some(enforcer_common::maps::LAYOUT_VERSION),
+        dir: crate::datapath::migrate::our_dir(pin_dir),
+    });
+    for other in layouts {
+        for p in crate::datapath::migrate::remove(&other) {
+            let p = Path::new(&p);
+            removed.push(p.strip_prefix(pin_dir).unwrap_or(p).display().to_string());
         }
     }
     let _ = std::fs::remove_dir(pin_dir);

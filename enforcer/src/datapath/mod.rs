@@ -1,7 +1,9 @@
 //! The kernel side as userspace sees it: desired map contents and the loaded programs.
 pub mod kernel;
 pub mod links;
+pub mod migrate;
 mod pins;
+mod raw;
 mod readers;
 pub mod state;
 pub mod sweep;

@@ -32,26 +32,57 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A pinned map must have the layout this build's programs expect; a map of another
-/// layout means another version's datapath is running. It is refused, and left alone
-/// (and enforcing), rather than reused with the wrong layout.
-pub(super) fn check_layout(name: &str, path: &Path) -> Result<()> {
+/// Whether a pinned map has exactly the layout this build's programs expect.
+fn same_layout(name: &str, path: &Path) -> Result<bool> {
     let info = aya::maps::MapInfo::from_pin(path)
         .with_context(|| format!("reading pinned map {}", path.display()))?;
     let Some(spec) = enforcer_common::maps::spec_of(name) else {
-        return Ok(());
+        return Ok(true);
     };
     let have = (info.key_size(), info.value_size(), info.max_entries());
-    let want = (spec.key_size, spec.value_size, spec.capacity);
-    if have != want {
+    Ok(have == (spec.key_size, spec.value_size, spec.capacity))
+}
+
+/// A map pinned in this build's version directory must have its layout (another
+/// build of the same version number would be a release mistake): refused, and left
+/// alone (and enforcing), rather than reused with the wrong layout.
+pub(super) fn check_layout(name: &str, path: &Path) -> Result<()> {
+    if !same_layout(name, path)? {
         anyhow::bail!(
-            "pinned map {} has key/value size and capacity {have:?}, this build (layout \
-             version {}) needs {want:?}: it belongs to another podsg version, which stays \
-             attached and enforcing. Upgrade in place is not supported by this version: \
-             run `enforcer uninstall` (which detaches enforcement) and start this daemon again",
+            "pinned map {} is in this build's layout directory (v{}) but has another \
+             key/value size or capacity: a build of another layout under the same version \
+             number runs. It stays attached and enforcing; `enforcer uninstall` (which \
+             detaches enforcement) and start this daemon again to replace it",
             path.display(),
             enforcer_common::maps::LAYOUT_VERSION,
         );
     }
     Ok(())
+}
+
+/// Maps pinned straight in `pin_dir` (builds before versioned directories) that have
+/// exactly this build's layout move into its version directory: the same maps, adopted
+/// with their entries, no copy. Returns whether it moved them; maps of another layout
+/// are left for a migration.
+pub(super) fn adopt_unversioned(pin_dir: &Path, ours: &Path) -> Result<bool> {
+    use enforcer_common::maps::MAPS;
+    let present: Vec<&str> = MAPS
+        .iter()
+        .map(|m| m.name)
+        .filter(|n| pin_dir.join(n).exists())
+        .collect();
+    if present.is_empty() || MAPS.iter().any(|m| ours.join(m.name).exists()) {
+        return Ok(false);
+    }
+    for n in &present {
+        if !same_layout(n, &pin_dir.join(n))? {
+            return Ok(false);
+        }
+    }
+    std::fs::create_dir_all(ours).with_context(|| format!("creating {}", ours.display()))?;
+    for n in &present {
+        std::fs::rename(pin_dir.join(n), ours.join(n))
+            .with_context(|| format!("moving pinned map {n} into {}", ours.display()))?;
+    }
+    Ok(true)
 }

@@ -20,12 +20,11 @@ use std::path::PathBuf;
 use std::process::Child;
 
 use anyhow::{Context, Result};
-use enforcer_common::map_names;
 
 use crate::fabric::Fabric;
 
 pub use cni::{SimPod, pods_yaml, sim_pod};
-pub use netns::{in_netns, sh, spawn_in_netns};
+pub use netns::{in_netns, sh, spawn_in_netns, tcx_programs};
 pub use process::write_config;
 
 use netns::{ip, ip_root, remove_leftovers, unique_prefix};
@@ -70,6 +69,12 @@ pub struct SimNode {
 }
 
 impl SimNode {
+    /// Where the daemon pins map `name`, as operators read it (`<bpffsDir>/maps/` points
+    /// at the running layout's directory).
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        self.bpffs_dir.join("maps").join(name)
+    }
+
     pub fn pod_ns(&self, name: &str) -> &str {
         &self
             .pods
@@ -262,7 +267,7 @@ impl Drop for SimNode {
             let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         }
         // A stopped daemon leaves its datapath pinned (and enforcing): remove it.
-        let _ = enforcer::datapath::links::uninstall(&self.bpffs_dir, &map_names::ALL);
+        let _ = enforcer::datapath::links::uninstall(&self.bpffs_dir);
         if std::env::var_os("PODSG_KEEP_SIM_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.workdir);
         }

@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use enforcer_common::map_names;
 
 /// Runs a command; the error carries its stderr.
 pub fn sh(args: &[&str]) -> Result<String> {
@@ -101,7 +100,24 @@ pub(super) fn remove_leftovers() {
         let _ = sh(&["ip", "netns", "del", ns]);
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(ns));
         let pins = PathBuf::from(format!("/sys/fs/bpf/podsg-{prefix}"));
-        let _ = enforcer::datapath::links::uninstall(&pins, &map_names::ALL);
+        let _ = enforcer::datapath::links::uninstall(&pins);
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("podsg-{prefix}")));
     }
+}
+
+/// (id, name) of the TCX programs on `ifname`'s ingress in `ns`.
+pub fn tcx_programs(ns: &str, ifname: &str) -> Vec<(u32, String)> {
+    let ifname = ifname.to_string();
+    in_netns(ns, move || {
+        let (_, progs) = aya::programs::SchedClassifier::query_tcx(
+            &ifname,
+            aya::programs::TcAttachType::Ingress,
+        )
+        .unwrap();
+        progs
+            .iter()
+            .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+            .collect()
+    })
+    .unwrap()
 }
