@@ -26,6 +26,8 @@ struct Daemon {
     apply_seconds: prometheus_client::metrics::histogram::Histogram,
     /// `Memory::tables_fingerprint` when last saved.
     tables_saved: Option<(usize, u32, usize)>,
+    /// When every source file (and the config) last read and parsed cleanly.
+    files_ok_at: Option<std::time::SystemTime>,
     /// `enforcer run`'s flags, applied over the config at every reload.
     flags: crate::config::Overrides,
     /// Why the config file could not be re-read (the previous one stays in use).
@@ -61,12 +63,26 @@ impl Daemon {
         let started = std::time::Instant::now();
         let mut loaded = self.files.load(&self.cfg);
         self.status.sources.clear();
+        let files_failing = loaded.unreadable > 0 || self.config_error.is_some();
+        if !files_failing {
+            self.files_ok_at = Some(std::time::SystemTime::now());
+        }
+        self.status.source_health = vec![crate::status::SourceHealth {
+            source: "files".into(),
+            last_success: self
+                .files_ok_at
+                .and_then(|t| Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())),
+            failing: files_failing,
+        }];
         let mut waiting = Vec::new();
         if let Some(api) = &self.kube_api {
             let snap = api.snapshot(&mut loaded.snapshot.catalog);
             self.status
                 .sources
                 .extend(snap.counts.iter().map(|c| c.to_string()));
+            self.status
+                .source_health
+                .extend(snap.counts.iter().map(|c| c.health.clone()));
             if !snap.ready {
                 waiting.push("the Kubernetes API's first list of every kind");
             }
@@ -77,6 +93,7 @@ impl Daemon {
         if let Some(ec2) = &self.ec2_api {
             let snap = ec2.snapshot(&mut loaded.snapshot.catalog);
             self.status.sources.push(snap.summary);
+            self.status.source_health.push(snap.health);
             if !snap.ready {
                 waiting.push("EC2's first answer");
             }
@@ -478,6 +495,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
             prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 14),
         ),
         tables_saved: None,
+        files_ok_at: None,
         flags,
         config_error: None,
         files: files::FileSource::default(),

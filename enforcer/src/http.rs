@@ -139,6 +139,25 @@ pub fn render(st: &NodeStatus, apply_seconds: &Histogram) -> String {
         "Source problems now (status lists them): their last good data stays enforced",
         errors,
     );
+    let last_success = Family::<Labels, Gauge>::default();
+    let failing = Family::<Labels, Gauge>::default();
+    for h in &st.source_health {
+        let l = vec![("source".to_string(), h.source.clone())];
+        if let Some(t) = h.last_success {
+            last_success.get_or_create(&l).set(t as i64);
+        }
+        failing.get_or_create(&l).set(h.failing as i64);
+    }
+    r.register(
+        "source_last_success_timestamp_seconds",
+        "Unix time of each source's last success (files: all read cleanly; ec2: an answer; kubernetes/<Kind>: a list or event)",
+        last_success,
+    );
+    r.register(
+        "source_failing",
+        "1 while a source fails (its last good data stays enforced)",
+        failing,
+    );
     let generation = Gauge::<i64>::default();
     generation.set(st.generation as i64);
     r.register("generation", "Applies so far", generation);

@@ -90,6 +90,9 @@ pub struct NodeStatus {
     pub sources: Vec<String>,
     /// Errors reading the sources; the last good state stays enforced meanwhile.
     pub source_errors: Vec<String>,
+    /// Each source's last success and whether it fails now (for /metrics).
+    #[serde(default)]
+    pub source_health: Vec<SourceHealth>,
     pub pods: Vec<PodStatus>,
     /// Traffic no pod could be named for (unknown VLAN, unknown interface).
     #[serde(default)]
@@ -102,6 +105,28 @@ pub struct NodeStatus {
 }
 
 pub const STATUS_FILE: &str = "status.json";
+
+/// One source's health.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceHealth {
+    /// `files`, `ec2`, or `kubernetes/<Kind>`.
+    pub source: String,
+    /// Unix time (seconds) of its last success: every file read cleanly, an EC2
+    /// answer, a list or event from the watch. None: never.
+    pub last_success: Option<u64>,
+    /// It fails now (its last good data stays in use).
+    pub failing: bool,
+}
+
+impl SourceHealth {
+    /// `age` seconds ago, as Unix time.
+    pub fn unix_time(age: std::time::Duration) -> u64 {
+        std::time::SystemTime::now()
+            .checked_sub(age)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    }
+}
 
 impl NodeStatus {
     /// How many pods are enforced (the rest pending or fail-closed).

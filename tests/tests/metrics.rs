@@ -1,7 +1,8 @@
 //! The daemon's HTTP endpoints on a simulated node: `/healthz` and `/readyz` answer, and
 //! `/metrics` (Prometheus text) moves as the verdicts of real traffic say — packets
 //! allowed by web's group counted as allow_policy, a denied connection as drop_no_rule —
-//! beside the map fill levels, pods by state and the apply-latency histogram.
+//! beside the map fill levels, pods by state, the apply-latency histogram and each
+//! source's last success.
 use std::time::Duration;
 
 use integration_tests::enforcer_bin;
@@ -75,4 +76,33 @@ fn health_readiness_and_metrics_follow_the_verdicts() {
     assert!(sample(&after, r#"podsg_map_entries{map="POD_BY_VLAN"}"#) == 1);
     assert!(sample(&after, "podsg_apply_seconds_count") >= 1);
     assert!(after.trim_end().ends_with("# EOF"), "OpenMetrics text");
+
+    // Source health: the files read cleanly just now; a broken file fails, and its
+    // last success stays when it was (its last good content stays enforced).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ok_at = r#"podsg_source_last_success_timestamp_seconds{source="files"}"#;
+    let failing = r#"podsg_source_failing{source="files"}"#;
+    let good = sample(&after, ok_at);
+    assert!(
+        now - 120 < good && good <= now + 1,
+        "{good} vs {now}:\n{after}"
+    );
+    assert_eq!(sample(&after, failing), 0);
+    let broke_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(sim.workdir.join("groups.json"), "{ not json").unwrap();
+    let _ = sim.reload_daemon();
+    let (_, broken) = get(&sim, "/metrics");
+    assert_eq!(sample(&broken, failing), 1, "{broken}");
+    let last = sample(&broken, ok_at);
+    assert!(good <= last && last <= broke_at, "{last}:\n{broken}");
+    assert!(
+        tcp_echo(&ns, "10.0.2.5:443").unwrap(),
+        "the last good groups stay enforced"
+    );
 }

@@ -41,7 +41,8 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
     );
     assert!(pinned.is_subset(&maps), "every pinned map is in the object");
     for spec in MAPS {
-        let info = aya::maps::MapInfo::from_pin(pins.0.join(spec.name)).unwrap();
+        let pin = enforcer::datapath::migrate::our_dir(&pins.0).join(spec.name);
+        let info = aya::maps::MapInfo::from_pin(pin).unwrap();
         assert_eq!(
             (
                 info.map_type().unwrap() as u32,

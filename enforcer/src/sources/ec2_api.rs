@@ -106,6 +106,7 @@ pub struct Ec2Snapshot {
     pub ready: bool,
     pub errors: Vec<String>,
     pub summary: String,
+    pub health: crate::status::SourceHealth,
 }
 
 impl Ec2ApiSource {
@@ -188,6 +189,13 @@ impl Ec2ApiSource {
             ready: s.last_good.is_some(),
             errors,
             summary,
+            health: crate::status::SourceHealth {
+                source: "ec2".into(),
+                last_success: s
+                    .last_ok
+                    .map(|t| crate::status::SourceHealth::unix_time(t.elapsed())),
+                failing: s.error.is_some(),
+            },
         }
     }
 }

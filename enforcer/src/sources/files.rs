@@ -24,6 +24,9 @@ pub struct Snapshot {
 pub struct Loaded {
     pub snapshot: Snapshot,
     pub errors: Vec<String>,
+    /// Files that could not be read or parsed now (of `errors`; the rest are objects
+    /// that were read but are unusable).
+    pub unreadable: usize,
 }
 
 /// The last good parse of each file, kept across reloads with the identity of the file
@@ -34,6 +37,8 @@ pub struct Loaded {
 #[derive(Default)]
 pub struct FileSource {
     last_good: HashMap<PathBuf, (Option<Stamp>, Box<dyn std::any::Any + Send>)>,
+    /// Files that failed in the load under way.
+    unreadable: usize,
 }
 
 /// What identifies a file's content without reading it.
@@ -74,6 +79,7 @@ impl FileSource {
         let mut catalog = GroupCatalog::default();
         let mut kube = KubeObjects::default();
         let mut errors = Vec::new();
+        self.unreadable = 0;
         for p in &cfg.security_groups {
             if let Some(g) = self.parse(&cfg.resolve(p), &mut errors, ec2::parse_security_groups) {
                 errors.extend(g.unnamed.iter().cloned());
@@ -98,10 +104,12 @@ impl FileSource {
                 kube.extend(k);
             }
         }
+        let unreadable = self.unreadable;
         errors.extend(kube.errors.iter().cloned());
         Loaded {
             snapshot: Snapshot { catalog, kube },
             errors,
+            unreadable,
         }
     }
 
@@ -133,6 +141,7 @@ impl FileSource {
                 Some(v)
             }
             Err(e) => {
+                self.unreadable += 1;
                 let kept = last(self);
                 errors.push(match kept {
                     Some(_) => format!("{e} (its last good content stays in use)"),

@@ -164,6 +164,7 @@ pub struct KindCount {
     pub since: Option<u64>,
     /// The last error (even once recovered) and its age in seconds.
     pub last_error: Option<(String, u64)>,
+    pub health: crate::status::SourceHealth,
 }
 
 impl std::fmt::Display for KindCount {
@@ -261,6 +262,13 @@ impl KubeApiSource {
                     .last_error
                     .as_ref()
                     .map(|(e, t)| (e.clone(), t.elapsed().as_secs())),
+                health: crate::status::SourceHealth {
+                    source: format!("kubernetes/{name}"),
+                    last_success: s
+                        .last_ok
+                        .map(|t| crate::status::SourceHealth::unix_time(t.elapsed())),
+                    failing: s.error.is_some(),
+                },
             });
             if [GROUP_KIND, PREFIX_LIST_KIND].contains(name) {
                 mirror_generations.push(s.generation);
