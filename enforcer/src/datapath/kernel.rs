@@ -114,15 +114,15 @@ impl Datapath {
                 .set(0, &host_local, 0)
                 .map_err(|e| map_err(map_names::TAIL_CALLS, e))?;
         }
-        if let (Some(m), Some(ours), false) = (&mut migration, &ours, adopted) {
-            if let Err(e) = m.first_pass(ours) {
-                // Nothing moved yet: the old datapath runs on; ours goes.
-                migrate::remove(&migrate::Other {
-                    version: Some(enforcer_common::maps::LAYOUT_VERSION),
-                    dir: ours.clone(),
-                });
-                return Err(e.context(format!("migrating from {}", m.from)));
-            }
+        if let (Some(m), Some(ours), false) = (&mut migration, &ours, adopted)
+            && let Err(e) = m.first_pass(ours)
+        {
+            // Nothing moved yet: the old datapath runs on; ours goes.
+            migrate::remove(&migrate::Other {
+                version: Some(enforcer_common::maps::LAYOUT_VERSION),
+                dir: ours.clone(),
+            });
+            return Err(e.context(format!("migrating from {}", m.from)));
         }
         if let (Some(dir), None) = (pin_dir, &migration) {
             migrate::point_maps_at(dir, enforcer_common::maps::LAYOUT_VERSION)?;
