@@ -90,6 +90,35 @@ pub fn v6(ip: &str, port: u16) -> String {
     format!("[{ip}]:{port}")
 }
 
+/// The shop's node routing as a Kubernetes node does (were the programs gone, it would
+/// forward the pods' denied traffic itself, untagged), with the echo server web may
+/// reach (10.0.2.5:443).
+pub fn routing_node() -> (Node, crate::net::EchoServer) {
+    let n = node();
+    crate::sim::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n.sim.node_ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ])
+    .unwrap();
+    let srv = crate::net::echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    (n, srv)
+}
+
+/// The interfaces whose ingress hook runs a program of ours: the trunk and each pod's
+/// host side.
+pub fn hooks() -> Vec<String> {
+    std::iter::once("trunk0".to_string())
+        .chain(
+            ["web", "client", "other"].map(|p| enforcer::config::host_veth_name("vlan", "shop", p)),
+        )
+        .collect()
+}
+
 /// A pod's counter for `reason` (packets) once it reaches `min`, or its value after 5 s:
 /// the daemon refreshes its status file every 2 s.
 pub fn counter_reaching(sim: &SimNode, pod: &str, reason: &str, min: u64) -> u64 {

@@ -667,26 +667,9 @@ fn frames_with_headers_outside_the_linear_area_are_enforced() {
 /// Programs attached to `ifname`'s TCX ingress in `ns`: (id, name).
 #[test]
 fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
-    let mut n = node();
-    // As on every Kubernetes node: were the programs gone, the node would route the
-    // pods' denied traffic itself, untagged.
-    integration_tests::sim::sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n.sim.node_ns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])
-    .unwrap();
-    let _srv = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let (mut n, _srv) = routing_node();
     let web_ns = n.sim.pod_ns("web").to_string();
-    let ifaces: Vec<String> = std::iter::once("trunk0".to_string())
-        .chain(
-            ["web", "client", "other"].map(|p| enforcer::config::host_veth_name("vlan", "shop", p)),
-        )
-        .collect();
+    let ifaces = hooks();
     let before: Vec<_> = ifaces
         .iter()
         .map(|i| tcx_programs(&n.sim.node_ns, i))

@@ -20,16 +20,8 @@ const NEXT: u32 = LAYOUT_VERSION + 1;
 /// FlowValue in the next layout: this one's fields, then a u64.
 const NEXT_FLOW_VALUE: usize = size_of::<FlowValue>() + 8;
 
-fn ifaces() -> Vec<String> {
-    std::iter::once("trunk0".to_string())
-        .chain(
-            ["web", "client", "other"].map(|p| enforcer::config::host_veth_name("vlan", "shop", p)),
-        )
-        .collect()
-}
-
 fn programs(sim: &SimNode) -> Vec<Vec<(u32, String)>> {
-    ifaces()
+    hooks()
         .iter()
         .map(|i| tcx_programs(&sim.node_ns, i))
         .collect()
@@ -71,19 +63,7 @@ fn wait_log(sim: &SimNode, what: &str) -> String {
 #[test]
 fn an_upgrade_to_a_new_value_layout_is_hitless_and_the_way_back_is_refused() {
     let next_bin = enforcer_next_bin();
-    let mut n = node();
-    // Were the programs gone, the node would route the pods' denied traffic itself.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n.sim.node_ns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])
-    .unwrap();
-    let _srv = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let (mut n, _srv) = routing_node();
     // Web's rules don't reach this one; client's do.
     let _other = echo_server(&n.sim.fabric_ns, "10.0.2.6:443").unwrap();
     let web_ns = n.sim.pod_ns("web").to_string();
@@ -134,7 +114,7 @@ fn an_upgrade_to_a_new_value_layout_is_hitless_and_the_way_back_is_refused() {
 
     // Every hook runs the new build's program, swapped in place (still one each).
     let after = programs(&n.sim);
-    for ((i, b), a) in ifaces().iter().zip(&before).zip(&after) {
+    for ((i, b), a) in hooks().iter().zip(&before).zip(&after) {
         assert_eq!(a.len(), 1, "{i}: {a:?}");
         assert_eq!(a[0].1, b[0].1, "{i}: the same program");
         assert_ne!(a[0].0, b[0].0, "{i}: the new build's program");
@@ -232,32 +212,26 @@ fn create(path: &Path, kind: &str, key: usize, value: usize, entries: u32) {
     .unwrap();
 }
 
-fn update(path: &Path, key: &[u8], value: &[u8]) {
-    let mut args = vec![
-        "bpftool".to_string(),
-        "map".into(),
-        "update".into(),
-        "pinned".into(),
-    ];
+/// `bpftool map update` (with a value) or `delete` (without) of `key` in `path`.
+fn bpftool_map(path: &Path, key: &[u8], value: Option<&[u8]>) {
+    let op = if value.is_some() { "update" } else { "delete" };
+    let mut args: Vec<String> = ["bpftool", "map", op, "pinned"].map(String::from).to_vec();
     args.push(path.to_str().unwrap().into());
     args.extend(["key".into(), "hex".into()]);
     args.extend(hex(key));
-    args.extend(["value".into(), "hex".into()]);
-    args.extend(hex(value));
+    if let Some(v) = value {
+        args.extend(["value".into(), "hex".into()]);
+        args.extend(hex(v));
+    }
     sh(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
 }
 
+fn update(path: &Path, key: &[u8], value: &[u8]) {
+    bpftool_map(path, key, Some(value));
+}
+
 fn delete(path: &Path, key: &[u8]) {
-    let mut args = vec![
-        "bpftool".to_string(),
-        "map".into(),
-        "delete".into(),
-        "pinned".into(),
-    ];
-    args.push(path.to_str().unwrap().into());
-    args.extend(["key".into(), "hex".into()]);
-    args.extend(hex(key));
-    sh(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    bpftool_map(path, key, None);
 }
 
 fn flow_key(port: u16) -> FlowKey {
