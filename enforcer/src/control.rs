@@ -12,26 +12,35 @@ use anyhow::{Context, Result};
 pub const SOCKET: &str = "control.sock";
 
 /// What a client may ask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Re-read the config and every source, apply, then answer with the status.
     Reload,
     /// The status, with counters and fill levels read from the maps now.
     Status,
+    /// The verdict for one packet and why, from the model and the live maps.
+    Explain(crate::explain::Query),
 }
 
 impl Request {
     pub fn parse(line: &str) -> Option<Request> {
-        match line.trim() {
+        let line = line.trim();
+        match line {
             "reload" => Some(Request::Reload),
             "status" => Some(Request::Status),
-            _ => None,
+            _ => {
+                let q = line.strip_prefix("explain ")?;
+                serde_json::from_str(q).ok().map(Request::Explain)
+            }
         }
     }
-    fn word(self) -> &'static str {
+    fn line(&self) -> String {
         match self {
-            Request::Reload => "reload",
-            Request::Status => "status",
+            Request::Reload => "reload".into(),
+            Request::Status => "status".into(),
+            Request::Explain(q) => {
+                format!("explain {}", serde_json::to_string(q).unwrap_or_default())
+            }
         }
     }
 }
@@ -51,7 +60,7 @@ pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
     })?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "{}", req.word())?;
+    writeln!(s, "{}", req.line())?;
     let mut reply = String::new();
     BufReader::new(s)
         .read_line(&mut reply)

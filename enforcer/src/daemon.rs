@@ -57,10 +57,9 @@ fn counters_map(dp: &Datapath, slot: u32) -> std::collections::BTreeMap<String, 
 }
 
 impl Daemon {
-    /// Reads the sources and brings the kernel in line. Never fails: problems become
-    /// status errors, and the last good state stays enforced when the sources can't be read.
-    fn apply(&mut self) {
-        let started = std::time::Instant::now();
+    /// Reads every source (files, then what the API sources hold now), noting each
+    /// one's summary and health in status. `waiting`: sources with no first answer yet.
+    fn gather(&mut self) -> (crate::sources::files::Loaded, Vec<&'static str>) {
         let mut loaded = self.files.load(&self.cfg);
         self.status.sources.clear();
         let files_failing = loaded.unreadable > 0 || self.config_error.is_some();
@@ -99,6 +98,35 @@ impl Daemon {
             }
             loaded.errors.extend(snap.errors);
         }
+        (loaded, waiting)
+    }
+
+    /// `enforcer explain`: the model's verdict for the packet, from the sources as
+    /// they are now and the pod as last applied, beside the live maps'.
+    fn explain(&mut self, q: crate::explain::Query) -> Result<crate::explain::Explanation> {
+        let pod = self
+            .status
+            .pods
+            .iter()
+            .find(|p| p.namespace == q.namespace && p.name == q.name)
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no pod {}/{} on this node (`enforcer status` lists the pods it knows)",
+                    q.namespace, q.name
+                )
+            })?;
+        let (loaded, _) = self.gather();
+        let mut e = crate::explain::explain(&self.cfg, &loaded.snapshot, &pod, q);
+        e.kernel = self.dp.kernel_view(&pod, &e, &self.mem.cookies)?;
+        Ok(e)
+    }
+
+    /// Reads the sources and brings the kernel in line. Never fails: problems become
+    /// status errors, and the last good state stays enforced when the sources can't be read.
+    fn apply(&mut self) {
+        let started = std::time::Instant::now();
+        let (loaded, waiting) = self.gather();
         if !waiting.is_empty() {
             // Applying a partial view would remove (or fail closed) pods whose objects
             // or groups are only not known yet: what the maps enforce stays meanwhile.
@@ -281,6 +309,10 @@ impl Daemon {
                 self.refresh_status();
                 serde_json::to_string(&self.status)
             }
+            Some(Request::Explain(q)) => match self.explain(q) {
+                Ok(e) => serde_json::to_string(&e),
+                Err(e) => Ok(serde_json::json!({ "error": format!("{e:#}") }).to_string()),
+            },
             None => Ok(
                 serde_json::json!({ "error": format!("unknown request {:?}", line.trim()) })
                     .to_string(),

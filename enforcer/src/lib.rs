@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod engine;
 pub mod env;
+pub mod explain;
 pub mod http;
 pub mod link_events;
 pub mod memory;

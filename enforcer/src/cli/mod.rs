@@ -1,5 +1,6 @@
 //! Command-line interface: the arguments (here) and one module per command.
 mod check;
+mod explain;
 mod reload;
 mod status;
 mod uninstall;
@@ -87,6 +88,28 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// The verdict for one packet of a pod and why: the rule that allows it, or the
+    /// rules that nearly do and what differs; always-allowed, host-local and source NAT;
+    /// and whether the kernel's live maps agree (asks the running daemon).
+    Explain {
+        /// NAMESPACE/NAME of a pod on this node.
+        #[arg(long)]
+        pod: String,
+        /// The pod sends to ADDR[:PORT][/tcp|udp|icmp|PROTO] (tcp when unsaid).
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        to: Option<String>,
+        /// ADDR sends to the pod: ADDR[:PORT][/PROTO], PORT being the pod's port.
+        #[arg(long)]
+        from: Option<String>,
+        /// The daemon's state directory (stateDir in its config).
+        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
+        state_dir: PathBuf,
+        /// Read stateDir from this config instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Detach the datapath on purpose: remove the pinned links (the programs leave the
     /// trunk and every pod interface) and the pinned maps. Stop the daemon first. A
     /// stopped, killed or upgrading daemon never detaches: its pinned programs keep
@@ -150,6 +173,14 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             output,
         } => reload::run(state_dir, config, output),
         Command::Check { config, output } => check::run(&config, output),
+        Command::Explain {
+            pod,
+            to,
+            from,
+            state_dir,
+            config,
+            output,
+        } => explain::run(&pod, to, from, state_dir_of(state_dir, config)?, output),
         Command::Uninstall { bpffs_dir, config } => uninstall::run(bpffs_dir, config),
     }
 }

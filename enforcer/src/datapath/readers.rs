@@ -99,3 +99,115 @@ impl Datapath {
         levels
     }
 }
+
+impl Datapath {
+    /// The live maps' verdict for the packet of `e` (the programs' look-ups, made from
+    /// here): the pod's entry by VLAN, the always-allowed tries, then the two rule
+    /// look-ups under its policy (and its node policy in standard mode). `None` when
+    /// the kernel has no entry for the pod, or the packet never meets the rules
+    /// (host-local delivery).
+    pub fn kernel_view(
+        &self,
+        pod: &crate::status::PodStatus,
+        e: &crate::explain::Explanation,
+        cookies: &crate::policy::compile::CookieTable,
+    ) -> Result<Option<crate::explain::KernelView>> {
+        use crate::explain::{KernelView, Verdict};
+        use aya::maps::lpm_trie::Key;
+        let Some(vlan) = pod.vlan else {
+            return Ok(None);
+        };
+        if e.reason == "allow_host_local" {
+            return Ok(None);
+        }
+        let pods: BpfHashMap<&MapData, u32, PodInfo> =
+            map_ref(&self.ebpf, map_names::POD_BY_VLAN)?.try_into()?;
+        let Ok(info) = pods.get(&u32::from(vlan), 0) else {
+            return Ok(None);
+        };
+        let q = &e.query;
+        let always = match q.remote {
+            std::net::IpAddr::V4(a) => {
+                let m: LpmTrie<&MapData, [u8; 4], AlwaysAllow> =
+                    map_ref(&self.ebpf, map_names::ALWAYS_V4)?.try_into()?;
+                m.get(&Key::new(32, a.octets()), 0).is_ok()
+            }
+            std::net::IpAddr::V6(a) => {
+                let m: LpmTrie<&MapData, [u8; 16], AlwaysAllow> =
+                    map_ref(&self.ebpf, map_names::ALWAYS_V6)?.try_into()?;
+                m.get(&Key::new(128, a.octets()), 0).is_ok()
+            }
+        };
+        let dir = match q.direction {
+            crate::model::group::Direction::Inbound => Direction::Ingress,
+            crate::model::group::Direction::Outbound => Direction::Egress,
+        };
+        // ICMP: the programs key rules by type << 8 | code.
+        let port = if matches!(q.proto, 1 | 58) {
+            q.port << 8
+        } else {
+            q.port
+        };
+        let rule = |policy_id: u32| -> Result<Option<u32>> {
+            let sc = scope(policy_id, dir);
+            let class = match q.remote {
+                std::net::IpAddr::V4(a) => {
+                    let m: LpmTrie<&MapData, PeerKeyV4, PeerClass> =
+                        map_ref(&self.ebpf, map_names::PEER_V4)?.try_into()?;
+                    m.get(&Key::new(PEER_SCOPE_BITS + 32, PeerKeyV4::new(sc, a)), 0)
+                }
+                std::net::IpAddr::V6(a) => {
+                    let m: LpmTrie<&MapData, PeerKeyV6, PeerClass> =
+                        map_ref(&self.ebpf, map_names::PEER_V6)?.try_into()?;
+                    m.get(&Key::new(PEER_SCOPE_BITS + 128, PeerKeyV6::new(sc, a)), 0)
+                }
+            };
+            let Ok(class) = class else { return Ok(None) };
+            if class.all_cookie != 0 {
+                return Ok(Some(class.all_cookie));
+            }
+            let ports: LpmTrie<&MapData, PortKey, PortRule> =
+                map_ref(&self.ebpf, map_names::PORT_RULES)?.try_into()?;
+            Ok(ports
+                .get(
+                    &Key::new(
+                        PORT_FIXED_BITS + 16,
+                        PortKey::new(class.class_id, q.proto, port),
+                    ),
+                    0,
+                )
+                .ok()
+                .map(|r| r.cookie))
+        };
+        let name = |cookie: u32| {
+            cookies
+                .rule(cookie)
+                .map_or(format!("cookie {cookie}"), |r| {
+                    format!("{} {:?} rule #{}", r.group, r.direction, r.index).to_lowercase()
+                })
+        };
+        let (verdict, by) = if always {
+            (Verdict::Allow, Some("always allowed".to_string()))
+        } else {
+            match rule(info.policy_id)? {
+                None => (Verdict::Drop, None),
+                Some(c) if info.node_policy_id == 0 => (Verdict::Allow, Some(name(c))),
+                Some(c) => match rule(info.node_policy_id)? {
+                    Some(n) => (
+                        Verdict::Allow,
+                        Some(format!("{}; node groups: {}", name(c), name(n))),
+                    ),
+                    None => (
+                        Verdict::Drop,
+                        Some(format!("{}; no node group rule", name(c))),
+                    ),
+                },
+            }
+        };
+        Ok(Some(KernelView {
+            verdict,
+            by,
+            agrees: verdict == e.verdict,
+        }))
+    }
+}

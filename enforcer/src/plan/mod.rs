@@ -37,6 +37,31 @@ pub struct Plan {
     pub interfaces: Vec<String>,
 }
 
+/// Members of groups on this node: its pods by the groups they carry, and the node's
+/// primary addresses for the node's groups (its primary ENI carries them, so a rule
+/// naming one admits kubelet probes and the node's own traffic). Referenced groups
+/// include them (SPEC §3).
+pub fn local_members(
+    cfg: &Config,
+    resolved: &[crate::policy::resolve::Resolved],
+) -> BTreeMap<String, Vec<std::net::IpAddr>> {
+    let mut local: BTreeMap<String, Vec<std::net::IpAddr>> = BTreeMap::new();
+    for r in resolved.iter().filter(|r| r.error.is_none()) {
+        let Some(eni) = &r.eni else { continue };
+        for g in &r.groups {
+            let m = local.entry(g.clone()).or_default();
+            m.extend(eni.ipv4.map(std::net::IpAddr::V4));
+            m.extend(eni.ipv6.map(std::net::IpAddr::V6));
+        }
+    }
+    for g in &cfg.node.node_groups {
+        let m = local.entry(g.clone()).or_default();
+        m.extend(cfg.node.primary_ipv4);
+        m.extend(cfg.node.primary_ipv6);
+    }
+    local
+}
+
 pub fn plan(
     cfg: &Config,
     snap: &Snapshot,
@@ -55,23 +80,7 @@ pub fn plan(
     }
     mem.claims = crate::claims::settle(&mut resolved, &mem.claims, &cfg.always_allowed());
 
-    // Referenced groups include the pods on this node that carry them (SPEC §3).
-    let mut local: BTreeMap<String, Vec<std::net::IpAddr>> = BTreeMap::new();
-    for r in resolved.iter().filter(|r| r.error.is_none()) {
-        let Some(eni) = &r.eni else { continue };
-        for g in &r.groups {
-            let m = local.entry(g.clone()).or_default();
-            m.extend(eni.ipv4.map(std::net::IpAddr::V4));
-            m.extend(eni.ipv6.map(std::net::IpAddr::V6));
-        }
-    }
-    // The node's primary ENI carries the node's groups: a rule naming one of them
-    // admits the node's primary addresses (kubelet probes, the node's own traffic).
-    for g in &cfg.node.node_groups {
-        let m = local.entry(g.clone()).or_default();
-        m.extend(cfg.node.primary_ipv4);
-        m.extend(cfg.node.primary_ipv6);
-    }
+    let local = local_members(cfg, &resolved);
     let peers = Peers {
         catalog: &snap.catalog,
         local: &local,
