@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod event;
 pub mod flow;
 pub mod maps;
 pub mod node;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod reason;
 pub mod snat;
 
+pub use event::*;
 pub use flow::*;
 pub use node::*;
 pub use pod::*;
@@ -45,6 +47,9 @@ pub mod map_names {
     pub const DEST_V4: &str = "DEST_V4";
     pub const DEST_V6: &str = "DEST_V6";
     pub const SNAT_REV: &str = "SNAT_REV";
+    /// Not pinned (process-local): the flow events' ring buffer, budgets and losses.
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENTS_LOST: &str = "EVENTS_LOST";
     /// Every pinned map, in the table's order.
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }
@@ -119,6 +124,8 @@ mod user {
         DestClass,
         SnatKey,
         SnatValue,
+        FlowEvent,
+        EventBucket,
     );
 }
 
@@ -126,6 +133,7 @@ mod user {
 const _: () = assert!(core::mem::size_of::<PodInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 128);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 64);
 #[cfg(not(feature = "layout-next"))]
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 #[cfg(feature = "layout-next")]

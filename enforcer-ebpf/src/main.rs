@@ -14,6 +14,7 @@ mod bypass;
 mod conntrack;
 mod counters;
 mod dest;
+mod events;
 mod exit;
 mod fragments;
 mod maps;

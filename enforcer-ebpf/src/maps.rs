@@ -1,6 +1,6 @@
 //! The kernel's maps. BTF maps throughout so that `bpftool map dump` names every field.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use enforcer_common::*;
@@ -87,3 +87,16 @@ pub static DEST_V6: LpmTrie<[u8; 16], DestClass, { MAX_DEST_ENTRIES as usize }> 
 /// with the flow it belongs to, removed with it (by the programs or the daemon's sweep).
 #[btf_map]
 pub static SNAT_REV: HashMap<SnatKey, SnatValue, { MAX_SNAT as usize }> = HashMap::new();
+
+/// Flow events for the daemon (`events`). Process-local, like the two below: not
+/// pinned, so each daemon reads its own programs' events.
+#[btf_map]
+pub static EVENTS: RingBuf<FlowEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Each pod's event budget, per CPU.
+#[btf_map]
+pub static EVENT_BUCKETS: PerCpuArray<EventBucket, { MAX_PODS as usize }> = PerCpuArray::new();
+
+/// Events not sent (over budget or the buffer full), per pod and CPU.
+#[btf_map]
+pub static EVENTS_LOST: PerCpuArray<u64, { MAX_PODS as usize }> = PerCpuArray::new();

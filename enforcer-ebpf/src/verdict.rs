@@ -8,6 +8,7 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::*;
 
 use crate::conntrack::{InsertError, flow_hit, flow_key, insert_flow, normalise_ports};
+use crate::events::emit;
 use crate::fragments::{later_fragment, record_first};
 use crate::maps::{FLOWS, NODE_CONFIG};
 use crate::policy::{always_allowed, policy_allows};
@@ -40,6 +41,7 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
         if always_allowed(pkt, dir) {
             return State::Decided(Verdict::Allow(Reason::AllowAlways));
         }
+        emit(pkt, pod.slot, dir, Reason::DropFailClosed, (0, 0));
         return State::Decided(Verdict::Drop(Reason::DropFailClosed));
     }
     let Some(cfg) = NODE_CONFIG.get(0) else {
@@ -90,7 +92,15 @@ pub fn by_rules(
     dir: Direction,
     now: u64,
 ) -> Verdict {
-    let v = rules_verdict(cfg, pod, pkt, dir, now);
+    let (v, cookies) = rules_verdict(cfg, pod, pkt, dir, now);
+    match v {
+        // A new flow (or an untracked packet) the rules allowed, and every drop.
+        Verdict::Allow(Reason::AllowPolicy) => {
+            emit(pkt, pod.slot, dir, Reason::AllowPolicy, cookies)
+        }
+        Verdict::Drop(r) => emit(pkt, pod.slot, dir, r, (0, 0)),
+        Verdict::Allow(_) => {}
+    }
     if let Verdict::Allow(r) = v {
         return allowed(pkt, pod, r, now);
     }
@@ -104,12 +114,12 @@ fn rules_verdict(
     pkt: &mut Packet,
     dir: Direction,
     now: u64,
-) -> Verdict {
+) -> (Verdict, (u32, u32)) {
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     if pkt.snat == SNAT_REVERSE {
         // Sent to the node's NAT port: only state lets it in; it never opens a flow.
-        return Verdict::Drop(Reason::DropNoRule);
+        return (Verdict::Drop(Reason::DropNoRule), (0, 0));
     }
     if pkt.snat == SNAT_FORWARD {
         // Off-VPC through source NAT: the node's groups instead of the pod's (SPEC §5).
@@ -118,26 +128,27 @@ fn rules_verdict(
         let (allowed, cookie) = match policy_allows(pod.node_policy_id, pkt, dir) {
             Some((c, _)) => (Reason::AllowPolicy, c),
             None if always_allowed(pkt, dir) => (Reason::AllowAlways, 0),
-            None => return Verdict::Drop(Reason::DropNoNodeRule),
+            None => return (Verdict::Drop(Reason::DropNoNodeRule), (0, 0)),
         };
-        return new_flow(cfg, pod, &key, pkt, dir, (0, cookie), now, allowed);
+        let v = new_flow(cfg, pod, &key, pkt, dir, (0, cookie), now, allowed);
+        return (v, (0, cookie));
     }
     let Some((cookie, mut flags)) = policy_allows(pod.policy_id, pkt, dir) else {
         // Checked only when no rule allows: it costs an LPM lookup that the common
         // path should not pay.
         if always_allowed(pkt, dir) {
-            return Verdict::Allow(Reason::AllowAlways);
+            return (Verdict::Allow(Reason::AllowAlways), (0, 0));
         }
-        return Verdict::Drop(Reason::DropNoRule);
+        return (Verdict::Drop(Reason::DropNoRule), (0, 0));
     };
     let mut node_cookie = 0;
     if pod.mode() == PodMode::Standard {
         // Standard mode (SPEC §5): the node's groups must allow it too.
         let Some((c, f)) = policy_allows(pod.node_policy_id, pkt, dir) else {
             if always_allowed(pkt, dir) {
-                return Verdict::Allow(Reason::AllowAlways);
+                return (Verdict::Allow(Reason::AllowAlways), (0, 0));
             }
-            return Verdict::Drop(Reason::DropNoNodeRule);
+            return (Verdict::Drop(Reason::DropNoNodeRule), (cookie, 0));
         };
         node_cookie = c;
         // Untracked only when both allowing rules are.
@@ -147,9 +158,9 @@ fn rules_verdict(
     // and the rest. ICMP errors and query replies never create state of their own.
     let untracked = flags & RULE_UNTRACKED != 0 && matches!(pkt.outer.proto, PROTO_TCP | PROTO_UDP);
     if untracked || pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
-        return Verdict::Allow(Reason::AllowPolicy);
+        return (Verdict::Allow(Reason::AllowPolicy), (cookie, node_cookie));
     }
-    new_flow(
+    let v = new_flow(
         cfg,
         pod,
         &key,
@@ -158,7 +169,8 @@ fn rules_verdict(
         (cookie, node_cookie),
         now,
         Reason::AllowPolicy,
-    )
+    );
+    (v, (cookie, node_cookie))
 }
 
 /// Records the new flow the rules allowed; `allowed` is the verdict when it fits.

@@ -20,6 +20,9 @@ pub enum Request {
     Status,
     /// The verdict for one packet and why, from the model and the live maps.
     Explain(crate::explain::Query),
+    /// The kept flow events (of one pod: `NAMESPACE/NAME`), one JSON line each; with
+    /// `follow`, then each new one as it is read.
+    Flows { pod: Option<String>, follow: bool },
 }
 
 impl Request {
@@ -29,6 +32,13 @@ impl Request {
             "reload" => Some(Request::Reload),
             "status" => Some(Request::Status),
             _ => {
+                if let Some(f) = line.strip_prefix("flows ") {
+                    let v: serde_json::Value = serde_json::from_str(f).ok()?;
+                    return Some(Request::Flows {
+                        pod: v["pod"].as_str().map(str::to_string),
+                        follow: v["follow"].as_bool().unwrap_or(false),
+                    });
+                }
                 let q = line.strip_prefix("explain ")?;
                 serde_json::from_str(q).ok().map(Request::Explain)
             }
@@ -41,6 +51,10 @@ impl Request {
             Request::Explain(q) => {
                 format!("explain {}", serde_json::to_string(q).unwrap_or_default())
             }
+            Request::Flows { pod, follow } => format!(
+                "flows {}",
+                serde_json::json!({ "pod": pod, "follow": follow })
+            ),
         }
     }
 }
@@ -71,4 +85,25 @@ pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
         path.display()
     );
     Ok(reply)
+}
+
+/// Sends `req` and hands each line of the answer to `each` until the daemon closes the
+/// connection (a following stream: until `each` says stop, or the process ends).
+pub fn stream(state_dir: &Path, req: Request, mut each: impl FnMut(&str) -> bool) -> Result<()> {
+    let path = socket_path(state_dir);
+    let mut s = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connecting to {} (is `enforcer run` running with this state dir?)",
+            path.display()
+        )
+    })?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "{}", req.line())?;
+    for line in BufReader::new(s).lines() {
+        let line = line.with_context(|| format!("reading from {}", path.display()))?;
+        if !each(&line) {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -26,6 +26,8 @@ struct Daemon {
     apply_seconds: prometheus_client::metrics::histogram::Histogram,
     /// `Memory::tables_fingerprint` when last saved.
     tables_saved: Option<(usize, u32, usize)>,
+    /// The programs' flow events (None when the map could not be opened).
+    events: Option<crate::flows::Events>,
     /// When every source file (and the config) last read and parsed cleanly.
     files_ok_at: Option<std::time::SystemTime>,
     /// `enforcer run`'s flags, applied over the config at every reload.
@@ -299,7 +301,13 @@ impl Daemon {
         ) {
             return;
         }
-        let reply = match Request::parse(&line) {
+        let request = Request::parse(&line);
+        if let Some(Request::Flows { pod, follow }) = request {
+            self.drain_events();
+            return self.serve_flows(w, pod, follow).await;
+        }
+        let reply = match request {
+            Some(Request::Flows { .. }) => unreachable!("answered above"),
             Some(Request::Reload) => {
                 info!("control socket: re-reading sources");
                 self.reload();
@@ -327,6 +335,66 @@ impl Daemon {
         .await;
     }
 
+    /// Reads the programs' flow events (named by the pods and rules known now).
+    fn drain_events(&mut self) {
+        if let Some(ev) = &mut self.events {
+            ev.drain(&self.status.pods, &self.mem.cookies);
+        }
+    }
+
+    /// `enforcer flows`: the kept events as JSON lines; following, each new one after
+    /// (a task of its own, so the daemon's loop goes on).
+    async fn serve_flows(
+        &mut self,
+        mut w: tokio::net::unix::OwnedWriteHalf,
+        pod: Option<String>,
+        follow: bool,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let Some(ev) = &self.events else {
+            let _ = w
+                .write_all(b"{\"error\":\"flow events are not available (the EVENTS map could not be opened; see the daemon's log)\"}\n")
+                .await;
+            return;
+        };
+        let mut text = String::new();
+        for r in ev.recent(pod.as_deref()) {
+            text.push_str(&serde_json::to_string(r).unwrap_or_default());
+            text.push('\n');
+        }
+        let mut rx = ev.subscribe();
+        let write = async move {
+            w.write_all(text.as_bytes()).await?;
+            if follow {
+                info!(
+                    "control socket: following flow events{}",
+                    pod.as_ref().map_or(String::new(), |p| format!(" of {p}"))
+                );
+                loop {
+                    match rx.recv().await {
+                        Ok(r) if r.is_of(pod.as_deref()) => {
+                            let line =
+                                format!("{}\n", serde_json::to_string(&r).unwrap_or_default());
+                            w.write_all(line.as_bytes()).await?;
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let line = format!("{{\"lagged\":{n}}}\n");
+                            w.write_all(line.as_bytes()).await?;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        if follow {
+            tokio::spawn(write);
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(10), write).await;
+        }
+    }
+
     fn sweep(&mut self) {
         match self.dp.sweep_flows(&self.node) {
             Ok(n) if n > 0 => info!("swept {n} idle flows"),
@@ -341,6 +409,7 @@ impl Daemon {
             if pod.slot != 0 {
                 pod.counters = counters_map(&self.dp, pod.slot);
                 pod.flows = flows.get(pod.slot as usize).copied().unwrap_or(0);
+                pod.events_lost = self.dp.events_lost(pod.slot).unwrap_or(0);
             }
         }
         self.status.unattributed = counters_map(&self.dp, 0);
@@ -500,6 +569,9 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
         info!("removed pinned link {stale}: its interface is gone");
     }
     forward_kernel_logs(dp.ebpf());
+    let events = crate::flows::Events::open(dp.ebpf())
+        .map_err(|e| error!("flow events: {e:#}; `enforcer flows` will have none"))
+        .ok();
     let node = kernel_node_config(&cfg, trunk, primary);
     dp.set_node_config(&node)?;
     reserve_snat_ports(&cfg);
@@ -527,6 +599,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
             prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 14),
         ),
         tables_saved: None,
+        events,
         files_ok_at: None,
         flags,
         config_error: None,
@@ -566,6 +639,8 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
         .ok();
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    // The programs never wake us per event: their buffer is read on this clock.
+    let mut events_tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = hup.recv() => { info!("SIGHUP: re-reading sources"); d.reload(); }
@@ -613,6 +688,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
                 }
             }
             _ = sweep.tick() => d.sweep(),
+            _ = events_tick.tick() => d.drain_events(),
         }
     }
     // The pinned programs keep enforcing with the pinned maps until a new daemon adopts

@@ -109,6 +109,19 @@ pub fn render(st: &NodeStatus, apply_seconds: &Histogram) -> String {
         packets,
     );
     r.register("bytes", "Bytes judged, per pod and reason", bytes);
+    let lost = Family::<Labels, Counter>::default();
+    for p in st.pods.iter().filter(|p| p.slot != 0) {
+        let l = vec![
+            ("namespace".to_string(), p.namespace.clone()),
+            ("pod".to_string(), p.name.clone()),
+        ];
+        lost.get_or_create(&l).inc_by(p.events_lost);
+    }
+    r.register(
+        "events_lost",
+        "Flow events not reported (over the pod's budget, or the buffer full); the packets were judged all the same",
+        lost,
+    );
     let entries = Family::<Labels, Gauge>::default();
     let capacity = Family::<Labels, Gauge>::default();
     for (map, [used, cap]) in &st.maps {

@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod engine;
 pub mod env;
 pub mod explain;
+pub mod flows;
 pub mod http;
 pub mod link_events;
 pub mod memory;

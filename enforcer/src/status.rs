@@ -45,6 +45,9 @@ pub struct PodStatus {
     /// Flow-table entries the pod holds (its share is `node.flowsPerPod`).
     #[serde(default)]
     pub flows: u64,
+    /// Flow events not reported (over the pod's budget, or the buffer full).
+    #[serde(default)]
+    pub events_lost: u64,
 }
 
 impl PodStatus {
@@ -69,6 +72,7 @@ impl PodStatus {
             waiting: None,
             counters: BTreeMap::new(),
             flows: 0,
+            events_lost: 0,
         }
     }
 }

@@ -32,11 +32,17 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
         .difference(&pinned)
         .filter(|n| !n.starts_with(".rodata"))
         .collect();
-    // The per-CPU parse scratch and aya-log's ring buffer (and the compiler's constant
-    // sections): process-local, never pinned.
+    // The per-CPU parse scratch, aya-log's ring buffer, the flow events' ring buffer
+    // and budgets (and the compiler's constant sections): process-local, never pinned.
     assert_eq!(
         unpinned,
-        ["AYA_LOGS", "SCRATCH"],
+        [
+            "AYA_LOGS",
+            "EVENTS",
+            "EVENTS_LOST",
+            "EVENT_BUCKETS",
+            "SCRATCH"
+        ],
         "maps not in the pinned table"
     );
     assert!(pinned.is_subset(&maps), "every pinned map is in the object");

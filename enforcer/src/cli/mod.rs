@@ -1,6 +1,7 @@
 //! Command-line interface: the arguments (here) and one module per command.
 mod check;
 mod explain;
+mod flows;
 mod reload;
 mod status;
 mod uninstall;
@@ -110,6 +111,25 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Flow events: every denied packet and every new flow the rules allowed, with the
+    /// pod, the 5-tuple, the reason and the allowing rule (rate-limited per pod in the
+    /// kernel; `enforcer status -o json` counts what a pod's budget left out).
+    Flows {
+        /// Only this pod's: NAMESPACE/NAME.
+        #[arg(long)]
+        pod: Option<String>,
+        /// After the kept events, print each new one as it comes (until interrupted).
+        #[arg(long)]
+        follow: bool,
+        /// The daemon's state directory (stateDir in its config).
+        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
+        state_dir: PathBuf,
+        /// Read stateDir from this config instead.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Detach the datapath on purpose: remove the pinned links (the programs leave the
     /// trunk and every pod interface) and the pinned maps. Stop the daemon first. A
     /// stopped, killed or upgrading daemon never detaches: its pinned programs keep
@@ -181,6 +201,13 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             config,
             output,
         } => explain::run(&pod, to, from, state_dir_of(state_dir, config)?, output),
+        Command::Flows {
+            pod,
+            follow,
+            state_dir,
+            config,
+            output,
+        } => flows::run(pod, follow, state_dir_of(state_dir, config)?, output),
         Command::Uninstall { bpffs_dir, config } => uninstall::run(bpffs_dir, config),
     }
 }

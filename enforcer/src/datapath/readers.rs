@@ -66,6 +66,17 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Flow events of `slot`'s pod not sent (over its budget, or the buffer full),
+    /// summed over CPUs.
+    pub fn events_lost(&self, slot: u32) -> Result<u64> {
+        let m: PerCpuArray<&MapData, u64> =
+            map_ref(&self.ebpf, map_names::EVENTS_LOST)?.try_into()?;
+        Ok(m.get(&slot, 0)
+            .map_err(|e| map_err(map_names::EVENTS_LOST, e))?
+            .iter()
+            .sum())
+    }
+
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let m: BpfHashMap<&MapData, FlowKey, FlowValue> =
             map_ref(&self.ebpf, map_names::FLOWS)?.try_into()?;

@@ -1,0 +1,201 @@
+//! Flow events: read from the programs' ring buffer on the daemon's clock (the programs
+//! never wake it), named (pod, rule), kept (the last `KEPT`) for `enforcer flows` and
+//! streamed to followers.
+use std::collections::VecDeque;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use enforcer_common::{FlowEvent, Reason};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::compile::CookieTable;
+use crate::status::PodStatus;
+
+/// Events kept for `enforcer flows` (about 3 MiB).
+pub const KEPT: usize = 10_000;
+
+/// One event as people read it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Unix time, seconds.
+    pub time: f64,
+    pub namespace: String,
+    pub pod: String,
+    /// `egress` (the pod sends) or `ingress`.
+    pub direction: String,
+    pub protocol: String,
+    /// The pod's end and the other, `addr:port` (`[v6]:port`).
+    pub local: String,
+    pub remote: String,
+    pub verdict: String,
+    /// The counter it went to: `allow_policy`, `drop_no_rule`...
+    pub reason: String,
+    /// The allowing rule: `sg-… outbound rule #N`.
+    pub rule: Option<String>,
+    /// Standard mode: the node group's allowing rule.
+    pub node_rule: Option<String>,
+}
+
+impl FlowRecord {
+    pub fn line(&self) -> String {
+        let by = match (&self.rule, &self.node_rule) {
+            (Some(r), Some(n)) => format!(" by {r}; node groups: {n}"),
+            (Some(r), None) => format!(" by {r}"),
+            _ => String::new(),
+        };
+        let arrow = if self.direction == "egress" {
+            "->"
+        } else {
+            "<-"
+        };
+        format!(
+            "{:.3} {}/{} {} {} {arrow} {} {} {}{by}",
+            self.time,
+            self.namespace,
+            self.pod,
+            self.protocol,
+            self.local,
+            self.remote,
+            self.verdict.to_uppercase(),
+            self.reason
+        )
+    }
+
+    pub fn is_of(&self, pod: Option<&str>) -> bool {
+        pod.is_none_or(|p| p.split_once('/') == Some((&self.namespace, &self.pod)))
+    }
+}
+
+/// Names a cookie's rule: `sg-web outbound rule #0`.
+pub fn rule_name(cookies: &CookieTable, cookie: u32) -> Option<String> {
+    (cookie != 0).then(|| {
+        cookies
+            .rule(cookie)
+            .map_or(format!("rule cookie {cookie}"), |r| {
+                let dir = match r.direction {
+                    crate::model::group::Direction::Inbound => "inbound",
+                    crate::model::group::Direction::Outbound => "outbound",
+                };
+                format!("{} {dir} rule #{}", r.group, r.index)
+            })
+    })
+}
+
+fn end(family: u8, addr: &[u8; 16], port: u16, proto: u8) -> String {
+    let ip: std::net::IpAddr = if family == enforcer_common::AF_V4 {
+        std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(*addr).into()
+    };
+    if !matches!(proto, 6 | 17) {
+        return ip.to_string();
+    }
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+/// The event, named: its pod by slot, its rules by cookie, its time on the wall clock
+/// (`offset_ns`: realtime minus the programs' monotonic clock).
+pub fn record(
+    ev: &FlowEvent,
+    pods: &[PodStatus],
+    cookies: &CookieTable,
+    offset_ns: i128,
+) -> FlowRecord {
+    let pod = pods.iter().find(|p| p.slot == ev.slot && ev.slot != 0);
+    let reason = Reason::ALL.into_iter().find(|r| *r as u8 == ev.reason);
+    let protocol = match ev.proto {
+        6 => "tcp".to_string(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => format!("proto-{n}"),
+    };
+    FlowRecord {
+        time: (i128::from(ev.time_ns) + offset_ns) as f64 / 1e9,
+        namespace: pod.map_or(String::new(), |p| p.namespace.clone()),
+        pod: pod.map_or(format!("slot-{}", ev.slot), |p| p.name.clone()),
+        direction: if ev.direction == enforcer_common::Direction::Egress as u8 {
+            "egress".into()
+        } else {
+            "ingress".into()
+        },
+        protocol,
+        local: end(ev.family, &ev.local, ev.local_port, ev.proto),
+        remote: end(ev.family, &ev.remote, ev.remote_port, ev.proto),
+        verdict: if reason.is_some_and(|r| r.name().starts_with("allow")) {
+            "allow".into()
+        } else {
+            "drop".into()
+        },
+        reason: reason.map_or(format!("reason-{}", ev.reason), |r| r.name().to_string()),
+        rule: rule_name(cookies, ev.cookie),
+        node_rule: rule_name(cookies, ev.node_cookie),
+    }
+}
+
+/// Realtime minus CLOCK_MONOTONIC_COARSE (what `bpf_ktime_get_coarse_ns` reads), now.
+fn clock_offset_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let mono = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    real - mono
+}
+
+pub struct Events {
+    ring: RingBuf<MapData>,
+    recent: VecDeque<FlowRecord>,
+    tx: tokio::sync::broadcast::Sender<FlowRecord>,
+}
+
+impl Events {
+    /// Takes the programs' `EVENTS` ring buffer.
+    pub fn open(ebpf: &mut aya::Ebpf) -> Result<Events> {
+        let map = ebpf
+            .take_map(enforcer_common::map_names::EVENTS)
+            .context("map EVENTS missing from the object")?;
+        Ok(Events {
+            ring: RingBuf::try_from(map)?,
+            recent: VecDeque::with_capacity(KEPT),
+            tx: tokio::sync::broadcast::channel(1024).0,
+        })
+    }
+
+    /// Reads what the programs wrote since the last call; returns how many.
+    pub fn drain(&mut self, pods: &[PodStatus], cookies: &CookieTable) -> usize {
+        let offset = clock_offset_ns();
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() < size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the programs write whole FlowEvents (plain old data, every bit
+            // pattern valid); the item holds at least that many bytes.
+            let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let r = record(&ev, pods, cookies, offset);
+            if self.recent.len() == KEPT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(r.clone());
+            // No follower is no error.
+            let _ = self.tx.send(r);
+            n += 1;
+        }
+        n
+    }
+
+    /// The kept events of `pod` (all with `None`), oldest first.
+    pub fn recent(&self, pod: Option<&str>) -> impl Iterator<Item = &FlowRecord> {
+        self.recent.iter().filter(move |r| r.is_of(pod))
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FlowRecord> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,206 @@
+//! `enforcer flows` on the shop's simulated node, with real traffic: each denied packet
+//! and each new allowed flow is reported with its pod, 5-tuple, reason and allowing
+//! rule; a flood of denied packets costs a bounded number of events (the rest counted
+//! as lost, every packet still judged); `--follow` streams new events.
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::enforcer_bin;
+use integration_tests::net::*;
+use integration_tests::shop::*;
+use serde_json::Value;
+
+fn flows(n: &Node, pod: Option<&str>) -> Vec<Value> {
+    let mut cmd = Command::new(enforcer_bin());
+    cmd.args(["flows", "-o", "json", "--state-dir"])
+        .arg(n.sim.workdir.join("state"));
+    if let Some(p) = pod {
+        cmd.args(["--pod", p]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The events of `pod` once `ok` holds for them (5 s at most).
+fn flows_until(n: &Node, pod: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = flows(n, Some(pod));
+        if ok(&f) || Instant::now() > deadline {
+            return f;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn to<'a>(events: &'a [Value], remote: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["remote"] == remote).collect()
+}
+
+/// Proves each event carries what a person needs: the pod, the tuple from the pod's
+/// side, the verdict and reason, and for an allow the group and rule; and that
+/// `--pod` shows that pod's only.
+#[test]
+fn each_drop_and_each_new_allowed_flow_is_reported_with_its_rule() {
+    let n = node();
+    let _a = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let _b = echo_server(&n.sim.fabric_ns, "10.0.2.6:443").unwrap();
+    let web = n.sim.pod_ns("web").to_string();
+    assert!(tcp_echo(&web, "10.0.2.5:443").unwrap());
+    assert!(!tcp_echo(&web, "10.0.2.6:443").unwrap());
+    assert!(tcp_echo(n.sim.pod_ns("client"), "10.0.2.6:443").unwrap());
+    let events = flows_until(&n, "shop/web", |f| {
+        !to(f, "10.0.2.5:443").is_empty() && !to(f, "10.0.2.6:443").is_empty()
+    });
+    let allowed = to(&events, "10.0.2.5:443");
+    assert_eq!(
+        allowed.len(),
+        1,
+        "one event for the new flow, none for its later packets: {allowed:?}"
+    );
+    let a = allowed[0];
+    for (field, want) in [
+        ("verdict", "allow"),
+        ("reason", "allow_policy"),
+        ("rule", "sg-web outbound rule #0"),
+        ("protocol", "tcp"),
+        ("direction", "egress"),
+        ("namespace", "shop"),
+        ("pod", "web"),
+    ] {
+        assert_eq!(a[field], want, "{field}: {a:#}");
+    }
+    assert!(
+        a["local"].as_str().unwrap().starts_with("10.0.1.11:"),
+        "{a:#}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - a["time"].as_f64().unwrap()).abs() < 30.0,
+        "wall-clock time: {a:#}"
+    );
+    let denied = to(&events, "10.0.2.6:443");
+    assert!(!denied.is_empty());
+    for d in denied {
+        // The SYN and its retransmissions, each a denied packet.
+        assert_eq!(
+            (d["verdict"].as_str(), d["reason"].as_str()),
+            (Some("drop"), Some("drop_no_rule")),
+            "{d:#}"
+        );
+        assert!(d["rule"].is_null());
+    }
+    assert!(events.iter().all(|e| e["pod"] == "web"), "--pod filters");
+    let all = flows(&n, None);
+    assert!(
+        all.iter().any(|e| e["pod"] == "client"
+            && e["remote"] == "10.0.2.6:443"
+            && e["verdict"] == "allow"),
+        "client's allowed flow is in the unfiltered stream"
+    );
+}
+
+/// Proves the budget: 3000 denied datagrams in a burst are all dropped and counted,
+/// but reported as a bounded number of events; the rest are counted as lost.
+#[test]
+fn a_flood_of_denied_packets_costs_a_bounded_number_of_events() {
+    let n = node();
+    let web = n.sim.pod_ns("web").to_string();
+    let before = counter_reaching(&n.sim, "web", "drop_no_rule", 0);
+    let sent = integration_tests::sim::spawn_in_netns(&web, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        (0..3000)
+            .filter(|_| s.send_to(b"flood", "10.0.2.6:5353").is_ok())
+            .count() as u64
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(sent, 3000);
+    let dropped = counter_reaching(&n.sim, "web", "drop_no_rule", before + 3000) - before;
+    assert!(
+        dropped >= 3000,
+        "every packet judged and counted ({dropped})"
+    );
+    let events = flows_until(&n, "shop/web", |f| to(f, "10.0.2.6:5353").len() >= 100);
+    let reported = to(&events, "10.0.2.6:5353").len() as u64;
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let budget = (enforcer_common::EVENT_BURST + enforcer_common::EVENTS_PER_SECOND * 5) * cpus;
+    assert!(
+        reported >= 100 && reported <= budget.min(2999),
+        "{reported} events for 3000 drops"
+    );
+    let st = n.sim.status().unwrap();
+    let lost = st
+        .pods
+        .iter()
+        .find(|p| p.name == "web")
+        .unwrap()
+        .events_lost;
+    assert!(
+        reported + lost >= 3000,
+        "each drop reported or counted lost: {reported} + {lost}"
+    );
+}
+
+/// Proves `--follow` streams events read after it started.
+#[test]
+fn follow_streams_new_events() {
+    let n = node();
+    let mut child = Command::new(enforcer_bin())
+        .args([
+            "flows",
+            "--follow",
+            "--pod",
+            "shop/web",
+            "-o",
+            "json",
+            "--state-dir",
+        ])
+        .arg(n.sim.workdir.join("state"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let web = n.sim.pod_ns("web").to_string();
+    assert!(!udp_echo(&web, "10.0.2.6:7").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["remote"] == "10.0.2.6:7" {
+                seen = Some(v);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let v = seen.expect("the denied datagram streamed");
+    assert_eq!(v["reason"], "drop_no_rule");
+}
