@@ -309,6 +309,31 @@ pub fn match_rules(
     (None, near)
 }
 
+/// Why no rule is shown as nearly matching: how many rules there were to consider.
+fn no_near_rule(groups: &[String], catalog: &GroupCatalog, dir: Direction) -> String {
+    let dirword = if dir == Direction::Inbound {
+        "inbound"
+    } else {
+        "outbound"
+    };
+    let n: usize = groups
+        .iter()
+        .filter_map(|g| catalog.groups.get(g))
+        .map(|g| g.rules(dir).len())
+        .sum();
+    if n == 0 {
+        format!(
+            "no {dirword} rule at all in {}: nothing admits it",
+            list(groups)
+        )
+    } else {
+        format!(
+            "none of the {n} {dirword} rules of {} is one difference away (protocol, port or peer) from this packet",
+            list(groups)
+        )
+    }
+}
+
 /// Where the packet goes beyond the rules (SPEC §5, §6).
 pub fn notes(cfg: &Config, mode: Option<Mode>, q: &Query) -> (bool, Vec<String>) {
     let mut notes = Vec::new();
@@ -412,7 +437,12 @@ pub fn explain(
         let (m, near) = match_rules(&e.groups, &snap.catalog, &peers, q);
         e.near_misses = near;
         match m {
-            None => (Verdict::Drop, "drop_no_rule"),
+            None => {
+                if e.near_misses.is_empty() {
+                    notes.push(no_near_rule(&e.groups, &snap.catalog, q.direction));
+                }
+                (Verdict::Drop, "drop_no_rule")
+            }
             Some(m) => {
                 e.allowed_by = Some(m);
                 if standard {

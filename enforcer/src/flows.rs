@@ -48,9 +48,11 @@ impl FlowRecord {
         } else {
             "<-"
         };
+        let ms = (self.time * 1000.0) as u64;
+        let (h, m, sec) = (ms / 3_600_000 % 24, ms / 60_000 % 60, ms / 1000 % 60);
         format!(
-            "{:.3} {}/{} {} {} {arrow} {} {} {}{by}",
-            self.time,
+            "{h:02}:{m:02}:{sec:02}.{:03}Z {}/{} {} {} {arrow} {} {} {}{by}",
+            ms % 1000,
             self.namespace,
             self.pod,
             self.protocol,
@@ -197,5 +199,59 @@ impl Events {
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FlowRecord> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::group::Direction as RuleDir;
+    use crate::status::PodState;
+
+    /// One table: the raw event, and what a person reads of it.
+    #[test]
+    fn events_are_named_by_pod_and_rule() {
+        let mut cookies = CookieTable::default();
+        let c = cookies.cookie("sg-web", RuleDir::Outbound, 2);
+        let mut web = PodStatus::new("shop", "web", PodState::Enforced);
+        web.slot = 7;
+        let mut v6 = [0u8; 16];
+        v6[..2].copy_from_slice(&[0xfd, 0]);
+        v6[15] = 5;
+        for (ev, want) in [
+            (
+                FlowEvent {
+                    time_ns: 2_500_000_000,
+                    local: [10, 0, 1, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    remote: [10, 0, 2, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    local_port: 40000,
+                    remote_port: 443,
+                    slot: 7,
+                    cookie: c,
+                    proto: 6,
+                    family: enforcer_common::AF_V4,
+                    direction: enforcer_common::Direction::Egress as u8,
+                    reason: Reason::AllowPolicy as u8,
+                    ..FlowEvent::default()
+                },
+                "00:00:03.500Z shop/web tcp 10.0.1.11:40000 -> 10.0.2.5:443 ALLOW allow_policy by sg-web outbound rule #2",
+            ),
+            (
+                FlowEvent {
+                    time_ns: 2_500_000_000,
+                    remote: v6,
+                    slot: 9,
+                    proto: 58,
+                    family: enforcer_common::AF_V6,
+                    direction: enforcer_common::Direction::Ingress as u8,
+                    reason: Reason::DropNoRule as u8,
+                    ..FlowEvent::default()
+                },
+                "00:00:03.500Z /slot-9 icmpv6 :: <- fd00::5 DROP drop_no_rule",
+            ),
+        ] {
+            let r = record(&ev, std::slice::from_ref(&web), &cookies, 1_000_000_000);
+            assert_eq!(r.line(), want);
+        }
     }
 }

@@ -100,6 +100,48 @@ fn verdict(what: &str, ok: bool, expected: bool) -> Result<()> {
     Ok(())
 }
 
+/// Step 8, continued: `enforcer flows` names the CoreDNS pod's dropped queries (from
+/// my-deployment-0), and `enforcer explain` says no rule admits them and which rule
+/// nearly did.
+fn why_dropped(bin: &std::path::Path, sim: &SimNode, client_ip: &str) -> Result<()> {
+    let state = sim.workdir.join("state");
+    let run = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .with_context(|| format!("running enforcer {}", args[0]))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    println!("   enforcer flows --pod kube-system/coredns:");
+    let events = run(&["flows", "--pod", "kube-system/coredns", "-o", "json"])?;
+    let drops: Vec<enforcer::flows::FlowRecord> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &enforcer::flows::FlowRecord| {
+            r.reason == "drop_no_rule" && r.remote.starts_with(&format!("{client_ip}:"))
+        })
+        .collect();
+    for r in drops.iter().take(3) {
+        println!("     {}", r.line());
+    }
+    verdict(
+        "flows name CoreDNS's dropped queries from my-deployment-0",
+        !drops.is_empty(),
+        true,
+    )?;
+    let target = format!("{client_ip}:53/udp");
+    println!("   enforcer explain --pod kube-system/coredns --from {target}:");
+    let text = run(&["explain", "--pod", "kube-system/coredns", "--from", &target])?;
+    print!("{}", indent(&text));
+    verdict(
+        "explain: DROP, no rule admits DNS from my-pod-security-group",
+        text.contains("DROP (drop_no_rule)"),
+        true,
+    )
+}
+
 pub fn run(standard: bool) -> Result<()> {
     let bin = crate::enforcer_bin();
     let apps: Vec<SimPod> = (0..4)
@@ -220,6 +262,7 @@ pub fn run(standard: bool) -> Result<()> {
         if dropped == 0 {
             bail!("expected the revoked DNS rules to drop queries at the CoreDNS pod");
         }
+        why_dropped(&bin, &sim, &apps[0].ipv4)?;
     }
     step(
         9,
