@@ -23,6 +23,10 @@ pub enum Request {
     /// The kept flow events (of one pod: `NAMESPACE/NAME`), one JSON line each; with
     /// `follow`, then each new one as it is read.
     Flows { pod: Option<String>, follow: bool },
+    /// The live flow-table entries of a pod (`NAMESPACE/NAME`).
+    FlowTable { pod: String },
+    /// Remove a pod's flow-table entries.
+    FlowFlush { pod: String },
 }
 
 impl Request {
@@ -32,6 +36,12 @@ impl Request {
             "reload" => Some(Request::Reload),
             "status" => Some(Request::Status),
             _ => {
+                if let Some(p) = line.strip_prefix("flow-table ") {
+                    return Some(Request::FlowTable { pod: p.into() });
+                }
+                if let Some(p) = line.strip_prefix("flow-flush ") {
+                    return Some(Request::FlowFlush { pod: p.into() });
+                }
                 if let Some(f) = line.strip_prefix("flows ") {
                     let v: serde_json::Value = serde_json::from_str(f).ok()?;
                     return Some(Request::Flows {
@@ -55,6 +65,8 @@ impl Request {
                 "flows {}",
                 serde_json::json!({ "pod": pod, "follow": follow })
             ),
+            Request::FlowTable { pod } => format!("flow-table {pod}"),
+            Request::FlowFlush { pod } => format!("flow-flush {pod}"),
         }
     }
 }

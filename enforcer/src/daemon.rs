@@ -103,6 +103,21 @@ impl Daemon {
         (loaded, waiting)
     }
 
+    /// The counter slot of pod `NAMESPACE/NAME`, whose flows are its.
+    fn slot_of(&self, pod: &str) -> Result<u32> {
+        self.status
+            .pods
+            .iter()
+            .find(|p| pod.split_once('/') == Some((&p.namespace, &p.name)))
+            .filter(|p| p.slot != 0)
+            .map(|p| p.slot)
+            .with_context(|| {
+                format!(
+                    "no enforced pod {pod} on this node (`enforcer status` lists the pods it knows)"
+                )
+            })
+    }
+
     /// `enforcer explain`: the model's verdict for the packet, from the sources as
     /// they are now and the pod as last applied, beside the live maps'.
     fn explain(&mut self, q: crate::explain::Query) -> Result<crate::explain::Explanation> {
@@ -316,6 +331,33 @@ impl Daemon {
             Some(Request::Status) => {
                 self.refresh_status();
                 serde_json::to_string(&self.status)
+            }
+            Some(Request::FlowTable { pod }) => match self.slot_of(&pod) {
+                Ok(slot) => {
+                    let now = crate::datapath::sweep::coarse_now_ns();
+                    let rows: Vec<crate::flows::FlowRow> = self
+                        .dp
+                        .flows()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|(_, v)| v.slot == slot)
+                        .map(|(k, v)| crate::flows::row(k, v, now, &self.mem.cookies))
+                        .collect();
+                    serde_json::to_string(&rows)
+                }
+                Err(e) => Ok(serde_json::json!({ "error": format!("{e:#}") }).to_string()),
+            },
+            Some(Request::FlowFlush { pod }) => {
+                match self
+                    .slot_of(&pod)
+                    .and_then(|slot| self.dp.flush_flows(slot))
+                {
+                    Ok(n) => {
+                        info!("control socket: flushed {n} flows of {pod} (an operator's request)");
+                        Ok(serde_json::json!({ "flushed": n }).to_string())
+                    }
+                    Err(e) => Ok(serde_json::json!({ "error": format!("{e:#}") }).to_string()),
+                }
             }
             Some(Request::Explain(q)) => match self.explain(q) {
                 Ok(e) => serde_json::to_string(&e),

@@ -95,6 +95,66 @@ fn end(family: u8, addr: &[u8; 16], port: u16, proto: u8) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
 
+/// One flow-table entry of a pod, as `enforcer flows table` shows it. Every entry is a
+/// tracked flow: traffic allowed by untracked rules never enters the table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub protocol: String,
+    pub local: String,
+    pub remote: String,
+    /// Who opened it: `egress` (the pod) or `ingress`.
+    pub opened: String,
+    pub state: String,
+    /// Seconds since its last packet.
+    pub idle_seconds: u64,
+    /// Where it goes: `vpc`, `pod` (another pod of the node), `node`, `snat`.
+    pub path: String,
+    /// The rule that allowed it (and the node group's, standard mode).
+    pub rule: Option<String>,
+    pub node_rule: Option<String>,
+}
+
+pub fn row(
+    k: &enforcer_common::FlowKey,
+    v: &enforcer_common::FlowValue,
+    now_ns: u64,
+    cookies: &CookieTable,
+) -> FlowRow {
+    use enforcer_common::{FlowState, PATH_NODE, PATH_POD, PATH_SNAT};
+    FlowRow {
+        protocol: protocol_name(k.proto),
+        local: end(k.family, &k.local, k.local_port, k.proto),
+        remote: end(k.family, &k.remote, k.remote_port, k.proto),
+        opened: if v.origin_dir == enforcer_common::Direction::Egress as u8 {
+            "egress".into()
+        } else {
+            "ingress".into()
+        },
+        state: FlowState::from_raw(v.state)
+            .map_or(format!("state-{}", v.state), |s| s.name().to_string()),
+        idle_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+        path: match v.path {
+            PATH_POD => "pod",
+            PATH_NODE => "node",
+            PATH_SNAT => "snat",
+            _ => "vpc",
+        }
+        .into(),
+        rule: rule_name(cookies, v.cookie),
+        node_rule: rule_name(cookies, v.node_cookie),
+    }
+}
+
+fn protocol_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".to_string(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => format!("proto-{n}"),
+    }
+}
+
 /// The event, named: its pod by slot, its rules by cookie, its time on the wall clock
 /// (`offset_ns`: realtime minus the programs' monotonic clock).
 pub fn record(
@@ -105,13 +165,7 @@ pub fn record(
 ) -> FlowRecord {
     let pod = pods.iter().find(|p| p.slot == ev.slot && ev.slot != 0);
     let reason = Reason::ALL.into_iter().find(|r| *r as u8 == ev.reason);
-    let protocol = match ev.proto {
-        6 => "tcp".to_string(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => format!("proto-{n}"),
-    };
+    let protocol = protocol_name(ev.proto);
     FlowRecord {
         time: (i128::from(ev.time_ns) + offset_ns) as f64 / 1e9,
         namespace: pod.map_or(String::new(), |p| p.namespace.clone()),

@@ -204,3 +204,86 @@ fn follow_streams_new_events() {
     let v = seen.expect("the denied datagram streamed");
     assert_eq!(v["reason"], "drop_no_rule");
 }
+
+fn flows_cmd(n: &Node, args: &[&str]) -> (bool, String) {
+    let out = Command::new(enforcer_bin())
+        .arg("flows")
+        .args(args)
+        .arg("--state-dir")
+        .arg(n.sim.workdir.join("state"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Proves `flows table` shows a pod's live entries as the programs keep them, and
+/// `flows flush` removes that pod's only: after web's rule is revoked its established
+/// connection goes on (EC2 keeps tracked flows) until an operator flushes web's flows;
+/// then it stops, and client's connection, not flushed, goes on.
+#[test]
+fn flush_ends_what_a_revoked_rule_left_open_and_only_for_that_pod() {
+    let mut n = node();
+    let _a = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    let _b = echo_server(&n.sim.fabric_ns, "10.0.2.6:443").unwrap();
+    let mut web = tcp_connect(n.sim.pod_ns("web"), "10.0.2.5:443").unwrap();
+    let mut client = tcp_connect(n.sim.pod_ns("client"), "10.0.2.6:443").unwrap();
+    assert!(exchange(&mut web) && exchange(&mut client));
+
+    let (ok, text) = flows_cmd(&n, &["table", "--pod", "shop/web", "-o", "json"]);
+    assert!(ok, "{text}");
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["remote"] == "10.0.2.5:443")
+        .unwrap_or_else(|| panic!("web's connection in its table: {text}"));
+    for (field, want) in [
+        ("protocol", "tcp"),
+        ("opened", "egress"),
+        ("state", "tcp-established"),
+        ("path", "vpc"),
+        ("rule", "sg-web outbound rule #0"),
+    ] {
+        assert_eq!(row[field], want, "{field}: {row:#}");
+    }
+    assert!(row["idle_seconds"].as_u64().unwrap() < 5);
+    assert!(
+        rows.iter()
+            .all(|r| r["local"].as_str().unwrap().starts_with("10.0.1.11:")),
+        "web's only"
+    );
+
+    let revoked = groups().replace(
+        r#""FromPort":443,"ToPort":443"#,
+        r#""FromPort":444,"ToPort":444"#,
+    );
+    std::fs::write(&n.groups_path, revoked).unwrap();
+    n.sim.reload_daemon().unwrap();
+    assert!(
+        exchange(&mut web),
+        "a tracked flow outlives its revoked rule"
+    );
+
+    let (ok, text) = flows_cmd(&n, &["flush", "--pod", "shop/web"]);
+    assert!(ok && text.starts_with("flushed "), "{text}");
+    assert!(!text.starts_with("flushed 0 "), "{text}");
+    assert!(
+        n.sim.daemon_log().contains("flushed"),
+        "the daemon logs the operator's flush"
+    );
+    let (_, text) = flows_cmd(&n, &["table", "--pod", "shop/web", "-o", "json"]);
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert!(rows.iter().all(|r| r["remote"] != "10.0.2.5:443"), "{text}");
+    assert!(
+        !exchange(&mut web),
+        "flushed: the revoked rule now applies to it"
+    );
+    assert!(exchange(&mut client), "another pod's flows are not touched");
+    // A pod that is not on the node is named.
+    let (ok, text) = flows_cmd(&n, &["flush", "--pod", "shop/ghost"]);
+    assert!(!ok && text.contains("no enforced pod shop/ghost"), "{text}");
+}

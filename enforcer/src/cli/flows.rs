@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 use crate::cli::{Outcome, Output};
-use crate::control::{Request, stream};
-use crate::flows::FlowRecord;
+use crate::control::{Request, ask, stream};
+use crate::flows::{FlowRecord, FlowRow};
 
 pub fn run(
     pod: Option<String>,
@@ -40,5 +40,51 @@ pub fn run(
     if let Some(e) = error {
         bail!("{e}");
     }
+    Ok(Outcome::Ok)
+}
+
+/// The daemon's answer, or the error it reports.
+fn answer(reply: &str) -> anyhow::Result<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(reply)?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("{e}");
+    }
+    Ok(v)
+}
+
+/// `enforcer flows table --pod`.
+pub fn table(pod: &str, state_dir: PathBuf, output: Output) -> anyhow::Result<Outcome> {
+    let v = answer(&ask(&state_dir, Request::FlowTable { pod: pod.into() })?)?;
+    let rows: Vec<FlowRow> = serde_json::from_value(v)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            println!(
+                "{:<7} {:<42} {:<42} {:<8} {:<16} {:>6} {:<5} RULE",
+                "PROTO", "LOCAL", "REMOTE", "OPENED", "STATE", "IDLE", "PATH"
+            );
+            for r in &rows {
+                println!(
+                    "{:<7} {:<42} {:<42} {:<8} {:<16} {:>5}s {:<5} {}",
+                    r.protocol,
+                    r.local,
+                    r.remote,
+                    r.opened,
+                    r.state,
+                    r.idle_seconds,
+                    r.path,
+                    r.rule.as_deref().unwrap_or("-")
+                );
+            }
+            println!("{} entries (all tracked)", rows.len());
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `enforcer flows flush --pod`.
+pub fn flush(pod: &str, state_dir: PathBuf) -> anyhow::Result<Outcome> {
+    let v = answer(&ask(&state_dir, Request::FlowFlush { pod: pod.into() })?)?;
+    println!("flushed {} flows of {pod}", v["flushed"]);
     Ok(Outcome::Ok)
 }

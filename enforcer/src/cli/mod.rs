@@ -114,19 +114,19 @@ pub enum Command {
     /// Flow events: every denied packet and every new flow the rules allowed, with the
     /// pod, the 5-tuple, the reason and the allowing rule (rate-limited per pod in the
     /// kernel; `enforcer status -o json` counts what a pod's budget left out).
+    /// `flows table` / `flows flush`: a pod's live flow-table entries.
+    #[command(args_conflicts_with_subcommands = true)]
     Flows {
+        #[command(subcommand)]
+        action: Option<FlowsAction>,
         /// Only this pod's: NAMESPACE/NAME.
         #[arg(long)]
         pod: Option<String>,
         /// After the kept events, print each new one as it comes (until interrupted).
         #[arg(long)]
         follow: bool,
-        /// The daemon's state directory (stateDir in its config).
-        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
-        state_dir: PathBuf,
-        /// Read stateDir from this config instead.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
@@ -142,6 +142,47 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FlowsAction {
+    /// A pod's live flow-table entries: tuple, who opened it, state, idle time, path and
+    /// the rule that allowed it (every entry is tracked; untracked traffic has none).
+    Table {
+        /// NAMESPACE/NAME.
+        #[arg(long)]
+        pod: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Remove a pod's flow-table entries: its next packets meet the rules afresh (the
+    /// daemon logs it). Established connections the rules no longer allow then stop.
+    Flush {
+        /// NAMESPACE/NAME.
+        #[arg(long)]
+        pod: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+/// Which daemon to ask.
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// The daemon's state directory (stateDir in its config).
+    #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
+    state_dir: PathBuf,
+    /// Read stateDir from this config instead.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    fn dir(self) -> anyhow::Result<PathBuf> {
+        state_dir_of(self.state_dir, self.config)
+    }
 }
 
 /// What a finished command asks of the process: exit 1 for an expected "no" (a pod would
@@ -202,12 +243,25 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             output,
         } => explain::run(&pod, to, from, state_dir_of(state_dir, config)?, output),
         Command::Flows {
+            action: None,
             pod,
             follow,
-            state_dir,
-            config,
+            daemon,
             output,
-        } => flows::run(pod, follow, state_dir_of(state_dir, config)?, output),
+        } => flows::run(pod, follow, daemon.dir()?, output),
+        Command::Flows {
+            action:
+                Some(FlowsAction::Table {
+                    pod,
+                    daemon,
+                    output,
+                }),
+            ..
+        } => flows::table(&pod, daemon.dir()?, output),
+        Command::Flows {
+            action: Some(FlowsAction::Flush { pod, daemon }),
+            ..
+        } => flows::flush(&pod, daemon.dir()?),
         Command::Uninstall { bpffs_dir, config } => uninstall::run(bpffs_dir, config),
     }
 }

@@ -50,11 +50,27 @@ impl Datapath {
                     || !owned.get(&v.slot).is_some_and(|a| a.contains(&k.local))
             })
             .collect();
+        self.remove_flows(&dead)
+    }
+
+    /// `enforcer flows flush`: removes every flow of `slot`'s pod (its next packets are
+    /// judged by the rules afresh). Returns how many went.
+    pub fn flush_flows(&mut self, slot: u32) -> Result<usize> {
+        let mine: Vec<(FlowKey, FlowValue)> = self
+            .flows()?
+            .into_iter()
+            .filter(|(_, v)| v.slot == slot)
+            .collect();
+        self.remove_flows(&mine)
+    }
+
+    /// Removes `dead` (with their NAT mappings) and gives each pod's share back.
+    fn remove_flows(&mut self, dead: &[(FlowKey, FlowValue)]) -> Result<usize> {
         let mut removed: HashMap<u32, u64> = HashMap::new();
         {
             let mut m: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
                 map_mut(&mut self.ebpf, map_names::FLOWS)?.try_into()?;
-            for (k, v) in &dead {
+            for (k, v) in dead {
                 // Only a delete that succeeded gives the share back: a program may
                 // have removed the entry first, and then it did.
                 if m.remove(k).is_ok() {
@@ -62,7 +78,7 @@ impl Datapath {
                 }
             }
         }
-        self.release_mappings(&dead)?;
+        self.release_mappings(dead)?;
         let mut swept: Array<&mut MapData, u64> =
             map_mut(&mut self.ebpf, map_names::FLOW_SWEPT)?.try_into()?;
         for (slot, n) in &removed {
