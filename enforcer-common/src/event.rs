@@ -44,3 +44,7 @@ pub const EVENT_BURST: u64 = 200;
 /// The ring buffer's size (a power of two, page-aligned): at 64 bytes an event, 16 384
 /// events between two reads.
 pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Rules whose hits `RULE_HITS` counts; past it a new rule's hits go uncounted (its
+/// flows are judged all the same).
+pub const MAX_RULE_HITS: u32 = 65_536;

@@ -50,6 +50,7 @@ pub mod map_names {
     /// Not pinned (process-local): the flow events' ring buffer, budgets and losses.
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
+    pub const RULE_HITS: &str = "RULE_HITS";
     /// Every pinned map, in the table's order.
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }

@@ -9,7 +9,7 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::Packet;
 
 use crate::conntrack::flow_key;
-use crate::maps::{EVENT_BUCKETS, EVENTS, EVENTS_LOST};
+use crate::maps::{EVENT_BUCKETS, EVENTS, EVENTS_LOST, RULE_HITS};
 
 const NS_PER_TOKEN: u64 = 1_000_000_000 / EVENTS_PER_SECOND;
 
@@ -67,5 +67,21 @@ pub fn emit(pkt: &Packet, slot: u32, dir: Direction, reason: Reason, cookies: (u
     };
     if EVENTS.output(ev, BPF_RB_NO_WAKEUP as u64).is_err() {
         lost(slot);
+    }
+}
+
+/// Counts a flow admitted by rule `cookie` (0: none).
+#[inline(always)]
+pub fn rule_hit(cookie: u32) {
+    if cookie == 0 {
+        return;
+    }
+    match RULE_HITS.get_ptr_mut(cookie) {
+        // SAFETY: this CPU's value of a per-CPU hash: no other writer while we run.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            // Another CPU may have added it meanwhile: then it stays uncounted once.
+            let _ = RULE_HITS.insert(cookie, 1, aya_ebpf::bindings::BPF_NOEXIST as u64);
+        }
     }
 }

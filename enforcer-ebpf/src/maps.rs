@@ -1,6 +1,8 @@
 //! The kernel's maps. BTF maps throughout so that `bpftool map dump` names every field.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
     macros::btf_map,
 };
 use enforcer_common::*;
@@ -100,3 +102,8 @@ pub static EVENT_BUCKETS: PerCpuArray<EventBucket, { MAX_PODS as usize }> = PerC
 /// Events not sent (over budget or the buffer full), per pod and CPU.
 #[btf_map]
 pub static EVENTS_LOST: PerCpuArray<u64, { MAX_PODS as usize }> = PerCpuArray::new();
+
+/// Flows each rule admitted (by cookie), per CPU: `enforcer status --rules`. Counted
+/// since the daemon started (not pinned).
+#[btf_map]
+pub static RULE_HITS: PerCpuHashMap<u32, u64, { MAX_RULE_HITS as usize }> = PerCpuHashMap::new();

@@ -8,7 +8,7 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::*;
 
 use crate::conntrack::{InsertError, flow_hit, flow_key, insert_flow, normalise_ports};
-use crate::events::emit;
+use crate::events::{emit, rule_hit};
 use crate::fragments::{later_fragment, record_first};
 use crate::maps::{FLOWS, NODE_CONFIG};
 use crate::policy::{always_allowed, policy_allows};
@@ -96,6 +96,8 @@ pub fn by_rules(
     match v {
         // A new flow (or an untracked packet) the rules allowed, and every drop.
         Verdict::Allow(Reason::AllowPolicy) => {
+            rule_hit(cookies.0);
+            rule_hit(cookies.1);
             emit(pkt, pod.slot, dir, Reason::AllowPolicy, cookies)
         }
         Verdict::Drop(r) => emit(pkt, pod.slot, dir, r, (0, 0)),

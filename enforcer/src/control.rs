@@ -27,6 +27,8 @@ pub enum Request {
     FlowTable { pod: String },
     /// Remove a pod's flow-table entries.
     FlowFlush { pod: String },
+    /// Each enforced pod's rules with their hits.
+    Rules,
 }
 
 impl Request {
@@ -35,6 +37,7 @@ impl Request {
         match line {
             "reload" => Some(Request::Reload),
             "status" => Some(Request::Status),
+            "rules" => Some(Request::Rules),
             _ => {
                 if let Some(p) = line.strip_prefix("flow-table ") {
                     return Some(Request::FlowTable { pod: p.into() });
@@ -67,6 +70,7 @@ impl Request {
             ),
             Request::FlowTable { pod } => format!("flow-table {pod}"),
             Request::FlowFlush { pod } => format!("flow-flush {pod}"),
+            Request::Rules => "rules".into(),
         }
     }
 }

@@ -359,6 +359,17 @@ impl Daemon {
                     Err(e) => Ok(serde_json::json!({ "error": format!("{e:#}") }).to_string()),
                 }
             }
+            Some(Request::Rules) => {
+                let (loaded, _) = self.gather();
+                let hits = self.dp.rule_hits().unwrap_or_default();
+                serde_json::to_string(&crate::hits::report(
+                    &self.status.pods,
+                    &self.cfg.node.node_groups,
+                    &loaded.snapshot.catalog,
+                    &self.mem.cookies,
+                    &hits,
+                ))
+            }
             Some(Request::Explain(q)) => match self.explain(q) {
                 Ok(e) => serde_json::to_string(&e),
                 Err(e) => Ok(serde_json::json!({ "error": format!("{e:#}") }).to_string()),

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod env;
 pub mod explain;
 pub mod flows;
+pub mod hits;
 pub mod http;
 pub mod link_events;
 pub mod memory;

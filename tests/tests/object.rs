@@ -32,8 +32,9 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
         .difference(&pinned)
         .filter(|n| !n.starts_with(".rodata"))
         .collect();
-    // The per-CPU parse scratch, aya-log's ring buffer, the flow events' ring buffer
-    // and budgets (and the compiler's constant sections): process-local, never pinned.
+    // The per-CPU parse scratch, aya-log's ring buffer, the flow events' ring buffer,
+    // budgets and rule hits (and the compiler's constant sections): process-local,
+    // never pinned.
     assert_eq!(
         unpinned,
         [
@@ -41,6 +42,7 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
             "EVENTS",
             "EVENTS_LOST",
             "EVENT_BUCKETS",
+            "RULE_HITS",
             "SCRATCH"
         ],
         "maps not in the pinned table"

@@ -68,6 +68,10 @@ pub enum Command {
     /// Show each pod's groups, VLAN, mode, rule counts, errors and counters (live from
     /// the running daemon; what it last published if it can't be reached).
     Status {
+        /// Each pod's rules instead, with the flows each admitted since the daemon
+        /// started; rules that never matched are marked.
+        #[arg(long)]
+        rules: bool,
         /// The daemon's state directory (stateDir in its config).
         #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
         state_dir: PathBuf,
@@ -224,10 +228,11 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Command::Status {
+            rules,
             state_dir,
             config,
             output,
-        } => status::run(state_dir, config, output),
+        } => status::run(state_dir, config, rules, output),
         Command::Reload {
             state_dir,
             config,

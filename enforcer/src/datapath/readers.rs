@@ -66,6 +66,18 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Flows each rule admitted, by cookie (summed over CPUs).
+    pub fn rule_hits(&self) -> Result<HashMap<u32, u64>> {
+        let m: aya::maps::PerCpuHashMap<&MapData, u32, u64> =
+            map_ref(&self.ebpf, map_names::RULE_HITS)?.try_into()?;
+        m.iter()
+            .map(|r| {
+                let (k, v) = r.map_err(|e| map_err(map_names::RULE_HITS, e))?;
+                Ok((k, v.iter().sum()))
+            })
+            .collect()
+    }
+
     /// Flow events of `slot`'s pod not sent (over its budget, or the buffer full),
     /// summed over CPUs.
     pub fn events_lost(&self, slot: u32) -> Result<u64> {
