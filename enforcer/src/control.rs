@@ -29,6 +29,8 @@ pub enum Request {
     FlowFlush { pod: String },
     /// Each enforced pod's rules with their hits.
     Rules,
+    /// The node's pods and policies against AWS's advice.
+    Doctor,
 }
 
 impl Request {
@@ -38,6 +40,7 @@ impl Request {
             "reload" => Some(Request::Reload),
             "status" => Some(Request::Status),
             "rules" => Some(Request::Rules),
+            "doctor" => Some(Request::Doctor),
             _ => {
                 if let Some(p) = line.strip_prefix("flow-table ") {
                     return Some(Request::FlowTable { pod: p.into() });
@@ -71,6 +74,7 @@ impl Request {
             Request::FlowTable { pod } => format!("flow-table {pod}"),
             Request::FlowFlush { pod } => format!("flow-flush {pod}"),
             Request::Rules => "rules".into(),
+            Request::Doctor => "doctor".into(),
         }
     }
 }

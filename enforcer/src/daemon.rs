@@ -359,6 +359,31 @@ impl Daemon {
                     Err(e) => Ok(serde_json::json!({ "error": format!("{e:#}") }).to_string()),
                 }
             }
+            Some(Request::Doctor) => {
+                let (loaded, _) = self.gather();
+                let snap = &loaded.snapshot;
+                let resolved = crate::policy::resolve::resolve_pods(
+                    &snap.kube,
+                    &snap.catalog,
+                    &self.cfg.node.node_groups,
+                    self.cfg.node.unmatched_pods,
+                    self.cfg.node.quotas.groups_per_pod,
+                );
+                let default = self.cfg.mode();
+                let pods = &self.status.pods;
+                let mode_of = |key: &str| {
+                    pods.iter()
+                        .find(|p| key.split_once('/') == Some((&p.namespace, &p.name)))
+                        .and_then(|p| p.mode)
+                        .unwrap_or(default)
+                };
+                serde_json::to_string(&crate::doctor::check(
+                    &self.cfg,
+                    &snap.catalog,
+                    &resolved,
+                    &mode_of,
+                ))
+            }
             Some(Request::Rules) => {
                 let (loaded, _) = self.gather();
                 let hits = self.dp.rule_hits().unwrap_or_default();

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod engine;
 pub mod env;
 pub mod explain;

@@ -101,8 +101,8 @@ fn verdict(what: &str, ok: bool, expected: bool) -> Result<()> {
 }
 
 /// Step 8, continued: `enforcer flows` names the CoreDNS pod's dropped queries (from
-/// my-deployment-0), and `enforcer explain` says no rule admits them and which rule
-/// nearly did.
+/// my-deployment-0), `enforcer explain` says no rule admits them, and `enforcer
+/// doctor` names the pods whose DNS is cut, with the fix.
 fn why_dropped(bin: &std::path::Path, sim: &SimNode, client_ip: &str) -> Result<()> {
     let state = sim.workdir.join("state");
     let run = |args: &[&str]| -> Result<String> {
@@ -138,6 +138,20 @@ fn why_dropped(bin: &std::path::Path, sim: &SimNode, client_ip: &str) -> Result<
     verdict(
         "explain: DROP, no rule admits DNS from my-pod-security-group",
         text.contains("DROP (drop_no_rule)"),
+        true,
+    )?;
+    println!("   enforcer doctor:");
+    let text = run(&["doctor"])?;
+    for l in text
+        .lines()
+        .filter(|l| l.contains("my-deployment-0") || l.starts_with("  fix"))
+        .take(2)
+    {
+        println!("     {l}");
+    }
+    verdict(
+        "doctor: DNS to CoreDNS not allowed both ways",
+        text.contains("ERROR [dns-egress] pod my-namespace/my-deployment-0"),
         true,
     )
 }

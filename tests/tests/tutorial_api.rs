@@ -151,6 +151,11 @@ fn the_tutorial_through_the_kubernetes_and_ec2_apis() {
     let (ok, out) = curl(&sim, &client, "http://my-app");
     assert!(ok, "curl my-app: {out}");
     assert!(out.contains("served by my-deployment-1"), "{out}");
+    let (ok, found) = doctor(&sim);
+    assert!(
+        ok && !found.contains("dns-egress"),
+        "the tutorial's groups are sound: {found}"
+    );
 
     // The cluster group's DNS rules revoked through the EC2 API.
     for rule in &dns_in {
@@ -180,4 +185,38 @@ fn the_tutorial_through_the_kubernetes_and_ec2_apis() {
         counter_reaching(&sim, "coredns", "drop_no_rule", 1) >= 1,
         "the queries are dropped by CoreDNS's inbound rules"
     );
+    // enforcer doctor names each app pod whose DNS CoreDNS's group no longer admits,
+    // with the fix, and exits 1.
+    let (ok, found) = doctor(&sim);
+    assert!(!ok, "errors found: exit 1\n{found}");
+    for app in &apps {
+        assert!(
+            found.contains(&format!(
+                "ERROR [dns-egress] pod {}/{}",
+                app.namespace, app.name
+            )),
+            "{found}"
+        );
+    }
+    assert!(
+        found.contains("fix: add outbound TCP and UDP 53"),
+        "{found}"
+    );
+}
+
+/// `enforcer doctor` against the daemon: (exit 0, its table).
+fn doctor(sim: &SimNode) -> (bool, String) {
+    let out = std::process::Command::new(enforcer_bin())
+        .args(["doctor", "--state-dir"])
+        .arg(sim.workdir.join("state"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

@@ -115,6 +115,16 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Check the node's pods and policies against AWS's advice (DNS to CoreDNS, kubelet
+    /// probes in strict mode, grace periods, off-VPC egress without NAT, policies that
+    /// selected a pod with no branch ENI, groups near their quota): each finding with
+    /// its object, severity and fix. Exit 1 when there is an error.
+    Doctor {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Flow events: every denied packet and every new flow the rules allowed, with the
     /// pod, the 5-tuple, the reason and the allowing rule (rate-limited per pod in the
     /// kernel; `enforcer status -o json` counts what a pod's budget left out).
@@ -247,6 +257,22 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
             config,
             output,
         } => explain::run(&pod, to, from, state_dir_of(state_dir, config)?, output),
+        Command::Doctor { daemon, output } => {
+            let reply = crate::control::ask(&daemon.dir()?, crate::control::Request::Doctor)?;
+            let v: serde_json::Value = serde_json::from_str(&reply)?;
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                anyhow::bail!("{e}");
+            }
+            let findings: Vec<crate::doctor::Finding> = serde_json::from_value(v)?;
+            match output {
+                Output::Table => print!("{}", crate::doctor::render(&findings)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+            }
+            let errors = findings
+                .iter()
+                .any(|f| f.severity == crate::doctor::Severity::Error);
+            Ok(if errors { Outcome::Failed } else { Outcome::Ok })
+        }
         Command::Flows {
             action: None,
             pod,

@@ -16,6 +16,19 @@ pub struct Pod {
     pub branch_eni: Option<Result<BranchEni, String>>,
     /// Where the object came from (file and document), for error messages.
     pub origin: String,
+    /// `spec.terminationGracePeriodSeconds`, when set.
+    pub grace_period: Option<i64>,
+    /// The TCP ports kubelet probes (liveness, readiness, startup) reach.
+    pub probe_ports: Vec<ProbePort>,
+}
+
+/// A kubelet probe's port: the node reaches the pod there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePort {
+    pub container: String,
+    /// `liveness`, `readiness` or `startup`.
+    pub probe: String,
+    pub port: u16,
 }
 
 impl Pod {

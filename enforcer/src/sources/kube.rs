@@ -43,6 +43,38 @@ struct RawEni {
     subnet_v6_cidr: Option<String>,
 }
 
+/// The TCP ports of each container's probes (`httpGet`, `tcpSocket`, `grpc`); a named
+/// port is looked up in the container's `ports`. Exec probes reach nothing.
+fn probe_ports(spec: &serde_json::Value) -> Vec<crate::model::pod::ProbePort> {
+    let mut out = Vec::new();
+    for c in spec["containers"].as_array().into_iter().flatten() {
+        let container = c["name"].as_str().unwrap_or("").to_string();
+        for probe in ["liveness", "readiness", "startup"] {
+            let p = &c[format!("{probe}Probe")];
+            for how in ["httpGet", "tcpSocket", "grpc"] {
+                let port = match &p[how]["port"] {
+                    serde_json::Value::Number(n) => n.as_u64(),
+                    serde_json::Value::String(name) => c["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|cp| cp["name"] == name.as_str())
+                        .and_then(|cp| cp["containerPort"].as_u64()),
+                    _ => None,
+                };
+                if let Some(port) = port.and_then(|p| u16::try_from(p).ok()) {
+                    out.push(crate::model::pod::ProbePort {
+                        container: container.clone(),
+                        probe: probe.into(),
+                        port,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Parses the pod-eni annotation; the error says what is wrong with it.
 pub fn parse_pod_eni(raw: &str) -> Result<BranchEni, String> {
     let list: Vec<RawEni> = serde_json::from_str(raw)
@@ -249,6 +281,11 @@ impl KubeObjects {
                         .get(POD_ENI_ANNOTATION)
                         .map(|raw| parse_pod_eni(raw)),
                     origin: origin.to_string(),
+                    grace_period: obj
+                        .spec
+                        .get("terminationGracePeriodSeconds")
+                        .and_then(|v| v.as_i64()),
+                    probe_ports: probe_ports(&obj.spec),
                 });
             }
             "SecurityGroupPolicy" => self.policies.push(policy(ns, obj.metadata.name, &obj.spec)),
