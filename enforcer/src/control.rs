@@ -83,8 +83,8 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET)
 }
 
-/// Sends `req` to the daemon of `state_dir` and returns its reply (bounded in time).
-pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
+/// Connects to the daemon of `state_dir` and sends `req`.
+fn send(state_dir: &Path, req: &Request) -> Result<(UnixStream, PathBuf)> {
     let path = socket_path(state_dir);
     let mut s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -92,9 +92,25 @@ pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
             path.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     writeln!(s, "{}", req.line())?;
+    Ok((s, path))
+}
+
+/// The daemon's JSON answer, or the error it reports (`{"error": ...}`) as one.
+pub fn answer(reply: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(reply).context("the daemon's answer is not JSON")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("{e}");
+    }
+    Ok(v)
+}
+
+/// Sends `req` to the daemon of `state_dir` and returns its reply (bounded in time).
+pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
+    let (s, path) = send(state_dir, &req)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reply = String::new();
     BufReader::new(s)
         .read_line(&mut reply)
@@ -110,15 +126,7 @@ pub fn ask(state_dir: &Path, req: Request) -> Result<String> {
 /// Sends `req` and hands each line of the answer to `each` until the daemon closes the
 /// connection (a following stream: until `each` says stop, or the process ends).
 pub fn stream(state_dir: &Path, req: Request, mut each: impl FnMut(&str) -> bool) -> Result<()> {
-    let path = socket_path(state_dir);
-    let mut s = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "connecting to {} (is `enforcer run` running with this state dir?)",
-            path.display()
-        )
-    })?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "{}", req.line())?;
+    let (s, path) = send(state_dir, &req)?;
     for line in BufReader::new(s).lines() {
         let line = line.with_context(|| format!("reading from {}", path.display()))?;
         if !each(&line) {

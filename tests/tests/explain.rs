@@ -9,21 +9,19 @@ use integration_tests::net::*;
 use integration_tests::shop::*;
 use serde_json::Value;
 
-fn explain(n: &Node, dir: &str, target: &str) -> (Value, bool) {
-    let out = Command::new(enforcer_bin())
-        .args([
-            "explain",
-            "--pod",
-            "shop/web",
-            dir,
-            target,
-            "-o",
-            "json",
-            "--state-dir",
-        ])
+/// `enforcer explain ARGS --state-dir <the node's>`.
+fn run(n: &Node, args: &[&str]) -> std::process::Output {
+    Command::new(enforcer_bin())
+        .arg("explain")
+        .args(args)
+        .arg("--state-dir")
         .arg(n.sim.workdir.join("state"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn explain(n: &Node, dir: &str, target: &str) -> (Value, bool) {
+    let out = run(n, &["--pod", "shop/web", dir, target, "-o", "json"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
@@ -144,18 +142,7 @@ fn explain_names_the_rule_or_what_differs_and_traffic_agrees() {
     );
     assert_eq!(e["kernel"]["by"], "always allowed");
     // An unknown pod is named.
-    let out = Command::new(enforcer_bin())
-        .args([
-            "explain",
-            "--pod",
-            "shop/ghost",
-            "--to",
-            "10.0.2.5:443",
-            "--state-dir",
-        ])
-        .arg(n.sim.workdir.join("state"))
-        .output()
-        .unwrap();
+    let out = run(&n, &["--pod", "shop/ghost", "--to", "10.0.2.5:443"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pod shop/ghost on this node"));
 }
@@ -192,17 +179,6 @@ fn explain_says_loudly_when_the_kernel_disagrees() {
         !tcp_echo(&web_ns, "10.0.2.5:443").unwrap(),
         "and the kernel does drop it"
     );
-    let table = Command::new(enforcer_bin())
-        .args([
-            "explain",
-            "--pod",
-            "shop/web",
-            "--to",
-            "10.0.2.5:443",
-            "--state-dir",
-        ])
-        .arg(n.sim.workdir.join("state"))
-        .output()
-        .unwrap();
+    let table = run(&n, &["--pod", "shop/web", "--to", "10.0.2.5:443"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("THE KERNEL'S MAPS DISAGREE"));
 }

@@ -33,13 +33,8 @@ pub fn run(
         proto,
         port,
     };
-    let reply = ask(&state_dir, Request::Explain(q))?;
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&reply)
-        && let Some(e) = v.get("error").and_then(|e| e.as_str())
-    {
-        bail!("{e}");
-    }
-    let e: Explanation = serde_json::from_str(&reply).context("the daemon's answer")?;
+    let reply = crate::control::answer(&ask(&state_dir, Request::Explain(q))?)?;
+    let e: Explanation = serde_json::from_value(reply).context("the daemon's answer")?;
     match output {
         Output::Table => print!("{}", e.render()),
         Output::Json => println!("{}", serde_json::to_string_pretty(&e)?),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 use crate::cli::{Outcome, Output};
-use crate::control::{Request, ask, stream};
+use crate::control::{Request, answer, ask, stream};
 use crate::flows::{FlowRecord, FlowRow};
 
 pub fn run(
@@ -41,15 +41,6 @@ pub fn run(
         bail!("{e}");
     }
     Ok(Outcome::Ok)
-}
-
-/// The daemon's answer, or the error it reports.
-fn answer(reply: &str) -> anyhow::Result<serde_json::Value> {
-    let v: serde_json::Value = serde_json::from_str(reply)?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("{e}");
-    }
-    Ok(v)
 }
 
 /// `enforcer flows table --pod`.

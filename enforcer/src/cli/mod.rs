@@ -72,24 +72,16 @@ pub enum Command {
         /// started; rules that never matched are marked.
         #[arg(long)]
         rules: bool,
-        /// The daemon's state directory (stateDir in its config).
-        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
-        state_dir: PathBuf,
-        /// Read stateDir from this config instead.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
     /// Ask the running daemon to re-read its config and every source; returns once the
     /// new generation is applied (exit 1 when a source could not be read).
     Reload {
-        /// The daemon's state directory (stateDir in its config).
-        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
-        state_dir: PathBuf,
-        /// Read stateDir from this config instead.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
@@ -106,12 +98,8 @@ pub enum Command {
         /// ADDR sends to the pod: ADDR[:PORT][/PROTO], PORT being the pod's port.
         #[arg(long)]
         from: Option<String>,
-        /// The daemon's state directory (stateDir in its config).
-        #[arg(long, default_value = "/run/podsg", conflicts_with = "config")]
-        state_dir: PathBuf,
-        /// Read stateDir from this config instead.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
@@ -239,31 +227,24 @@ pub fn run(command: Command) -> anyhow::Result<Outcome> {
         }
         Command::Status {
             rules,
-            state_dir,
-            config,
+            daemon,
             output,
-        } => status::run(state_dir, config, rules, output),
-        Command::Reload {
-            state_dir,
-            config,
-            output,
-        } => reload::run(state_dir, config, output),
+        } => status::run(daemon, rules, output),
+        Command::Reload { daemon, output } => reload::run(daemon.dir()?, output),
         Command::Check { config, output } => check::run(&config, output),
         Command::Explain {
             pod,
             to,
             from,
-            state_dir,
-            config,
+            daemon,
             output,
-        } => explain::run(&pod, to, from, state_dir_of(state_dir, config)?, output),
+        } => explain::run(&pod, to, from, daemon.dir()?, output),
         Command::Doctor { daemon, output } => {
-            let reply = crate::control::ask(&daemon.dir()?, crate::control::Request::Doctor)?;
-            let v: serde_json::Value = serde_json::from_str(&reply)?;
-            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                anyhow::bail!("{e}");
-            }
-            let findings: Vec<crate::doctor::Finding> = serde_json::from_value(v)?;
+            let findings: Vec<crate::doctor::Finding> =
+                serde_json::from_value(crate::control::answer(&crate::control::ask(
+                    &daemon.dir()?,
+                    crate::control::Request::Doctor,
+                )?)?)?;
             match output {
                 Output::Table => print!("{}", crate::doctor::render(&findings)),
                 Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),

@@ -6,12 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::{Outcome, Output, print, state_dir_of};
+use crate::cli::{Outcome, Output, print};
 use crate::control::{Request, ask};
 use crate::status::NodeStatus;
 
-pub fn run(state_dir: PathBuf, config: Option<PathBuf>, output: Output) -> anyhow::Result<Outcome> {
-    let dir = state_dir_of(state_dir, config)?;
+pub fn run(dir: PathBuf, output: Output) -> anyhow::Result<Outcome> {
     let st = parse(&ask(&dir, Request::Reload)?)?;
     match output {
         Output::Table => {

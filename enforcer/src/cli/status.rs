@@ -1,25 +1,14 @@
 //! `enforcer status`: read live from the running daemon (its control socket: counters
 //! and fill levels from the maps now), or what it last published when the socket
 //! can't be reached.
-use std::path::PathBuf;
-
-use crate::cli::{Outcome, Output, print, state_dir_of};
+use crate::cli::{DaemonArgs, Outcome, Output, print};
 use crate::control::{Request, ask};
 
-pub fn run(
-    state_dir: PathBuf,
-    config: Option<PathBuf>,
-    rules: bool,
-    output: Output,
-) -> anyhow::Result<Outcome> {
-    let dir = state_dir_of(state_dir, config)?;
+pub fn run(daemon: DaemonArgs, rules: bool, output: Output) -> anyhow::Result<Outcome> {
+    let dir = daemon.dir()?;
     if rules {
-        let reply = ask(&dir, Request::Rules)?;
-        let v: serde_json::Value = serde_json::from_str(&reply)?;
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-            anyhow::bail!("{e}");
-        }
-        let report: Vec<crate::hits::PodRules> = serde_json::from_value(v)?;
+        let report: Vec<crate::hits::PodRules> =
+            serde_json::from_value(crate::control::answer(&ask(&dir, Request::Rules)?)?)?;
         match output {
             Output::Table => print!("{}", crate::hits::render(&report)),
             Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
