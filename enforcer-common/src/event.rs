@@ -23,8 +23,11 @@ pub struct FlowEvent {
     pub family: u8,
     /// `Direction` from the pod.
     pub direction: u8,
-    /// `Reason` (the counter the packet went to).
+    /// `Reason`: the counter the packet went to, or (audit) the drop it was spared.
     pub reason: u8,
+    /// 1: audit mode passed a packet its rules deny ("would drop").
+    pub audit: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A pod's event budget on one CPU: a token bucket.

@@ -51,6 +51,7 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const RULE_HITS: &str = "RULE_HITS";
+    pub const WOULD_DROP: &str = "WOULD_DROP";
     /// Every pinned map, in the table's order.
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }

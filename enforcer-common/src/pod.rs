@@ -12,6 +12,10 @@ pub enum PodMode {
 
 /// `PodInfo::flags`
 pub const POD_FAIL_CLOSED: u8 = 1;
+/// Audit mode: a packet the pod's rules deny (`drop_no_rule`, `drop_no_node_rule`) is
+/// reported as "would drop" and passes, tracked as a flow. Everything else (fail-closed,
+/// spoofing, malformed) is enforced as ever.
+pub const POD_AUDIT: u8 = 2;
 
 /// Per-pod state the programs need. Stored under the pod's VLAN id (trunk side) and
 /// under its host-side interface index (pod side).
@@ -98,6 +102,10 @@ impl PodInfo {
 
     pub const fn is_fail_closed(&self) -> bool {
         self.flags & POD_FAIL_CLOSED != 0
+    }
+
+    pub const fn is_audit(&self) -> bool {
+        self.flags & POD_AUDIT != 0
     }
 }
 

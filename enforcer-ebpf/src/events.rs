@@ -9,7 +9,7 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::Packet;
 
 use crate::conntrack::flow_key;
-use crate::maps::{EVENT_BUCKETS, EVENTS, EVENTS_LOST, RULE_HITS};
+use crate::maps::{EVENT_BUCKETS, EVENTS, EVENTS_LOST, RULE_HITS, WOULD_DROP};
 
 const NS_PER_TOKEN: u64 = 1_000_000_000 / EVENTS_PER_SECOND;
 
@@ -41,9 +41,17 @@ fn lost(slot: u32) {
     }
 }
 
-/// Reports the packet's verdict for `slot`'s pod (cookies: the allowing rules).
+/// Reports the packet's verdict for `slot`'s pod (cookies: the allowing rules; audit:
+/// a denied packet audit mode let pass).
 #[inline(always)]
-pub fn emit(pkt: &Packet, slot: u32, dir: Direction, reason: Reason, cookies: (u32, u32)) {
+pub fn emit(
+    pkt: &Packet,
+    slot: u32,
+    dir: Direction,
+    reason: Reason,
+    cookies: (u32, u32),
+    audit: bool,
+) {
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if !take_token(slot, now) {
@@ -64,6 +72,8 @@ pub fn emit(pkt: &Packet, slot: u32, dir: Direction, reason: Reason, cookies: (u
         family: k.family,
         direction: dir as u8,
         reason: reason as u8,
+        audit: audit as u8,
+        _pad: [0; 3],
     };
     if EVENTS.output(ev, BPF_RB_NO_WAKEUP as u64).is_err() {
         lost(slot);
@@ -83,5 +93,14 @@ pub fn rule_hit(cookie: u32) {
             // Another CPU may have added it meanwhile: then it stays uncounted once.
             let _ = RULE_HITS.insert(cookie, 1, aya_ebpf::bindings::BPF_NOEXIST as u64);
         }
+    }
+}
+
+/// Counts a packet audit mode let pass that the rules deny.
+#[inline(always)]
+pub fn would_drop(slot: u32) {
+    if let Some(n) = WOULD_DROP.get_ptr_mut(slot) {
+        // SAFETY: this CPU's element of a per-CPU array.
+        unsafe { *n += 1 };
     }
 }

@@ -107,3 +107,7 @@ pub static EVENTS_LOST: PerCpuArray<u64, { MAX_PODS as usize }> = PerCpuArray::n
 /// since the daemon started (not pinned).
 #[btf_map]
 pub static RULE_HITS: PerCpuHashMap<u32, u64, { MAX_RULE_HITS as usize }> = PerCpuHashMap::new();
+
+/// Audit mode: packets the rules deny that passed, per pod and CPU (not pinned).
+#[btf_map]
+pub static WOULD_DROP: PerCpuArray<u64, { MAX_PODS as usize }> = PerCpuArray::new();

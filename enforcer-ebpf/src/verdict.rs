@@ -8,7 +8,7 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::*;
 
 use crate::conntrack::{InsertError, flow_hit, flow_key, insert_flow, normalise_ports};
-use crate::events::{emit, rule_hit};
+use crate::events::{emit, rule_hit, would_drop};
 use crate::fragments::{later_fragment, record_first};
 use crate::maps::{FLOWS, NODE_CONFIG};
 use crate::policy::{always_allowed, policy_allows};
@@ -41,7 +41,7 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
         if always_allowed(pkt, dir) {
             return State::Decided(Verdict::Allow(Reason::AllowAlways));
         }
-        emit(pkt, pod.slot, dir, Reason::DropFailClosed, (0, 0));
+        emit(pkt, pod.slot, dir, Reason::DropFailClosed, (0, 0), false);
         return State::Decided(Verdict::Drop(Reason::DropFailClosed));
     }
     let Some(cfg) = NODE_CONFIG.get(0) else {
@@ -98,9 +98,27 @@ pub fn by_rules(
         Verdict::Allow(Reason::AllowPolicy) => {
             rule_hit(cookies.0);
             rule_hit(cookies.1);
-            emit(pkt, pod.slot, dir, Reason::AllowPolicy, cookies)
+            emit(pkt, pod.slot, dir, Reason::AllowPolicy, cookies, false)
         }
-        Verdict::Drop(r) => emit(pkt, pod.slot, dir, r, (0, 0)),
+        Verdict::Drop(r @ (Reason::DropNoRule | Reason::DropNoNodeRule))
+            if pod.is_audit() && pkt.snat != SNAT_REVERSE =>
+        {
+            // Audit: reported as it would be, then tracked and passed as if allowed.
+            emit(pkt, pod.slot, dir, r, (0, 0), true);
+            would_drop(pod.slot);
+            if pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
+                // Never state of their own, as when a rule allows them.
+                return Verdict::Allow(Reason::AllowPolicy);
+            }
+            let mut key = flow_key(&pkt.outer, pkt.family, dir);
+            normalise_ports(&mut key);
+            let v = new_flow(cfg, pod, &key, pkt, dir, (0, 0), now, Reason::AllowPolicy);
+            if let Verdict::Allow(r) = v {
+                return allowed(pkt, pod, r, now);
+            }
+            return v;
+        }
+        Verdict::Drop(r) => emit(pkt, pod.slot, dir, r, (0, 0), false),
         Verdict::Allow(_) => {}
     }
     if let Verdict::Allow(r) = v {

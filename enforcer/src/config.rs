@@ -17,6 +17,17 @@ pub enum Mode {
     Standard,
 }
 
+/// `node.enforcement`: whether denied packets are dropped, or reported and passed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    #[default]
+    Enforce,
+    /// Verdicts computed and reported as ever; packets the rules deny pass ("would
+    /// drop"). Fail-closed pods, spoofing and malformed packets stay enforced.
+    Audit,
+}
+
 /// What happens to a pod that has a branch ENI but no SecurityGroupPolicy selects.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -107,6 +118,12 @@ pub struct NodeSettings {
     pub default_always_allow: bool,
     #[serde(default)]
     pub unmatched_pods: UnmatchedPods,
+    /// `audit`: every pod of the node in audit mode.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// Namespaces in audit mode whatever `enforcement` says.
+    #[serde(default)]
+    pub audit_namespaces: Vec<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
@@ -431,6 +448,12 @@ impl Config {
 
     pub fn mode(&self) -> Mode {
         self.node.enforcing_mode.unwrap_or_default()
+    }
+
+    /// Whether pods of `namespace` are in audit mode.
+    pub fn audit(&self, namespace: &str) -> bool {
+        self.node.enforcement == Enforcement::Audit
+            || self.node.audit_namespaces.iter().any(|n| n == namespace)
     }
 
     /// SPEC §6: the explicit list of destinations no group can filter.

@@ -488,6 +488,7 @@ impl Daemon {
                 pod.counters = counters_map(&self.dp, pod.slot);
                 pod.flows = flows.get(pod.slot as usize).copied().unwrap_or(0);
                 pod.events_lost = self.dp.events_lost(pod.slot).unwrap_or(0);
+                pod.would_drop = self.dp.would_drop(pod.slot).unwrap_or(0);
             }
         }
         self.status.unattributed = counters_map(&self.dp, 0);

@@ -178,7 +178,9 @@ pub fn record(
         protocol,
         local: end(ev.family, &ev.local, ev.local_port, ev.proto),
         remote: end(ev.family, &ev.remote, ev.remote_port, ev.proto),
-        verdict: if reason.is_some_and(|r| r.name().starts_with("allow")) {
+        verdict: if ev.audit != 0 {
+            "would-drop".into()
+        } else if reason.is_some_and(|r| r.name().starts_with("allow")) {
             "allow".into()
         } else {
             "drop".into()

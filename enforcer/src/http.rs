@@ -117,6 +117,26 @@ pub fn render(st: &NodeStatus, apply_seconds: &Histogram) -> String {
         ];
         lost.get_or_create(&l).inc_by(p.events_lost);
     }
+    let audit = Family::<Labels, Gauge>::default();
+    let would = Family::<Labels, Counter>::default();
+    for p in st.pods.iter().filter(|p| p.audit) {
+        let l = vec![
+            ("namespace".to_string(), p.namespace.clone()),
+            ("pod".to_string(), p.name.clone()),
+        ];
+        audit.get_or_create(&l).set(1);
+        would.get_or_create(&l).inc_by(p.would_drop);
+    }
+    r.register(
+        "pod_audit",
+        "1 for each pod in audit mode: packets its rules deny are NOT dropped, only reported",
+        audit,
+    );
+    r.register(
+        "would_drop",
+        "Audit mode: packets the pod's rules deny that passed",
+        would,
+    );
     r.register(
         "events_lost",
         "Flow events not reported (over the pod's budget, or the buffer full); the packets were judged all the same",

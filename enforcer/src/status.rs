@@ -48,6 +48,12 @@ pub struct PodStatus {
     /// Flow events not reported (over the pod's budget, or the buffer full).
     #[serde(default)]
     pub events_lost: u64,
+    /// Audit mode: packets its rules deny are reported and pass.
+    #[serde(default)]
+    pub audit: bool,
+    /// Audit mode: packets its rules denied that passed.
+    #[serde(default)]
+    pub would_drop: u64,
 }
 
 impl PodStatus {
@@ -73,6 +79,8 @@ impl PodStatus {
             counters: BTreeMap::new(),
             flows: 0,
             events_lost: 0,
+            audit: false,
+            would_drop: 0,
         }
     }
 }
@@ -221,6 +229,12 @@ impl NodeStatus {
                 dropped,
                 p.groups.join(","),
                 [
+                    p.audit.then(|| {
+                        format!(
+                            "  AUDIT: denied packets pass ({} would have dropped)",
+                            p.would_drop
+                        )
+                    }),
                     p.error.as_ref().map(|e| format!("  ERROR: {e}")),
                     p.waiting.as_ref().map(|w| format!("  WAITING: {w}")),
                 ]

@@ -33,7 +33,7 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
         .filter(|n| !n.starts_with(".rodata"))
         .collect();
     // The per-CPU parse scratch, aya-log's ring buffer, the flow events' ring buffer,
-    // budgets and rule hits (and the compiler's constant sections): process-local,
+    // budgets, rule hits and audit counts (and the compiler's constant sections): process-local,
     // never pinned.
     assert_eq!(
         unpinned,
@@ -43,7 +43,8 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
             "EVENTS_LOST",
             "EVENT_BUCKETS",
             "RULE_HITS",
-            "SCRATCH"
+            "SCRATCH",
+            "WOULD_DROP"
         ],
         "maps not in the pinned table"
     );

@@ -78,6 +78,16 @@ impl Datapath {
             .collect()
     }
 
+    /// Audit mode: packets of `slot`'s pod its rules denied that passed.
+    pub fn would_drop(&self, slot: u32) -> Result<u64> {
+        let m: PerCpuArray<&MapData, u64> =
+            map_ref(&self.ebpf, map_names::WOULD_DROP)?.try_into()?;
+        Ok(m.get(&slot, 0)
+            .map_err(|e| map_err(map_names::WOULD_DROP, e))?
+            .iter()
+            .sum())
+    }
+
     /// Flow events of `slot`'s pod not sent (over its budget, or the buffer full),
     /// summed over CPUs.
     pub fn events_lost(&self, slot: u32) -> Result<u64> {

@@ -170,7 +170,11 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
             // A pod whose VLAN, MAC or address another pod holds is reachable by its
             // interface only: its entry must not replace the other pod's.
             vlan: if r.clash { 0 } else { eni.vlan },
-            flags: if error.is_some() { entry.flags } else { 0 },
+            flags: match (&error, ctx.cfg.audit(&r.pod.namespace)) {
+                (Some(_), _) => entry.flags,
+                (None, true) => enforcer_common::POD_AUDIT,
+                (None, false) => 0,
+            },
             ipv6_ll: link_local_v6(&eni.mac).octets(),
             node_policy_id,
             ..entry
@@ -180,6 +184,7 @@ pub(super) fn plan_pod(ctx: &mut Ctx, r: Resolved) -> PodPlan {
             Mode::Strict => PodMode::Strict,
             Mode::Standard => PodMode::Standard,
         });
+        d.audit = entry.is_audit();
     }
     // No ENI (an annotation we can't use): we know the pod's interface from its name
     // but not its VLAN, MAC or IPs, so everything from it is dropped. It must not run
