@@ -26,6 +26,8 @@ struct Daemon {
     apply_seconds: prometheus_client::metrics::histogram::Histogram,
     /// `Memory::tables_fingerprint` when last saved.
     tables_saved: Option<(usize, u32, usize)>,
+    /// The last applied catalog's rule ids (only those: names for events and tables).
+    names: crate::model::group::GroupCatalog,
     /// The programs' flow events (None when the map could not be opened).
     events: Option<crate::flows::Events>,
     /// When every source file (and the config) last read and parsed cleanly.
@@ -166,6 +168,7 @@ impl Daemon {
         self.status
             .source_errors
             .extend(self.config_error.iter().cloned());
+        self.names.rule_ids = loaded.snapshot.catalog.rule_ids.clone();
         let state_dir = self.cfg.state_dir.clone();
         let host_veths = self.host_veths();
         let applied = engine::apply(
@@ -341,7 +344,7 @@ impl Daemon {
                         .unwrap_or_default()
                         .iter()
                         .filter(|(_, v)| v.slot == slot)
-                        .map(|(k, v)| crate::flows::row(k, v, now, &self.mem.cookies))
+                        .map(|(k, v)| crate::flows::row(k, v, now, &self.mem.cookies, &self.names))
                         .collect();
                     serde_json::to_string(&rows)
                 }
@@ -416,7 +419,7 @@ impl Daemon {
     /// Reads the programs' flow events (named by the pods and rules known now).
     fn drain_events(&mut self) {
         if let Some(ev) = &mut self.events {
-            ev.drain(&self.status.pods, &self.mem.cookies);
+            ev.drain(&self.status.pods, &self.mem.cookies, &self.names);
         }
     }
 
@@ -678,6 +681,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
             prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 14),
         ),
         tables_saved: None,
+        names: Default::default(),
         events,
         files_ok_at: None,
         flags,

@@ -105,6 +105,8 @@ pub struct RuleMatch {
     /// `describe-security-groups` lists them.
     pub index: usize,
     pub rule: String,
+    /// EC2's `SecurityGroupRuleId`, when the source has it.
+    pub rule_id: Option<String>,
     /// The prefix of the rule's peer the address fell in.
     pub peer: Option<String>,
 }
@@ -114,6 +116,7 @@ pub struct NearMiss {
     pub group: String,
     pub index: usize,
     pub rule: String,
+    pub rule_id: Option<String>,
     /// What differs from the packet: one thing (port, protocol or peer).
     pub differs: String,
 }
@@ -270,6 +273,10 @@ pub fn match_rules(
                 continue;
             }
             let text = rule_text(rule, q.direction);
+            let rule_id = catalog
+                .rule_ids
+                .get(&(g.clone(), q.direction, index))
+                .cloned();
             if diff.is_empty() {
                 let peer = expanded
                     .ok()
@@ -284,6 +291,7 @@ pub fn match_rules(
                         group: g.clone(),
                         index,
                         rule: text,
+                        rule_id,
                         peer,
                     }),
                     Vec::new(),
@@ -294,6 +302,7 @@ pub fn match_rules(
                     group: g.clone(),
                     index,
                     rule: text,
+                    rule_id,
                     differs: diff.remove(0),
                 });
             }
@@ -510,9 +519,10 @@ impl Explanation {
         ] {
             if let Some(m) = m {
                 out.push_str(&format!(
-                    "  {what} {} {dirword} rule #{}: {}{}\n",
+                    "  {what} {} {dirword} rule #{}{}: {}{}\n",
                     m.group,
                     m.index,
+                    id(&m.rule_id),
                     m.rule,
                     m.peer
                         .as_ref()
@@ -524,8 +534,12 @@ impl Explanation {
             out.push_str("  nearest rules:\n");
             for n in self.near_misses.iter().take(5) {
                 out.push_str(&format!(
-                    "    {} {dirword} rule #{}: {} — {}\n",
-                    n.group, n.index, n.rule, n.differs
+                    "    {} {dirword} rule #{}{}: {} — {}\n",
+                    n.group,
+                    n.index,
+                    id(&n.rule_id),
+                    n.rule,
+                    n.differs
                 ));
             }
         }
@@ -546,6 +560,12 @@ impl Explanation {
         }
         out
     }
+}
+
+fn id(rule_id: &Option<String>) -> String {
+    rule_id
+        .as_ref()
+        .map_or(String::new(), |i| format!(" ({i})"))
 }
 
 fn list(v: &[String]) -> String {

@@ -8,6 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use enforcer_common::{FlowEvent, Reason};
 use serde::{Deserialize, Serialize};
 
+use crate::model::group::GroupCatalog;
 use crate::policy::compile::CookieTable;
 use crate::status::PodStatus;
 
@@ -68,17 +69,14 @@ impl FlowRecord {
     }
 }
 
-/// Names a cookie's rule: `sg-web outbound rule #0`.
-pub fn rule_name(cookies: &CookieTable, cookie: u32) -> Option<String> {
+/// Names a cookie's rule: `sg-web outbound rule #0`, with its `SecurityGroupRuleId`
+/// when the source gave one (`catalog`).
+pub fn rule_name(cookies: &CookieTable, catalog: &GroupCatalog, cookie: u32) -> Option<String> {
     (cookie != 0).then(|| {
         cookies
             .rule(cookie)
             .map_or(format!("rule cookie {cookie}"), |r| {
-                let dir = match r.direction {
-                    crate::model::group::Direction::Inbound => "inbound",
-                    crate::model::group::Direction::Outbound => "outbound",
-                };
-                format!("{} {dir} rule #{}", r.group, r.index)
+                catalog.rule_name(&r.group, r.direction, r.index)
             })
     })
 }
@@ -119,6 +117,7 @@ pub fn row(
     v: &enforcer_common::FlowValue,
     now_ns: u64,
     cookies: &CookieTable,
+    catalog: &GroupCatalog,
 ) -> FlowRow {
     use enforcer_common::{FlowState, PATH_NODE, PATH_POD, PATH_SNAT};
     FlowRow {
@@ -140,8 +139,8 @@ pub fn row(
             _ => "vpc",
         }
         .into(),
-        rule: rule_name(cookies, v.cookie),
-        node_rule: rule_name(cookies, v.node_cookie),
+        rule: rule_name(cookies, catalog, v.cookie),
+        node_rule: rule_name(cookies, catalog, v.node_cookie),
     }
 }
 
@@ -161,6 +160,7 @@ pub fn record(
     ev: &FlowEvent,
     pods: &[PodStatus],
     cookies: &CookieTable,
+    catalog: &GroupCatalog,
     offset_ns: i128,
 ) -> FlowRecord {
     let pod = pods.iter().find(|p| p.slot == ev.slot && ev.slot != 0);
@@ -186,8 +186,8 @@ pub fn record(
             "drop".into()
         },
         reason: reason.map_or(format!("reason-{}", ev.reason), |r| r.name().to_string()),
-        rule: rule_name(cookies, ev.cookie),
-        node_rule: rule_name(cookies, ev.node_cookie),
+        rule: rule_name(cookies, catalog, ev.cookie),
+        node_rule: rule_name(cookies, catalog, ev.node_cookie),
     }
 }
 
@@ -226,7 +226,12 @@ impl Events {
     }
 
     /// Reads what the programs wrote since the last call; returns how many.
-    pub fn drain(&mut self, pods: &[PodStatus], cookies: &CookieTable) -> usize {
+    pub fn drain(
+        &mut self,
+        pods: &[PodStatus],
+        cookies: &CookieTable,
+        catalog: &GroupCatalog,
+    ) -> usize {
         let offset = clock_offset_ns();
         let mut n = 0;
         while let Some(item) = self.ring.next() {
@@ -236,7 +241,7 @@ impl Events {
             // SAFETY: the programs write whole FlowEvents (plain old data, every bit
             // pattern valid); the item holds at least that many bytes.
             let ev: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let r = record(&ev, pods, cookies, offset);
+            let r = record(&ev, pods, cookies, catalog, offset);
             if self.recent.len() == KEPT {
                 self.recent.pop_front();
             }
@@ -269,6 +274,10 @@ mod tests {
     fn events_are_named_by_pod_and_rule() {
         let mut cookies = CookieTable::default();
         let c = cookies.cookie("sg-web", RuleDir::Outbound, 2);
+        let mut catalog = GroupCatalog::default();
+        catalog
+            .rule_ids
+            .insert(("sg-web".into(), RuleDir::Outbound, 2), "sgr-0123".into());
         let mut web = PodStatus::new("shop", "web", PodState::Enforced);
         web.slot = 7;
         let mut v6 = [0u8; 16];
@@ -290,7 +299,7 @@ mod tests {
                     reason: Reason::AllowPolicy as u8,
                     ..FlowEvent::default()
                 },
-                "00:00:03.500Z shop/web tcp 10.0.1.11:40000 -> 10.0.2.5:443 ALLOW allow_policy by sg-web outbound rule #2",
+                "00:00:03.500Z shop/web tcp 10.0.1.11:40000 -> 10.0.2.5:443 ALLOW allow_policy by sg-web outbound rule #2 (sgr-0123)",
             ),
             (
                 FlowEvent {
@@ -306,7 +315,13 @@ mod tests {
                 "00:00:03.500Z /slot-9 icmpv6 :: <- fd00::5 DROP drop_no_rule",
             ),
         ] {
-            let r = record(&ev, std::slice::from_ref(&web), &cookies, 1_000_000_000);
+            let r = record(
+                &ev,
+                std::slice::from_ref(&web),
+                &cookies,
+                &catalog,
+                1_000_000_000,
+            );
             assert_eq!(r.line(), want);
         }
     }

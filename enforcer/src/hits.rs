@@ -16,6 +16,8 @@ pub struct RuleHits {
     /// Its place among the group's rules of that direction (one per peer).
     pub index: usize,
     pub rule: String,
+    /// EC2's `SecurityGroupRuleId`, when the source has it.
+    pub rule_id: Option<String>,
     /// Flows it admitted (untracked rules: packets).
     pub hits: u64,
 }
@@ -64,6 +66,10 @@ pub fn report(
                             direction,
                             index,
                             rule: rule_text(rule, direction),
+                            rule_id: catalog
+                                .rule_ids
+                                .get(&(g.clone(), direction, index))
+                                .cloned(),
                             hits: cookie.and_then(|c| hits.get(c)).copied().unwrap_or(0),
                         });
                     }
@@ -93,12 +99,15 @@ pub fn render(report: &[PodRules]) -> String {
                 "outbound"
             };
             out.push_str(&format!(
-                "  {:<24} {:<8} #{:<3} {:<48} {:>8}{}\n",
+                "  {:<24} {:<8} #{:<3} {:<48} {:>8}{}{}\n",
                 r.group,
                 dir,
                 r.index,
                 r.rule,
                 r.hits,
+                r.rule_id
+                    .as_ref()
+                    .map_or(String::new(), |i| format!("  {i}")),
                 if r.hits == 0 { "  never matched" } else { "" }
             ));
         }

@@ -62,6 +62,55 @@ fn groups_from_ec2_are_enforced_and_a_revocation_through_the_api_takes_effect() 
     );
     assert!(!tcp_echo(&ns, "10.0.2.6:443").unwrap(), "nothing else");
 
+    // The rule is named by EC2's SecurityGroupRuleId where people look for it:
+    // explain, the flow events and the rule hits.
+    let rules = moto.aws(
+        &sim,
+        &[
+            "describe-security-group-rules",
+            "--filters",
+            &format!("Name=group-id,Values={sg}"),
+        ],
+    );
+    let id = rules["SecurityGroupRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["IsEgress"] == true && r["FromPort"] == 443)
+        .and_then(|r| r["SecurityGroupRuleId"].as_str())
+        .expect("EC2 names the rule")
+        .to_string();
+    let ask = |args: &[&str]| {
+        let out = std::process::Command::new(enforcer_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(sim.workdir.join("state"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let e: serde_json::Value = serde_json::from_str(&ask(&[
+        "explain",
+        "--pod",
+        "shop/web",
+        "--to",
+        "10.0.2.5:443",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(e["allowed_by"]["rule_id"], id.as_str(), "{e:#}");
+    let named = format!("{sg} outbound rule #0 ({id})");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ask(&["flows", "--pod", "shop/web"]).contains(&named) {
+        assert!(Instant::now() < deadline, "no event names {named}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ask(&["status", "--rules"]).contains(&id),
+        "status --rules shows {id}"
+    );
+
     // Revoked through the EC2 API: new flows stop within a poll (1 s here).
     moto.egress(&sim, "revoke", &sg, rule);
     let deadline = Instant::now() + Duration::from_secs(10);

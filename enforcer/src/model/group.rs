@@ -99,6 +99,9 @@ pub struct GroupCatalog {
     pub invalid_groups: BTreeMap<String, String>,
     /// Prefix lists whose entries can't be used, and why: rules naming them fail their pods.
     pub invalid_prefix_lists: BTreeMap<String, String>,
+    /// EC2's `SecurityGroupRuleId` of (group, direction, place) where the source has
+    /// one (the EC2 API does; `describe-security-groups` files do not).
+    pub rule_ids: BTreeMap<(String, Direction, usize), String>,
 }
 
 impl GroupCatalog {
@@ -135,6 +138,21 @@ impl GroupCatalog {
         }
         for (g, ips) in &other.members {
             self.members.entry(g.clone()).or_default().extend(ips);
+        }
+        for (k, id) in &other.rule_ids {
+            self.rule_ids.insert(k.clone(), id.clone());
+        }
+    }
+
+    /// `sg-… outbound rule #N`, with its `SecurityGroupRuleId` when known.
+    pub fn rule_name(&self, group: &str, dir: Direction, index: usize) -> String {
+        let d = match dir {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        };
+        match self.rule_ids.get(&(group.to_string(), dir, index)) {
+            Some(id) => format!("{group} {d} rule #{index} ({id})"),
+            None => format!("{group} {d} rule #{index}"),
         }
     }
 
