@@ -21,8 +21,8 @@ pub enum Severity {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// Which check: `dns-egress`, `probe-ingress`, `grace-period`, `off-vpc-strict`,
-    /// `policy-without-eni`, `group-quota`.
+    /// Which check: `dns-egress`, `nodelocal-dns`, `probe-ingress`, `grace-period`,
+    /// `off-vpc-strict`, `policy-without-eni`, `group-quota`.
     pub check: String,
     pub severity: Severity,
     /// `pod NS/NAME`, `group sg-…`.
@@ -33,6 +33,8 @@ pub struct Finding {
 
 /// Pods labelled as the cluster DNS.
 const DNS_LABEL: (&str, &str) = ("k8s-app", "kube-dns");
+/// NodeLocal DNSCache's pods (a host-network DaemonSet).
+const NODE_LOCAL_DNS_LABEL: (&str, &str) = ("k8s-app", "node-local-dns");
 /// A group this full (of a quota) is reported.
 const NEAR_QUOTA: f64 = 0.9;
 
@@ -66,6 +68,20 @@ pub fn check(
         .filter(|r| r.pod.labels.get(DNS_LABEL.0).map(String::as_str) == Some(DNS_LABEL.1))
         .filter_map(|r| Some((IpAddr::V4(r.eni.as_ref()?.ipv4?), r)))
         .collect();
+    let labelled =
+        |r: &Resolved, (k, v): (&str, &str)| r.pod.labels.get(k).map(String::as_str) == Some(v);
+    // NodeLocal DNSCache runs on this node: its addresses among the node's own.
+    let node_local_dns: Vec<IpAddr> = if resolved.iter().any(|r| labelled(r, NODE_LOCAL_DNS_LABEL))
+    {
+        cfg.node
+            .node_local_addresses
+            .iter()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(|n| n.addr())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::new();
     for r in resolved {
         let pod = format!("pod {}", r.pod.key());
@@ -166,15 +182,41 @@ pub fn check(
                 }
             }
         }
+        // CoreDNS itself resolves upstream, not through the cache.
+        if mode == Mode::Strict && !labelled(r, DNS_LABEL) {
+            for a in &node_local_dns {
+                let missing: Vec<&str> = [(UDP, "UDP"), (TCP, "TCP")]
+                    .into_iter()
+                    .filter(|(p, _)| !ask(Direction::Outbound, *a, *p, 53))
+                    .map(|(_, n)| n)
+                    .collect();
+                if !missing.is_empty() {
+                    out.push(finding(
+                        "nodelocal-dns",
+                        Severity::Error,
+                        pod.clone(),
+                        format!(
+                            "NodeLocal DNSCache runs on this node, and in strict mode the pod's queries to it ({a}) meet its groups ({}), which do not allow {} 53 there: lookups through the cache fail",
+                            r.groups.join(", "),
+                            missing.join(" and ")
+                        ),
+                        "allow outbound TCP and UDP 53 to the cache's address in one of the pod's groups, or run the pod in standard mode (host-local traffic skips the groups)",
+                    ));
+                }
+            }
+        }
         if mode == Mode::Strict && !cfg.node.vpc_cidrs.is_empty() {
+            let link_local: ipnet::IpNet = "169.254.0.0/16".parse().expect("a CIDR");
             let off_vpc: Vec<String> = r
                 .groups
                 .iter()
                 .filter_map(|g| catalog.groups.get(g))
                 .flat_map(|g| g.outbound.iter())
                 .filter_map(|rule| match &rule.peer {
+                    // Link-local (IMDS, NodeLocal DNSCache) never leaves the node.
                     crate::model::group::Peer::Cidr(n)
                         if n.addr().is_ipv4()
+                            && !link_local.contains(n)
                             && !cfg.node.vpc_cidrs.iter().any(|v| v.contains(n)) =>
                     {
                         Some(n.to_string())
@@ -293,6 +335,16 @@ mod tests {
     const PROBE: &str = "{containers: [{name: web, ports: [{name: http, containerPort: 8081}], readinessProbe: {httpGet: {port: http}}}]}";
 
     fn findings(groups_json: &str, app_spec: &str, app_eni: bool, mode: Mode) -> Vec<Finding> {
+        findings_with(groups_json, app_spec, app_eni, mode, "")
+    }
+
+    fn findings_with(
+        groups_json: &str,
+        app_spec: &str,
+        app_eni: bool,
+        mode: Mode,
+        extra_yaml: &str,
+    ) -> Vec<Finding> {
         let mut catalog = GroupCatalog::default();
         catalog.add_groups(parse_security_groups(groups_json, "t").unwrap());
         let mut kube = KubeObjects::default();
@@ -300,7 +352,7 @@ mod tests {
             "kind: SecurityGroupPolicy\nmetadata: {{name: app, namespace: ns}}\nspec: {{podSelector: {{matchLabels: {{app: a}}}}, securityGroups: {{groupIds: [sg-app]}}}}\n---\nkind: SecurityGroupPolicy\nmetadata: {{name: dns, namespace: ns}}\nspec: {{podSelector: {{matchLabels: {{k8s-app: kube-dns}}}}, securityGroups: {{groupIds: [sg-dns]}}}}\n{}{}",
             pod("app", 11, "{app: a}", app_spec, app_eni),
             pod("coredns", 12, "{k8s-app: kube-dns}", "{}", true),
-        );
+        ) + extra_yaml;
         kube.add_documents(&yaml, "t").unwrap();
         let cfg: Config = serde_yaml::from_str(
             "node: {trunkInterface: t, gatewayMac: '02:00:00:00:00:01', primaryIPv4: 10.0.0.10, vpcCidrs: [10.0.0.0/16], nodeGroups: [sg-node]}",
@@ -388,6 +440,46 @@ mod tests {
         let f = findings(&groups(true, ""), "{}", false, Mode::Strict);
         assert_eq!(checks(&f), [("policy-without-eni", "pod ns/app")]);
         assert_eq!(f[0].severity, Severity::Error);
+        // NodeLocal DNSCache on the node: strict-mode pods need 53 out to its address;
+        // standard mode delivers it without the groups.
+        let cache = pod(
+            "node-local-dns-x",
+            13,
+            "{k8s-app: node-local-dns}",
+            "{}",
+            false,
+        );
+        assert_eq!(
+            checks(&findings_with(
+                &groups(true, ""),
+                "{}",
+                true,
+                Mode::Strict,
+                &cache
+            )),
+            [("nodelocal-dns", "pod ns/app")]
+        );
+        assert_eq!(
+            checks(&findings_with(
+                &groups(true, ""),
+                "{}",
+                true,
+                Mode::Standard,
+                &cache
+            )),
+            []
+        );
+        let to_cache = r#",{"IpProtocol":"-1","IpRanges":[{"CidrIp":"169.254.20.10/32"}]}"#;
+        assert_eq!(
+            checks(&findings_with(
+                &groups(true, to_cache),
+                "{}",
+                true,
+                Mode::Strict,
+                &cache
+            )),
+            []
+        );
         // A group at 90 % of the per-family quota (60): 54 outbound IPv4 rules.
         let many: String = (0..52)
             .map(|i| format!(r#",{{"IpProtocol":"tcp","FromPort":{p},"ToPort":{p},"IpRanges":[{{"CidrIp":"10.0.9.0/24"}}]}}"#, p = 1000 + i))
