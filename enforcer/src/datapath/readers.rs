@@ -78,25 +78,20 @@ impl Datapath {
             .collect()
     }
 
-    /// Audit mode: packets of `slot`'s pod its rules denied that passed.
-    pub fn would_drop(&self, slot: u32) -> Result<u64> {
-        let m: PerCpuArray<&MapData, u64> =
-            map_ref(&self.ebpf, map_names::WOULD_DROP)?.try_into()?;
-        Ok(m.get(&slot, 0)
-            .map_err(|e| map_err(map_names::WOULD_DROP, e))?
-            .iter()
-            .sum())
+    /// A per-pod, per-CPU u64 count of `slot`, summed over CPUs.
+    fn per_cpu_count(&self, map: &str, slot: u32) -> Result<u64> {
+        let m: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, map)?.try_into()?;
+        Ok(m.get(&slot, 0).map_err(|e| map_err(map, e))?.iter().sum())
     }
 
-    /// Flow events of `slot`'s pod not sent (over its budget, or the buffer full),
-    /// summed over CPUs.
+    /// Audit mode: packets of `slot`'s pod its rules denied that passed.
+    pub fn would_drop(&self, slot: u32) -> Result<u64> {
+        self.per_cpu_count(map_names::WOULD_DROP, slot)
+    }
+
+    /// Flow events of `slot`'s pod not sent (over its budget, or the buffer full).
     pub fn events_lost(&self, slot: u32) -> Result<u64> {
-        let m: PerCpuArray<&MapData, u64> =
-            map_ref(&self.ebpf, map_names::EVENTS_LOST)?.try_into()?;
-        Ok(m.get(&slot, 0)
-            .map_err(|e| map_err(map_names::EVENTS_LOST, e))?
-            .iter()
-            .sum())
+        self.per_cpu_count(map_names::EVENTS_LOST, slot)
     }
 
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
