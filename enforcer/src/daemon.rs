@@ -759,6 +759,7 @@ pub async fn run(config_path: &Path, flags: crate::config::Overrides) -> Result<
                 d.save_tables();
                 // A safety net for interface events missed (or not subscribed to).
                 if d.interfaces_changed() {
+                    info!("interface check: attaching what changed");
                     d.apply();
                 } else {
                     d.refresh_status();

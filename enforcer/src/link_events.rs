@@ -12,21 +12,32 @@ const RTMGRP_LINK: u32 = 1;
 
 pub struct LinkEvents {
     sock: TokioSocket,
+    /// When the burst being waited out began. Kept here, not in `next`'s future, so a
+    /// `select!` that drops the future mid-wait (another branch won) loses no event: the
+    /// next call finishes the wait instead of waiting for a message already taken.
+    burst: Option<tokio::time::Instant>,
 }
 
 impl LinkEvents {
     pub fn open() -> io::Result<LinkEvents> {
         let mut sock = TokioSocket::new(NETLINK_ROUTE)?;
         sock.socket_mut().bind(&SocketAddr::new(0, RTMGRP_LINK))?;
-        Ok(LinkEvents { sock })
+        Ok(LinkEvents { sock, burst: None })
     }
 
     /// Waits for the next link event, then for the burst it starts to settle (an
     /// interface's creation, renaming and bringing up are several messages), and drains
-    /// it: one call per burst.
+    /// it: one call per burst. Cancel-safe.
     pub async fn next(&mut self) -> io::Result<()> {
-        self.sock.recv_from_full().await?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let began = match self.burst {
+            Some(t) => t,
+            None => {
+                self.sock.recv_from_full().await?;
+                *self.burst.insert(tokio::time::Instant::now())
+            }
+        };
+        tokio::time::sleep_until(began + Duration::from_millis(50)).await;
+        self.burst = None;
         let mut buf = Vec::with_capacity(64 * 1024);
         while self
             .sock
