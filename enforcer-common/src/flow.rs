@@ -202,6 +202,9 @@ pub struct FlowValue {
     /// `PATH_POD`: the other pod's host interface (its `POD_BY_IFINDEX` key), so that
     /// later packets skip the look-up by address.
     pub peer_ifindex: u32,
+    /// `bpf_ktime_get_coarse_ns` when the flow was opened (layout 7 on; 0 for a flow
+    /// carried over from layout 6, whose age is not known).
+    pub opened_ns: u64,
     /// Only in the `layout-next` test build: makes its FlowValue one u64 longer, as a
     /// next version adding a field would, so that the upgrade test migrates flows
     /// across a changed value layout.

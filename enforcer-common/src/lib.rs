@@ -137,9 +137,9 @@ const _: () = assert!(core::mem::size_of::<NodeConfig>() == 128);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 64);
 #[cfg(not(feature = "layout-next"))]
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
-#[cfg(feature = "layout-next")]
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
+#[cfg(feature = "layout-next")]
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);
 const _: () = assert!(core::mem::size_of::<PeerKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<PeerKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<PeerClass>() == 12);

@@ -12,9 +12,9 @@ use crate::*;
 /// `<bpffsDir>/v<LAYOUT_VERSION>/`, and a daemon finding another version's maps there
 /// migrates from them (older) or refuses to start (newer).
 #[cfg(not(feature = "layout-next"))]
-pub const LAYOUT_VERSION: u32 = 6;
-#[cfg(feature = "layout-next")]
 pub const LAYOUT_VERSION: u32 = 7;
+#[cfg(feature = "layout-next")]
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// How a map's contents cross from an older layout's maps to this build's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,12 +32,12 @@ pub enum Carry {
     Counters,
 }
 
-/// Older FlowValue sizes this build's extends (the `layout-next` test build appends
-/// a u64 to layout 6's 32 bytes).
+/// Older FlowValue sizes this build's extends: layout 7 appended `opened_ns` to layout
+/// 6's 32 bytes; the `layout-next` test build appends a u64 to layout 7's 40.
 #[cfg(not(feature = "layout-next"))]
-const FLOW_VALUE_GROWN_FROM: &[u32] = &[];
-#[cfg(feature = "layout-next")]
 const FLOW_VALUE_GROWN_FROM: &[u32] = &[32];
+#[cfg(feature = "layout-next")]
+const FLOW_VALUE_GROWN_FROM: &[u32] = &[32, 40];
 
 /// The kernel map types we use (`bpf_map_type` numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

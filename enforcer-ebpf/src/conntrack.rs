@@ -206,6 +206,7 @@ pub fn insert_flow(
         nat_port,
         _pad: 0,
         peer_ifindex: 0,
+        opened_ns: now,
         #[cfg(feature = "layout-next")]
         next_field: 0,
     };

@@ -103,6 +103,9 @@ pub struct FlowRow {
     /// Who opened it: `egress` (the pod) or `ingress`.
     pub opened: String,
     pub state: String,
+    /// Seconds since it was opened; `None` for a flow carried over from a layout that
+    /// did not record it.
+    pub age_seconds: Option<u64>,
     /// Seconds since its last packet.
     pub idle_seconds: u64,
     /// Where it goes: `vpc`, `pod` (another pod of the node), `node`, `snat`.
@@ -131,6 +134,7 @@ pub fn row(
         },
         state: FlowState::from_raw(v.state)
             .map_or(format!("state-{}", v.state), |s| s.name().to_string()),
+        age_seconds: (v.opened_ns != 0).then(|| now_ns.saturating_sub(v.opened_ns) / 1_000_000_000),
         idle_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
         path: match v.path {
             PATH_POD => "pod",

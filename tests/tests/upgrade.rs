@@ -105,6 +105,7 @@ fn an_upgrade_to_a_new_value_layout_is_hitless_and_the_way_back_is_refused() {
     let kept: FlowValue = unsafe { std::ptr::read_unaligned(web_flow.1.as_ptr().cast()) };
     assert_eq!(kept.state, FLOW_TCP_ESTABLISHED);
     assert_ne!(kept.cookie, 0, "the rule that allowed it is still named");
+    assert_ne!(kept.opened_ns, 0, "its age too");
     assert_eq!(web_flow.1[size_of::<FlowValue>()..], [0; 8]);
     probe.finish().assert_nothing_lost_or_leaked();
     assert!(
@@ -252,40 +253,41 @@ fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
-fn flow_value(cookie: u32) -> FlowValue {
-    FlowValue {
+/// A flow value as layout 6 wrote it.
+fn flow_value(cookie: u32) -> Vec<u8> {
+    let v = FlowValue {
         cookie,
         state: FLOW_TCP_ESTABLISHED,
         slot: 3,
         ..FlowValue::default()
-    }
+    };
+    bytes_of(&v)[..V6_FLOW_VALUE].to_vec()
 }
 
-/// An older layout (v N-1) holding a FLOWS and a FLOW_COUNT, made with bpftool.
+/// The FlowValue size of layout 6, which layout 7 extends (by `opened_ns`).
+const V6_FLOW_VALUE: usize = 32;
+
+/// The older layout (v N-1) holding a FLOWS (its values v6's, shorter than ours) and a
+/// FLOW_COUNT, made with bpftool.
 fn older_layout(pins: &Path) -> (PathBuf, PathBuf) {
     let old = version_dir(pins, LAYOUT_VERSION - 1);
     let flows = old.join(map_names::FLOWS);
     let count = old.join(map_names::FLOW_COUNT);
-    create(
-        &flows,
-        "hash",
-        size_of::<FlowKey>(),
-        size_of::<FlowValue>(),
-        64,
-    );
+    create(&flows, "hash", size_of::<FlowKey>(), V6_FLOW_VALUE, 64);
     create(&count, "array", 4, 8, 16);
     (flows, count)
 }
 
-/// Proves the two passes of the copy: what the first copies, and what the old
+/// Proves the two passes of the copy (from layout 6's shorter flow values, the
+/// appended field zero): what the first copies, and what the old
 /// programs did between it and the links moving (an entry added, one removed, a count
 /// raised) arrives with the second; the old layout's pins go then.
 #[test]
 fn the_copy_catches_up_with_what_the_old_programs_did_meanwhile() {
     let pins = PinDir::new("copy");
     let (flows, count) = older_layout(&pins.0);
-    update(&flows, &bytes_of(&flow_key(443)), &bytes_of(&flow_value(7)));
-    update(&flows, &bytes_of(&flow_key(444)), &bytes_of(&flow_value(8)));
+    update(&flows, &bytes_of(&flow_key(443)), &flow_value(7));
+    update(&flows, &bytes_of(&flow_key(444)), &flow_value(8));
     update(&count, &3u32.to_ne_bytes(), &5u64.to_ne_bytes());
 
     let mut dp = Datapath::load(Some(&pins.0)).expect("migrates from the older layout");
@@ -295,7 +297,10 @@ fn the_copy_catches_up_with_what_the_old_programs_did_meanwhile() {
             .flows()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.remote_port, v.cookie))
+            .map(|(k, v)| {
+                assert_eq!(v.opened_ns, 0, "v6 did not record it: unknown, zero");
+                (k.remote_port, v.cookie)
+            })
             .collect();
         f.sort();
         (f, dp.flow_counts().unwrap()[3])
@@ -303,7 +308,7 @@ fn the_copy_catches_up_with_what_the_old_programs_did_meanwhile() {
     assert_eq!(read(&dp), (vec![(443, 7), (444, 8)], 5), "the first pass");
     // The old programs go on until the links move: a flow closes, one opens, counted.
     delete(&flows, &bytes_of(&flow_key(444)));
-    update(&flows, &bytes_of(&flow_key(445)), &bytes_of(&flow_value(9)));
+    update(&flows, &bytes_of(&flow_key(445)), &flow_value(9));
     update(&count, &3u32.to_ne_bytes(), &6u64.to_ne_bytes());
 
     let done = dp.finish_migration().unwrap();
@@ -363,7 +368,11 @@ fn unversioned_maps_of_this_layout_are_moved_not_copied() {
         spec.value_size as usize,
         spec.capacity,
     );
-    update(&flows, &bytes_of(&flow_key(443)), &bytes_of(&flow_value(7)));
+    let v = FlowValue {
+        cookie: 7,
+        ..FlowValue::default()
+    };
+    update(&flows, &bytes_of(&flow_key(443)), &bytes_of(&v));
     let id = MapInfo::from_pin(&flows).unwrap().id();
     let dp = Datapath::load(Some(&pins.0)).unwrap();
     assert!(dp.migration().is_none() && dp.adopted());

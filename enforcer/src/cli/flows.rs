@@ -51,17 +51,18 @@ pub fn table(pod: &str, state_dir: PathBuf, output: Output) -> anyhow::Result<Ou
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {
             println!(
-                "{:<7} {:<42} {:<42} {:<8} {:<16} {:>6} {:<5} RULE",
-                "PROTO", "LOCAL", "REMOTE", "OPENED", "STATE", "IDLE", "PATH"
+                "{:<7} {:<42} {:<42} {:<8} {:<16} {:>7} {:>6} {:<5} RULE",
+                "PROTO", "LOCAL", "REMOTE", "OPENED", "STATE", "AGE", "IDLE", "PATH"
             );
             for r in &rows {
                 println!(
-                    "{:<7} {:<42} {:<42} {:<8} {:<16} {:>5}s {:<5} {}",
+                    "{:<7} {:<42} {:<42} {:<8} {:<16} {:>7} {:>5}s {:<5} {}",
                     r.protocol,
                     r.local,
                     r.remote,
                     r.opened,
                     r.state,
+                    r.age_seconds.map_or("-".into(), |a| format!("{a}s")),
                     r.idle_seconds,
                     r.path,
                     r.rule.as_deref().unwrap_or("-")
