@@ -118,6 +118,10 @@ pub struct NodeSettings {
     pub default_always_allow: bool,
     #[serde(default)]
     pub unmatched_pods: UnmatchedPods,
+    /// The EKS cluster's name: `doctor` checks a pod's groups for its
+    /// `kubernetes.io/cluster/<name>` tag (any cluster's tag counts without it).
+    #[serde(default)]
+    pub cluster_name: Option<String>,
     /// `audit`: every pod of the node in audit mode.
     #[serde(default)]
     pub enforcement: Enforcement,
@@ -273,8 +277,8 @@ pub struct Overrides {
 }
 
 use crate::env::{
-    ENFORCING_MODE as ENV_MODE, EXCLUDE_SNAT_CIDRS as ENV_EXCLUDE_SNAT,
-    EXTERNAL_SNAT as ENV_EXTERNAL_SNAT,
+    CLUSTER_NAME as ENV_CLUSTER_NAME, ENFORCING_MODE as ENV_MODE,
+    EXCLUDE_SNAT_CIDRS as ENV_EXCLUDE_SNAT, EXTERNAL_SNAT as ENV_EXTERNAL_SNAT,
 };
 
 /// Where a destination lies for a pod's traffic (SPEC §5): the `DEST_*` flags of each
@@ -326,6 +330,11 @@ impl Config {
                 cfg.node.flows_per_pod,
                 enforcer_common::MAX_FLOWS
             );
+        }
+        if let Ok(v) = std::env::var(ENV_CLUSTER_NAME)
+            && !v.is_empty()
+        {
+            cfg.node.cluster_name = Some(v);
         }
         if let Ok(v) = std::env::var(ENV_EXTERNAL_SNAT) {
             cfg.node.external_snat = match v.to_ascii_lowercase().as_str() {

@@ -22,7 +22,7 @@ pub enum Severity {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// Which check: `dns-egress`, `nodelocal-dns`, `probe-ingress`, `grace-period`,
-    /// `off-vpc-strict`, `policy-without-eni`, `group-quota`.
+    /// `cluster-tag`, `off-vpc-strict`, `policy-without-eni`, `group-quota`.
     pub check: String,
     pub severity: Severity,
     /// `pod NS/NAME`, `group sg-…`.
@@ -35,6 +35,8 @@ pub struct Finding {
 const DNS_LABEL: (&str, &str) = ("k8s-app", "kube-dns");
 /// NodeLocal DNSCache's pods (a host-network DaemonSet).
 const NODE_LOCAL_DNS_LABEL: (&str, &str) = ("k8s-app", "node-local-dns");
+/// The tag the AWS Load Balancer Controller looks for on exactly one of a pod's groups.
+const CLUSTER_TAG_PREFIX: &str = "kubernetes.io/cluster/";
 /// A group this full (of a quota) is reported.
 const NEAR_QUOTA: f64 = 0.9;
 
@@ -46,6 +48,60 @@ fn finding(check: &str, severity: Severity, object: String, problem: String, fix
         problem,
         fix: fix.into(),
     }
+}
+
+/// A pod with more than one group needs exactly one tagged
+/// `kubernetes.io/cluster/<cluster>` (`shared` or `owned`) for the AWS Load Balancer
+/// Controller to know which to add its rules to. Without `clusterName` any cluster's tag
+/// counts. Groups not known (yet) are not judged.
+fn cluster_tag(cfg: &Config, catalog: &GroupCatalog, r: &Resolved) -> Option<Finding> {
+    if r.groups.len() < 2 {
+        return None;
+    }
+    let known: Vec<_> = r
+        .groups
+        .iter()
+        .filter_map(|g| catalog.groups.get(g))
+        .collect();
+    if known.len() < r.groups.len() {
+        return None;
+    }
+    let ours = |k: &str, v: &str| {
+        matches!(v, "shared" | "owned")
+            && match &cfg.node.cluster_name {
+                Some(c) => k.strip_prefix(CLUSTER_TAG_PREFIX) == Some(c.as_str()),
+                None => k.starts_with(CLUSTER_TAG_PREFIX),
+            }
+    };
+    let tagged: Vec<&str> = known
+        .iter()
+        .filter(|g| g.tags.iter().any(|(k, v)| ours(k, v)))
+        .map(|g| g.id.as_str())
+        .collect();
+    let tag = format!(
+        "{CLUSTER_TAG_PREFIX}{}",
+        cfg.node.cluster_name.as_deref().unwrap_or("<cluster>")
+    );
+    let problem = match tagged.len() {
+        1 => return None,
+        0 => format!(
+            "it has {} groups ({}) and none is tagged {tag} (shared or owned): the AWS Load Balancer Controller can't tell which one to add its rules to, so load balancer traffic to the pod is not allowed",
+            r.groups.len(),
+            r.groups.join(", ")
+        ),
+        _ => format!(
+            "{} of its groups are tagged {tag} ({}): the AWS Load Balancer Controller expects exactly one and refuses the pod's targets",
+            tagged.len(),
+            tagged.join(", ")
+        ),
+    };
+    Some(finding(
+        "cluster-tag",
+        Severity::Warning,
+        format!("pod {}", r.pod.key()),
+        problem,
+        "tag exactly one of the pod's groups kubernetes.io/cluster/<cluster name> = shared (rules are additive: one is enough)",
+    ))
 }
 
 /// Every finding for the resolved pods, errors first. `mode_of`: a pod's mode
@@ -112,6 +168,9 @@ pub fn check(
                 "terminationGracePeriodSeconds is 0: the VPC CNI does not remove the pod's network from the node, and the branch ENI is not cleaned up".into(),
                 "leave it unset (30 s) or set it above 0",
             ));
+        }
+        if let Some(f) = cluster_tag(cfg, catalog, r) {
+            out.push(f);
         }
         let ask = |direction, remote, proto, port| {
             let q = Query {
@@ -372,6 +431,107 @@ mod tests {
         f.iter()
             .map(|f| (f.check.as_str(), f.object.as_str()))
             .collect()
+    }
+
+    /// The cluster tag: a pod with two groups needs exactly one tagged for the cluster
+    /// (`shared` or `owned`); one group needs none; `clusterName` narrows it to ours.
+    #[test]
+    fn cluster_tag_wants_exactly_one_of_several_groups_tagged() {
+        const PROD: &str = "kubernetes.io/cluster/prod";
+        const OTHER: &str = "kubernetes.io/cluster/other";
+        let tags = |t: Option<(&str, &str)>| {
+            t.map_or(String::new(), |(k, v)| {
+                format!(r#","Tags":[{{"Key":"{k}","Value":"{v}"}}]"#)
+            })
+        };
+        type Tag<'a> = Option<(&'a str, &'a str)>;
+        // (sg-a's tag, sg-b's tag, the pod's groups, clusterName, a finding?, why)
+        type Case<'a> = (Tag<'a>, Tag<'a>, &'a str, Option<&'a str>, bool, &'a str);
+        let cases: [Case; 7] = [
+            (
+                None,
+                None,
+                "[sg-a]",
+                None,
+                false,
+                "one group: the tag is optional",
+            ),
+            (None, None, "[sg-a, sg-b]", None, true, "none tagged"),
+            (
+                Some((PROD, "shared")),
+                None,
+                "[sg-a, sg-b]",
+                None,
+                false,
+                "one tagged",
+            ),
+            (
+                Some((PROD, "owned")),
+                Some((PROD, "shared")),
+                "[sg-a, sg-b]",
+                None,
+                true,
+                "both tagged",
+            ),
+            (
+                Some((OTHER, "shared")),
+                None,
+                "[sg-a, sg-b]",
+                Some("prod"),
+                true,
+                "another cluster's",
+            ),
+            (
+                Some((PROD, "shared")),
+                None,
+                "[sg-a, sg-b]",
+                Some("prod"),
+                false,
+                "ours",
+            ),
+            (
+                Some((PROD, "nope")),
+                None,
+                "[sg-a, sg-b]",
+                None,
+                true,
+                "neither shared nor owned",
+            ),
+        ];
+        for (a, b, pod_groups, cluster, want, why) in cases {
+            let mut catalog = GroupCatalog::default();
+            let json = format!(
+                r#"{{"SecurityGroups":[{{"GroupId":"sg-a"{}}},{{"GroupId":"sg-b"{}}}]}}"#,
+                tags(a),
+                tags(b)
+            );
+            catalog.add_groups(parse_security_groups(&json, "t").unwrap());
+            let mut kube = KubeObjects::default();
+            kube.add_documents(
+                &format!(
+                    "kind: SecurityGroupPolicy\nmetadata: {{name: p, namespace: ns}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: {pod_groups}}}}}\n{}",
+                    pod("app", 11, "{app: a}", "{}", true)
+                ),
+                "t",
+            )
+            .unwrap();
+            let mut cfg: Config =
+                serde_yaml::from_str("node: {trunkInterface: t, gatewayMac: '02:00:00:00:00:01'}")
+                    .unwrap();
+            cfg.node.cluster_name = cluster.map(str::to_string);
+            let resolved = crate::policy::resolve::resolve_pods(
+                &kube,
+                &catalog,
+                &[],
+                cfg.node.unmatched_pods,
+                cfg.node.quotas.groups_per_pod,
+            );
+            let f: Vec<Finding> = check(&cfg, &catalog, &resolved, &|_| Mode::Strict)
+                .into_iter()
+                .filter(|f| f.check == "cluster-tag")
+                .collect();
+            assert_eq!(f.len(), usize::from(want), "{why}: {f:#?}");
+        }
     }
 
     /// One line per finding: the set-up that shows it, and the one that does not.

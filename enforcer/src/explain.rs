@@ -642,6 +642,7 @@ mod tests {
                     rule(Protocol::Tcp, 443, 443, "10.0.2.5/32"),
                     rule(Protocol::Udp, 53, 53, "10.0.2.0/24"),
                 ],
+                tags: Default::default(),
             }),
         );
         let local = BTreeMap::new();

@@ -74,6 +74,8 @@ pub struct SecurityGroup {
     pub name: String,
     pub inbound: Vec<Rule>,
     pub outbound: Vec<Rule>,
+    /// EC2 tags (key → value): `doctor` looks for `kubernetes.io/cluster/<name>`.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl SecurityGroup {

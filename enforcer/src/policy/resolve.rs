@@ -171,6 +171,7 @@ mod tests {
                     name: String::new(),
                     inbound: vec![],
                     outbound: vec![],
+                    tags: Default::default(),
                 }),
             );
         }

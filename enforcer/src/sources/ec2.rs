@@ -26,6 +26,17 @@ struct Ec2Group {
     ip_permissions: Vec<Ec2Permission>,
     #[serde(default)]
     ip_permissions_egress: Vec<Ec2Permission>,
+    #[serde(default)]
+    tags: Vec<Ec2Tag>,
+}
+
+/// One of a group's tags, as `describe-security-groups` prints it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ec2Tag {
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -190,6 +201,7 @@ pub fn parse_security_groups(json: &str, origin: &str) -> Result<Groups, SourceE
                     outbound: rules(g.ip_permissions_egress, &g.group_id, "outbound")?,
                     name: g.group_name,
                     id: g.group_id,
+                    tags: g.tags.into_iter().map(|t| (t.key, t.value)).collect(),
                 })
             });
         match (group, id) {

@@ -291,27 +291,7 @@ pub async fn poll(client: &aws_sdk_ec2::Client, vpc: Option<&str>) -> Result<Ans
     let mut lists = BTreeSet::new();
     let doc: Vec<Value> = groups
         .iter()
-        .map(|g| {
-            let mut perms = |p: &[IpPermission]| -> Vec<Value> {
-                p.iter()
-                    .map(|p| {
-                        for pair in p.user_id_group_pairs() {
-                            referenced.extend(pair.group_id().map(str::to_string));
-                        }
-                        for pl in p.prefix_list_ids() {
-                            lists.extend(pl.prefix_list_id().map(str::to_string));
-                        }
-                        permission(p)
-                    })
-                    .collect()
-            };
-            json!({
-                "GroupId": g.group_id(),
-                "GroupName": g.group_name(),
-                "IpPermissions": perms(g.ip_permissions()),
-                "IpPermissionsEgress": perms(g.ip_permissions_egress()),
-            })
-        })
+        .map(|g| group_doc(g, &mut referenced, &mut lists))
         .collect();
     let mut members = BTreeMap::new();
     for g in &referenced {
@@ -424,6 +404,50 @@ async fn rule_ids(
     Ok(out)
 }
 
+/// One group in `describe-security-groups` JSON (what the file source reads too);
+/// notes the groups and prefix lists its rules name.
+fn group_doc(
+    g: &aws_sdk_ec2::types::SecurityGroup,
+    referenced: &mut BTreeSet<String>,
+    lists: &mut BTreeSet<String>,
+) -> Value {
+    let mut perms = |p: &[IpPermission]| -> Vec<Value> {
+        p.iter()
+            .map(|p| {
+                for pair in p.user_id_group_pairs() {
+                    referenced.extend(pair.group_id().map(str::to_string));
+                }
+                for pl in p.prefix_list_ids() {
+                    lists.extend(pl.prefix_list_id().map(str::to_string));
+                }
+                permission(p)
+            })
+            .collect()
+    };
+    without_nulls(json!({
+        "GroupId": g.group_id(),
+        "GroupName": g.group_name(),
+        "IpPermissions": perms(g.ip_permissions()),
+        "IpPermissionsEgress": perms(g.ip_permissions_egress()),
+        "Tags": g.tags().iter().map(|t| json!({"Key": t.key(), "Value": t.value()})).collect::<Vec<_>>(),
+    }))
+}
+
+/// The SDK's absent fields (`None`) left out, as the CLI's output leaves them: `null`
+/// where the parser expects a string would make the whole group unusable.
+fn without_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        v => v,
+    }
+}
+
 /// One permission in `describe-security-groups` JSON.
 fn permission(p: &IpPermission) -> Value {
     json!({
@@ -440,6 +464,41 @@ fn permission(p: &IpPermission) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Proves a group's tags from the SDK reach the model (`doctor`'s cluster-tag
+    /// check reads them), the groups its rules reference are noted, and fields the SDK
+    /// leaves out (no name, no ports) do not make the group unusable.
+    #[test]
+    fn tags_and_references_carried_from_the_sdk() {
+        use aws_sdk_ec2::types::{SecurityGroup, Tag, UserIdGroupPair};
+        let g = SecurityGroup::builder()
+            .group_id("sg-1")
+            .tags(
+                Tag::builder()
+                    .key("kubernetes.io/cluster/prod")
+                    .value("owned")
+                    .build(),
+            )
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("-1")
+                    .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-2").build())
+                    .build(),
+            )
+            .build();
+        let (mut referenced, mut lists) = (BTreeSet::new(), BTreeSet::new());
+        let doc = json!({ "SecurityGroups": [group_doc(&g, &mut referenced, &mut lists)] });
+        let parsed = ec2::parse_security_groups(&doc.to_string(), "t").unwrap();
+        assert!(parsed.invalid.is_empty(), "{:?}", parsed.invalid);
+        assert_eq!(
+            parsed.groups[0]
+                .tags
+                .get("kubernetes.io/cluster/prod")
+                .map(String::as_str),
+            Some("owned")
+        );
+        assert_eq!(referenced.into_iter().collect::<Vec<_>>(), ["sg-2"]);
+    }
 
     /// Proves rules are matched to their SecurityGroupRuleIds however each API spells
     /// "any port": DescribeSecurityGroupRules says -1, DescribeSecurityGroups leaves an

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::model::group::GroupCatalog;
-use crate::sources::ec2::{self, Ec2Permission, PrefixListEntry};
+use crate::sources::ec2::{self, Ec2Permission, Ec2Tag, PrefixListEntry};
 
 /// One security group as EC2 describes it.
 #[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -34,6 +34,9 @@ pub struct MirroredSecurityGroupSpec {
     pub ip_permissions: Vec<Ec2Permission>,
     #[serde(default)]
     pub ip_permissions_egress: Vec<Ec2Permission>,
+    /// The group's EC2 tags (key → value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// Every private address (IPv4 and IPv6) of an interface carrying the group
     /// anywhere in the VPC; present when some rule references the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +92,8 @@ pub fn specs_of(
         ip_permissions: Vec<Ec2Permission>,
         #[serde(default)]
         ip_permissions_egress: Vec<Ec2Permission>,
+        #[serde(default)]
+        tags: Vec<Ec2Tag>,
     }
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
@@ -104,6 +109,7 @@ pub fn specs_of(
             group_name: g.group_name.unwrap_or_default(),
             ip_permissions: g.ip_permissions,
             ip_permissions_egress: g.ip_permissions_egress,
+            tags: g.tags.into_iter().map(|t| (t.key, t.value)).collect(),
         };
         out.insert(g.group_id, spec);
     }
@@ -115,6 +121,7 @@ pub fn specs_of(
                 group_name: String::new(),
                 ip_permissions: vec![],
                 ip_permissions_egress: vec![],
+                tags: BTreeMap::new(),
                 member_ips: Some(ips.clone()),
             });
     }
@@ -153,6 +160,7 @@ pub fn add_to_catalog(
                     "GroupName": s.group_name,
                     "IpPermissions": s.ip_permissions,
                     "IpPermissionsEgress": s.ip_permissions_egress,
+                    "Tags": s.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
                 }));
                 for ip in s.member_ips.unwrap_or_default() {
                     match ip.parse() {

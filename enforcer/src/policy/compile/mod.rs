@@ -59,6 +59,7 @@ mod tests {
             name: id.into(),
             inbound,
             outbound,
+            tags: Default::default(),
         }
     }
 
