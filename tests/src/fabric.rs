@@ -26,6 +26,10 @@ const VLAN_SEEN: &str = "FABRIC_VLAN_SEEN";
 pub const FLOOR_PROGRAM: &str = "sim_fabric_ingress";
 /// The redirect-only floor: parses the Ethernet header and redirects (never attached).
 pub const FLOOR_REDIRECT: &str = "sim_floor_redirect";
+/// The forwarding floor: podsg's forwarding of an established flow's frame (VLAN tag,
+/// MACs, redirect to the trunk) with no policy, for `bench --compare`.
+pub const FLOOR_FORWARD: &str = "sim_floor_forward";
+const FLOOR_FORWARD_MAP: &str = "FLOOR_FORWARD";
 
 pub struct Fabric {
     ebpf: aya::Ebpf,
@@ -35,7 +39,11 @@ impl Fabric {
     /// Loads the fabric's programs without attaching them (for test_run floors).
     pub fn load_detached() -> Result<Fabric> {
         let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
-        for name in PROGRAMS.map(|(n, _)| n).into_iter().chain([FLOOR_REDIRECT]) {
+        for name in PROGRAMS
+            .map(|(n, _)| n)
+            .into_iter()
+            .chain([FLOOR_REDIRECT, FLOOR_FORWARD])
+        {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
@@ -70,6 +78,35 @@ impl Fabric {
                 .with_context(|| format!("attaching {name} to {dev}"))?;
         }
         Ok(f)
+    }
+
+    /// Attaches the forwarding floor to `dev`'s ingress (in the caller's namespace):
+    /// frames leave by `trunk_ifindex` tagged `vlan`, addressed to `dst` from `src`.
+    /// Returns it (detached when dropped) and its program id.
+    pub fn floor_forward(
+        dev: &str,
+        trunk_ifindex: u32,
+        vlan: u16,
+        dst: [u8; 6],
+        src: [u8; 6],
+    ) -> Result<(Fabric, u32)> {
+        let mut f = Fabric::load_detached()?;
+        let mut mac = [0u8; 12];
+        mac[..6].copy_from_slice(&dst);
+        mac[6..].copy_from_slice(&src);
+        let word = |i: usize| u32::from_ne_bytes([mac[i], mac[i + 1], mac[i + 2], mac[i + 3]]);
+        let setting = [trunk_ifindex, vlan as u32, word(0), word(4), word(8)];
+        aya::maps::Array::<_, [u32; 5]>::try_from(
+            f.ebpf
+                .map_mut(FLOOR_FORWARD_MAP)
+                .context(FLOOR_FORWARD_MAP)?,
+        )?
+        .set(0, setting, 0)?;
+        let p = f.program(FLOOR_FORWARD)?;
+        p.attach(dev, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {FLOOR_FORWARD} to {dev}"))?;
+        let id = p.info()?.id();
+        Ok((f, id))
     }
 
     /// How many frames the fabric received from the trunk tagged with `vlan`.

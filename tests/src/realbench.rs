@@ -23,6 +23,29 @@ pub fn prog_stats() -> Result<HashMap<String, (u64, u64)>> {
     Ok(m)
 }
 
+/// (run_time_ns, run_cnt) of the programs with these ids only: another run's programs
+/// of the same name (a second bench, a test) never mix in.
+pub fn prog_stats_of(ids: &[u32]) -> Result<HashMap<u32, (u64, u64)>> {
+    let out = crate::sim::sh(&["bpftool", "-j", "prog", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool -j prog show")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()? as u32;
+            ids.contains(&id).then(|| {
+                (
+                    id,
+                    (
+                        p["run_time_ns"].as_u64().unwrap_or(0),
+                        p["run_cnt"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+        })
+        .collect())
+}
+
 /// Turns BPF run-time stats on for its lifetime (restoring the previous setting).
 pub struct StatsGuard(String);
 

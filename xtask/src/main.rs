@@ -28,14 +28,21 @@ enum Task {
     },
     /// ns/packet at 1, 60 and 1000 rules (test_run and real traffic), the other paths
     /// (source NAT, reverse NAT, host-local) beside a redirect-only floor, the control
-    /// plane (110 pods: resync, rule change, pod event), then the cost of each stage;
-    /// writes target/bench/results.json.
-    Bench,
+    /// plane (110 pods: resync, rule change, pod event), podsg against its peers
+    /// through the node, then the cost of each stage; writes target/bench/results.json.
+    Bench {
+        /// Only podsg against its peers (no filter, the forwarding floor, iptables-nft,
+        /// an nft set): 64-byte UDP pps through the node; its rows replace the last
+        /// ones in results.json.
+        #[arg(long)]
+        compare: bool,
+    },
 }
 
 /// What the build, tests and demo use that a fresh machine lacks: LLVM 22 for
 /// bpf-linker, ping for ICMP tests, dnsmasq and curl for the demo, bpftool for the
-/// benchmark's kernel stats and the tests' map dumps. (moto and the AWS CLI, for the
+/// benchmark's kernel stats and the tests' map dumps, nftables and iptables for the
+/// benchmark's peers. (moto and the AWS CLI, for the
 /// EC2 source's tests, and kubernetes-validate for the deploy test, come from pip: see
 /// `setup`.)
 const APT_PACKAGES: &[&str] = &[
@@ -49,6 +56,8 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "python3",
     "bpftool",
+    "nftables",
+    "iptables",
 ];
 
 fn root() -> PathBuf {
@@ -236,11 +245,17 @@ fn main() -> Result<()> {
                 .args(standard.then_some("--standard"))
                 .current_dir(root()))
         }
-        Task::Bench => {
+        Task::Bench { compare } => {
             setup()?;
             run(Command::new("cargo")
                 .args(["build", "--release", "-p", "enforcer"])
                 .current_dir(root()))?;
+            if compare {
+                return run(Command::new("cargo")
+                    .args(["run", "--release", "-p", "integration-tests", "--bin", "bench"])
+                    .args(["--", "compare"])
+                    .current_dir(root()));
+            }
             for bin in ["bench", "stages"] {
                 run(Command::new("cargo")
                     .args(["run", "--release", "-p", "integration-tests", "--bin", bin])

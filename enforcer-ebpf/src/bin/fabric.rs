@@ -5,8 +5,8 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    btf_maps::HashMap,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::{Array, HashMap},
     helpers::{bpf_redirect, bpf_skb_vlan_pop},
     macros::{btf_map, classifier},
     programs::TcContext,
@@ -20,6 +20,12 @@ static FABRIC_VLAN_SEEN: HashMap<u32, u64, 4096> = HashMap::new();
 /// Which VLAN carries frames to a branch ENI's MAC.
 #[btf_map]
 static FABRIC_VLAN_BY_MAC: HashMap<[u8; 8], u32, 4096> = HashMap::new();
+
+/// The forwarding floor's one setting (written by the benchmark): the trunk's ifindex,
+/// the VLAN, then the destination and source MACs — podsg's forwarding, with no pod
+/// look-up and no policy.
+#[btf_map]
+static FLOOR_FORWARD: Array<[u32; 5], 1> = Array::new();
 
 #[classifier]
 pub fn sim_fabric_egress(ctx: TcContext) -> i32 {
@@ -73,6 +79,28 @@ pub fn sim_floor_redirect(ctx: TcContext) -> i32 {
     }
     // SAFETY: a plain helper call with no pointers.
     unsafe { bpf_redirect(1, 0) as i32 }
+}
+
+/// The benchmarks' forwarding floor: what podsg does to an established flow's frame
+/// without deciding anything — one array read for where it goes, VLAN tag and MACs
+/// (podsg's own `push_tag`), redirect to the trunk.
+#[classifier]
+pub fn sim_floor_forward(ctx: TcContext) -> i32 {
+    if parse_l2(&ctx).is_err() {
+        return TC_ACT_OK;
+    }
+    let Some(f) = FLOOR_FORWARD.get(0) else {
+        return TC_ACT_SHOT;
+    };
+    let (ifindex, vlan) = (f[0], f[1] as u16);
+    let [a, b, c, d] = f[2].to_ne_bytes();
+    let [e, g, h, i] = f[3].to_ne_bytes();
+    let [j, k, l, m] = f[4].to_ne_bytes();
+    if push_tag(&ctx, vlan, &[a, b, c, d, e, g], &[h, i, j, k, l, m]).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a plain helper call with no pointers.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 #[cfg(not(test))]

@@ -15,6 +15,7 @@
 //! not rewritten and use `repeat` directly.
 use std::io::Write;
 
+mod compare;
 mod paths;
 mod reconcile;
 
@@ -157,6 +158,12 @@ fn main() -> anyhow::Result<()> {
             reconcile::run(&mut results);
             return Ok(());
         }
+        // `cargo xtask bench --compare`: its rows replace those of the last one in
+        // results.json, the other rows kept.
+        Some("compare") => {
+            compare::run(&mut results, &groups(1000))?;
+            return write_results(results, true);
+        }
         _ => {}
     }
     println!(
@@ -256,10 +263,31 @@ fn main() -> anyhow::Result<()> {
     reconcile::run(&mut results);
     reconcile::idle_rss(&mut results)?;
     real_traffic(&mut results)?;
+    compare::run(&mut results, &groups(1000))?;
+    write_results(results, false)
+}
+
+/// Writes target/bench/results.json: `rows`, and with `keep_others` the rows of the
+/// file already there that are not of the compare run.
+fn write_results(rows: Vec<String>, keep_others: bool) -> anyhow::Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
-    let mut f = std::fs::File::create(dir.join("results.json"))?;
-    writeln!(f, "[\n  {}\n]", results.join(",\n  "))?;
-    println!("wrote {}", dir.join("results.json").display());
+    let path = dir.join("results.json");
+    let mut all = Vec::new();
+    if keep_others && let Ok(text) = std::fs::read_to_string(&path) {
+        let old: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        all.extend(
+            old.iter()
+                .filter(|r| {
+                    !r["case"].as_str().unwrap_or("").starts_with("compare_")
+                        && r["run"] != "compare"
+                })
+                .map(|r| r.to_string()),
+        );
+    }
+    all.extend(rows);
+    let mut f = std::fs::File::create(&path)?;
+    writeln!(f, "[\n  {}\n]", all.join(",\n  "))?;
+    println!("wrote {}", path.display());
     Ok(())
 }

@@ -1,0 +1,351 @@
+//! `bench --compare`: 64-byte UDP through the node, packets per second, for podsg and its
+//! peers on the same topology with the same 1000 rules, measured in one run.
+//!
+//! Five simulated nodes, built once and kept for the whole run, differ only in what
+//! sits between the pod and the trunk:
+//! - `no_filter`: the node forwards by IP (the pod's host interface in, the trunk out);
+//! - `floor`: a TC program on the host interface that does podsg's forwarding of an
+//!   established flow and nothing else (VLAN tag, MACs, redirect to the trunk);
+//! - `podsg_1000`: the daemon, the pod under 1000 outbound rules per family over 5
+//!   groups (the bench's rule set; the allowing rule is the last one);
+//! - `iptables_nft_1000`: forwarding, the same rules in FORWARD (iptables-nft), the
+//!   allowing one last, policy DROP;
+//! - `nft_set_1000`: forwarding, one nft rule looking the same rules up in an interval
+//!   set (address . protocol . port), policy DROP.
+//!
+//! Stateless peers: every packet walks their rules (a conntrack rule first would make
+//! them stateful like podsg; the issue's peers are the rules as written). The traffic
+//! leaves through the trunk in every case, so the fabric's ingress program runs for all
+//! (it untags podsg's and the floor's frames). Rounds interleave the five, one second
+//! each, for one flow and for 64; figures are medians. The sender runs in the pod and
+//! the whole path runs in its softirq on the same CPU, so pps is the sender's cost plus
+//! the path's: ratios understate the paths' differences, never invert them.
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use integration_tests::fabric::Fabric;
+use integration_tests::realbench::{StatsGuard, prog_stats_of};
+use integration_tests::sim::{
+    FABRIC_MAC, SIM_VETH_PREFIX, SimNode, in_netns, pods_yaml, sh, sim_pod, tcx_programs,
+    write_config,
+};
+
+const RULES: usize = 1000;
+const ROUNDS: usize = 5;
+const ROUND: Duration = Duration::from_secs(1);
+/// 18 bytes of payload: a 60-byte frame, 64 on the wire with its FCS.
+const PAYLOAD: [u8; 18] = [0x5a; 18];
+const DST: &str = "10.0.2.5:7000";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    NoFilter,
+    Floor,
+    Podsg,
+    Iptables,
+    NftSet,
+}
+
+impl Path {
+    const ALL: [Path; 5] = [
+        Path::NoFilter,
+        Path::Floor,
+        Path::Podsg,
+        Path::Iptables,
+        Path::NftSet,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::NoFilter => "no_filter",
+            Path::Floor => "floor",
+            Path::Podsg => "podsg_1000",
+            Path::Iptables => "iptables_nft_1000",
+            Path::NftSet => "nft_set_1000",
+        }
+    }
+}
+
+/// One of the five nodes, what keeps its set-up alive, and the program measured.
+struct Bed {
+    path: Path,
+    sim: SimNode,
+    pod_ns: String,
+    _floor: Option<Fabric>,
+    _sink: UdpSocket,
+    /// The program on the host interface (podsg's `pod_egress`, the floor), if any.
+    prog: Option<u32>,
+}
+
+/// The rules as iptables-restore input: rule i allows TCP port 1000+i to its /24, the
+/// last also UDP 7000 to the remote host (as the bench's groups do).
+fn iptables_rules(pod_ip: &str) -> String {
+    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for i in 0..RULES {
+        s += &format!(
+            "-A FORWARD -s {pod_ip}/32 -d 10.{}.{}.0/24 -p tcp -m tcp --dport {} -j ACCEPT\n",
+            100 + i / 256,
+            i % 256,
+            1000 + i
+        );
+    }
+    s += &format!("-A FORWARD -s {pod_ip}/32 -d 10.0.2.5/32 -p udp -m udp --dport 7000 -j ACCEPT\nCOMMIT\n");
+    s
+}
+
+fn nft_rules(pod_ip: &str) -> String {
+    let mut elems: Vec<String> = (0..RULES)
+        .map(|i| format!("10.{}.{}.0/24 . tcp . {}", 100 + i / 256, i % 256, 1000 + i))
+        .collect();
+    elems.push("10.0.2.5 . udp . 7000".into());
+    format!(
+        "table inet podsg_bench {{\n  set allowed {{\n    type ipv4_addr . inet_proto . inet_service\n    flags interval\n    elements = {{ {} }}\n  }}\n  chain forward {{\n    type filter hook forward priority 0; policy drop;\n    ip saddr {pod_ip} ip daddr . meta l4proto . th dport @allowed accept\n  }}\n}}\n",
+        elems.join(", ")
+    )
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["ip", "netns", "exec", ns];
+    a.extend_from_slice(args);
+    sh(&a)
+}
+
+/// Loads `text` with `tool` (`iptables-nft-restore`, `nft -f -`) inside `ns`.
+fn load_rules(ns: &str, tool: &[&str], text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut c = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(tool)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{tool:?}: installed by `cargo xtask setup`"))?;
+    c.stdin.take().unwrap().write_all(text.as_bytes())?;
+    let st = c.wait()?;
+    ensure!(st.success(), "{tool:?} in {ns}: {st}");
+    Ok(())
+}
+
+impl Bed {
+    fn build(path: Path, enforcer: &std::path::Path, groups: &str) -> Result<Bed> {
+        let pod = sim_pod("bench", "pod", 1);
+        let mut sim = SimNode::build(std::slice::from_ref(&pod), &["10.0.2.5"])?;
+        let node = sim.node_ns.clone();
+        let host = enforcer::config::host_veth_name(SIM_VETH_PREFIX, &pod.namespace, &pod.name);
+        let pod_ns = sim.pod_ns("pod").to_string();
+        let mut floor = None;
+        let mut prog = None;
+        if matches!(path, Path::NoFilter | Path::Iptables | Path::NftSet) {
+            // The node forwards the pod's packets to the trunk as a router would.
+            for kv in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+            ] {
+                in_ns(&node, &["sysctl", "-qw", kv])?;
+            }
+            in_ns(&node, &["ip", "route", "replace", "10.0.2.0/24", "dev", "trunk0"])?;
+            in_ns(
+                &node,
+                &["ip", "neigh", "replace", "10.0.2.5", "lladdr", FABRIC_MAC, "dev", "trunk0", "nud", "permanent"],
+            )?;
+        }
+        match path {
+            Path::Iptables => load_rules(&node, &["iptables-nft-restore"], &iptables_rules(&pod.ipv4))?,
+            Path::NftSet => load_rules(&node, &["nft", "-f", "-"], &nft_rules(&pod.ipv4))?,
+            Path::Floor => {
+                let trunk: u32 = in_ns(&node, &["cat", "/sys/class/net/trunk0/ifindex"])?
+                    .trim()
+                    .parse()?;
+                let mac = |s: &str| -> Result<[u8; 6]> {
+                    Ok(s.parse::<enforcer::model::mac::MacAddr>()?.octets())
+                };
+                let (dst, src) = (mac(FABRIC_MAC)?, mac(&pod.mac)?);
+                let vlan = pod.vlan;
+                let (f, id) = in_netns(&node, move || {
+                    Fabric::floor_forward(&host, trunk, vlan, dst, src)
+                })??;
+                floor = Some(f);
+                prog = Some(id);
+            }
+            Path::Podsg => {
+                let k8s = format!(
+                    "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: bench}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-0, sg-1, sg-2, sg-3, sg-4]}}}}\n{}",
+                    pods_yaml(std::slice::from_ref(&pod), &|_| "{}".into())
+                );
+                let cfg = write_config(
+                    &sim,
+                    groups,
+                    &k8s,
+                    "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n",
+                )?;
+                sim.start_daemon(enforcer, &cfg)?;
+                prog = tcx_programs(&node, &host)
+                    .into_iter()
+                    .find(|(_, n)| n == "pod_egress")
+                    .map(|(id, _)| id);
+                ensure!(prog.is_some(), "pod_egress not attached to {host}");
+            }
+            Path::NoFilter => {}
+        }
+        // A listener that never reads: the remote end of the flood, dropping cheaply.
+        let sink = in_netns(&sim.fabric_ns, || UdpSocket::bind(DST))??;
+        let bed = Bed {
+            path,
+            sim,
+            pod_ns,
+            _floor: floor,
+            _sink: sink,
+            prog,
+        };
+        // Every path must deliver before it is timed (and podsg's rule must allow).
+        let (sent, got) = bed.flood(1, Duration::from_millis(200))?;
+        ensure!(
+            got * 2 >= sent && got > 0,
+            "{}: {got} of {sent} packets arrived: not forwarding",
+            path.name()
+        );
+        Ok(bed)
+    }
+
+    /// Frames the fabric received from the trunk.
+    fn received(&self) -> Result<u64> {
+        Ok(in_ns(&self.sim.fabric_ns, &["cat", "/sys/class/net/fab0/statistics/rx_packets"])?
+            .trim()
+            .parse()?)
+    }
+
+    /// Sends from the pod on `flows` sockets (one flow each) for `d`; (sent, received).
+    fn flood(&self, flows: usize, d: Duration) -> Result<(u64, u64)> {
+        let before = self.received()?;
+        let sent = in_netns(&self.pod_ns, move || -> Result<u64> {
+            let socks: Vec<UdpSocket> = (0..flows)
+                .map(|_| {
+                    let s = UdpSocket::bind("0.0.0.0:0")?;
+                    s.connect(DST)?;
+                    Ok(s)
+                })
+                .collect::<Result<_>>()?;
+            let end = Instant::now() + d;
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                for _ in 0..64 {
+                    for s in &socks {
+                        if s.send(&PAYLOAD).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                }
+            }
+            Ok(sent)
+        })??;
+        Ok((sent, self.received()? - before))
+    }
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let enforcer = exe.parent().unwrap().join("enforcer");
+    ensure!(
+        enforcer.exists(),
+        "{} missing: `cargo build --release -p enforcer` first",
+        enforcer.display()
+    );
+    println!("compare: building five nodes (load {})", load());
+    let beds: Vec<Bed> = Path::ALL
+        .iter()
+        .map(|p| Bed::build(*p, &enforcer, groups))
+        .collect::<Result<_>>()?;
+    let _stats = StatsGuard::enable()?;
+    let ids: Vec<u32> = beds.iter().filter_map(|b| b.prog).collect();
+    // pps per (flows, path) per round; run time and runs of the measured programs.
+    let mut pps: Vec<((usize, Path), Vec<f64>)> = Vec::new();
+    let mut prog_ns: Vec<(Path, Vec<f64>)> = Vec::new();
+    let load_before = load();
+    for round in 0..ROUNDS {
+        for flows in [1usize, 64] {
+            // Each round starts with another path: none always runs first or last.
+            for k in 0..beds.len() {
+                let bed = &beds[(round + k) % beds.len()];
+                let a = prog_stats_of(&ids)?;
+                let t = Instant::now();
+                let (_, got) = bed.flood(flows, ROUND)?;
+                let rate = got as f64 / t.elapsed().as_secs_f64();
+                let b = prog_stats_of(&ids)?;
+                match pps.iter_mut().find(|(k, _)| *k == (flows, bed.path)) {
+                    Some((_, v)) => v.push(rate),
+                    None => pps.push(((flows, bed.path), vec![rate])),
+                }
+                if let Some(id) = bed.prog
+                    && flows == 1
+                {
+                    let (t0, c0) = a.get(&id).copied().unwrap_or_default();
+                    let (t1, c1) = b.get(&id).copied().unwrap_or_default();
+                    if c1 > c0 {
+                        let ns = (t1 - t0) as f64 / (c1 - c0) as f64;
+                        match prog_ns.iter_mut().find(|(p, _)| *p == bed.path) {
+                            Some((_, v)) => v.push(ns),
+                            None => prog_ns.push((bed.path, vec![ns])),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let load_after = load();
+    let med = |flows, path| {
+        pps.iter()
+            .find(|(k, _)| *k == (flows, path))
+            .map_or(f64::NAN, |(_, v)| super::median(v.clone()))
+    };
+    println!(
+        "through the node, 64-byte UDP, {ROUNDS} interleaved rounds of {} s, medians (load {load_before} before, {load_after} after):",
+        ROUND.as_secs()
+    );
+    println!(
+        "{:<20} {:>5} {:>10} {:>11} {:>8}",
+        "path", "flows", "pps", "x no_filter", "x floor"
+    );
+    for flows in [1usize, 64] {
+        let (base, floor) = (med(flows, Path::NoFilter), med(flows, Path::Floor));
+        for p in Path::ALL {
+            let v = med(flows, p);
+            println!(
+                "{:<20} {flows:>5} {v:>10.0} {:>11.2} {:>8.2}",
+                p.name(),
+                v / base,
+                v / floor
+            );
+            results.push(format!(
+                r#"{{"case":"compare_{}","flows":{flows},"pps":{v:.0},"x_no_filter":{:.3},"x_floor":{:.3},"rounds":{ROUNDS},"load":"{load_before}"}}"#,
+                p.name(),
+                v / base,
+                v / floor
+            ));
+        }
+    }
+    println!("kernel bpf_stats of the host-interface program in the same rounds (one flow):");
+    for (path, v) in &prog_ns {
+        let ns = super::median(v.clone());
+        let case = if *path == Path::Floor {
+            "floor_redirect"
+        } else {
+            "established_flood"
+        };
+        println!("{case:<20} {ns:>8.1} ns/packet");
+        results.push(format!(
+            r#"{{"case":"{case}","family":"v4","rules":{},"ns_per_packet":{ns:.1},"method":"bpf_stats","run":"compare"}}"#,
+            if *path == Path::Floor { 0 } else { RULES }
+        ));
+    }
+    Ok(())
+}
