@@ -252,7 +252,14 @@ fn main() -> Result<()> {
                 .current_dir(root()))?;
             if compare {
                 return run(Command::new("cargo")
-                    .args(["run", "--release", "-p", "integration-tests", "--bin", "bench"])
+                    .args([
+                        "run",
+                        "--release",
+                        "-p",
+                        "integration-tests",
+                        "--bin",
+                        "bench",
+                    ])
                     .args(["--", "compare"])
                     .current_dir(root()));
             }

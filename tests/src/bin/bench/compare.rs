@@ -81,7 +81,8 @@ struct Bed {
 /// The rules as iptables-restore input: rule i allows TCP port 1000+i to its /24, the
 /// last also UDP 7000 to the remote host (as the bench's groups do).
 fn iptables_rules(pod_ip: &str) -> String {
-    let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut s =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     for i in 0..RULES {
         s += &format!(
             "-A FORWARD -s {pod_ip}/32 -d 10.{}.{}.0/24 -p tcp -m tcp --dport {} -j ACCEPT\n",
@@ -90,7 +91,9 @@ fn iptables_rules(pod_ip: &str) -> String {
             1000 + i
         );
     }
-    s += &format!("-A FORWARD -s {pod_ip}/32 -d 10.0.2.5/32 -p udp -m udp --dport 7000 -j ACCEPT\nCOMMIT\n");
+    s += &format!(
+        "-A FORWARD -s {pod_ip}/32 -d 10.0.2.5/32 -p udp -m udp --dport 7000 -j ACCEPT\nCOMMIT\n"
+    );
     s
 }
 
@@ -144,14 +147,30 @@ impl Bed {
             ] {
                 in_ns(&node, &["sysctl", "-qw", kv])?;
             }
-            in_ns(&node, &["ip", "route", "replace", "10.0.2.0/24", "dev", "trunk0"])?;
             in_ns(
                 &node,
-                &["ip", "neigh", "replace", "10.0.2.5", "lladdr", FABRIC_MAC, "dev", "trunk0", "nud", "permanent"],
+                &["ip", "route", "replace", "10.0.2.0/24", "dev", "trunk0"],
+            )?;
+            in_ns(
+                &node,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    "10.0.2.5",
+                    "lladdr",
+                    FABRIC_MAC,
+                    "dev",
+                    "trunk0",
+                    "nud",
+                    "permanent",
+                ],
             )?;
         }
         match path {
-            Path::Iptables => load_rules(&node, &["iptables-nft-restore"], &iptables_rules(&pod.ipv4))?,
+            Path::Iptables => {
+                load_rules(&node, &["iptables-nft-restore"], &iptables_rules(&pod.ipv4))?
+            }
             Path::NftSet => load_rules(&node, &["nft", "-f", "-"], &nft_rules(&pod.ipv4))?,
             Path::Floor => {
                 let trunk: u32 = in_ns(&node, &["cat", "/sys/class/net/trunk0/ifindex"])?
@@ -210,9 +229,12 @@ impl Bed {
 
     /// Frames the fabric received from the trunk.
     fn received(&self) -> Result<u64> {
-        Ok(in_ns(&self.sim.fabric_ns, &["cat", "/sys/class/net/fab0/statistics/rx_packets"])?
-            .trim()
-            .parse()?)
+        Ok(in_ns(
+            &self.sim.fabric_ns,
+            &["cat", "/sys/class/net/fab0/statistics/rx_packets"],
+        )?
+        .trim()
+        .parse()?)
     }
 
     /// Sends from the pod on `flows` sockets (one flow each) for `d`; (sent, received).

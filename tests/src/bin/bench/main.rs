@@ -18,6 +18,7 @@ use std::io::Write;
 mod compare;
 mod paths;
 mod reconcile;
+mod scale;
 
 use enforcer_common::prog_names::POD_EGRESS;
 use integration_tests::frames::{Frame, L4};
@@ -160,6 +161,10 @@ fn main() -> anyhow::Result<()> {
         }
         // `cargo xtask bench --compare`: its rows replace those of the last one in
         // results.json, the other rows kept.
+        Some("scale") => {
+            scale::run(&mut results, &groups)?;
+            return Ok(());
+        }
         Some("compare") => {
             compare::run(&mut results, &groups(1000))?;
             return write_results(results, true);
@@ -263,6 +268,7 @@ fn main() -> anyhow::Result<()> {
     reconcile::run(&mut results);
     reconcile::idle_rss(&mut results)?;
     real_traffic(&mut results)?;
+    scale::run(&mut results, &groups)?;
     compare::run(&mut results, &groups(1000))?;
     write_results(results, false)
 }
