@@ -109,6 +109,12 @@ impl Fabric {
         Ok((f, id))
     }
 
+    /// The kernel's id of one of the fabric's programs (the benchmarks read its run
+    /// time by id).
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        self.ebpf.program(name)?.info().ok().map(|i| i.id())
+    }
+
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn frames_on_vlan(&self, vlan: u16) -> u64 {
         let Some(map) = self.ebpf.map(VLAN_SEEN) else {

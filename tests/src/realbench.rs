@@ -6,22 +6,10 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::sim::{SimNode, in_netns, pods_yaml, sim_pod, write_config};
+use crate::sim::{
+    SIM_VETH_PREFIX, SimNode, in_netns, pods_yaml, sim_pod, tcx_programs, write_config,
+};
 use anyhow::{Context, Result};
-
-/// Sum of (run_time_ns, run_cnt) per program name.
-pub fn prog_stats() -> Result<HashMap<String, (u64, u64)>> {
-    let out = crate::sim::sh(&["bpftool", "-j", "prog", "show"])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("bpftool -j prog show")?;
-    let mut m: HashMap<String, (u64, u64)> = HashMap::new();
-    for p in v.as_array().into_iter().flatten() {
-        let name = p["name"].as_str().unwrap_or_default().to_string();
-        let e = m.entry(name).or_default();
-        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
-        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
-    }
-    Ok(m)
-}
 
 /// (run_time_ns, run_cnt) of the programs with these ids only: another run's programs
 /// of the same name (a second bench, a test) never mix in.
@@ -76,13 +64,9 @@ pub struct Measured {
     pub fabric_egress_flood: f64,
 }
 
-fn delta(
-    before: &HashMap<String, (u64, u64)>,
-    after: &HashMap<String, (u64, u64)>,
-    name: &str,
-) -> f64 {
-    let (t0, c0) = before.get(name).copied().unwrap_or_default();
-    let (t1, c1) = after.get(name).copied().unwrap_or_default();
+fn delta(before: &HashMap<u32, (u64, u64)>, after: &HashMap<u32, (u64, u64)>, id: u32) -> f64 {
+    let (t0, c0) = before.get(&id).copied().unwrap_or_default();
+    let (t1, c1) = after.get(&id).copied().unwrap_or_default();
     if c1 <= c0 {
         f64::NAN
     } else {
@@ -95,6 +79,10 @@ fn delta(
 pub struct RealBench {
     sim: SimNode,
     ns: String,
+    /// Ids of the programs measured: pod_egress, trunk_ingress, the fabric's ingress
+    /// and egress. Only these are read (another run's programs of the same names never
+    /// mix in).
+    ids: [u32; 4],
 }
 
 impl RealBench {
@@ -114,7 +102,22 @@ impl RealBench {
         )?;
         sim.start_daemon(enforcer_bin, &cfg)?;
         let ns = sim.pod_ns("pod").to_string();
-        Ok(RealBench { sim, ns })
+        let host = enforcer::config::host_veth_name(SIM_VETH_PREFIX, &pod.namespace, &pod.name);
+        let tcx = |dev: &str, name: &str| -> Result<u32> {
+            tcx_programs(&sim.node_ns, dev)
+                .into_iter()
+                .find(|(_, n)| n == name)
+                .map(|(id, _)| id)
+                .with_context(|| format!("{name} not attached to {dev}"))
+        };
+        let fabric = |name: &str| sim.fabric_program_id(name).context(name.to_string());
+        let ids = [
+            tcx(&host, "pod_egress")?,
+            tcx("trunk0", "trunk_ingress")?,
+            fabric("sim_fabric_ingress")?,
+            fabric("sim_fabric_egress")?,
+        ];
+        Ok(RealBench { sim, ns, ids })
     }
 
     pub fn set_groups(&mut self, groups_json: &str) -> Result<()> {
@@ -145,12 +148,13 @@ impl RealBench {
                 Ok(())
             })?
         };
+        let stats = || prog_stats_of(&self.ids);
         roundtrips(10, false)?;
-        let a = prog_stats()?;
+        let a = stats()?;
         roundtrips(n, false)?;
-        let b = prog_stats()?;
+        let b = stats()?;
         roundtrips(new, true)?;
-        let c = prog_stats()?;
+        let c = stats()?;
         in_netns(&self.ns, move || -> Result<()> {
             let s = UdpSocket::bind(any)?;
             s.connect(dst)?;
@@ -160,14 +164,15 @@ impl RealBench {
             }
             Ok(())
         })??;
-        let d = prog_stats()?;
+        let d = stats()?;
+        let [egress, ingress, fabric_in, fabric_out] = self.ids;
         Ok(Measured {
-            fabric_ingress: delta(&a, &b, "sim_fabric_ingress"),
-            egress_established: delta(&a, &b, "pod_egress"),
-            ingress_established: delta(&a, &b, "trunk_ingress"),
-            egress_new_flow: delta(&b, &c, "pod_egress"),
-            egress_flood: delta(&c, &d, "pod_egress"),
-            fabric_egress_flood: delta(&c, &d, "sim_fabric_egress"),
+            fabric_ingress: delta(&a, &b, fabric_in),
+            egress_established: delta(&a, &b, egress),
+            ingress_established: delta(&a, &b, ingress),
+            egress_new_flow: delta(&b, &c, egress),
+            egress_flood: delta(&c, &d, egress),
+            fabric_egress_flood: delta(&c, &d, fabric_out),
         })
     }
 }

@@ -248,6 +248,11 @@ impl SimNode {
         Ok(())
     }
 
+    /// The kernel's id of one of the fabric's programs.
+    pub fn fabric_program_id(&self, name: &str) -> Option<u32> {
+        self.fabric.as_ref()?.program_id(name)
+    }
+
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
         self.fabric.as_ref().map_or(0, |f| f.frames_on_vlan(vlan))

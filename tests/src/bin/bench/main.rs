@@ -161,6 +161,10 @@ fn main() -> anyhow::Result<()> {
         }
         // `cargo xtask bench --compare`: its rows replace those of the last one in
         // results.json, the other rows kept.
+        Some("real") => {
+            real_traffic(&mut results)?;
+            return Ok(());
+        }
         Some("scale") => {
             scale::run(&mut results, &groups)?;
             return Ok(());
