@@ -4,7 +4,6 @@
 //! verdict never depends on them. Written without waking the reader, which drains the
 //! buffer on its own clock.
 use aya_ebpf::bindings::BPF_RB_NO_WAKEUP;
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::*;
 use enforcer_ebpf::parse::Packet;
 
@@ -42,7 +41,8 @@ fn lost(slot: u32) {
 }
 
 /// Reports the packet's verdict for `slot`'s pod (cookies: the allowing rules; audit:
-/// a denied packet audit mode let pass).
+/// a denied packet audit mode let pass). `now`: the verdict's clock reading (the
+/// event's time, and the bucket's), not read again.
 #[inline(always)]
 pub fn emit(
     pkt: &Packet,
@@ -51,9 +51,8 @@ pub fn emit(
     reason: Reason,
     cookies: (u32, u32),
     audit: bool,
+    now: u64,
 ) {
-    // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if !take_token(slot, now) {
         lost(slot);
         return;

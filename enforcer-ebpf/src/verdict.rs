@@ -41,7 +41,9 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
         if always_allowed(pkt, dir) {
             return State::Decided(Verdict::Allow(Reason::AllowAlways));
         }
-        emit(pkt, pod.slot, dir, Reason::DropFailClosed, (0, 0), false);
+        // SAFETY: a plain helper call with no arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        emit(pkt, pod.slot, dir, Reason::DropFailClosed, (0, 0), false, now);
         return State::Decided(Verdict::Drop(Reason::DropFailClosed));
     }
     let Some(cfg) = NODE_CONFIG.get(0) else {
@@ -98,13 +100,13 @@ pub fn by_rules(
         Verdict::Allow(Reason::AllowPolicy) => {
             rule_hit(cookies.0);
             rule_hit(cookies.1);
-            emit(pkt, pod.slot, dir, Reason::AllowPolicy, cookies, false)
+            emit(pkt, pod.slot, dir, Reason::AllowPolicy, cookies, false, now)
         }
         Verdict::Drop(r @ (Reason::DropNoRule | Reason::DropNoNodeRule))
             if pod.is_audit() && pkt.snat != SNAT_REVERSE =>
         {
             // Audit: reported as it would be, then tracked and passed as if allowed.
-            emit(pkt, pod.slot, dir, r, (0, 0), true);
+            emit(pkt, pod.slot, dir, r, (0, 0), true, now);
             would_drop(pod.slot);
             if pkt.kind == KIND_ICMP_ERROR || pkt.icmp_query == ICMP_REPLY {
                 // Never state of their own, as when a rule allows them.
@@ -118,7 +120,7 @@ pub fn by_rules(
             }
             return v;
         }
-        Verdict::Drop(r) => emit(pkt, pod.slot, dir, r, (0, 0), false),
+        Verdict::Drop(r) => emit(pkt, pod.slot, dir, r, (0, 0), false, now),
         Verdict::Allow(_) => {}
     }
     if let Verdict::Allow(r) = v {
