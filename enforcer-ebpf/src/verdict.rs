@@ -43,7 +43,15 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
         }
         // SAFETY: a plain helper call with no arguments.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        emit(pkt, pod.slot, dir, Reason::DropFailClosed, (0, 0), false, now);
+        emit(
+            pkt,
+            pod.slot,
+            dir,
+            Reason::DropFailClosed,
+            (0, 0),
+            false,
+            now,
+        );
         return State::Decided(Verdict::Drop(Reason::DropFailClosed));
     }
     let Some(cfg) = NODE_CONFIG.get(0) else {

@@ -224,6 +224,10 @@ pub struct Config {
     /// `aws ec2 describe-security-groups` output.
     #[serde(default)]
     pub security_groups: Vec<PathBuf>,
+    /// `aws ec2 describe-security-group-rules` output: names the groups' rules by their
+    /// SecurityGroupRuleId (without it, by their place in the group).
+    #[serde(default)]
+    pub security_group_rules: Vec<PathBuf>,
     /// `{"pl-…": <get-managed-prefix-list-entries output>}`
     #[serde(default)]
     pub prefix_lists: Vec<PathBuf>,

@@ -14,6 +14,7 @@ pub fn watched_files(config_path: &Path, cfg: &Config) -> BTreeSet<PathBuf> {
     let mut out: BTreeSet<PathBuf> = cfg
         .security_groups
         .iter()
+        .chain(&cfg.security_group_rules)
         .chain(&cfg.prefix_lists)
         .chain(&cfg.kubernetes)
         .map(|p| cfg.resolve(p))

@@ -192,7 +192,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
                         .iter()
                         .map(|(g, ips)| (g.clone(), ips.iter().map(|ip| ip.to_string()).collect()))
                         .collect();
-                    match specs_of(&a.groups, &a.prefix_lists, &members) {
+                    match specs_of(&a.groups, &a.prefix_lists, &members, &a.rule_ids) {
                         Ok((g, l)) => {
                             let n = (g.len(), l.len());
                             match (publish(&groups, g).await, publish(&lists, l).await) {

@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::model::group::{GroupCatalog, Protocol};
+use crate::model::group::GroupCatalog;
 use crate::sources::ec2;
+use crate::sources::rule_ids::{self, RuleIds};
 
 /// `ec2Api` in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -60,22 +61,7 @@ pub struct Answer {
     /// group id -> member addresses.
     pub members: BTreeMap<String, BTreeSet<IpAddr>>,
     /// `rule_key` -> `SecurityGroupRuleId` (DescribeSecurityGroupRules).
-    pub rule_ids: BTreeMap<String, String>,
-}
-
-/// What identifies one rule (one peer) of a group in both EC2 answers: the group,
-/// the direction, protocol, ports and peer.
-/// Ports are compared as EC2 means them: -1 and absent are both "any", and an
-/// all-protocols rule has none.
-fn rule_key(group: &str, egress: bool, r: &crate::model::group::Rule) -> String {
-    let port = |p: Option<i32>| p.filter(|p| *p != -1 && r.protocol != Protocol::All);
-    format!(
-        "{group}|{egress}|{:?}|{:?}|{:?}|{:?}",
-        r.protocol,
-        port(r.from_port),
-        port(r.to_port),
-        r.peer
-    )
+    pub rule_ids: RuleIds,
 }
 
 #[derive(Default)]
@@ -110,18 +96,7 @@ fn parse(a: &Answer) -> (GroupCatalog, Vec<String>) {
     for (g, ips) in &a.members {
         catalog.members.entry(g.clone()).or_default().extend(ips);
     }
-    use crate::model::group::Direction;
-    let mut ids = BTreeMap::new();
-    for (id, g) in &catalog.groups {
-        for (dir, egress) in [(Direction::Inbound, false), (Direction::Outbound, true)] {
-            for (i, r) in g.rules(dir).iter().enumerate() {
-                if let Some(rid) = a.rule_ids.get(&rule_key(id, egress, r)) {
-                    ids.insert((id.clone(), dir, i), rid.clone());
-                }
-            }
-        }
-    }
-    catalog.rule_ids = ids;
+    rule_ids::attach(&mut catalog, &a.rule_ids);
     (catalog, errors)
 }
 
@@ -345,63 +320,43 @@ pub async fn poll(client: &aws_sdk_ec2::Client, vpc: Option<&str>) -> Result<Ans
         groups: json!({ "SecurityGroups": doc }).to_string(),
         prefix_lists: Value::Object(pl_doc).to_string(),
         members,
-        rule_ids: rule_ids(client, &groups).await?,
+        rule_ids: rule_ids(client).await?,
     })
 }
 
-/// `SecurityGroupRuleId`s of the groups' rules (DescribeSecurityGroupRules), keyed as
-/// the parsed rules are ([`rule_key`]). A rule whose shape can't be read is left out:
-/// it is only named by its place then.
-async fn rule_ids(
-    client: &aws_sdk_ec2::Client,
-    groups: &[aws_sdk_ec2::types::SecurityGroup],
-) -> Result<BTreeMap<String, String>, String> {
-    use crate::model::group::{Peer, Rule};
-    let wanted: BTreeSet<&str> = groups.iter().filter_map(|g| g.group_id()).collect();
-    let mut out = BTreeMap::new();
+/// `SecurityGroupRuleId`s of the groups' rules (DescribeSecurityGroupRules), as the
+/// CLI prints them, read by the parser the file source uses.
+async fn rule_ids(client: &aws_sdk_ec2::Client) -> Result<RuleIds, String> {
+    let mut doc = Vec::new();
     let mut pages = client
         .describe_security_group_rules()
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| sdk_error("DescribeSecurityGroupRules", e))?;
-        for r in page.security_group_rules() {
-            let (Some(group), Some(id)) = (r.group_id(), r.security_group_rule_id()) else {
-                continue;
-            };
-            if !wanted.contains(group) {
-                continue;
-            }
-            let peer = if let Some(c) = r.cidr_ipv4().or(r.cidr_ipv6()) {
-                c.parse().ok().map(Peer::Cidr)
-            } else if let Some(pl) = r.prefix_list_id() {
-                Some(Peer::PrefixList(pl.to_string()))
-            } else {
-                r.referenced_group_info()
-                    .and_then(|g| g.group_id())
-                    .map(|g| Peer::Group(g.to_string()))
-            };
-            let (Some(peer), Ok(protocol)) = (
-                peer,
-                ec2::parse_protocol(r.ip_protocol().unwrap_or_default()),
-            ) else {
-                continue;
-            };
-            // As the permission's parse reads ports: absent stays absent.
-            let rule = Rule {
-                protocol,
-                from_port: r.from_port(),
-                to_port: r.to_port(),
-                peer,
-                description: None,
-            };
-            out.insert(
-                rule_key(group, r.is_egress().unwrap_or(false), &rule),
-                id.to_string(),
-            );
-        }
+        doc.extend(page.security_group_rules().iter().map(rule_doc));
     }
-    Ok(out)
+    rule_ids::parse(
+        &json!({ "SecurityGroupRules": doc }).to_string(),
+        "EC2 DescribeSecurityGroupRules",
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// One rule in `describe-security-group-rules` JSON.
+fn rule_doc(r: &aws_sdk_ec2::types::SecurityGroupRule) -> Value {
+    without_nulls(json!({
+        "SecurityGroupRuleId": r.security_group_rule_id(),
+        "GroupId": r.group_id(),
+        "IsEgress": r.is_egress(),
+        "IpProtocol": r.ip_protocol(),
+        "FromPort": r.from_port(),
+        "ToPort": r.to_port(),
+        "CidrIpv4": r.cidr_ipv4(),
+        "CidrIpv6": r.cidr_ipv6(),
+        "PrefixListId": r.prefix_list_id(),
+        "ReferencedGroupInfo": r.referenced_group_info().map(|g| json!({"GroupId": g.group_id()})),
+    }))
 }
 
 /// One group in `describe-security-groups` JSON (what the file source reads too);
@@ -500,74 +455,53 @@ mod tests {
         assert_eq!(referenced.into_iter().collect::<Vec<_>>(), ["sg-2"]);
     }
 
-    /// Proves rules are matched to their SecurityGroupRuleIds however each API spells
-    /// "any port": DescribeSecurityGroupRules says -1, DescribeSecurityGroups leaves an
-    /// all-protocols rule's ports out.
+    /// Proves an SDK rule reaches the parser the files use in the CLI's spelling (-1
+    /// ports, a referenced group) and names the group's rule.
     #[test]
-    fn rule_ids_match_across_the_two_apis_spellings() {
-        use crate::model::group::{Direction, Peer, Rule};
+    fn sdk_rules_name_the_groups_rules() {
+        use crate::model::group::Direction;
+        use aws_sdk_ec2::types::{ReferencedSecurityGroup, SecurityGroupRule};
         let groups = r#"{"SecurityGroups":[{"GroupId":"sg-1","IpPermissionsEgress":[
             {"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]},
-            {"IpProtocol":"icmp","FromPort":-1,"ToPort":-1,"IpRanges":[{"CidrIp":"10.0.0.0/8"}]},
-            {"IpProtocol":"tcp","FromPort":443,"ToPort":443,"IpRanges":[{"CidrIp":"10.0.2.5/32"}]}]}]}"#;
-        let rule = |protocol, from, to, cidr: &str| Rule {
-            protocol,
-            from_port: from,
-            to_port: to,
-            peer: Peer::Cidr(cidr.parse().unwrap()),
-            description: None,
-        };
-        // As DescribeSecurityGroupRules gives them.
-        let mut rule_ids = BTreeMap::new();
-        for (r, egress, id) in [
-            (
-                rule(Protocol::All, Some(-1), Some(-1), "0.0.0.0/0"),
-                true,
-                "sgr-all",
-            ),
-            (
-                rule(Protocol::Icmp, Some(-1), Some(-1), "10.0.0.0/8"),
-                true,
-                "sgr-icmp",
-            ),
-            (
-                rule(Protocol::Tcp, Some(443), Some(443), "10.0.2.5/32"),
-                true,
-                "sgr-https",
-            ),
-            // Inbound, same shape: must not name the outbound rule.
-            (
-                rule(Protocol::Tcp, Some(443), Some(443), "10.0.2.5/32"),
-                false,
-                "sgr-in",
-            ),
-        ] {
-            rule_ids.insert(rule_key("sg-1", egress, &r), id.to_string());
-        }
+            {"IpProtocol":"udp","FromPort":53,"ToPort":53,"UserIdGroupPairs":[{"GroupId":"sg-dns"}]}]}]}"#;
+        let all = SecurityGroupRule::builder()
+            .security_group_rule_id("sgr-all")
+            .group_id("sg-1")
+            .is_egress(true)
+            .ip_protocol("-1")
+            .from_port(-1)
+            .to_port(-1)
+            .cidr_ipv4("0.0.0.0/0")
+            .build();
+        let dns = SecurityGroupRule::builder()
+            .security_group_rule_id("sgr-dns")
+            .group_id("sg-1")
+            .is_egress(true)
+            .ip_protocol("udp")
+            .from_port(53)
+            .to_port(53)
+            .referenced_group_info(
+                ReferencedSecurityGroup::builder()
+                    .group_id("sg-dns")
+                    .build(),
+            )
+            .build();
+        let doc = json!({ "SecurityGroupRules": [rule_doc(&all), rule_doc(&dns)] });
         let a = Answer {
             groups: groups.into(),
             prefix_lists: "{}".into(),
-            rule_ids,
+            rule_ids: rule_ids::parse(&doc.to_string(), "t").unwrap(),
             ..Answer::default()
         };
         let (catalog, errors) = parse(&a);
         assert!(errors.is_empty(), "{errors:?}");
-        let ids: Vec<(Direction, usize, &str)> = catalog
-            .rule_ids
-            .iter()
-            .map(|((_, d, i), id)| (*d, *i, id.as_str()))
-            .collect();
         assert_eq!(
-            ids,
-            [
-                (Direction::Outbound, 0, "sgr-all"),
-                (Direction::Outbound, 1, "sgr-icmp"),
-                (Direction::Outbound, 2, "sgr-https")
-            ]
+            catalog.rule_name("sg-1", Direction::Outbound, 0),
+            "sg-1 outbound rule #0 (sgr-all)"
         );
         assert_eq!(
-            catalog.rule_name("sg-1", Direction::Outbound, 2),
-            "sg-1 outbound rule #2 (sgr-https)"
+            catalog.rule_name("sg-1", Direction::Outbound, 1),
+            "sg-1 outbound rule #1 (sgr-dns)"
         );
     }
 }

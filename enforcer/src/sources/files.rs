@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::model::group::GroupCatalog;
 use crate::model::objects::KubeObjects;
-use crate::sources::{SourceError, ec2};
+use crate::sources::{SourceError, ec2, rule_ids};
 
 pub struct Snapshot {
     pub catalog: GroupCatalog,
@@ -84,6 +84,11 @@ impl FileSource {
             if let Some(g) = self.parse(&cfg.resolve(p), &mut errors, ec2::parse_security_groups) {
                 errors.extend(g.unnamed.iter().cloned());
                 catalog.add_groups(g);
+            }
+        }
+        for p in &cfg.security_group_rules {
+            if let Some(ids) = self.parse(&cfg.resolve(p), &mut errors, rule_ids::parse) {
+                rule_ids::attach(&mut catalog, &ids);
             }
         }
         for p in &cfg.prefix_lists {
@@ -204,6 +209,37 @@ mod tests {
             "{:?}",
             l.errors
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Proves a rules file names the groups' rules by their ids, and the watch covers it.
+    #[test]
+    fn a_rules_file_names_the_rules() {
+        use crate::model::group::Direction;
+        let dir = std::env::temp_dir().join(format!("podsg-rule-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let groups = dir.join("groups.json");
+        std::fs::write(
+            &groups,
+            r#"{"SecurityGroups":[{"GroupId":"sg-a","IpPermissions":[{"IpProtocol":"tcp","FromPort":80,"ToPort":80,"IpRanges":[{"CidrIp":"10.0.0.0/16"}]}]}]}"#,
+        )
+        .unwrap();
+        let rules = dir.join("rules.json");
+        std::fs::write(
+            &rules,
+            r#"{"SecurityGroupRules":[{"SecurityGroupRuleId":"sgr-0abc","GroupId":"sg-a","IsEgress":false,"IpProtocol":"tcp","FromPort":80,"ToPort":80,"CidrIpv4":"10.0.0.0/16"}]}"#,
+        )
+        .unwrap();
+        let mut cfg = config(&groups);
+        cfg.security_group_rules = vec![rules.clone()];
+        let l = FileSource::default().load(&cfg);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(
+            l.snapshot.catalog.rule_name("sg-a", Direction::Inbound, 0),
+            "sg-a inbound rule #0 (sgr-0abc)"
+        );
+        let watched = crate::watch::watched_files(&dir.join("enforcer.yaml"), &cfg);
+        assert!(watched.iter().any(|p| p.ends_with("rules.json")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,8 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model::group::GroupCatalog;
+use crate::model::group::{Direction, GroupCatalog};
 use crate::sources::ec2::{self, Ec2Permission, Ec2Tag, PrefixListEntry};
+use crate::sources::rule_ids::{self, RuleIds};
 
 /// One security group as EC2 describes it.
 #[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -37,6 +38,10 @@ pub struct MirroredSecurityGroupSpec {
     /// The group's EC2 tags (key → value).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// SecurityGroupRuleIds by the rule's place: `inbound/N`, `outbound/N` (N as
+    /// `enforcer status --rules` numbers the group's rules, one per peer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rule_ids: BTreeMap<String, String>,
     /// Every private address (IPv4 and IPv6) of an interface carrying the group
     /// anywhere in the VPC; present when some rule references the group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,14 +74,35 @@ pub type Specs = (
     BTreeMap<String, MirroredPrefixListSpec>,
 );
 
+/// A rule's place as `rule_ids` keys it.
+fn place(dir: Direction, index: usize) -> String {
+    let d = match dir {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    };
+    format!("{d}/{index}")
+}
+
 /// The objects that stand for one EC2 poll (`groups`: describe-security-groups JSON;
 /// `prefix_lists`: `{"pl-…": get-managed-prefix-list-entries JSON}`; `members`: group
-/// id -> addresses), keyed by object name (the EC2 id).
+/// id -> addresses; `rule_ids`: DescribeSecurityGroupRules'), keyed by object name
+/// (the EC2 id).
 pub fn specs_of(
     groups: &str,
     prefix_lists: &str,
     members: &BTreeMap<String, Vec<String>>,
+    rule_ids: &RuleIds,
 ) -> Result<Specs, String> {
+    // The ids by place, as the daemons' parse of the same permissions will number them.
+    let mut named = GroupCatalog::default();
+    if let Ok(g) = ec2::parse_security_groups(groups, "EC2") {
+        named.add_groups(g);
+    }
+    rule_ids::attach(&mut named, rule_ids);
+    let mut places: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for ((g, dir, i), id) in named.rule_ids {
+        places.entry(g).or_default().insert(place(dir, i), id);
+    }
     #[derive(Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Doc {
@@ -110,6 +136,7 @@ pub fn specs_of(
             ip_permissions: g.ip_permissions,
             ip_permissions_egress: g.ip_permissions_egress,
             tags: g.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+            rule_ids: places.remove(&g.group_id).unwrap_or_default(),
         };
         out.insert(g.group_id, spec);
     }
@@ -122,6 +149,7 @@ pub fn specs_of(
                 ip_permissions: vec![],
                 ip_permissions_egress: vec![],
                 tags: BTreeMap::new(),
+                rule_ids: BTreeMap::new(),
                 member_ips: Some(ips.clone()),
             });
     }
@@ -151,10 +179,25 @@ pub fn add_to_catalog(
     let mut errors = Vec::new();
     let mut doc = Vec::new();
     let mut unreadable = ec2::Groups::default();
+    let mut ids = Vec::new();
     for (key, obj) in groups {
         let name = key.trim_start_matches('/');
         match MirroredSecurityGroupSpec::deserialize(&obj["spec"]) {
             Ok(s) => {
+                for (at, id) in &s.rule_ids {
+                    let (dir, n) = at.split_once('/').unwrap_or_default();
+                    let dir = match dir {
+                        "inbound" => Some(Direction::Inbound),
+                        "outbound" => Some(Direction::Outbound),
+                        _ => None,
+                    };
+                    match (dir, n.parse::<usize>()) {
+                        (Some(d), Ok(n)) => ids.push(((s.group_id.clone(), d, n), id.clone())),
+                        _ => errors.push(format!(
+                            "{GROUP_KIND} {name}: rule id key {at:?} is not inbound/N or outbound/N (ignored)"
+                        )),
+                    }
+                }
                 doc.push(json!({
                     "GroupId": s.group_id,
                     "GroupName": s.group_name,
@@ -187,6 +230,16 @@ pub fn add_to_catalog(
         Err(e) => errors.push(e.to_string()),
     }
     catalog.add_groups(unreadable);
+    // Only ids of rules that exist: a stale id never names another rule.
+    for ((g, d, n), id) in ids {
+        if catalog
+            .groups
+            .get(&g)
+            .is_some_and(|grp| n < grp.rules(d).len())
+        {
+            catalog.rule_ids.insert((g, d, n), id);
+        }
+    }
     let mut pl = serde_json::Map::new();
     for (key, obj) in lists {
         let name = key.trim_start_matches('/');
@@ -221,7 +274,12 @@ mod tests {
     fn a_poll_round_trips_through_the_objects_into_the_catalog() {
         let members = BTreeMap::from([("sg-b".to_string(), vec!["10.0.1.9".to_string()])]);
         let lists = r#"{"pl-1":{"Entries":[{"Cidr":"192.168.0.0/24"}]}}"#;
-        let (groups, pls) = specs_of(GROUPS, lists, &members).unwrap();
+        let ids = rule_ids::parse(
+            r#"{"SecurityGroupRules":[{"SecurityGroupRuleId":"sgr-pl","GroupId":"sg-a","IpProtocol":"tcp","FromPort":80,"ToPort":80,"PrefixListId":"pl-1"}]}"#,
+            "t",
+        )
+        .unwrap();
+        let (groups, pls) = specs_of(GROUPS, lists, &members, &ids).unwrap();
         assert_eq!(groups.len(), 2, "sg-b is published for its members");
         let as_objects = |m: BTreeMap<String, Value>| m;
         let g = as_objects(
@@ -238,6 +296,12 @@ mod tests {
         let errors = add_to_catalog(&g, &l, &mut catalog);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(catalog.groups["sg-a"].inbound.len(), 2);
+        // The rule id crosses by its place (the prefix-list peer is the first rule).
+        assert_eq!(
+            catalog.rule_name("sg-a", Direction::Inbound, 0),
+            "sg-a inbound rule #0 (sgr-pl)"
+        );
+        assert_eq!(catalog.rule_ids.len(), 1);
         assert_eq!(
             catalog.members["sg-b"],
             vec!["10.0.1.9".parse::<std::net::IpAddr>().unwrap()]

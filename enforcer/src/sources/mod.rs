@@ -7,6 +7,7 @@ pub mod files;
 pub mod kube;
 pub mod kube_api;
 pub mod mirror;
+pub mod rule_ids;
 
 /// Input that cannot be used, with the object it came from.
 #[derive(Debug, thiserror::Error)]
