@@ -446,7 +446,9 @@ fn a_pod_whose_interface_appears_later_is_enforced_then() {
         if attempt > 0 {
             // Gone, and seen gone, before the next look at the log.
             sim.disconnect_pod("web").unwrap();
-            wait_state(&sim, enforcer::status::PodState::Pending);
+            sim.wait_status("the pod pending", |st| {
+                st.pods[0].state == enforcer::status::PodState::Pending
+            });
         }
         let seen = sim.daemon_log().len();
         let g = sim.status().unwrap().generation;
@@ -495,38 +497,11 @@ fn a_pod_whose_interface_appears_later_is_enforced_then() {
     );
 }
 
-/// Waits (10 s at most) for the only pod to be in `state`.
-fn wait_state(sim: &SimNode, state: enforcer::status::PodState) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let st = sim.status().unwrap();
-        if st.pods[0].state == state {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            st.render_table()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// Waits (10 s at most) for a generation after `g` in which the only pod is enforced.
+/// Waits for a generation after `g` in which the only pod is enforced.
 fn wait_enforced_after(sim: &SimNode, g: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let st = sim.status().unwrap();
-        if st.generation > g && st.pods[0].state == enforcer::status::PodState::Enforced {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            st.render_table()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    sim.wait_status("the pod enforced again", |st| {
+        st.generation > g && st.pods[0].state == enforcer::status::PodState::Enforced
+    });
 }
 
 /// The link-local address Linux gives the host side of a simulated pod's veth (the sim

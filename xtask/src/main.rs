@@ -196,6 +196,22 @@ fn build_layout_next() -> Result<()> {
     Ok(())
 }
 
+/// Runs one of the test bed's programs (release build), with `arg`.
+fn run_test_bed_bin(bin: &str, arg: Option<&str>) -> Result<()> {
+    run(Command::new("cargo")
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "integration-tests",
+            "--bin",
+            bin,
+            "--",
+        ])
+        .args(arg)
+        .current_dir(root()))
+}
+
 fn main() -> Result<()> {
     match Task::parse() {
         Task::Setup => setup(),
@@ -232,18 +248,7 @@ fn main() -> Result<()> {
             run(Command::new("cargo")
                 .args(["build", "--release", "-p", "enforcer"])
                 .current_dir(root()))?;
-            run(Command::new("cargo")
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "integration-tests",
-                    "--bin",
-                    "demo",
-                    "--",
-                ])
-                .args(standard.then_some("--standard"))
-                .current_dir(root()))
+            run_test_bed_bin("demo", standard.then_some("--standard"))
         }
         Task::Bench { compare } => {
             setup()?;
@@ -251,22 +256,10 @@ fn main() -> Result<()> {
                 .args(["build", "--release", "-p", "enforcer"])
                 .current_dir(root()))?;
             if compare {
-                return run(Command::new("cargo")
-                    .args([
-                        "run",
-                        "--release",
-                        "-p",
-                        "integration-tests",
-                        "--bin",
-                        "bench",
-                    ])
-                    .args(["--", "compare"])
-                    .current_dir(root()));
+                return run_test_bed_bin("bench", Some("compare"));
             }
             for bin in ["bench", "stages"] {
-                run(Command::new("cargo")
-                    .args(["run", "--release", "-p", "integration-tests", "--bin", bin])
-                    .current_dir(root()))?;
+                run_test_bed_bin(bin, None)?;
             }
             Ok(())
         }

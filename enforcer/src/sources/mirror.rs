@@ -267,6 +267,7 @@ mod tests {
     use super::*;
 
     const GROUPS: &str = r#"{"SecurityGroups":[{"GroupId":"sg-a","GroupName":"a",
+      "Tags":[{"Key":"kubernetes.io/cluster/prod","Value":"shared"}],
       "IpPermissions":[{"IpProtocol":"tcp","FromPort":80,"ToPort":80,
         "UserIdGroupPairs":[{"GroupId":"sg-b"}],"PrefixListIds":[{"PrefixListId":"pl-1"}]}]}]}"#;
 
@@ -302,6 +303,11 @@ mod tests {
             "sg-a inbound rule #0 (sgr-pl)"
         );
         assert_eq!(catalog.rule_ids.len(), 1);
+        // Tags cross too (doctor's cluster-tag check reads them).
+        assert_eq!(
+            catalog.groups["sg-a"].tags["kubernetes.io/cluster/prod"],
+            "shared"
+        );
         assert_eq!(
             catalog.members["sg-b"],
             vec!["10.0.1.9".parse::<std::net::IpAddr>().unwrap()]
