@@ -85,6 +85,13 @@ fn an_upgrade_to_a_new_value_layout_is_hitless_and_the_way_back_is_refused() {
         .start_daemon(&next_bin, &cfg)
         .expect("the next layout's build");
     let log = wait_log(&n.sim, "migrated from layout");
+    let migrated = log
+        .lines()
+        .find(|l| l.contains("migrated from layout"))
+        .unwrap_or_default();
+    // How long the upgrade took and how long both builds' programs ran side by side.
+    eprintln!("{migrated}");
+    assert!(migrated.contains("ms in all") && migrated.contains("both attached for"));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let flows_pin = version_dir(&bpffs, NEXT).join(map_names::FLOWS);
     let info = MapInfo::from_pin(&flows_pin).unwrap();

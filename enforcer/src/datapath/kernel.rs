@@ -187,9 +187,13 @@ impl Datapath {
         for other in migrate::others(&dir) {
             removed += migrate::remove(&other).len();
         }
+        let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
         Ok(format!(
-            "migrated from {}: {} entries and counters carried, {moved} more links moved, {removed} old pins removed",
-            m.from, m.entries
+            "migrated from {}: {} entries and counters carried, {moved} more links moved, {removed} old pins removed; {:.0} ms in all (sources included), old and new programs both attached for {:.1} ms",
+            m.from,
+            m.entries,
+            ms(m.began),
+            m.first_link_moved.map_or(0.0, ms)
         ))
     }
 
@@ -256,6 +260,11 @@ impl Datapath {
             ifindex,
         )
         .with_context(|| format!("attaching {prog} to {ifname}"))?;
+        if let Some(m) = &mut self.migration
+            && m.first_link_moved.is_none()
+        {
+            m.first_link_moved = Some(std::time::Instant::now());
+        }
         if how == Attached::Adopted {
             log::info!("{ifname}: adopted the pinned link, now running this daemon's {prog}");
         }

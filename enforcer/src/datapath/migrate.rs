@@ -98,6 +98,10 @@ pub struct Migration {
     pub first_done: bool,
     /// Entries and counters carried so far, for the log.
     pub entries: usize,
+    /// When this daemon began it, and when the first link moved to its programs: the
+    /// log says how long the whole took and how long old and new programs both ran.
+    pub began: std::time::Instant,
+    pub first_link_moved: Option<std::time::Instant>,
 }
 
 /// Checks that `from`'s maps can be carried into this build's layout; the error names
@@ -167,6 +171,8 @@ pub fn plan(from: Other) -> Result<Migration> {
         carried,
         first_done: false,
         entries: 0,
+        began: std::time::Instant::now(),
+        first_link_moved: None,
     })
 }
 
