@@ -52,6 +52,9 @@ pub mod map_names {
     pub const EVENTS_LOST: &str = "EVENTS_LOST";
     pub const RULE_HITS: &str = "RULE_HITS";
     pub const WOULD_DROP: &str = "WOULD_DROP";
+    /// Not pinned: the programs' per-CPU copies of pods and flows end when the daemon
+    /// bumps this.
+    pub const CACHE_EPOCH: &str = "CACHE_EPOCH";
     /// Every pinned map, in the table's order.
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }

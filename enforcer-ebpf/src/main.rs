@@ -11,6 +11,7 @@
 )]
 
 mod bypass;
+mod cache;
 mod conntrack;
 mod counters;
 mod dest;

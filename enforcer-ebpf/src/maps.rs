@@ -111,3 +111,21 @@ pub static RULE_HITS: PerCpuHashMap<u32, u64, { MAX_RULE_HITS as usize }> = PerC
 /// Audit mode: packets the rules deny that passed, per pod and CPU (not pinned).
 #[btf_map]
 pub static WOULD_DROP: PerCpuArray<u64, { MAX_PODS as usize }> = PerCpuArray::new();
+
+/// Bumped by the daemon after each change to the pod maps or the flow table: every
+/// CPU's cached copies (`cache`) stop serving. Process-local: each daemon bumps its
+/// own programs'.
+#[btf_map]
+pub static CACHE_EPOCH: Array<u64, 1> = Array::new();
+
+/// Per CPU: copies of pods by host interface or VLAN (`cache`).
+#[btf_map]
+pub static POD_CACHE: PerCpuArray<crate::cache::PodCacheEntry, { crate::cache::POD_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// Per CPU: copies of established flows (`cache`).
+#[btf_map]
+pub static FLOW_CACHE: PerCpuArray<
+    crate::cache::FlowCacheEntry,
+    { crate::cache::FLOW_CACHE_SLOTS as usize },
+> = PerCpuArray::new();

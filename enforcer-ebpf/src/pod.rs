@@ -3,7 +3,7 @@
 //! VPC), the node's stack, another pod of the node, or source NAT and the primary ENI.
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use enforcer_common::*;
@@ -12,6 +12,7 @@ use enforcer_ebpf::parse::{
 };
 use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
+use crate::cache;
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
 use crate::conntrack::mark_path;
 use crate::counters::count;
@@ -271,8 +272,29 @@ fn addressed_to(pod: &PodInfo, pkt: &Packet) -> bool {
 pub fn this_pod(ctx: &TcContext) -> Result<&'static PodInfo, Exit> {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    unsafe { POD_BY_IFINDEX.get(ifindex) }.ok_or(Exit::Drop(0, Reason::DropUnknownPod))
+    cached_pod(ifindex, |k| {
+        // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+        unsafe { POD_BY_IFINDEX.get(k) }
+    })
+    .ok_or(Exit::Drop(0, Reason::DropUnknownPod))
+}
+
+/// The pod under cache key `key`: the per-CPU copy when it may serve, else `lookup`'s
+/// answer (copied for the next packets).
+#[inline(always)]
+pub fn cached_pod(
+    key: u32,
+    lookup: impl FnOnce(u32) -> Option<&'static PodInfo>,
+) -> Option<&'static PodInfo> {
+    // The epoch before the look-up (see `cache`).
+    let epoch = cache::epoch();
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(p) = cache::pod(key, epoch, now) {
+        return Some(p);
+    }
+    let found = lookup(key & 0x7fff_ffff)?;
+    Some(cache::fill_pod(key, found, epoch, now))
 }
 
 /// The per-CPU parsed packet (too large for the BPF stack).

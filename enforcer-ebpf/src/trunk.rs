@@ -11,7 +11,8 @@ const PACKET_HOST: u32 = 0;
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::POD_BY_VLAN;
-use crate::pod::{into_pod, scratch};
+use crate::cache::vlan_key;
+use crate::pod::{cached_pod, into_pod, scratch};
 use crate::verdict::{Verdict, decide};
 
 #[inline(always)]
@@ -21,10 +22,11 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let Some(vlan) = l2.vlan else {
         return Ok(TC_ACT_OK);
     };
-    // A reference, not a copy.
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    let pod =
-        unsafe { POD_BY_VLAN.get(vlan as u32) }.ok_or(Exit::Drop(0, Reason::DropUnknownVlan))?;
+    let pod = cached_pod(vlan_key(vlan), |k| {
+        // SAFETY: hash values stay valid for the program's run (RCU); we only read.
+        unsafe { POD_BY_VLAN.get(k) }
+    })
+    .ok_or(Exit::Drop(0, Reason::DropUnknownVlan))?;
     let pkt = scratch(pod.slot)?;
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its

@@ -33,15 +33,18 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
         .filter(|n| !n.starts_with(".rodata"))
         .collect();
     // The per-CPU parse scratch, aya-log's ring buffer, the flow events' ring buffer,
-    // budgets, rule hits and audit counts (and the compiler's constant sections): process-local,
-    // never pinned.
+    // budgets, rule hits and audit counts, the per-CPU caches and their epoch (and the
+    // compiler's constant sections): process-local, never pinned.
     assert_eq!(
         unpinned,
         [
             "AYA_LOGS",
+            "CACHE_EPOCH",
             "EVENTS",
             "EVENTS_LOST",
             "EVENT_BUCKETS",
+            "FLOW_CACHE",
+            "POD_CACHE",
             "RULE_HITS",
             "SCRATCH",
             "WOULD_DROP"

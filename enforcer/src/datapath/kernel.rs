@@ -221,8 +221,24 @@ impl Datapath {
     pub fn set_node_config(&mut self, cfg: &NodeConfig) -> Result<()> {
         let mut a: Array<&mut MapData, NodeConfig> =
             map_mut(&mut self.ebpf, map_names::NODE_CONFIG)?.try_into()?;
-        a.set(0, cfg, 0)
-            .map_err(|e| map_err(map_names::NODE_CONFIG, e))
+        let r = a
+            .set(0, cfg, 0)
+            .map_err(|e| map_err(map_names::NODE_CONFIG, e));
+        self.new_cache_epoch()?;
+        r
+    }
+
+    /// Ends the programs' cached copies of pods and flows (per CPU, see the eBPF
+    /// `cache` module): called after every change to the pod maps, the flow table or
+    /// the node's settings, so no copy serves past the change.
+    pub(super) fn new_cache_epoch(&mut self) -> Result<()> {
+        let mut a: Array<&mut MapData, u64> =
+            map_mut(&mut self.ebpf, map_names::CACHE_EPOCH)?.try_into()?;
+        let now = a
+            .get(&0, 0)
+            .map_err(|e| map_err(map_names::CACHE_EPOCH, e))?;
+        a.set(0, now.wrapping_add(1), 0)
+            .map_err(|e| map_err(map_names::CACHE_EPOCH, e))
     }
 
     pub fn current(&self) -> &KernelState {

@@ -78,6 +78,9 @@ impl Datapath {
                 }
             }
         }
+        if !dead.is_empty() {
+            self.new_cache_epoch()?;
+        }
         self.release_mappings(dead)?;
         let mut swept: Array<&mut MapData, u64> =
             map_mut(&mut self.ebpf, map_names::FLOW_SWEPT)?.try_into()?;

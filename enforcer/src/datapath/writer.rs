@@ -252,11 +252,14 @@ impl Datapath {
                 ),
             }
         });
+        // Also after a partial write: what was written must not be hidden by copies.
+        let epoch = self.new_cache_epoch();
         if let Err(e) = r {
             // Partly written: the next apply must rewrite everything it wants.
             self.current = KernelState::default();
             return Err(e);
         }
+        epoch?;
         if touched.all {
             self.current = new.clone();
             return Ok(());

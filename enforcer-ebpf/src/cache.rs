@@ -1,0 +1,219 @@
+//! Per-CPU caches in front of the two hash look-ups every packet of an established flow
+//! paid: the pod (by host interface or VLAN) and the flow. A hash look-up is a helper
+//! call, a hash and a key compare in another function, ~50 ns each under real traffic
+//! here (docs/BENCHMARKS.md); a cache hit is an inlined array read and a compare.
+//! Open vSwitch's exact-match cache in front of its classifier is the same idea.
+//!
+//! A cached entry is a copy, so it must never outlive what it copies:
+//! - `CACHE_EPOCH`: the daemon bumps it after every change it makes to the pod maps or
+//!   the flow table (apply, sweep, flush), so every CPU's copies stop serving at once;
+//!   a copy is taken with the epoch read *before* the map look-up, so a change
+//!   racing with the fill leaves a copy that is already stale by epoch;
+//! - `CACHE_NS`: no copy serves longer than this after its fill, whatever happens
+//!   (another process writing the pinned maps, a daemon restart's old programs);
+//! - a flow is served from its copy only when the real entry would not change: same
+//!   direction, TCP/UDP, no state transition. Anything else goes to the flow table, so
+//!   the table's state machine, refresh and expiry stay the only ones.
+//!
+//! The caches are per CPU (no other writer; programs do not nest on a CPU, as for
+//! `SCRATCH`) and direct-mapped: a slot holds the last key that hashed to it.
+use enforcer_common::flow::{next_state, timeout_ns};
+use enforcer_common::*;
+
+use crate::maps::{CACHE_EPOCH, FLOW_CACHE, POD_CACHE};
+
+/// The longest a copy serves after its fill. Equal to the flow table's refresh period:
+/// an entry served only from its copy for a second has its `last_seen` at most two
+/// seconds behind, and only states whose timeout is well above that are cached.
+pub const CACHE_NS: u64 = 1_000_000_000;
+
+/// Slots per CPU (powers of two: the index is a mask).
+pub const POD_CACHE_SLOTS: u32 = 64;
+pub const FLOW_CACHE_SLOTS: u32 = 256;
+
+/// A pod cache key for a VLAN (trunk side); an interface index (pod side) is its own key.
+/// Interface indexes stay below 2^31, so the two never meet.
+pub const fn vlan_key(vlan: u16) -> u32 {
+    0x8000_0000 | vlan as u32
+}
+
+#[repr(C)]
+pub struct PodCacheEntry {
+    /// 0: empty (no interface has index 0).
+    key: u32,
+    _pad: u32,
+    epoch: u64,
+    filled_ns: u64,
+    pod: PodInfo,
+}
+
+#[repr(C)]
+pub struct FlowCacheEntry {
+    key: FlowKey,
+    epoch: u64,
+    filled_ns: u64,
+    slot: u32,
+    flow_peer: u32,
+    nat_port: u16,
+    path: u8,
+    /// The direction this copy serves, and whether that is the flow's reply direction.
+    dir: u8,
+    reply: u8,
+    state: u8,
+    _pad: [u8; 2],
+}
+
+/// What a flow-cache hit tells the path (what a flow-table hit would have).
+pub struct FlowHit {
+    pub path: u8,
+    pub nat_port: u16,
+    pub flow_peer: u32,
+}
+
+/// The epoch now: read before any look-up whose result is cached.
+#[inline(always)]
+pub fn epoch() -> u64 {
+    CACHE_EPOCH.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn fresh(epoch: u64, filled_ns: u64, want_epoch: u64, now: u64) -> bool {
+    epoch == want_epoch && now.wrapping_sub(filled_ns) < CACHE_NS
+}
+
+/// The cached copy of the pod under `key`, if it may serve.
+#[inline(always)]
+pub fn pod(key: u32, epoch: u64, now: u64) -> Option<&'static PodInfo> {
+    let e = POD_CACHE.get_ptr(key & (POD_CACHE_SLOTS - 1))?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let e = unsafe { &*e };
+    (e.key == key && fresh(e.epoch, e.filled_ns, epoch, now)).then_some(&e.pod)
+}
+
+/// Copies `pod` (just looked up under `key`, with `epoch` read before the look-up) into
+/// the cache and returns the copy, or `pod` itself when there is no slot.
+#[inline(always)]
+pub fn fill_pod(key: u32, pod: &'static PodInfo, epoch: u64, now: u64) -> &'static PodInfo {
+    let Some(e) = POD_CACHE.get_ptr_mut(key & (POD_CACHE_SLOTS - 1)) else {
+        return pod;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; nothing
+    // else writes it while we run.
+    let e = unsafe { &mut *e };
+    copy_words(&mut e.pod, pod);
+    e.key = key;
+    e.epoch = epoch;
+    e.filled_ns = now;
+    &e.pod
+}
+
+/// Copies a `T` with 4-byte word moves (a struct copy would be a byte-loop `memcpy`).
+#[inline(always)]
+fn copy_words<T>(dst: &mut T, src: &T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let d = dst as *mut T as *mut u32;
+    let s = src as *const T as *const u32;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 4 {
+        // SAFETY: both point to a whole, 4-aligned `T`; `i` stays inside it.
+        unsafe { *d.add(i) = *s.add(i) };
+        i += 1;
+    }
+}
+
+/// The key as its five 8-byte words (`FlowKey` is 40 bytes, aligned to 8).
+#[inline(always)]
+fn words(k: &FlowKey) -> [u64; 5] {
+    let p = k as *const FlowKey as *const u64;
+    // SAFETY: a whole, 8-aligned 40-byte key.
+    unsafe { [*p, *p.add(1), *p.add(2), *p.add(3), *p.add(4)] }
+}
+
+/// Word by word, folded: an array `==` becomes a call to a byte-loop `memcmp`.
+#[inline(always)]
+fn same(a: &[u64; 5], b: &[u64; 5]) -> bool {
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+}
+
+#[inline(always)]
+fn flow_index(w: &[u64; 5]) -> u32 {
+    let h = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+    let h = (h ^ (h >> 32)) as u32;
+    // Fibonacci hashing: the top bits of the product mix every input bit.
+    h.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+}
+
+/// A packet of `slot`'s flow `key` going `dir`, served from the cache when the flow
+/// table would say "allowed" and change nothing.
+#[inline(always)]
+pub fn flow(
+    key: &FlowKey,
+    slot: u32,
+    dir: Direction,
+    tcp_flags: u8,
+    epoch: u64,
+    now: u64,
+) -> Option<FlowHit> {
+    let w = words(key);
+    let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let e = unsafe { &*e };
+    if !same(&words(&e.key), &w)
+        || !fresh(e.epoch, e.filled_ns, epoch, now)
+        || e.slot != slot
+        || e.dir != dir as u8
+        || next_state(e.state, tcp_flags, e.reply != 0) != e.state
+    {
+        return None;
+    }
+    Some(FlowHit {
+        path: e.path,
+        nat_port: e.nat_port,
+        flow_peer: e.flow_peer,
+    })
+}
+
+/// After a flow-table hit that left `v` as it is now: copies what later packets of the
+/// flow going `dir` need, if the flow may be served from a copy (TCP or UDP, past the
+/// half-open state, a timeout well above the copy's life).
+#[inline(always)]
+pub fn fill_flow(
+    cfg: &NodeConfig,
+    key: &FlowKey,
+    v: &FlowValue,
+    dir: Direction,
+    epoch: u64,
+    now: u64,
+) {
+    if !matches!(key.proto, PROTO_TCP | PROTO_UDP)
+        || v.state == FLOW_TCP_SYN
+        || timeout_ns(cfg, v.state) <= 4 * CACHE_NS
+    {
+        return;
+    }
+    let w = words(key);
+    let Some(e) = FLOW_CACHE.get_ptr_mut(flow_index(&w)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; nothing
+    // else writes it while we run.
+    let e = unsafe { &mut *e };
+    let p = &mut e.key as *mut FlowKey as *mut u64;
+    // SAFETY: a whole, 8-aligned 40-byte key.
+    unsafe {
+        *p = w[0];
+        *p.add(1) = w[1];
+        *p.add(2) = w[2];
+        *p.add(3) = w[3];
+        *p.add(4) = w[4];
+    }
+    e.epoch = epoch;
+    e.filled_ns = now;
+    e.slot = v.slot;
+    e.flow_peer = v.peer_ifindex;
+    e.nat_port = v.nat_port;
+    e.path = v.path;
+    e.dir = dir as u8;
+    e.reply = (dir != v.origin()) as u8;
+    e.state = v.state;
+}
