@@ -110,7 +110,7 @@ pub fn fill_pod(key: u32, pod: &'static PodInfo, epoch: u64, now: u64) -> &'stat
 /// Copies a `T` with 4-byte word moves (a struct copy would be a byte-loop `memcpy`).
 #[inline(always)]
 fn copy_words<T>(dst: &mut T, src: &T) {
-    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
     let d = dst as *mut T as *mut u32;
     let s = src as *const T as *const u32;
     let mut i = 0;

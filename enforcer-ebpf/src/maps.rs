@@ -120,8 +120,10 @@ pub static CACHE_EPOCH: Array<u64, 1> = Array::new();
 
 /// Per CPU: copies of pods by host interface or VLAN (`cache`).
 #[btf_map]
-pub static POD_CACHE: PerCpuArray<crate::cache::PodCacheEntry, { crate::cache::POD_CACHE_SLOTS as usize }> =
-    PerCpuArray::new();
+pub static POD_CACHE: PerCpuArray<
+    crate::cache::PodCacheEntry,
+    { crate::cache::POD_CACHE_SLOTS as usize },
+> = PerCpuArray::new();
 
 /// Per CPU: copies of established flows (`cache`).
 #[btf_map]

@@ -12,8 +12,8 @@ use enforcer_ebpf::parse::{
 };
 use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
-use crate::cache;
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
+use crate::cache;
 use crate::conntrack::mark_path;
 use crate::counters::count;
 use crate::dest::{class_of, is_node, needs_snat, same_node_pod};

@@ -8,10 +8,10 @@ use enforcer_ebpf::rewrite::set_macs;
 /// `skb->pkt_type` of a frame addressed to this host.
 const PACKET_HOST: u32 = 0;
 
+use crate::cache::vlan_key;
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::POD_BY_VLAN;
-use crate::cache::vlan_key;
 use crate::pod::{cached_pod, into_pod, scratch};
 use crate::verdict::{Verdict, decide};
 

@@ -17,6 +17,11 @@ pub enum L4 {
         sport: u16,
         dport: u16,
     },
+    /// FIN-ACK: the sender closes its side.
+    Fin {
+        sport: u16,
+        dport: u16,
+    },
     Udp {
         sport: u16,
         dport: u16,
@@ -87,6 +92,11 @@ impl Frame {
                         .tcp(sport, dport, 1001, 64000)
                         .ack(5001)
                         .write(&mut out, b"hello"),
+                    L4::Fin { sport, dport } => ip
+                        .tcp(sport, dport, 1006, 64000)
+                        .ack(5001)
+                        .fin()
+                        .write(&mut out, &[]),
                     L4::Udp { sport, dport } => ip.udp(sport, dport).write(&mut out, b"ping"),
                     L4::EchoRequest { id } if $v6 => {
                         ip.icmpv6_echo_request(id, 1).write(&mut out, b"x")

@@ -288,6 +288,8 @@ fn a_remembered_peer_interface_never_misdelivers() {
     let mut m: aya::maps::HashMap<_, enforcer_common::FlowKey, enforcer_common::FlowValue> =
         h.dp.ebpf().map_mut("FLOWS").unwrap().try_into().unwrap();
     m.insert(key, value, 0).unwrap();
+    // Written behind the datapath's back: end the programs' copies, as the daemon does.
+    h.dp.new_cache_epoch().unwrap();
     h.expect(
         client,
         POD_EGRESS,

@@ -280,6 +280,8 @@ fn replies_and_icmp_errors_are_translated_back_to_the_pod() {
     for k in flows {
         m.remove(&k).unwrap();
     }
+    // Written behind the datapath's back: end the programs' copies, as the daemon does.
+    h.dp.new_cache_epoch().unwrap();
     h.expect(
         slot,
         PRIMARY_INGRESS,

@@ -230,8 +230,9 @@ impl Datapath {
 
     /// Ends the programs' cached copies of pods and flows (per CPU, see the eBPF
     /// `cache` module): called after every change to the pod maps, the flow table or
-    /// the node's settings, so no copy serves past the change.
-    pub(super) fn new_cache_epoch(&mut self) -> Result<()> {
+    /// the node's settings, so no copy serves past the change; also by whoever wrote
+    /// those maps directly (tests).
+    pub fn new_cache_epoch(&mut self) -> Result<()> {
         let mut a: Array<&mut MapData, u64> =
             map_mut(&mut self.ebpf, map_names::CACHE_EPOCH)?.try_into()?;
         let now = a

@@ -1,0 +1,262 @@
+//! The per-CPU copies of pods and flows (eBPF `cache`): they serve, and they never
+//! outlive what the daemon changes. Each test pins itself to one CPU, where test_run
+//! runs the programs, so that the copies a packet leaves are the ones the next finds
+//! (without the pin a test could pass because the copies were on another CPU).
+//!
+//! Topology: `integration_tests::scenario` (the client pod on `lo`).
+use enforcer_common::prog_names::*;
+use enforcer_common::{FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FlowKey, FlowValue, Reason};
+use integration_tests::frames::L4;
+use integration_tests::harness::*;
+use integration_tests::scenario::*;
+
+/// Runs the rest of the test on CPU 0 only.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls write only it and the
+    // calling thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin the test to CPU 0"
+        );
+    }
+}
+
+fn dns() -> Vec<u8> {
+    out(
+        "10.0.2.53",
+        L4::Udp {
+            sport: 5353,
+            dport: 53,
+        },
+    )
+    .bytes()
+}
+
+/// sg-client without its outbound DNS rule.
+fn without_dns() -> String {
+    GROUPS.replace(
+        r#"{"IpProtocol":"udp","FromPort":53,"ToPort":53,"IpRanges":[{"CidrIp":"10.0.2.53/32"}],"Ipv6Ranges":[{"CidrIpv6":"fd00:10:2::53/128"}]},"#,
+        "",
+    )
+}
+
+/// Removes every flow entry behind the daemon's back (as `bpftool map delete` would).
+fn delete_flows_directly(h: &mut Harness) {
+    let keys: Vec<FlowKey> = h.dp.flows().unwrap().into_iter().map(|(k, _)| k).collect();
+    let mut m: aya::maps::HashMap<_, FlowKey, FlowValue> =
+        h.dp.ebpf().map_mut("FLOWS").unwrap().try_into().unwrap();
+    for k in keys {
+        m.remove(&k).unwrap();
+    }
+}
+
+#[test]
+fn a_copy_serves_until_the_daemon_changes_anything_and_never_past_a_second() {
+    pin_to_one_cpu();
+    let mut h = setup();
+    let slot = h.slot("client");
+    let (revoked, granted) = (without_dns(), GROUPS.to_string());
+    assert_ne!(revoked, granted, "the DNS rule was found and taken out");
+    let flow = Reason::AllowFlow;
+    // Each step: what changes first, then the packet's verdict and reason.
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowPolicy,
+        "opens the flow",
+    );
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "a table hit, copied",
+    );
+
+    // The rule goes (the daemon writes; EC2 keeps tracked flows): still the flow's.
+    h.apply(&revoked, &k8s());
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "tracked flow survives a revoke",
+    );
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "and is copied again",
+    );
+
+    // Behind the daemon's back the entry goes: the copy still serves — this proves the
+    // copies are in use on this CPU — but for at most CACHE_NS.
+    delete_flows_directly(&mut h);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "served by the copy",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_SHOT,
+        Reason::DropNoRule,
+        "a second later the copy is gone and the revoked rule decides",
+    );
+
+    // The daemon's flush ends every copy at once.
+    h.apply(&granted, &k8s());
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowPolicy,
+        "reopened",
+    );
+    h.expect(slot, POD_EGRESS, &dns(), TC_ACT_REDIRECT, flow, "copied");
+    h.apply(&revoked, &k8s());
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "copied once more",
+    );
+    assert_eq!(h.dp.flush_flows(slot).unwrap(), 1);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_SHOT,
+        Reason::DropNoRule,
+        "flushed: judged afresh at once, never by a copy",
+    );
+}
+
+#[test]
+fn a_pod_that_turns_fail_closed_is_never_served_from_its_copy() {
+    pin_to_one_cpu();
+    let mut h = setup();
+    let slot = h.slot("client");
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowPolicy,
+        "opens the flow",
+    );
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowFlow,
+        "pod and flow copied",
+    );
+    // The client's policy now names a group that does not exist: fail-closed.
+    let broken = k8s().replace("groupIds: [sg-client]", "groupIds: [sg-missing]");
+    let p = h.apply(GROUPS, &broken);
+    assert!(p.pods.iter().any(|p| p.error.is_some()), "{:?}", p.pods);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_SHOT,
+        Reason::DropFailClosed,
+        "the pod's change ended both copies",
+    );
+    // From the trunk (the pod by VLAN) as well.
+    h.expect(
+        slot,
+        TRUNK_INGRESS,
+        &into(
+            "10.0.2.53",
+            L4::Udp {
+                sport: 53,
+                dport: 5353,
+            },
+        )
+        .bytes(),
+        TC_ACT_SHOT,
+        Reason::DropFailClosed,
+        "the VLAN side's copy too",
+    );
+}
+
+#[test]
+fn tcp_teardown_and_replies_always_reach_the_table() {
+    pin_to_one_cpu();
+    let mut h = setup();
+    let slot = h.slot("client");
+    let seg = |l4| out("10.0.2.5", l4).bytes();
+    let (sport, dport) = (40000, 443);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &seg(L4::Syn { sport, dport }),
+        TC_ACT_REDIRECT,
+        Reason::AllowPolicy,
+        "SYN",
+    );
+    let synack = into(
+        "10.0.2.5",
+        L4::SynAck {
+            sport: dport,
+            dport: sport,
+        },
+    )
+    .bytes();
+    h.expect(
+        slot,
+        TRUNK_INGRESS,
+        &synack,
+        TC_ACT_REDIRECT,
+        Reason::AllowFlow,
+        "SYN-ACK",
+    );
+    for _ in 0..3 {
+        h.expect(
+            slot,
+            POD_EGRESS,
+            &seg(L4::Ack { sport, dport }),
+            TC_ACT_REDIRECT,
+            Reason::AllowFlow,
+            "ACKs: copied",
+        );
+    }
+    let state = |h: &Harness| h.dp.flows().unwrap()[0].1.state;
+    assert_eq!(state(&h), FLOW_TCP_ESTABLISHED);
+    // A FIN changes the state: never answered from a copy, always by the table.
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &seg(L4::Fin { sport, dport }),
+        TC_ACT_REDIRECT,
+        Reason::AllowFlow,
+        "FIN",
+    );
+    assert_eq!(
+        state(&h),
+        FLOW_TCP_CLOSING,
+        "the FIN reached the flow table"
+    );
+}
