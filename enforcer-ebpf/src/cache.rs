@@ -17,6 +17,7 @@
 //!
 //! The caches are per CPU (no other writer; programs do not nest on a CPU, as for
 //! `SCRATCH`) and direct-mapped: a slot holds the last key that hashed to it.
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::flow::{next_state, timeout_ns};
 use enforcer_common::*;
 
@@ -29,7 +30,7 @@ pub const CACHE_NS: u64 = 1_000_000_000;
 
 /// Slots per CPU (powers of two: the index is a mask).
 pub const POD_CACHE_SLOTS: u32 = 64;
-pub const FLOW_CACHE_SLOTS: u32 = 256;
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
 
 /// A pod cache key for a VLAN (trunk side); an interface index (pod side) is its own key.
 /// Interface indexes stay below 2^31, so the two never meet.
@@ -70,30 +71,43 @@ pub struct FlowHit {
     pub flow_peer: u32,
 }
 
-/// The epoch now: read before any look-up whose result is cached.
-#[inline(always)]
-pub fn epoch() -> u64 {
-    CACHE_EPOCH.get(0).copied().unwrap_or(0)
+/// The epoch and the time, read together before any look-up whose answer is copied.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub epoch: u64,
+    /// `bpf_ktime_get_coarse_ns`, the flow table's clock.
+    pub now: u64,
 }
 
-#[inline(always)]
-fn fresh(epoch: u64, filled_ns: u64, want_epoch: u64, now: u64) -> bool {
-    epoch == want_epoch && now.wrapping_sub(filled_ns) < CACHE_NS
+impl Clock {
+    #[inline(always)]
+    pub fn read() -> Clock {
+        let epoch = CACHE_EPOCH.get(0).copied().unwrap_or(0);
+        // SAFETY: a plain helper call with no arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        Clock { epoch, now }
+    }
+
+    /// Whether a copy taken at `filled` (epoch, time) may serve now.
+    #[inline(always)]
+    fn serves(self, epoch: u64, filled_ns: u64) -> bool {
+        epoch == self.epoch && self.now.wrapping_sub(filled_ns) < CACHE_NS
+    }
 }
 
 /// The cached copy of the pod under `key`, if it may serve.
 #[inline(always)]
-pub fn pod(key: u32, epoch: u64, now: u64) -> Option<&'static PodInfo> {
+pub fn pod(key: u32, clock: Clock) -> Option<&'static PodInfo> {
     let e = POD_CACHE.get_ptr(key & (POD_CACHE_SLOTS - 1))?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
     let e = unsafe { &*e };
-    (e.key == key && fresh(e.epoch, e.filled_ns, epoch, now)).then_some(&e.pod)
+    (e.key == key && clock.serves(e.epoch, e.filled_ns)).then_some(&e.pod)
 }
 
-/// Copies `pod` (just looked up under `key`, with `epoch` read before the look-up) into
-/// the cache and returns the copy, or `pod` itself when there is no slot.
+/// Copies `pod` (just looked up under `key`, `clock` read before the look-up) into the
+/// cache and returns the copy, or `pod` itself when there is no slot.
 #[inline(always)]
-pub fn fill_pod(key: u32, pod: &'static PodInfo, epoch: u64, now: u64) -> &'static PodInfo {
+pub fn fill_pod(key: u32, pod: &'static PodInfo, clock: Clock) -> &'static PodInfo {
     let Some(e) = POD_CACHE.get_ptr_mut(key & (POD_CACHE_SLOTS - 1)) else {
         return pod;
     };
@@ -102,8 +116,8 @@ pub fn fill_pod(key: u32, pod: &'static PodInfo, epoch: u64, now: u64) -> &'stat
     let e = unsafe { &mut *e };
     copy_words(&mut e.pod, pod);
     e.key = key;
-    e.epoch = epoch;
-    e.filled_ns = now;
+    e.epoch = clock.epoch;
+    e.filled_ns = clock.now;
     &e.pod
 }
 
@@ -151,15 +165,14 @@ pub fn flow(
     slot: u32,
     dir: Direction,
     tcp_flags: u8,
-    epoch: u64,
-    now: u64,
+    clock: Clock,
 ) -> Option<FlowHit> {
     let w = words(key);
     let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
     let e = unsafe { &*e };
     if !same(&words(&e.key), &w)
-        || !fresh(e.epoch, e.filled_ns, epoch, now)
+        || !clock.serves(e.epoch, e.filled_ns)
         || e.slot != slot
         || e.dir != dir as u8
         || next_state(e.state, tcp_flags, e.reply != 0) != e.state
@@ -182,8 +195,7 @@ pub fn fill_flow(
     key: &FlowKey,
     v: &FlowValue,
     dir: Direction,
-    epoch: u64,
-    now: u64,
+    clock: Clock,
 ) {
     if !matches!(key.proto, PROTO_TCP | PROTO_UDP)
         || v.state == FLOW_TCP_SYN
@@ -207,8 +219,8 @@ pub fn fill_flow(
         *p.add(3) = w[3];
         *p.add(4) = w[4];
     }
-    e.epoch = epoch;
-    e.filled_ns = now;
+    e.epoch = clock.epoch;
+    e.filled_ns = clock.now;
     e.slot = v.slot;
     e.flow_peer = v.peer_ifindex;
     e.nat_port = v.nat_port;

@@ -8,7 +8,7 @@ use enforcer_common::flow::{idle_limit, initial_state, next_state, timeout_ns};
 use enforcer_common::*;
 use enforcer_ebpf::parse::{Addr, Packet, SNAT_FORWARD, Tuple};
 
-use crate::cache;
+use crate::cache::{self, Clock};
 use crate::maps::{FLOW_COUNT, FLOW_SWEPT, FLOWS};
 use crate::snat;
 
@@ -100,7 +100,7 @@ fn remove_flow(key: &FlowKey, slot: u32, path: u8, nat_port: u16) {
 }
 
 /// Looks the flow up; refreshes it on a hit, removes it when it has gone idle. A hit
-/// is copied into the per-CPU cache (`epoch`: the epoch read before the look-up).
+/// is copied into the per-CPU cache (`clock` read before the look-up).
 #[inline(always)]
 pub fn flow_hit(
     cfg: &NodeConfig,
@@ -108,9 +108,9 @@ pub fn flow_hit(
     key: &FlowKey,
     pkt: &mut Packet,
     dir: Direction,
-    now: u64,
-    epoch: u64,
+    clock: Clock,
 ) -> bool {
+    let now = clock.now;
     let Some(v) = FLOWS.get_ptr_mut(key) else {
         return false;
     };
@@ -145,7 +145,7 @@ pub fn flow_hit(
     if dir != v.origin() && v.seen_reply == 0 {
         v.seen_reply = 1;
     }
-    cache::fill_flow(cfg, key, v, dir, epoch, now);
+    cache::fill_flow(cfg, key, v, dir, clock);
     true
 }
 

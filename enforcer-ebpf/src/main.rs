@@ -17,6 +17,7 @@ mod counters;
 mod dest;
 mod events;
 mod exit;
+mod fast;
 mod fragments;
 mod maps;
 mod pod;

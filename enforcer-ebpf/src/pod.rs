@@ -3,17 +3,19 @@
 //! VPC), the node's stack, another pod of the node, or source NAT and the primary ENI.
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
 };
 use enforcer_common::*;
 use enforcer_ebpf::parse::{
-    KIND_FRAGMENT, KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2, parse_l3_pulled,
+    ETH_P_IP, KIND_FRAGMENT, KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2,
+    parse_l3_pulled,
 };
 use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
-use crate::cache;
+use crate::cache::{self, Clock};
+use crate::fast;
 use crate::conntrack::mark_path;
 use crate::counters::count;
 use crate::dest::{class_of, is_node, needs_snat, same_node_pod};
@@ -24,7 +26,8 @@ use crate::verdict::{State, Verdict, by_rules, by_state, decide};
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
-    let pod = this_pod(ctx)?;
+    let clock = Clock::read();
+    let pod = this_pod(ctx, clock)?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let src_mac =
         load::<[u8; 6]>(ctx, 6).map_err(|_| Exit::Drop(pod.slot, Reason::DropMalformed))?;
@@ -35,11 +38,14 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         // A pod has no business tagging its own frames.
         return Err(Exit::Drop(pod.slot, Reason::DropEthertype));
     }
-    let pkt = scratch(pod.slot)?;
-    parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let cfg = NODE_CONFIG
         .get(0)
         .ok_or(Exit::Internal(pod.slot, "node config lookup"))?;
+    if l2.ethertype == ETH_P_IP && fast::established_v4(ctx, pod, clock).is_some() {
+        return to_trunk(ctx, cfg, pod, Reason::AllowFlow);
+    }
+    let pkt = scratch(pod.slot)?;
+    parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     if pkt.family == AF_V6 {
         if pkt.kind == KIND_ND && is_link_plumbing(pod, pkt) {
             // The pod resolving its gateway (the host veth), DAD, MLD: stays on the node.
@@ -267,12 +273,13 @@ fn addressed_to(pod: &PodInfo, pkt: &Packet) -> bool {
     }
 }
 
-/// The pod behind the host interface the packet is on (at its ingress or egress).
+/// The pod behind the host interface the packet is on (at its ingress or egress);
+/// `clock` read before (see `cache`).
 #[inline(always)]
-pub fn this_pod(ctx: &TcContext) -> Result<&'static PodInfo, Exit> {
+pub fn this_pod(ctx: &TcContext, clock: Clock) -> Result<&'static PodInfo, Exit> {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    cached_pod(ifindex, |k| {
+    cached_pod(ifindex, clock, |k| {
         // SAFETY: hash values stay valid for the program's run (RCU); we only read.
         unsafe { POD_BY_IFINDEX.get(k) }
     })
@@ -280,21 +287,18 @@ pub fn this_pod(ctx: &TcContext) -> Result<&'static PodInfo, Exit> {
 }
 
 /// The pod under cache key `key`: the per-CPU copy when it may serve, else `lookup`'s
-/// answer (copied for the next packets).
+/// answer (copied for the next packets). `clock` is read before the look-up.
 #[inline(always)]
 pub fn cached_pod(
     key: u32,
+    clock: Clock,
     lookup: impl FnOnce(u32) -> Option<&'static PodInfo>,
 ) -> Option<&'static PodInfo> {
-    // The epoch before the look-up (see `cache`).
-    let epoch = cache::epoch();
-    // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(p) = cache::pod(key, epoch, now) {
+    if let Some(p) = cache::pod(key, clock) {
         return Some(p);
     }
     let found = lookup(key & 0x7fff_ffff)?;
-    Some(cache::fill_pod(key, found, epoch, now))
+    Some(cache::fill_pod(key, found, clock))
 }
 
 /// The per-CPU parsed packet (too large for the BPF stack).

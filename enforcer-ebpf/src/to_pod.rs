@@ -10,6 +10,7 @@ use enforcer_ebpf::parse::{KIND_ND, KIND_NORMAL, parse_l2, parse_l3_pulled};
 
 use crate::bypass::{addr_of, is_link_local, is_link_scope};
 use crate::conntrack::mark_path;
+use crate::cache::Clock;
 use crate::counters::count;
 use crate::dest::is_node;
 use crate::exit::Exit;
@@ -19,7 +20,7 @@ use crate::verdict::decide;
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
-    let pod = this_pod(ctx)?;
+    let pod = this_pod(ctx, Clock::read())?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let pkt = scratch(pod.slot)?;
     // ARP included: the CNI gives the node a permanent neighbour entry for the pod, as

@@ -8,7 +8,7 @@ use enforcer_ebpf::rewrite::set_macs;
 /// `skb->pkt_type` of a frame addressed to this host.
 const PACKET_HOST: u32 = 0;
 
-use crate::cache::vlan_key;
+use crate::cache::{Clock, vlan_key};
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::POD_BY_VLAN;
@@ -22,7 +22,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let Some(vlan) = l2.vlan else {
         return Ok(TC_ACT_OK);
     };
-    let pod = cached_pod(vlan_key(vlan), |k| {
+    let pod = cached_pod(vlan_key(vlan), Clock::read(), |k| {
         // SAFETY: hash values stay valid for the program's run (RCU); we only read.
         unsafe { POD_BY_VLAN.get(k) }
     })

@@ -7,7 +7,7 @@ use enforcer_common::flow::timeout_ns;
 use enforcer_common::*;
 use enforcer_ebpf::parse::*;
 
-use crate::cache;
+use crate::cache::{self, Clock};
 use crate::conntrack::{InsertError, flow_hit, flow_key, insert_flow, normalise_ports};
 use crate::events::{emit, rule_hit, would_drop};
 use crate::fragments::{later_fragment, record_first};
@@ -58,10 +58,9 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
     let Some(cfg) = NODE_CONFIG.get(0) else {
         return State::Decided(Verdict::Drop(Reason::DropInternal));
     };
-    // Before the flow look-up whose answer may be cached (see `cache`).
-    let epoch = cache::epoch();
-    // SAFETY: a plain helper call with no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Before the flow look-up whose answer may be copied (see `cache`).
+    let clock = Clock::read();
+    let now = clock.now;
     if pkt.kind == KIND_FRAGMENT {
         return State::Decided(later_fragment(pkt, pod.slot, now));
     }
@@ -82,13 +81,13 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     if pkt.kind != KIND_ICMP_ERROR {
-        if let Some(hit) = cache::flow(&key, pod.slot, dir, pkt.tcp_flags, epoch, now) {
+        if let Some(hit) = cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock) {
             pkt.flow_path = hit.path;
             pkt.nat_port = hit.nat_port;
             pkt.flow_peer = hit.flow_peer;
             return State::Decided(allowed(pkt, pod, Reason::AllowFlow, now));
         }
-        if flow_hit(cfg, pod, &key, pkt, dir, now, epoch) {
+        if flow_hit(cfg, pod, &key, pkt, dir, clock) {
             return State::Decided(allowed(pkt, pod, Reason::AllowFlow, now));
         }
     }
