@@ -48,12 +48,15 @@ pub struct PodCacheEntry {
     pod: PodInfo,
 }
 
+/// A flow's copy, with what the egress fast path (`fast`) needs to forward its packets
+/// without the pod's entry or the node's settings (copied from both at the fill; a
+/// change to either bumps the epoch).
 #[repr(C)]
 pub struct FlowCacheEntry {
     key: FlowKey,
     epoch: u64,
     filled_ns: u64,
-    slot: u32,
+    pub slot: u32,
     flow_peer: u32,
     nat_port: u16,
     path: u8,
@@ -61,7 +64,13 @@ pub struct FlowCacheEntry {
     dir: u8,
     reply: u8,
     state: u8,
-    _pad: [u8; 2],
+    pub vlan: u16,
+    /// The pod's host interface and MAC: its packets arrive there, from that MAC.
+    pub host_ifindex: u32,
+    pub pod_mac: [u8; 6],
+    /// The node's: where the VPC's traffic goes.
+    pub gateway_mac: [u8; 6],
+    pub trunk_ifindex: u32,
 }
 
 /// What a flow-cache hit tells the path (what a flow-table hit would have).
@@ -186,12 +195,39 @@ pub fn flow(
     })
 }
 
-/// After a flow-table hit that left `v` as it is now: copies what later packets of the
-/// flow going `dir` need, if the flow may be served from a copy (TCP or UDP, past the
-/// half-open state, a timeout well above the copy's life).
+/// The copy of `pod`'s flow `key` for the egress fast path: a packet from the pod's
+/// host interface `ifindex` (the caller checks its MAC against `pod_mac`), going out
+/// through the VPC, that changes nothing in the flow table.
+#[inline(always)]
+pub fn egress_to_vpc(
+    key: &FlowKey,
+    ifindex: u32,
+    tcp_flags: u8,
+    clock: Clock,
+) -> Option<&'static FlowCacheEntry> {
+    let w = words(key);
+    let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let e = unsafe { &*e };
+    if !same(&words(&e.key), &w)
+        || !clock.serves(e.epoch, e.filled_ns)
+        || e.host_ifindex != ifindex
+        || e.dir != Direction::Egress as u8
+        || e.path != PATH_VPC
+        || next_state(e.state, tcp_flags, e.reply != 0) != e.state
+    {
+        return None;
+    }
+    Some(e)
+}
+
+/// After a flow-table hit of `pod`'s that left `v` as it is now: copies what later
+/// packets of the flow going `dir` need, if the flow may be served from a copy (TCP or
+/// UDP, past the half-open state, a timeout well above the copy's life).
 #[inline(always)]
 pub fn fill_flow(
     cfg: &NodeConfig,
+    pod: &PodInfo,
     key: &FlowKey,
     v: &FlowValue,
     dir: Direction,
@@ -228,4 +264,20 @@ pub fn fill_flow(
     e.dir = dir as u8;
     e.reply = (dir != v.origin()) as u8;
     e.state = v.state;
+    e.vlan = pod.vlan;
+    e.host_ifindex = pod.host_ifindex;
+    copy_mac(&mut e.pod_mac, &pod.mac);
+    copy_mac(&mut e.gateway_mac, &cfg.gateway_mac);
+    e.trunk_ifindex = cfg.trunk_ifindex;
+}
+
+/// Byte by byte: a 6-byte array copy is a `memmove` call.
+#[inline(always)]
+fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    dst[0] = src[0];
+    dst[1] = src[1];
+    dst[2] = src[2];
+    dst[3] = src[3];
+    dst[4] = src[4];
+    dst[5] = src[5];
 }

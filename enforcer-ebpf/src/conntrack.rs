@@ -145,7 +145,7 @@ pub fn flow_hit(
     if dir != v.origin() && v.seen_reply == 0 {
         v.seen_reply = 1;
     }
-    cache::fill_flow(cfg, key, v, dir, clock);
+    cache::fill_flow(cfg, pod, key, v, dir, clock);
     true
 }
 

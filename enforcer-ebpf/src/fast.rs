@@ -1,37 +1,44 @@
 //! The common packet in few instructions: a pod's IPv4 TCP or UDP packet, plain header
-//! (no options, not a fragment), of an established flow the per-CPU cache holds
-//! (`cache`). It is recognised from a handful of header words instead of the full parse,
-//! and decided by the same checks the full path makes for it: the pod not fail-closed,
-//! its source the pod's address, the flow's copy serving (same direction, no state
-//! change). Anything else — another family or protocol, options, fragments, a cache
-//! miss, a flow that does not go through the VPC — answers `None` and takes the full
-//! path, which judges it from the start.
-use aya_ebpf::programs::TcContext;
+//! (no options, not a fragment), untagged, of an established flow through the VPC whose
+//! copy this CPU holds (`cache`). It is recognised from a handful of header words and
+//! forwarded with what the copy holds, without the pod's entry, the node's settings or
+//! the full parse. The copy stands for the checks the full path made when it was
+//! filled — the pod found by this interface, not fail-closed, the packet's source its
+//! address — and the fast path repeats what a packet can change: the interface, the
+//! source MAC, the flow (its key, direction, no state change). Anything else answers
+//! `None` and takes the full path, which judges the packet from the start.
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use enforcer_common::*;
-use enforcer_ebpf::parse::{Tuple, load};
+use enforcer_ebpf::parse::{ETH_P_IP, Tuple, load};
+use enforcer_ebpf::rewrite::push_tag;
 
-use crate::cache::{self, Clock};
+use crate::cache::{self, Clock, FlowCacheEntry};
 use crate::conntrack::flow_key;
+use crate::counters::count;
+use crate::exit::Exit;
 
-/// Ethernet header length; the caller has checked there is no VLAN tag in the bytes.
+/// Ethernet header length (untagged: checked).
 const L3: usize = 14;
 
-/// The flow's path when `ctx` holds such a packet from `pod` (untagged IPv4, which the
-/// caller checked), else `None`.
+/// The copy that forwards the packet in `ctx`, if it is such a packet.
 #[inline(always)]
-pub fn established_v4(ctx: &TcContext, pod: &PodInfo, clock: Clock) -> Option<u8> {
-    if pod.is_fail_closed() {
+pub fn established_v4(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let skb = unsafe { &*ctx.skb.skb };
+    // Bytes 4..16: the source MAC and the ethertype (with the IP header's first two).
+    let eth: [u32; 3] = load(ctx, 4).ok()?;
+    if skb.vlan_present != 0 || u16::from_be(eth[2] as u16) != ETH_P_IP {
         return None;
     }
     // Version, IHL, ..., protocol, addresses: five words, one bounds check.
     let h: [u32; 5] = load(ctx, L3).ok()?;
-    let (vihl, frag, proto) = (h[0] as u8, u16::from_be((h[1] >> 16) as u16), (h[2] >> 8) as u8);
+    let (vihl, frag, proto) = (
+        h[0] as u8,
+        u16::from_be((h[1] >> 16) as u16),
+        (h[2] >> 8) as u8,
+    );
     // No options, neither a fragment nor the first of several (MF, offset).
     if vihl != 0x45 || frag & 0x3fff != 0 {
-        return None;
-    }
-    // Anti-spoofing, as the full path: the pod's own address, which it has.
-    if pod.ipv4 == [0; 4] || h[3] != u32::from_ne_bytes(pod.ipv4) {
         return None;
     }
     let ports: u32 = load(ctx, L3 + 20).ok()?;
@@ -49,6 +56,20 @@ pub fn established_v4(ctx: &TcContext, pod: &PodInfo, clock: Clock) -> Option<u8
         proto,
     };
     let key = flow_key(&t, AF_V4, Direction::Egress);
-    let hit = cache::flow(&key, pod.slot, Direction::Egress, tcp_flags, clock)?;
-    (hit.path == PATH_VPC).then_some(hit.path)
+    let e = cache::egress_to_vpc(&key, skb.ifindex, tcp_flags, clock)?;
+    // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's.
+    let m = e.pod_mac;
+    let ok = (eth[0] >> 16) as u16 == u16::from_ne_bytes([m[0], m[1]])
+        && eth[1] == u32::from_ne_bytes([m[2], m[3], m[4], m[5]]);
+    ok.then_some(e)
+}
+
+/// Out of the trunk with the pod's VLAN, as the full path's `to_trunk` does.
+#[inline(always)]
+pub fn to_trunk(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
+    push_tag(ctx, e.vlan, &e.gateway_mac, &e.pod_mac)
+        .map_err(|step| Exit::Internal(e.slot, step))?;
+    count(e.slot, Reason::AllowFlow, ctx.len());
+    // SAFETY: a plain helper call with no pointers.
+    Ok(unsafe { bpf_redirect(e.trunk_ifindex, 0) } as i32)
 }

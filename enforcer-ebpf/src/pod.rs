@@ -8,18 +8,17 @@ use aya_ebpf::{
 };
 use enforcer_common::*;
 use enforcer_ebpf::parse::{
-    ETH_P_IP, KIND_FRAGMENT, KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2,
-    parse_l3_pulled,
+    KIND_FRAGMENT, KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2, parse_l3_pulled,
 };
 use enforcer_ebpf::rewrite::{push_tag, set_macs};
 
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
 use crate::cache::{self, Clock};
-use crate::fast;
 use crate::conntrack::mark_path;
 use crate::counters::count;
 use crate::dest::{class_of, is_node, needs_snat, same_node_pod};
 use crate::exit::Exit;
+use crate::fast;
 use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH, TAIL_CALLS};
 use crate::snat::translate_out;
 use crate::verdict::{State, Verdict, by_rules, by_state, decide};
@@ -27,6 +26,9 @@ use crate::verdict::{State, Verdict, by_rules, by_state, decide};
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let clock = Clock::read();
+    if let Some(copy) = fast::established_v4(ctx, clock) {
+        return fast::to_trunk(ctx, copy);
+    }
     let pod = this_pod(ctx, clock)?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let src_mac =
@@ -41,9 +43,6 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let cfg = NODE_CONFIG
         .get(0)
         .ok_or(Exit::Internal(pod.slot, "node config lookup"))?;
-    if l2.ethertype == ETH_P_IP && fast::established_v4(ctx, pod, clock).is_some() {
-        return to_trunk(ctx, cfg, pod, Reason::AllowFlow);
-    }
     let pkt = scratch(pod.slot)?;
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     if pkt.family == AF_V6 {

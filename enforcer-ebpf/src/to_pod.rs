@@ -9,8 +9,8 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::{KIND_ND, KIND_NORMAL, parse_l2, parse_l3_pulled};
 
 use crate::bypass::{addr_of, is_link_local, is_link_scope};
-use crate::conntrack::mark_path;
 use crate::cache::Clock;
+use crate::conntrack::mark_path;
 use crate::counters::count;
 use crate::dest::is_node;
 use crate::exit::Exit;

@@ -6,7 +6,7 @@
 //! Topology: `integration_tests::scenario` (the client pod on `lo`).
 use enforcer_common::prog_names::*;
 use enforcer_common::{FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FlowKey, FlowValue, Reason};
-use integration_tests::frames::L4;
+use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
 use integration_tests::scenario::*;
 
@@ -259,4 +259,69 @@ fn tcp_teardown_and_replies_always_reach_the_table() {
         FLOW_TCP_CLOSING,
         "the FIN reached the flow table"
     );
+}
+
+/// The egress fast path forwards from a flow's copy without the full checks; what an
+/// attacker can change in a packet of that flow must send it back to them. Each row: a
+/// look-alike of the copied flow's packet, then its verdict and reason.
+#[test]
+fn look_alikes_of_a_copied_flow_meet_the_full_checks() {
+    pin_to_one_cpu();
+    let mut h = setup();
+    let slot = h.slot("client");
+    let udp = L4::Udp {
+        sport: 5353,
+        dport: 53,
+    };
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowPolicy,
+        "opens the flow",
+    );
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowFlow,
+        "copied",
+    );
+    // With the table's entry gone behind the daemon's back, only the copy can pass
+    // anything: every row below that is not the flow's own packet must be refused.
+    delete_flows_directly(&mut h);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        Reason::AllowFlow,
+        "the fast path serves the flow",
+    );
+    let mut other_mac = out("10.0.2.53", udp.clone());
+    other_mac.src_mac = [0x02, 0, 0, 0, 0x66, 0x66];
+    let tagged = out("10.0.2.53", udp.clone()).tagged(7);
+    let other_ip = Frame::new(CLIENT.mac, HOST_MAC, "10.0.1.99", "10.0.2.53", udp.clone());
+    let rows: [(&str, Vec<u8>, Reason); 3] = [
+        (
+            "another MAC, the flow's addresses and ports",
+            other_mac.bytes(),
+            Reason::DropSpoofMac,
+        ),
+        (
+            "the flow's packet with a VLAN tag in its bytes",
+            tagged.bytes(),
+            Reason::DropEthertype,
+        ),
+        (
+            "another source address, the flow's ports",
+            other_ip.bytes(),
+            Reason::DropSpoofIp,
+        ),
+    ];
+    for (what, frame, reason) in rows {
+        h.expect(slot, POD_EGRESS, &frame, TC_ACT_SHOT, reason, what);
+    }
 }
