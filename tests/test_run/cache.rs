@@ -300,10 +300,10 @@ fn look_alikes_of_a_copied_flow_meet_the_full_checks() {
         Reason::AllowFlow,
         "the fast path serves the flow",
     );
-    let mut other_mac = out("10.0.2.53", udp.clone());
+    let mut other_mac = out("10.0.2.53", udp);
     other_mac.src_mac = [0x02, 0, 0, 0, 0x66, 0x66];
-    let tagged = out("10.0.2.53", udp.clone()).tagged(7);
-    let other_ip = Frame::new(CLIENT.mac, HOST_MAC, "10.0.1.99", "10.0.2.53", udp.clone());
+    let tagged = out("10.0.2.53", udp).tagged(7);
+    let other_ip = Frame::new(CLIENT.mac, HOST_MAC, "10.0.1.99", "10.0.2.53", udp);
     let rows: [(&str, Vec<u8>, Reason); 3] = [
         (
             "another MAC, the flow's addresses and ports",
