@@ -1,6 +1,7 @@
-//! The common packet in few instructions: a pod's IPv4 TCP or UDP packet, plain header
-//! (no options, not a fragment), untagged, of an established flow through the VPC whose
-//! copy this CPU holds (`cache`). It is recognised from a handful of header words and
+//! The common packet in few instructions: a pod's TCP or UDP packet, plain header (IPv4
+//! without options, not a fragment; IPv6 without extension headers, not to a link-scope
+//! address), untagged, of an established flow through the VPC whose copy this CPU holds
+//! (`cache`). It is recognised from a handful of header words and
 //! forwarded with what the copy holds, without the pod's entry, the node's settings or
 //! the full parse. The copy stands for the checks the full path made when it was
 //! filled — the pod found by this interface, not fail-closed, the packet's source its
@@ -9,9 +10,10 @@
 //! `None` and takes the full path, which judges the packet from the start.
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use enforcer_common::*;
-use enforcer_ebpf::parse::{ETH_P_IP, Tuple, load};
+use enforcer_ebpf::parse::{ETH_P_IP, ETH_P_IPV6, Tuple, load};
 use enforcer_ebpf::rewrite::push_tag;
 
+use crate::bypass::is_link_scope;
 use crate::cache::{self, Clock, FlowCacheEntry};
 use crate::conntrack::flow_key;
 use crate::counters::count;
@@ -22,14 +24,32 @@ const L3: usize = 14;
 
 /// The copy that forwards the packet in `ctx`, if it is such a packet.
 #[inline(always)]
-pub fn established_v4(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
+pub fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let skb = unsafe { &*ctx.skb.skb };
-    // Bytes 4..16: the source MAC and the ethertype (with the IP header's first two).
-    let eth: [u32; 3] = load(ctx, 4).ok()?;
-    if skb.vlan_present != 0 || u16::from_be(eth[2] as u16) != ETH_P_IP {
+    if skb.vlan_present != 0 {
         return None;
     }
+    // Bytes 4..16: the source MAC and the ethertype (with the network header's first two).
+    let eth: [u32; 3] = load(ctx, 4).ok()?;
+    let (t, tcp_flags, family) = match u16::from_be(eth[2] as u16) {
+        ETH_P_IP => v4(ctx)?,
+        ETH_P_IPV6 => v6(ctx)?,
+        _ => return None,
+    };
+    let key = flow_key(&t, family, Direction::Egress);
+    let e = cache::egress_to_vpc(&key, skb.ifindex, tcp_flags, clock)?;
+    // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's.
+    let m = e.pod_mac;
+    let ok = (eth[0] >> 16) as u16 == u16::from_ne_bytes([m[0], m[1]])
+        && eth[1] == u32::from_ne_bytes([m[2], m[3], m[4], m[5]]);
+    ok.then_some(e)
+}
+
+/// IPv4 without options, not a fragment (nor the first of several): the tuple, the TCP
+/// flags and the family.
+#[inline(always)]
+fn v4(ctx: &TcContext) -> Option<(Tuple, u8, u8)> {
     // Version, IHL, ..., protocol, addresses: five words, one bounds check.
     let h: [u32; 5] = load(ctx, L3).ok()?;
     let (vihl, frag, proto) = (
@@ -37,31 +57,57 @@ pub fn established_v4(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCach
         u16::from_be((h[1] >> 16) as u16),
         (h[2] >> 8) as u8,
     );
-    // No options, neither a fragment nor the first of several (MF, offset).
     if vihl != 0x45 || frag & 0x3fff != 0 {
         return None;
     }
-    let ports: u32 = load(ctx, L3 + 20).ok()?;
-    let tcp_flags = match proto {
-        // The flags byte is the high half of the word at offset 12 of the TCP header.
-        PROTO_TCP => (load::<u16>(ctx, L3 + 32).ok()? >> 8) as u8,
-        PROTO_UDP => 0,
-        _ => return None,
-    };
+    let (sport, dport, flags) = ports(ctx, L3 + 20, proto)?;
     let t = Tuple {
         src: [h[3], 0, 0, 0],
         dst: [h[4], 0, 0, 0],
-        sport: u16::from_be(ports as u16),
-        dport: u16::from_be((ports >> 16) as u16),
+        sport,
+        dport,
         proto,
     };
-    let key = flow_key(&t, AF_V4, Direction::Egress);
-    let e = cache::egress_to_vpc(&key, skb.ifindex, tcp_flags, clock)?;
-    // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's.
-    let m = e.pod_mac;
-    let ok = (eth[0] >> 16) as u16 == u16::from_ne_bytes([m[0], m[1]])
-        && eth[1] == u32::from_ne_bytes([m[2], m[3], m[4], m[5]]);
-    ok.then_some(e)
+    Some((t, flags, AF_V4))
+}
+
+/// IPv6 with TCP or UDP right after the fixed header (no extension header), to a
+/// destination that is not link-scope: the full path keeps link-scope traffic on the
+/// node, which a copy of a VPC flow must never short-cut.
+#[inline(always)]
+fn v6(ctx: &TcContext) -> Option<(Tuple, u8, u8)> {
+    let h: [u32; 10] = load(ctx, L3).ok()?;
+    let (version, next) = (h[0] as u8 >> 4, (h[1] >> 16) as u8);
+    let dst = [h[6], h[7], h[8], h[9]];
+    if version != 6 || is_link_scope(&dst) {
+        return None;
+    }
+    let (sport, dport, flags) = ports(ctx, L3 + 40, next)?;
+    let t = Tuple {
+        src: [h[2], h[3], h[4], h[5]],
+        dst,
+        sport,
+        dport,
+        proto: next,
+    };
+    Some((t, flags, AF_V6))
+}
+
+/// TCP or UDP at `off`: the ports (host order) and TCP's flags (0 for UDP).
+#[inline(always)]
+fn ports(ctx: &TcContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
+    let w: u32 = load(ctx, off).ok()?;
+    let flags = match proto {
+        // The flags byte is the high half of the word at offset 12 of the TCP header.
+        PROTO_TCP => (load::<u16>(ctx, off + 12).ok()? >> 8) as u8,
+        PROTO_UDP => 0,
+        _ => return None,
+    };
+    Some((
+        u16::from_be(w as u16),
+        u16::from_be((w >> 16) as u16),
+        flags,
+    ))
 }
 
 /// Out of the trunk with the pod's VLAN, as the full path's `to_trunk` does.

@@ -26,7 +26,7 @@ use crate::verdict::{State, Verdict, by_rules, by_state, decide};
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let clock = Clock::read();
-    if let Some(copy) = fast::established_v4(ctx, clock) {
+    if let Some(copy) = fast::established(ctx, clock) {
         return fast::to_trunk(ctx, copy);
     }
     let pod = this_pod(ctx, clock)?;

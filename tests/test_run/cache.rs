@@ -325,3 +325,71 @@ fn look_alikes_of_a_copied_flow_meet_the_full_checks() {
         h.expect(slot, POD_EGRESS, &frame, TC_ACT_SHOT, reason, what);
     }
 }
+
+/// IPv6: the fast path serves a copied flow through the VPC, and never one to a
+/// link-scope address, which the full path keeps on the node: a copy of such a flow
+/// must not send its packets to the trunk.
+#[test]
+fn ipv6_copies_serve_vpc_flows_and_never_link_scope_ones() {
+    pin_to_one_cpu();
+    let mdns_rule = r#"{"IpProtocol":"udp","FromPort":5353,"ToPort":5353,"Ipv6Ranges":[{"CidrIpv6":"ff00::/8"}]},"#;
+    let groups = GROUPS.replacen(
+        r#""IpPermissionsEgress":["#,
+        &format!(r#""IpPermissionsEgress":[{mdns_rule}"#),
+        1,
+    );
+    let mut h = Harness::new();
+    let p = h.apply(&groups, &k8s());
+    assert!(p.pods.iter().all(|p| p.error.is_none()), "{:?}", p.pods);
+    let slot = h.slot("client");
+    let udp = |dport| L4::Udp { sport: 5353, dport };
+    let dns6 = out("fd00:10:2::53", udp(53)).bytes();
+    let mdns = out("ff02::fb", udp(5353)).bytes();
+    let (policy, flow) = (Reason::AllowPolicy, Reason::AllowFlow);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns6,
+        TC_ACT_REDIRECT,
+        policy,
+        "v6 flow opened",
+    );
+    h.expect(slot, POD_EGRESS, &dns6, TC_ACT_REDIRECT, flow, "copied");
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &mdns,
+        TC_ACT_OK,
+        policy,
+        "link-scope flow opened, kept on the node",
+    );
+    h.expect(slot, POD_EGRESS, &mdns, TC_ACT_OK, flow, "copied");
+    // Only copies can pass anything now.
+    delete_flows_directly(&mut h);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns6,
+        TC_ACT_REDIRECT,
+        flow,
+        "the fast path serves the v6 flow",
+    );
+    let mut other_mac = out("fd00:10:2::53", udp(53));
+    other_mac.src_mac = [0x02, 0, 0, 0, 0x66, 0x66];
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &other_mac.bytes(),
+        TC_ACT_SHOT,
+        Reason::DropSpoofMac,
+        "another MAC",
+    );
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &mdns,
+        TC_ACT_OK,
+        flow,
+        "the link-scope flow's copy answers in the full path: still on the node, never the trunk",
+    );
+}
