@@ -44,6 +44,28 @@ fn without_dns() -> String {
     )
 }
 
+/// Opens `frame`'s flow (the rules allow it) and has this CPU copy it (a table hit).
+fn open_and_copy(h: &mut Harness, slot: u32, frame: &[u8]) {
+    let open = Reason::AllowPolicy;
+    h.expect(
+        slot,
+        POD_EGRESS,
+        frame,
+        TC_ACT_REDIRECT,
+        open,
+        "opens the flow",
+    );
+    let hit = Reason::AllowFlow;
+    h.expect(
+        slot,
+        POD_EGRESS,
+        frame,
+        TC_ACT_REDIRECT,
+        hit,
+        "a table hit, copied",
+    );
+}
+
 /// Removes every flow entry behind the daemon's back (as `bpftool map delete` would).
 fn delete_flows_directly(h: &mut Harness) {
     let keys: Vec<FlowKey> = h.dp.flows().unwrap().into_iter().map(|(k, _)| k).collect();
@@ -63,22 +85,7 @@ fn a_copy_serves_until_the_daemon_changes_anything_and_never_past_a_second() {
     assert_ne!(revoked, granted, "the DNS rule was found and taken out");
     let flow = Reason::AllowFlow;
     // Each step: what changes first, then the packet's verdict and reason.
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        Reason::AllowPolicy,
-        "opens the flow",
-    );
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        flow,
-        "a table hit, copied",
-    );
+    open_and_copy(&mut h, slot, &dns());
 
     // The rule goes (the daemon writes; EC2 keeps tracked flows): still the flow's.
     h.apply(&revoked, &k8s());
@@ -156,21 +163,23 @@ fn a_pod_that_turns_fail_closed_is_never_served_from_its_copy() {
     pin_to_one_cpu();
     let mut h = setup();
     let slot = h.slot("client");
+    open_and_copy(&mut h, slot, &dns());
+    let reply = into(
+        "10.0.2.53",
+        L4::Udp {
+            sport: 53,
+            dport: 5353,
+        },
+    )
+    .bytes();
+    let hit = Reason::AllowFlow;
     h.expect(
         slot,
-        POD_EGRESS,
-        &dns(),
+        TRUNK_INGRESS,
+        &reply,
         TC_ACT_REDIRECT,
-        Reason::AllowPolicy,
-        "opens the flow",
-    );
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        Reason::AllowFlow,
-        "pod and flow copied",
+        hit,
+        "the reply: the pod copied by VLAN",
     );
     // The client's policy now names a group that does not exist: fail-closed.
     let broken = k8s().replace("groupIds: [sg-client]", "groupIds: [sg-missing]");
@@ -188,14 +197,7 @@ fn a_pod_that_turns_fail_closed_is_never_served_from_its_copy() {
     h.expect(
         slot,
         TRUNK_INGRESS,
-        &into(
-            "10.0.2.53",
-            L4::Udp {
-                sport: 53,
-                dport: 5353,
-            },
-        )
-        .bytes(),
+        &reply,
         TC_ACT_SHOT,
         Reason::DropFailClosed,
         "the VLAN side's copy too",
@@ -273,22 +275,7 @@ fn look_alikes_of_a_copied_flow_meet_the_full_checks() {
         sport: 5353,
         dport: 53,
     };
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        Reason::AllowPolicy,
-        "opens the flow",
-    );
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        Reason::AllowFlow,
-        "copied",
-    );
+    open_and_copy(&mut h, slot, &dns());
     // With the table's entry gone behind the daemon's back, only the copy can pass
     // anything: every row below that is not the flow's own packet must be refused.
     delete_flows_directly(&mut h);
