@@ -233,9 +233,12 @@ pub fn fill_flow(
     dir: Direction,
     clock: Clock,
 ) {
+    // Not in the clock tick the flow was opened in: its creator may still be marking
+    // where it goes (`mark_path`), and a copy must not keep the unmarked path.
     if !matches!(key.proto, PROTO_TCP | PROTO_UDP)
         || v.state == FLOW_TCP_SYN
         || timeout_ns(cfg, v.state) <= 4 * CACHE_NS
+        || v.opened_ns == clock.now
     {
         return;
     }
