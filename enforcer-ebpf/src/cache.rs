@@ -152,6 +152,18 @@ fn words(k: &FlowKey) -> [u64; 5] {
     unsafe { [*p, *p.add(1), *p.add(2), *p.add(3), *p.add(4)] }
 }
 
+/// Stores a key from its words (a struct copy would be a byte-loop `memcpy`).
+#[inline(always)]
+fn put_words(k: &mut FlowKey, w: &[u64; 5]) {
+    let p = k as *mut FlowKey as *mut u64;
+    // SAFETY: a whole, 8-aligned 40-byte key.
+    unsafe {
+        for (i, x) in w.iter().enumerate() {
+            *p.add(i) = *x;
+        }
+    }
+}
+
 /// Word by word, folded: an array `==` becomes a call to a byte-loop `memcmp`.
 #[inline(always)]
 fn same(a: &[u64; 5], b: &[u64; 5]) -> bool {
@@ -166,6 +178,27 @@ fn flow_index(w: &[u64; 5]) -> u32 {
     h.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
 }
 
+/// The copy of flow `key` for a packet going `dir` with `tcp_flags`, if it may answer
+/// for the flow table: filled within its epoch and second, for that direction, and the
+/// packet changes nothing in the entry (no state transition).
+#[inline(always)]
+fn serving(
+    key: &FlowKey,
+    dir: Direction,
+    tcp_flags: u8,
+    clock: Clock,
+) -> Option<&'static FlowCacheEntry> {
+    let w = words(key);
+    let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let e = unsafe { &*e };
+    let serves = same(&words(&e.key), &w)
+        && clock.serves(e.epoch, e.filled_ns)
+        && e.dir == dir as u8
+        && next_state(e.state, tcp_flags, e.reply != 0) == e.state;
+    serves.then_some(e)
+}
+
 /// A packet of `slot`'s flow `key` going `dir`, served from the cache when the flow
 /// table would say "allowed" and change nothing.
 #[inline(always)]
@@ -176,18 +209,7 @@ pub fn flow(
     tcp_flags: u8,
     clock: Clock,
 ) -> Option<FlowHit> {
-    let w = words(key);
-    let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
-    let e = unsafe { &*e };
-    if !same(&words(&e.key), &w)
-        || !clock.serves(e.epoch, e.filled_ns)
-        || e.slot != slot
-        || e.dir != dir as u8
-        || next_state(e.state, tcp_flags, e.reply != 0) != e.state
-    {
-        return None;
-    }
+    let e = serving(key, dir, tcp_flags, clock).filter(|e| e.slot == slot)?;
     Some(FlowHit {
         path: e.path,
         nat_port: e.nat_port,
@@ -195,8 +217,8 @@ pub fn flow(
     })
 }
 
-/// The copy of `pod`'s flow `key` for the egress fast path: a packet from the pod's
-/// host interface `ifindex` (the caller checks its MAC against `pod_mac`), going out
+/// The copy of flow `key` for the egress fast path: a packet from the pod's host
+/// interface `ifindex` (the caller checks its MAC against `pod_mac`), going out
 /// through the VPC, that changes nothing in the flow table.
 #[inline(always)]
 pub fn egress_to_vpc(
@@ -205,20 +227,8 @@ pub fn egress_to_vpc(
     tcp_flags: u8,
     clock: Clock,
 ) -> Option<&'static FlowCacheEntry> {
-    let w = words(key);
-    let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
-    let e = unsafe { &*e };
-    if !same(&words(&e.key), &w)
-        || !clock.serves(e.epoch, e.filled_ns)
-        || e.host_ifindex != ifindex
-        || e.dir != Direction::Egress as u8
-        || e.path != PATH_VPC
-        || next_state(e.state, tcp_flags, e.reply != 0) != e.state
-    {
-        return None;
-    }
-    Some(e)
+    serving(key, Direction::Egress, tcp_flags, clock)
+        .filter(|e| e.host_ifindex == ifindex && e.path == PATH_VPC)
 }
 
 /// After a flow-table hit of `pod`'s that left `v` as it is now: copies what later
@@ -249,15 +259,7 @@ pub fn fill_flow(
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; nothing
     // else writes it while we run.
     let e = unsafe { &mut *e };
-    let p = &mut e.key as *mut FlowKey as *mut u64;
-    // SAFETY: a whole, 8-aligned 40-byte key.
-    unsafe {
-        *p = w[0];
-        *p.add(1) = w[1];
-        *p.add(2) = w[2];
-        *p.add(3) = w[3];
-        *p.add(4) = w[4];
-    }
+    put_words(&mut e.key, &w);
     e.epoch = clock.epoch;
     e.filled_ns = clock.now;
     e.slot = v.slot;
