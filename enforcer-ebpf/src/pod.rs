@@ -66,7 +66,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     }
     if link_scope {
         // Allowed, and link-scope: delivered on the node, never onto the trunk.
-        let reason = verdict(pod, decide(pod, pkt, Direction::Egress))?;
+        let reason = verdict(pod, decide(pod, pkt, Direction::Egress, clock))?;
         count(pod.slot, reason, ctx.len());
         return Ok(TC_ACT_OK);
     }
@@ -80,7 +80,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let mut state = None;
     if placed {
         if pkt.kind != KIND_FRAGMENT {
-            state = Some(by_state(pod, pkt, Direction::Egress));
+            state = Some(by_state(pod, pkt, Direction::Egress, clock));
         }
         let known = matches!(
             state,
@@ -105,7 +105,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let v = match state {
         Some(State::Decided(v)) => v,
         Some(State::Rules(cfg, now)) => by_rules(cfg, pod, pkt, Direction::Egress, now),
-        None => decide(pod, pkt, Direction::Egress),
+        None => decide(pod, pkt, Direction::Egress, clock),
     };
     let reason = verdict(pod, v)?;
     if reason == Reason::AllowFlow {
@@ -243,7 +243,7 @@ pub fn host_local(ctx: &TcContext) -> Result<i32, Exit> {
     let received = if bypasses_groups(peer) {
         Reason::AllowHostLocal
     } else {
-        match decide(peer, pkt, Direction::Ingress) {
+        match decide(peer, pkt, Direction::Ingress, Clock::read()) {
             Verdict::Allow(r) => r,
             Verdict::Drop(r) => return Err(Exit::Drop(peer.slot, r)),
         }

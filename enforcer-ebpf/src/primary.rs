@@ -8,6 +8,7 @@ use enforcer_ebpf::parse::{
 };
 use enforcer_ebpf::rewrite::set_macs;
 
+use crate::cache::Clock;
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH};
@@ -60,7 +61,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     };
     to_pod_view(pkt, &back);
     pkt.snat = SNAT_REVERSE;
-    let reason = verdict(pod, decide(pod, pkt, Direction::Ingress))?;
+    let reason = verdict(pod, decide(pod, pkt, Direction::Ingress, Clock::read()))?;
     translate_back(ctx, pkt, node, nat_port).map_err(|step| Exit::Internal(pod.slot, step))?;
     set_macs(ctx, &pod.mac, &pod.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
     count(pod.slot, reason, ctx.len());

@@ -20,7 +20,8 @@ use crate::verdict::decide;
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
-    let pod = this_pod(ctx, Clock::read())?;
+    let clock = Clock::read();
+    let pod = this_pod(ctx, clock)?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let pkt = scratch(pod.slot)?;
     // ARP included: the CNI gives the node a permanent neighbour entry for the pod, as
@@ -49,7 +50,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         count(pod.slot, Reason::AllowHostLocal, ctx.len());
         return Ok(TC_ACT_OK);
     }
-    let reason = verdict(pod, decide(pod, pkt, Direction::Ingress))?;
+    let reason = verdict(pod, decide(pod, pkt, Direction::Ingress, clock))?;
     if reason == Reason::AllowPolicy && is_node(pkt.family, &pkt.outer.src) {
         // The pod's replies go back up the node's stack, not out of the trunk.
         mark_path(pkt, Direction::Ingress, PATH_NODE, 0);

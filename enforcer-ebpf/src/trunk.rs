@@ -22,7 +22,8 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let Some(vlan) = l2.vlan else {
         return Ok(TC_ACT_OK);
     };
-    let pod = cached_pod(vlan_key(vlan), Clock::read(), |k| {
+    let clock = Clock::read();
+    let pod = cached_pod(vlan_key(vlan), clock, |k| {
         // SAFETY: hash values stay valid for the program's run (RCU); we only read.
         unsafe { POD_BY_VLAN.get(k) }
     })
@@ -31,7 +32,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its
     // neighbour is the host-side interface): they meet the pod's inbound rules.
-    let reason = match decide(pod, pkt, Direction::Ingress) {
+    let reason = match decide(pod, pkt, Direction::Ingress, clock) {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
     };

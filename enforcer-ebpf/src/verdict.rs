@@ -2,7 +2,6 @@
 //! then related ICMP errors and the flow table (`by_state`), the rules on a miss, a new
 //! flow when they allow (`by_rules`). A path that must know where a packet goes before
 //! the rules judge it (standard mode) asks the state first and places only a miss.
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::flow::timeout_ns;
 use enforcer_common::*;
 use enforcer_ebpf::parse::*;
@@ -27,23 +26,22 @@ pub enum State {
 }
 
 #[inline(always)]
-pub fn decide(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> Verdict {
-    match by_state(pod, pkt, dir) {
+pub fn decide(pod: &PodInfo, pkt: &mut Packet, dir: Direction, clock: Clock) -> Verdict {
+    match by_state(pod, pkt, dir, clock) {
         State::Decided(v) => v,
         State::Rules(cfg, now) => by_rules(cfg, pod, pkt, dir, now),
     }
 }
 
 /// Fail-closed, later fragments, related ICMP errors and the flow table: everything
-/// that needs no rule.
+/// that needs no rule. `clock`: read by the program before any look-up (see `cache`).
 #[inline(always)]
-pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
+pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction, clock: Clock) -> State {
+    let now = clock.now;
     if pod.is_fail_closed() {
         if always_allowed(pkt, dir) {
             return State::Decided(Verdict::Allow(Reason::AllowAlways));
         }
-        // SAFETY: a plain helper call with no arguments.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
         emit(
             pkt,
             pod.slot,
@@ -58,9 +56,6 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction) -> State {
     let Some(cfg) = NODE_CONFIG.get(0) else {
         return State::Decided(Verdict::Drop(Reason::DropInternal));
     };
-    // Before the flow look-up whose answer may be copied (see `cache`).
-    let clock = Clock::read();
-    let now = clock.now;
     if pkt.kind == KIND_FRAGMENT {
         return State::Decided(later_fragment(pkt, pod.slot, now));
     }
