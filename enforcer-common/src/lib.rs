@@ -36,6 +36,10 @@ pub mod map_names {
     pub const PEER_V4: &str = "PEER_V4";
     pub const PEER_V6: &str = "PEER_V6";
     pub const PORT_RULES: &str = "PORT_RULES";
+    pub const PEER_HASH_V4: &str = "PEER_HASH_V4";
+    pub const PEER_HASH_V6: &str = "PEER_HASH_V6";
+    pub const PEER_LENS: &str = "PEER_LENS";
+    pub const PORT_EXACT: &str = "PORT_EXACT";
     pub const ALWAYS_V4: &str = "ALWAYS_V4";
     pub const ALWAYS_V6: &str = "ALWAYS_V6";
     pub const FLOWS: &str = "FLOWS";
@@ -117,6 +121,9 @@ mod user {
         NodeConfig,
         PeerKeyV4,
         PeerKeyV6,
+        PeerHashKeyV4,
+        PeerHashKeyV6,
+        PeerLens,
         PeerClass,
         PortKey,
         PortRule,
@@ -146,6 +153,9 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);
 const _: () = assert!(core::mem::size_of::<PeerKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<PeerKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<PeerClass>() == 12);
+const _: () = assert!(core::mem::size_of::<PeerHashKeyV4>() == 12);
+const _: () = assert!(core::mem::size_of::<PeerHashKeyV6>() == 24);
+const _: () = assert!(core::mem::size_of::<PeerLens>() == 276);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 const _: () = assert!(core::mem::size_of::<AlwaysAllow>() == 4);

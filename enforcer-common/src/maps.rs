@@ -12,9 +12,9 @@ use crate::*;
 /// `<bpffsDir>/v<LAYOUT_VERSION>/`, and a daemon finding another version's maps there
 /// migrates from them (older) or refuses to start (newer).
 #[cfg(not(feature = "layout-next"))]
-pub const LAYOUT_VERSION: u32 = 7;
-#[cfg(feature = "layout-next")]
 pub const LAYOUT_VERSION: u32 = 8;
+#[cfg(feature = "layout-next")]
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// How a map's contents cross from an older layout's maps to this build's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +33,8 @@ pub enum Carry {
 }
 
 /// Older FlowValue sizes this build's extends: layout 7 appended `opened_ns` to layout
-/// 6's 32 bytes; the `layout-next` test build appends a u64 to layout 7's 40.
+/// 6's 32 bytes (layout 8 added the hashed peer and exact-port tables, whose entries
+/// are rebuilt); the `layout-next` test build appends a u64 to the value's 40 bytes.
 #[cfg(not(feature = "layout-next"))]
 const FLOW_VALUE_GROWN_FROM: &[u32] = &[32];
 #[cfg(feature = "layout-next")]
@@ -90,7 +91,7 @@ const fn lpm<K>() -> usize {
 use Carry::*;
 use MapKind::*;
 
-pub const MAPS: [MapSpec; 19] = [
+pub const MAPS: [MapSpec; 23] = [
     spec(NODE_CONFIG, Array, 4, size_of::<NodeConfig>(), 1, Rebuilt),
     spec(
         POD_BY_VLAN,
@@ -130,6 +131,31 @@ pub const MAPS: [MapSpec; 19] = [
         PORT_RULES,
         LpmTrie,
         lpm::<PortKey>(),
+        size_of::<PortRule>(),
+        MAX_PORT_ENTRIES,
+        Rebuilt,
+    ),
+    spec(
+        PEER_HASH_V4,
+        Hash,
+        size_of::<PeerHashKeyV4>(),
+        size_of::<PeerClass>(),
+        MAX_PEER_ENTRIES,
+        Rebuilt,
+    ),
+    spec(
+        PEER_HASH_V6,
+        Hash,
+        size_of::<PeerHashKeyV6>(),
+        size_of::<PeerClass>(),
+        MAX_PEER_ENTRIES,
+        Rebuilt,
+    ),
+    spec(PEER_LENS, Array, 4, size_of::<PeerLens>(), 2, Rebuilt),
+    spec(
+        PORT_EXACT,
+        Hash,
+        size_of::<PortKey>(),
         size_of::<PortRule>(),
         MAX_PORT_ENTRIES,
         Rebuilt,

@@ -56,6 +56,81 @@ pub struct PeerKeyV6 {
 /// Bits of the scope always matched in a peer key (the prefix length adds to this).
 pub const PEER_SCOPE_BITS: u32 = 32;
 
+/// Stage A, hashed (`PEER_HASH_V4`): a peer prefix keyed by scope, its length and its
+/// masked address. The programs try the lengths in use node-wide ([`PeerLens`]),
+/// longest first, one hash lookup each: a packet's cost follows the number of distinct
+/// prefix lengths, not the number of prefixes (an LPM trie's depth grows with them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerHashKeyV4 {
+    pub scope: u32,
+    /// Prefix length of `addr` (0..=32), without the scope's bits.
+    pub len: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerHashKeyV6 {
+    pub scope: u32,
+    /// 0..=128.
+    pub len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Slots of [`PeerLens`]: twice [`PEER_HASH_MAX_LENS`], so that while the daemon
+/// changes the tables the lengths of the old entries and the new both fit.
+pub const PEER_LENS_SLOTS: usize = 16;
+/// Past this many distinct prefix lengths in a family the peers go to the LPM trie
+/// (`PEER_V4`/`PEER_V6`) instead: each length costs a hash lookup on a miss.
+pub const PEER_HASH_MAX_LENS: usize = 8;
+/// `PeerLens::count` when the family's peers are in the LPM trie.
+pub const PEER_LENS_TRIE: u32 = u32::MAX;
+/// Index of each family's entry in `PEER_LENS`.
+pub const PEER_LENS_V4: u32 = 0;
+pub const PEER_LENS_V6: u32 = 1;
+
+/// Where a family's peer prefixes are: in the hash, under these lengths (longest
+/// first; `count` of them), or in the LPM trie (`count == PEER_LENS_TRIE`). While the
+/// hash is in use the list holds at least every length with an entry, so trying them
+/// longest first finds what the trie's longest match would.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerLens {
+    pub count: u32,
+    pub lens: [u8; PEER_LENS_SLOTS],
+    /// Each length's address mask, as words in network byte order (IPv4 uses the
+    /// first): the programs mask without arithmetic or branches, which keeps the
+    /// verifier's walk of the loop short.
+    pub masks: [[u32; 4]; PEER_LENS_SLOTS],
+}
+
+impl PeerLens {
+    /// The list for these lengths (longest first; at most [`PEER_LENS_SLOTS`]).
+    pub fn hashed(lens: &[u8]) -> PeerLens {
+        let mut l = PeerLens {
+            count: lens.len() as u32,
+            ..PeerLens::default()
+        };
+        for (i, len) in lens.iter().enumerate().take(PEER_LENS_SLOTS) {
+            l.lens[i] = *len;
+            for (j, w) in l.masks[i].iter_mut().enumerate() {
+                let bits = (*len as u32).saturating_sub(32 * j as u32).min(32);
+                *w = ((0xffff_ffff_0000_0000u64 >> bits) as u32).to_be();
+            }
+        }
+        l
+    }
+
+    /// The list that sends the programs to the trie.
+    pub fn trie() -> PeerLens {
+        PeerLens {
+            count: PEER_LENS_TRIE,
+            ..PeerLens::default()
+        }
+    }
+}
+
 /// `PeerClass::flags` / `PortRule::flags`: the allowing rule creates no flow state
 /// (EC2 "untracked" flows, SPEC §4).
 pub const RULE_UNTRACKED: u32 = 1;
@@ -82,6 +157,8 @@ pub struct PortKey {
 
 /// Bits of class and protocol always matched in a port key.
 pub const PORT_FIXED_BITS: u32 = 48;
+/// Prefix length of a single port's key (`PORT_EXACT`).
+pub const PORT_EXACT_BITS: u32 = PORT_FIXED_BITS + 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -152,5 +229,19 @@ mod tests {
             Direction::Egress
         );
         assert_eq!(Direction::Egress.reverse(), Direction::Ingress);
+    }
+
+    #[test]
+    fn a_length_list_carries_each_length_s_mask() {
+        let l = PeerLens::hashed(&[128, 72, 20, 0]);
+        assert_eq!(l.count, 4);
+        assert_eq!(l.masks[0], [u32::MAX; 4]);
+        let be = |w: u32| u32::from_be_bytes(w.to_ne_bytes());
+        assert_eq!(l.masks[1].map(be), [u32::MAX, u32::MAX, 0xff00_0000, 0]);
+        assert_eq!(be(l.masks[2][0]), 0xffff_f000);
+        assert_eq!(l.masks[3], [0; 4]);
+        let addr = u32::from_ne_bytes([10, 1, 0xff, 0xff]);
+        assert_eq!((addr & l.masks[2][0]).to_ne_bytes(), [10, 1, 0xf0, 0]);
+        assert_eq!(PeerLens::trie().count, PEER_LENS_TRIE);
     }
 }

@@ -31,9 +31,40 @@ pub static PEER_V4: LpmTrie<PeerKeyV4, PeerClass, { MAX_PEER_ENTRIES as usize }>
 #[btf_map]
 pub static PEER_V6: LpmTrie<PeerKeyV6, PeerClass, { MAX_PEER_ENTRIES as usize }> = LpmTrie::new();
 
-/// Stage B: (class, protocol, port prefix) -> the rule that allows it.
+/// Stage A hashed: (policy scope, prefix length, masked remote address) -> rule
+/// class, tried for each length `PEER_LENS` lists. Allocated per entry, as the tries.
+#[btf_map]
+pub static PEER_HASH_V4: HashMap<
+    PeerHashKeyV4,
+    PeerClass,
+    { MAX_PEER_ENTRIES as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+#[btf_map]
+pub static PEER_HASH_V6: HashMap<
+    PeerHashKeyV6,
+    PeerClass,
+    { MAX_PEER_ENTRIES as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Per family (`PEER_LENS_V4`, `PEER_LENS_V6`): the hash's prefix lengths, or the trie.
+#[btf_map]
+pub static PEER_LENS: Array<PeerLens, 2> = Array::new();
+
+/// Stage B: (class, protocol, port prefix) -> the rule that allows it. Single ports
+/// are in `PORT_EXACT`; the trie holds ranges, "all ports" and ICMP types.
 #[btf_map]
 pub static PORT_RULES: LpmTrie<PortKey, PortRule, { MAX_PORT_ENTRIES as usize }> = LpmTrie::new();
+
+/// Stage B for a single port (the longest prefix there is, so a hit ends the search).
+#[btf_map]
+pub static PORT_EXACT: HashMap<PortKey, PortRule, { MAX_PORT_ENTRIES as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// `BPF_F_NO_PREALLOC`: the rule hashes take memory per entry, like the tries.
+const NO_PREALLOC: usize = 1;
 
 /// Destinations security groups cannot filter (SPEC §6).
 #[btf_map]

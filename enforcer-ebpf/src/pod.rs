@@ -64,19 +64,14 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         // to the node's primary address, by the same rules.
         pkt.outer.dst = addr_of(&cfg.node_ipv6);
     }
-    if link_scope {
-        // Allowed, and link-scope: delivered on the node, never onto the trunk.
-        let reason = verdict(pod, decide(pod, pkt, Direction::Egress, clock))?;
-        count(pod.slot, reason, ctx.len());
-        return Ok(TC_ACT_OK);
-    }
     // Where is it going? A standard-mode pod must know before the rules judge: host-local
     // traffic bypasses groups, and off-VPC traffic is judged by the node's groups and
     // source-NATed. Its established flows know their path, so the state goes first and
     // only a miss is placed (fragments are placed first: a bypassed datagram has no
     // first-fragment record). A strict pod's rules decide first (a denied packet never
     // pays for the look-ups).
-    let placed = bypasses_groups(pod);
+    // (Link-scope traffic stays on the node: never placed.)
+    let placed = bypasses_groups(pod) && !link_scope;
     let mut state = None;
     if placed {
         if pkt.kind != KIND_FRAGMENT {
@@ -102,12 +97,21 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
             }
         }
     }
+    let state = match state {
+        Some(s) => s,
+        None => by_state(pod, pkt, Direction::Egress, clock),
+    };
+    // The rules once in the program: each copy would cost the verifier a walk of them.
     let v = match state {
-        Some(State::Decided(v)) => v,
-        Some(State::Rules(cfg, now)) => by_rules(cfg, pod, pkt, Direction::Egress, now),
-        None => decide(pod, pkt, Direction::Egress, clock),
+        State::Decided(v) => v,
+        State::Rules(cfg, now) => by_rules(cfg, pod, pkt, Direction::Egress, now),
     };
     let reason = verdict(pod, v)?;
+    if link_scope {
+        // Allowed, and link-scope: delivered on the node, never onto the trunk.
+        count(pod.slot, reason, ctx.len());
+        return Ok(TC_ACT_OK);
+    }
     if reason == Reason::AllowFlow {
         match pkt.flow_path {
             PATH_SNAT => return to_primary(ctx, cfg, pod, pkt, reason),

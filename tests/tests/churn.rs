@@ -27,15 +27,21 @@ fn kernel_entries(h: &Harness) -> [usize; 5] {
     use aya::maps::{HashMap, LpmTrie};
     use enforcer_common::*;
     let m = |name| h.dp.map(name).unwrap();
+    // Each rule table is a trie and a hash (datapath::peers): both count.
     let peers4: LpmTrie<_, PeerKeyV4, PeerClass> = LpmTrie::try_from(m("PEER_V4")).unwrap();
     let peers6: LpmTrie<_, PeerKeyV6, PeerClass> = LpmTrie::try_from(m("PEER_V6")).unwrap();
     let ports: LpmTrie<_, PortKey, PortRule> = LpmTrie::try_from(m("PORT_RULES")).unwrap();
+    let hashed4: HashMap<_, PeerHashKeyV4, PeerClass> =
+        HashMap::try_from(m("PEER_HASH_V4")).unwrap();
+    let hashed6: HashMap<_, PeerHashKeyV6, PeerClass> =
+        HashMap::try_from(m("PEER_HASH_V6")).unwrap();
+    let exact: HashMap<_, PortKey, PortRule> = HashMap::try_from(m("PORT_EXACT")).unwrap();
     let vlans: HashMap<_, u32, PodInfo> = HashMap::try_from(m("POD_BY_VLAN")).unwrap();
     let ips: HashMap<_, [u8; 4], u32> = HashMap::try_from(m("POD_BY_IPV4")).unwrap();
     [
-        peers4.iter().count(),
-        peers6.iter().count(),
-        ports.iter().count(),
+        peers4.iter().count() + hashed4.keys().count(),
+        peers6.iter().count() + hashed6.keys().count(),
+        ports.iter().count() + exact.keys().count(),
         vlans.keys().count(),
         ips.keys().count(),
     ]

@@ -148,23 +148,23 @@ fn explain_names_the_rule_or_what_differs_and_traffic_agrees() {
 }
 
 /// Proves the disagreement check can fail: web's TCP 443 rule entry is deleted from the
-/// live PORT_RULES map behind the daemon's back. The model still allows, the kernel
-/// drops (and real traffic is dropped): explain says so, and exits 1.
+/// live PORT_EXACT map (single ports' rules) behind the daemon's back. The model still
+/// allows, the kernel drops (and real traffic is dropped): explain says so, and exits 1.
 #[test]
 fn explain_says_loudly_when_the_kernel_disagrees() {
-    use aya::maps::{LpmTrie, Map, MapData};
+    use aya::maps::{HashMap, Map, MapData};
     use enforcer_common::{PortKey, PortRule};
     let n = node();
     let _a = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
     let web_ns = n.sim.pod_ns("web").to_string();
     assert!(tcp_echo(&web_ns, "10.0.2.5:443").unwrap());
-    let pin = n.sim.map_pin(enforcer_common::map_names::PORT_RULES);
-    let mut rules: LpmTrie<MapData, PortKey, PortRule> =
-        LpmTrie::try_from(Map::LpmTrie(MapData::from_pin(&pin).unwrap())).unwrap();
+    let pin = n.sim.map_pin(enforcer_common::map_names::PORT_EXACT);
+    let mut rules: HashMap<MapData, PortKey, PortRule> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&pin).unwrap())).unwrap();
     let tcp443: Vec<_> = rules
         .keys()
         .map(Result::unwrap)
-        .filter(|k| k.data().proto == 6 && k.data().port() == 443)
+        .filter(|k| k.proto == 6 && k.port() == 443)
         .collect();
     assert!(!tcp443.is_empty());
     for k in &tcp443 {

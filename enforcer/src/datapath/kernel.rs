@@ -98,6 +98,10 @@ impl Datapath {
                 .try_into()?;
             p.load()
                 .with_context(|| format!("verifier rejected program {name}"))?;
+            // How close each program is to the verifier's limit of 1 000 000.
+            if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
+                log::debug!("program {name}: the verifier walked {n} instructions");
+            }
         }
         // pod_egress tail-calls pod_host_local for traffic to another pod of the node.
         let host_local = {

@@ -2,6 +2,7 @@
 pub mod kernel;
 pub mod links;
 pub mod migrate;
+mod peers;
 mod pins;
 mod raw;
 mod readers;

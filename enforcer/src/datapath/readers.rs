@@ -11,6 +11,7 @@ use aya::{
 use enforcer_common::*;
 
 use crate::datapath::kernel::{Datapath, map_err, map_ref};
+use crate::datapath::peers;
 use crate::datapath::state::KernelState;
 
 impl Datapath {
@@ -34,9 +35,9 @@ impl Datapath {
         }
         let e = &self.ebpf;
         Ok(KernelState {
-            peers_v4: lpm(e, map_names::PEER_V4)?,
-            peers_v6: lpm(e, map_names::PEER_V6)?,
-            ports: lpm(e, map_names::PORT_RULES)?,
+            peers_v4: peers::read_peers(e)?,
+            peers_v6: peers::read_peers(e)?,
+            ports: peers::read_ports(e)?,
             always_v4: lpm(e, map_names::ALWAYS_V4)?,
             always_v6: lpm(e, map_names::ALWAYS_V6)?,
             dest_v4: lpm(e, map_names::DEST_V4)?,
@@ -180,32 +181,18 @@ impl Datapath {
             let sc = scope(policy_id, dir);
             let class = match q.remote {
                 std::net::IpAddr::V4(a) => {
-                    let m: LpmTrie<&MapData, PeerKeyV4, PeerClass> =
-                        map_ref(&self.ebpf, map_names::PEER_V4)?.try_into()?;
-                    m.get(&Key::new(PEER_SCOPE_BITS + 32, PeerKeyV4::new(sc, a)), 0)
+                    peers::lookup(&self.ebpf, PEER_SCOPE_BITS + 32, PeerKeyV4::new(sc, a))?
                 }
                 std::net::IpAddr::V6(a) => {
-                    let m: LpmTrie<&MapData, PeerKeyV6, PeerClass> =
-                        map_ref(&self.ebpf, map_names::PEER_V6)?.try_into()?;
-                    m.get(&Key::new(PEER_SCOPE_BITS + 128, PeerKeyV6::new(sc, a)), 0)
+                    peers::lookup(&self.ebpf, PEER_SCOPE_BITS + 128, PeerKeyV6::new(sc, a))?
                 }
             };
-            let Ok(class) = class else { return Ok(None) };
+            let Some(class) = class else { return Ok(None) };
             if class.all_cookie != 0 {
                 return Ok(Some(class.all_cookie));
             }
-            let ports: LpmTrie<&MapData, PortKey, PortRule> =
-                map_ref(&self.ebpf, map_names::PORT_RULES)?.try_into()?;
-            Ok(ports
-                .get(
-                    &Key::new(
-                        PORT_FIXED_BITS + 16,
-                        PortKey::new(class.class_id, q.proto, port),
-                    ),
-                    0,
-                )
-                .ok()
-                .map(|r| r.cookie))
+            let key = PortKey::new(class.class_id, q.proto, port);
+            Ok(peers::lookup_port(&self.ebpf, key)?.map(|r| r.cookie))
         };
         let name = |cookie: u32| {
             cookies

@@ -11,6 +11,7 @@ use aya::{
 use enforcer_common::map_names;
 
 use crate::datapath::kernel::{Datapath, map_err, map_mut};
+use crate::datapath::peers;
 use crate::datapath::state::KernelState;
 use crate::plan::desired::Touched;
 
@@ -61,7 +62,7 @@ const ORDER: [(Table, Phase); 22] = [
 ];
 
 #[derive(Clone, Copy)]
-enum Phase {
+pub(super) enum Phase {
     Upsert,
     Remove,
 }
@@ -69,7 +70,7 @@ enum Phase {
 /// The keys one phase writes or removes: upserts (new or changed entries) or removals
 /// (entries `new` no longer has), among `keys` when given (the keys that may differ),
 /// else among all.
-fn changes<'a, K: Eq + Hash, V: PartialEq>(
+pub(super) fn changes<'a, K: Eq + Hash, V: PartialEq>(
     old: &'a HashMap<K, V>,
     new: &'a HashMap<K, V>,
     keys: Option<&'a HashSet<K>>,
@@ -117,7 +118,7 @@ fn diff_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
 /// longer new prefix is in, so the longest match of any address is always its longest
 /// match under the old entries (with the old value) or under the new ones (with the
 /// new value): a packet never sees a mix.
-fn lpm_changes<'a, K: Eq + Hash, V: PartialEq>(
+pub(super) fn lpm_changes<'a, K: Eq + Hash, V: PartialEq>(
     old: &'a HashMap<(u32, K), V>,
     new: &'a HashMap<(u32, K), V>,
     keys: Option<&'a HashSet<(u32, K)>>,
@@ -191,15 +192,9 @@ impl Datapath {
         let r = ORDER.iter().try_for_each(|(table, phase)| {
             let p = *phase;
             match table {
-                Table::PortRules => {
-                    diff_lpm(e, map_names::PORT_RULES, &old.ports, &new.ports, tp, p)
-                }
-                Table::PeerV4 => {
-                    diff_lpm(e, map_names::PEER_V4, &old.peers_v4, &new.peers_v4, t4, p)
-                }
-                Table::PeerV6 => {
-                    diff_lpm(e, map_names::PEER_V6, &old.peers_v6, &new.peers_v6, t6, p)
-                }
+                Table::PortRules => peers::diff_ports(e, &old.ports, &new.ports, tp, p),
+                Table::PeerV4 => peers::diff_peers(e, &old.peers_v4, &new.peers_v4, t4, p),
+                Table::PeerV6 => peers::diff_peers(e, &old.peers_v6, &new.peers_v6, t6, p),
                 Table::AlwaysV4 => diff_lpm(
                     e,
                     map_names::ALWAYS_V4,
