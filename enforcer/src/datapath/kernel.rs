@@ -14,6 +14,7 @@ use enforcer_common::*;
 
 use crate::datapath::links::{self, Attached, LinkKind, TcLink};
 use crate::datapath::migrate;
+use crate::datapath::peers;
 use crate::datapath::pins::{adopt_unversioned, check_layout, ensure_bpffs};
 use crate::datapath::state::KernelState;
 
@@ -24,6 +25,8 @@ pub struct Datapath {
     pub(super) ebpf: Ebpf,
     /// What the maps hold (as last written, or read back when adopted).
     pub(super) current: KernelState,
+    /// Prefix lengths of `current`'s peers, per family (where they go: `peers`).
+    pub(super) lens: [peers::LenCounts; 2],
     pin_dir: Option<PathBuf>,
     trunk: Option<TcLink>,
     primary: Option<TcLink>,
@@ -134,6 +137,7 @@ impl Datapath {
         let mut dp = Datapath {
             ebpf,
             current: KernelState::default(),
+            lens: Default::default(),
             pin_dir: pin_dir.map(Path::to_path_buf),
             trunk: None,
             primary: None,
@@ -143,6 +147,10 @@ impl Datapath {
         };
         if adopted {
             dp.current = dp.read_state()?;
+            dp.lens = [
+                peers::LenCounts::of(&dp.current.peers_v4),
+                peers::LenCounts::of(&dp.current.peers_v6),
+            ];
         }
         Ok(dp)
     }

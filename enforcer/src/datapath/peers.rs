@@ -125,19 +125,67 @@ impl Place {
             Place::Hash(lens) => PeerLens::hashed(lens),
         }
     }
+}
 
-    /// Where `t`'s entries belong: the hash unless they use too many lengths.
-    pub fn wanted<K>(t: &Table<K>) -> Place {
-        let mut seen = [false; 129];
+/// How many prefixes of each length (0..=128) a family's table holds: where its
+/// entries go, kept up to date from the keys an apply touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LenCounts([u32; 129]);
+
+impl Default for LenCounts {
+    fn default() -> LenCounts {
+        LenCounts([0; 129])
+    }
+}
+
+impl LenCounts {
+    pub fn of<K>(t: &Table<K>) -> LenCounts {
+        let mut c = LenCounts::default();
         for (plen, _) in t.keys() {
-            seen[(plen - PEER_SCOPE_BITS).min(128) as usize] = true;
+            c.0[len_of(*plen)] += 1;
         }
-        let lens: Vec<u8> = (0..=128u8).rev().filter(|l| seen[*l as usize]).collect();
+        c
+    }
+
+    /// These counts (of `old`) brought to `new`: at `keys` only, when given.
+    pub fn next<K: Eq + Hash>(
+        &self,
+        old: &Table<K>,
+        new: &Table<K>,
+        keys: Option<&HashSet<(u32, K)>>,
+    ) -> LenCounts {
+        let Some(keys) = keys else {
+            return LenCounts::of(new);
+        };
+        let mut c = self.clone();
+        for k in keys {
+            let l = len_of(k.0);
+            if old.contains_key(k) {
+                c.0[l] = c.0[l].saturating_sub(1);
+            }
+            if new.contains_key(k) {
+                c.0[l] += 1;
+            }
+        }
+        c
+    }
+
+    /// Where the entries belong: the hash unless they use too many lengths.
+    pub fn place(&self) -> Place {
+        let lens: Vec<u8> = (0..=128u8)
+            .rev()
+            .filter(|l| self.0[*l as usize] > 0)
+            .collect();
         match lens.len() <= PEER_HASH_MAX_LENS {
             true => Place::Hash(lens),
             false => Place::Trie,
         }
     }
+}
+
+/// A peer key's prefix length without the scope's bits.
+fn len_of(plen: u32) -> usize {
+    plen.saturating_sub(PEER_SCOPE_BITS).min(128) as usize
 }
 
 /// The lengths of both lists, longest first, if they fit `PEER_LENS`.
@@ -250,16 +298,17 @@ fn trie_clear<K: PeerFamily>(ebpf: &mut Ebpf, keep: &Table<K>) -> Result<()> {
 }
 
 /// One phase of bringing a family's peers from `old` to `new` (see the module comment).
+/// `wanted` is where `new`'s entries belong ([`LenCounts::place`]).
 pub(super) fn diff_peers<K: PeerFamily>(
     ebpf: &mut Ebpf,
     old: &Table<K>,
     new: &Table<K>,
     keys: Option<&HashSet<(u32, K)>>,
     phase: Phase,
+    wanted: &Place,
 ) -> Result<()> {
     let now = place_in_kernel::<K>(ebpf)?;
-    let wanted = Place::wanted(new);
-    match (phase, &now, &wanted) {
+    match (phase, &now, wanted) {
         (Phase::Upsert, Place::Hash(l), Place::Hash(n)) => match union(l, n) {
             Some(both) => {
                 if both != *l {
@@ -285,7 +334,7 @@ pub(super) fn diff_peers<K: PeerFamily>(
         (Phase::Remove, Place::Hash(_), Place::Trie) => {
             // The upsert phase failed to flip: the apply stopped there already.
             hash_to_trie(ebpf, old, new)?;
-            diff_peers(ebpf, old, new, None, phase)
+            diff_peers(ebpf, old, new, None, phase, wanted)
         }
         (Phase::Remove, Place::Trie, Place::Trie) => {
             let todo = lpm_changes(old, new, keys, phase);
@@ -298,7 +347,7 @@ pub(super) fn diff_peers<K: PeerFamily>(
             let none = Table::new();
             let all = changes(&none, new, None, Phase::Upsert);
             hash_write(ebpf, &all, new, Phase::Upsert)?;
-            set_place::<K>(ebpf, &wanted)?;
+            set_place::<K>(ebpf, wanted)?;
             trie_clear::<K>(ebpf, &Table::new())
         }
     }
@@ -455,15 +504,39 @@ mod tests {
 
     #[test]
     fn the_hash_takes_a_family_with_few_lengths_longest_first() {
-        assert_eq!(Place::wanted(&table(&[])), Place::Hash(vec![]));
+        let wanted = |t: &Table<PeerKeyV4>| LenCounts::of(t).place();
+        assert_eq!(wanted(&table(&[])), Place::Hash(vec![]));
         assert_eq!(
-            Place::wanted(&table(&[24, 0, 32, 24])),
+            wanted(&table(&[24, 0, 32, 24])),
             Place::Hash(vec![32, 24, 0])
         );
         let eight: Vec<u32> = (20..28).collect();
-        assert!(matches!(Place::wanted(&table(&eight)), Place::Hash(l) if l.len() == 8));
+        assert!(matches!(wanted(&table(&eight)), Place::Hash(l) if l.len() == 8));
         let nine: Vec<u32> = (20..29).collect();
-        assert_eq!(Place::wanted(&table(&nine)), Place::Trie);
+        assert_eq!(wanted(&table(&nine)), Place::Trie);
+    }
+
+    #[test]
+    fn counts_follow_the_touched_keys_as_a_recount_would() {
+        let old = table(&[24, 24, 16]);
+        let mut new = old.clone();
+        let gone = *old
+            .keys()
+            .find(|(p, _)| *p == PEER_SCOPE_BITS + 16)
+            .unwrap();
+        new.remove(&gone);
+        let added = (
+            PEER_SCOPE_BITS + 32,
+            PeerKeyV4 {
+                scope: 99,
+                addr: [1; 4],
+            },
+        );
+        new.insert(added, PeerClass::default());
+        let touched: HashSet<_> = [gone, added].into();
+        let c = LenCounts::of(&old).next(&old, &new, Some(&touched));
+        assert_eq!(c, LenCounts::of(&new));
+        assert_eq!(c.place(), Place::Hash(vec![32, 24]));
     }
 
     #[test]

@@ -189,12 +189,17 @@ impl Datapath {
                 Some(&touched.ports),
             ),
         };
+        let lens = [
+            self.lens[0].next(&old.peers_v4, &new.peers_v4, t4),
+            self.lens[1].next(&old.peers_v6, &new.peers_v6, t6),
+        ];
+        let (w4, w6) = (lens[0].place(), lens[1].place());
         let r = ORDER.iter().try_for_each(|(table, phase)| {
             let p = *phase;
             match table {
                 Table::PortRules => peers::diff_ports(e, &old.ports, &new.ports, tp, p),
-                Table::PeerV4 => peers::diff_peers(e, &old.peers_v4, &new.peers_v4, t4, p),
-                Table::PeerV6 => peers::diff_peers(e, &old.peers_v6, &new.peers_v6, t6, p),
+                Table::PeerV4 => peers::diff_peers(e, &old.peers_v4, &new.peers_v4, t4, p, &w4),
+                Table::PeerV6 => peers::diff_peers(e, &old.peers_v6, &new.peers_v6, t6, p, &w6),
                 Table::AlwaysV4 => diff_lpm(
                     e,
                     map_names::ALWAYS_V4,
@@ -252,9 +257,11 @@ impl Datapath {
         if let Err(e) = r {
             // Partly written: the next apply must rewrite everything it wants.
             self.current = KernelState::default();
+            self.lens = Default::default();
             return Err(e);
         }
         epoch?;
+        self.lens = lens;
         if touched.all {
             self.current = new.clone();
             return Ok(());
