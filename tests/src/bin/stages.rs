@@ -50,12 +50,12 @@ fn main() {
             syn("10.0.1.99", "10.0.2.5", CLIENT.mac, 443),
         ),
         (
-            "pod: no peer (+ flow miss, LPM A, always)",
+            "pod: no peer (+ flow miss, stage A, always)",
             POD_EGRESS,
             syn(CLIENT.ipv4, "10.0.9.5", CLIENT.mac, 443),
         ),
         (
-            "pod: no port (+ LPM B)",
+            "pod: no port (+ stage B)",
             POD_EGRESS,
             syn(CLIENT.ipv4, "10.0.2.5", CLIENT.mac, 22),
         ),
@@ -70,7 +70,7 @@ fn main() {
     for (name, prog, frame) in cases {
         println!("{name:<45} {:>6.1} ns", median_ns(&mut h, prog, &frame));
     }
-    lpm_depth();
+    by_rule_count();
 }
 
 fn median_ns(h: &mut Harness, prog: &str, frame: &[u8]) -> f64 {
@@ -79,10 +79,11 @@ fn median_ns(h: &mut Harness, prog: &str, frame: &[u8]) -> f64 {
     v[3]
 }
 
-/// Which lookups grow with the rule count: a stage-A miss exits near the trie's root; a
-/// hit walks to its depth (log2 of the entries), and so does stage B under it.
-fn lpm_depth() {
-    println!("\nLPM depth: n outbound tcp rules, each its own /24 and port");
+/// Whether the rule look-up grows with the rule count: with the hashed tables it should
+/// not (one hash look-up per prefix length in use); the tries it replaced grew with the
+/// log2 of their entries on a hit.
+fn by_rule_count() {
+    println!("\nRule count: n outbound tcp rules, each its own /24 and port");
     for n in [1usize, 60, 1000] {
         let mut h = Harness::new();
         h.cfg.node.quotas.rules_per_group_per_family = 1000;
