@@ -25,6 +25,16 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
     let progs: BTreeSet<String> = dp.ebpf().programs().map(|(n, _)| n.to_string()).collect();
     let want: BTreeSet<String> = prog_names::ALL.iter().map(|n| n.to_string()).collect();
     assert_eq!(progs, want, "programs in the shipped object");
+    // The verifier walks at most 1 000 000 instructions per program; a change that adds
+    // paths shows here while there is still room, not as a program that fails to load.
+    for (name, p) in dp.ebpf().programs() {
+        let n = p.info().unwrap().verified_instruction_count().unwrap();
+        eprintln!("{name}: the verifier walked {n} instructions");
+        assert!(
+            n < 900_000,
+            "{name}: the verifier walked {n} instructions, within 10 % of its limit"
+        );
+    }
 
     let maps: BTreeSet<String> = dp.ebpf().maps().map(|(n, _)| n.to_string()).collect();
     let pinned: BTreeSet<String> = map_names::ALL.iter().map(|n| n.to_string()).collect();
