@@ -76,12 +76,24 @@ pub mod prog_names {
     /// TC ingress of the node's primary ENI: replies to source-NATed flows, translated
     /// back and delivered to their pod; everything else is the node's own.
     pub const PRIMARY_INGRESS: &str = "primary_ingress";
-    pub const ALL: [&str; 5] = [
+    /// XDP on the trunk: drops early what `trunk_ingress` would drop anyway (a
+    /// pre-filter; TC still decides everything it passes).
+    pub const TRUNK_XDP: &str = "trunk_xdp";
+    /// The TC classifiers.
+    pub const TC: [&str; 5] = [
         TRUNK_INGRESS,
         POD_EGRESS,
         POD_HOST_LOCAL,
         POD_INGRESS,
         PRIMARY_INGRESS,
+    ];
+    pub const ALL: [&str; 6] = [
+        TRUNK_INGRESS,
+        POD_EGRESS,
+        POD_HOST_LOCAL,
+        POD_INGRESS,
+        PRIMARY_INGRESS,
+        TRUNK_XDP,
     ];
 }
 

@@ -26,15 +26,27 @@ mod primary;
 mod snat;
 mod to_pod;
 mod trunk;
+mod trunk_xdp;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// Frames from the VPC: one VLAN per branch ENI. Checks the pod's inbound rules, strips
 /// the tag and hands the frame to the pod's interface.
 #[classifier]
 pub fn trunk_ingress(ctx: TcContext) -> i32 {
     exit::finish(&ctx, trunk::run(&ctx))
+}
+
+/// Frames from the VPC, before the kernel builds an skb: drops what `trunk_ingress`
+/// would and can be told early (unknown VLAN, misaddressed, no rule), passes the rest.
+/// Multi-buffer capable, so jumbo frames on the trunk do not keep it from attaching.
+#[xdp(frags)]
+pub fn trunk_xdp(ctx: XdpContext) -> u32 {
+    trunk_xdp::run(&ctx)
 }
 
 /// Frames from a pod (TC ingress of its host-side veth): anti-spoofing, the pod's

@@ -1,6 +1,7 @@
 //! Defensive packet parsing: 802.1Q in the bytes, IPv4 with options (IHL), IPv4 fragments,
-//! IPv6 extension headers, ICMP errors with their quoted inner packet.
-use aya_ebpf::programs::TcContext;
+//! IPv6 extension headers, ICMP errors with their quoted inner packet. The same code
+//! reads an skb (TC) and an XDP buffer: both are a `Frame`.
+use aya_ebpf::programs::{TcContext, XdpContext};
 use enforcer_common::*;
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -22,6 +23,76 @@ impl ParseError {
             ParseError::Truncated => Reason::DropMalformed,
             ParseError::Ethertype => Reason::DropEthertype,
         }
+    }
+}
+
+/// What the parser needs of a frame, whether the kernel holds it as an skb (TC) or as an
+/// XDP buffer (before any skb exists).
+pub trait Frame {
+    /// The first byte's address, and the address just past the directly readable bytes.
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+    /// The 802.1Q tag's VLAN id when the kernel moved it out of the bytes (skb
+    /// metadata); XDP sees every tag in the bytes.
+    fn tag(&self) -> Option<u16>;
+    /// `size_of::<T>()` bytes at `off` through the kernel's copy helper: no bounds
+    /// proof at a variable offset, and bytes past the linear area too.
+    fn copy<T>(&self, off: usize) -> Result<T, ParseError>;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn tag(&self) -> Option<u16> {
+        // SAFETY: the context's skb pointer is valid for the program's run.
+        let skb = unsafe { &*self.skb.skb };
+        (skb.vlan_present != 0).then_some((skb.vlan_tci & 0x0fff) as u16)
+    }
+    #[inline(always)]
+    fn copy<T>(&self, off: usize) -> Result<T, ParseError> {
+        self.load(off).map_err(|_| ParseError::Truncated)
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn tag(&self) -> Option<u16> {
+        None
+    }
+    #[inline(always)]
+    fn copy<T>(&self, off: usize) -> Result<T, ParseError> {
+        let mut v = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `v`, which is that
+        // large, and fails (nothing read) when the frame is shorter.
+        let r = unsafe {
+            aya_ebpf::helpers::bpf_xdp_load_bytes(
+                self.ctx,
+                off as u32,
+                v.as_mut_ptr() as *mut core::ffi::c_void,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(ParseError::Truncated);
+        }
+        // SAFETY: the helper succeeded, so all of `v` was written; callers read only
+        // plain integer arrays, for which every bit pattern is valid.
+        Ok(unsafe { v.assume_init() })
     }
 }
 
@@ -105,9 +176,9 @@ pub struct Packet {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, ParseError> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn ptr_at<T>(ctx: &impl Frame, off: usize) -> Result<*const T, ParseError> {
+    let start = ctx.start();
+    let end = ctx.end();
     if start + off + core::mem::size_of::<T>() > end {
         return Err(ParseError::Truncated);
     }
@@ -121,7 +192,7 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, ParseError> {
 /// Never with a 1-byte type: LLVM turns `p + off + 1 > end` into `p + off >= end`, from
 /// which the verifier proves no range at a variable offset. Take bytes out of a u16/u32.
 #[inline(always)]
-pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
+pub fn load<T: Copy>(ctx: &impl Frame, off: usize) -> Result<T, ParseError> {
     const { assert!(core::mem::size_of::<T>() > 1) };
     let p = ptr_at::<T>(ctx, off)?;
     // SAFETY: ptr_at checked that size_of::<T>() bytes at `p` lie inside the packet.
@@ -130,7 +201,7 @@ pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ParseError> {
 
 /// An IPv6 address at `off`, as four word loads (a 16-byte copy is a memmove call).
 #[inline(always)]
-pub fn load_addr(ctx: &TcContext, off: usize) -> Result<Addr, ParseError> {
+pub fn load_addr(ctx: &impl Frame, off: usize) -> Result<Addr, ParseError> {
     let p = ptr_at::<Addr>(ctx, off)? as *const u32;
     // SAFETY: ptr_at checked that 16 bytes at `p` lie inside the packet.
     Ok(unsafe { [*p, *p.add(1), *p.add(2), *p.add(3)] })
@@ -138,20 +209,20 @@ pub fn load_addr(ctx: &TcContext, off: usize) -> Result<Addr, ParseError> {
 
 /// Two packet bytes at `off`, as (first, second).
 #[inline(always)]
-fn bytes2(ctx: &TcContext, off: usize) -> Result<(u8, u8), ParseError> {
+fn bytes2(ctx: &impl Frame, off: usize) -> Result<(u8, u8), ParseError> {
     let w: u16 = load(ctx, off)?;
     Ok((w as u8, (w >> 8) as u8))
 }
 
 /// Two big-endian bytes at `off` as a host-order u16.
 #[inline(always)]
-fn be16_at(ctx: &TcContext, off: usize) -> Result<u16, ParseError> {
+fn be16_at(ctx: &impl Frame, off: usize) -> Result<u16, ParseError> {
     Ok(u16::from_be(load::<u16>(ctx, off)?))
 }
 
 /// Source and destination ports (the first 4 bytes of TCP/UDP) in host order.
 #[inline(always)]
-fn ports_at(ctx: &TcContext, off: usize) -> Result<(u16, u16), ParseError> {
+fn ports_at(ctx: &impl Frame, off: usize) -> Result<(u16, u16), ParseError> {
     let w: u32 = load(ctx, off)?;
     Ok((u16::from_be(w as u16), u16::from_be((w >> 16) as u16)))
 }
@@ -167,15 +238,13 @@ pub struct L2 {
 /// Reads the Ethernet header and an 802.1Q tag, whether the kernel already moved the
 /// tag into `__sk_buff` (real receive) or it is still in the bytes (test_run, XDP).
 #[inline(always)]
-pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
+pub fn parse_l2(ctx: &impl Frame) -> Result<L2, ParseError> {
     let ethertype = be16_at(ctx, 12)?;
-    // SAFETY: the context's skb pointer is valid for the program's run.
-    let skb = unsafe { &*ctx.skb.skb };
-    if skb.vlan_present != 0 {
+    if let Some(vlan) = ctx.tag() {
         return Ok(L2 {
             l3_off: EthHdr::LEN,
             ethertype,
-            vlan: Some((skb.vlan_tci & 0x0fff) as u16),
+            vlan: Some(vlan),
         });
     }
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -194,7 +263,7 @@ pub fn parse_l2(ctx: &TcContext) -> Result<L2, ParseError> {
 
 /// IPv4 header fields we use: (IHL in bytes, protocol, flags+fragment offset, src, dst).
 #[inline(always)]
-fn ipv4_at(ctx: &TcContext, off: usize) -> Result<(usize, u8, u16, u32, u32), ParseError> {
+fn ipv4_at(ctx: &impl Frame, off: usize) -> Result<(usize, u8, u16, u32, u32), ParseError> {
     let (vihl, _) = bytes2(ctx, off)?;
     if vihl >> 4 != 4 || vihl & 0x0f < 5 {
         return Err(ParseError::Truncated);
@@ -233,7 +302,7 @@ pub fn parse_l3_pulled(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(),
 }
 
 #[inline(always)]
-fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError> {
+pub fn parse_l3(ctx: &impl Frame, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError> {
     pkt.kind = KIND_NORMAL;
     pkt.tcp_flags = 0;
     pkt.policy_port = 0;
@@ -281,10 +350,10 @@ fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError
             let mut i = 0;
             while i < 6 && matches!(next, 0 | 43 | 60 | 44) {
                 i += 1;
-                let h: [u8; 4] = ctx.load(off).map_err(|_| ParseError::Truncated)?;
+                let h: [u8; 4] = ctx.copy(off)?;
                 if next == 44 {
                     let frag = u16::from_be_bytes([h[2], h[3]]);
-                    let id: [u8; 4] = ctx.load(off + 4).map_err(|_| ParseError::Truncated)?;
+                    let id: [u8; 4] = ctx.copy(off + 4)?;
                     pkt.frag_id = u32::from_be_bytes(id);
                     next = h[0];
                     off += 8;
@@ -316,7 +385,7 @@ fn parse_l3(ctx: &TcContext, l2: &L2, pkt: &mut Packet) -> Result<(), ParseError
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseError> {
+fn parse_l4(ctx: &impl Frame, pkt: &mut Packet, off: usize) -> Result<(), ParseError> {
     pkt.l4_off = off as u16;
     match pkt.outer.proto {
         PROTO_TCP => {
@@ -360,7 +429,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, off: usize) -> Result<(), ParseEr
 
 /// The packet an ICMP error quotes: its addresses and the first 8 bytes of its L4 header.
 #[inline(always)]
-fn parse_inner(ctx: &TcContext, pkt: &mut Packet, off: usize, v6: bool) -> Result<(), ParseError> {
+fn parse_inner(ctx: &impl Frame, pkt: &mut Packet, off: usize, v6: bool) -> Result<(), ParseError> {
     let l4;
     if v6 {
         if bytes2(ctx, off)?.0 >> 4 != 6 {

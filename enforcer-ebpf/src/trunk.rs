@@ -1,13 +1,14 @@
 //! The trunk side: VLAN -> pod, the pod's inbound rules, tag popped, MACs rewritten,
 //! redirected to the pod's host-side interface.
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_skb_vlan_pop, programs::TcContext};
-use enforcer_common::{Direction, Reason};
-use enforcer_ebpf::parse::{parse_l2, parse_l3_pulled};
+use enforcer_common::{AF_V4, Direction, PodInfo, Reason};
+use enforcer_ebpf::parse::{Packet, parse_l2, parse_l3_pulled};
 use enforcer_ebpf::rewrite::set_macs;
 
 /// `skb->pkt_type` of a frame addressed to this host.
 const PACKET_HOST: u32 = 0;
 
+use crate::bypass::{addr_of, is_link_scope};
 use crate::cache::{Clock, vlan_key};
 use crate::counters::count;
 use crate::exit::Exit;
@@ -30,6 +31,9 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     .ok_or(Exit::Drop(0, Reason::DropUnknownVlan))?;
     let pkt = scratch(pod.slot)?;
     parse_l3_pulled(ctx, &l2, pkt).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
+    if misaddressed(pod, pkt) {
+        return Err(Exit::Drop(pod.slot, Reason::DropSpoofIp));
+    }
     // Neighbour discovery and MLD from the VPC are not plumbing of the pod's link (its
     // neighbour is the host-side interface): they meet the pod's inbound rules.
     let reason = match decide(pod, pkt, Direction::Ingress, clock) {
@@ -48,4 +52,21 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         .map_err(|_| Exit::Internal(pod.slot, "packet type"))?;
     count(pod.slot, reason, ctx.len());
     Ok(into_pod(pod.host_ifindex))
+}
+
+/// A frame on a pod's VLAN that is not addressed to the pod: the VPC delivers a branch
+/// ENI only its own addresses, so it was forged on the way, and the pod (forwarding, or
+/// with an address it should not have) must not be handed it. IPv6 link-scope
+/// destinations (neighbour discovery, MLD) are the link's. Not judged for a fail-closed
+/// pod, whose addresses are not known.
+#[inline(always)]
+pub fn misaddressed(pod: &PodInfo, pkt: &Packet) -> bool {
+    if pod.is_fail_closed() {
+        return false;
+    }
+    if pkt.family == AF_V4 {
+        pod.ipv4 == [0; 4] || pkt.outer.dst[0] != u32::from_ne_bytes(pod.ipv4)
+    } else {
+        !is_link_scope(&pkt.outer.dst) && (pod.has_ipv6 == 0 || pkt.outer.dst != addr_of(&pod.ipv6))
+    }
 }

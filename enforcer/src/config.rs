@@ -97,6 +97,11 @@ impl Default for Quotas {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSettings {
     pub trunk_interface: String,
+    /// The XDP pre-filter on the trunk: drops denied inbound frames (unknown VLAN,
+    /// misaddressed, no rule) before the kernel builds an skb. Needs native XDP in the
+    /// trunk's driver; without it TC alone enforces the same.
+    #[serde(default = "yes")]
+    pub trunk_xdp: bool,
     /// MAC the VPC router answers on the trunk; frames toward the VPC go to it.
     #[serde(deserialize_with = "gateway_mac")]
     pub gateway_mac: crate::model::mac::MacAddr,

@@ -231,8 +231,19 @@ impl Daemon {
     /// and retires the old maps. Called once the pods' state is written: on start-up,
     /// or, while an older datapath still enforces, after the first full apply.
     fn attach_edges(&mut self) -> Result<()> {
-        self.dp
-            .attach_trunk(&self.cfg.node.trunk_interface.clone())?;
+        let trunk = self.cfg.node.trunk_interface.clone();
+        self.dp.attach_trunk(&trunk, self.cfg.node.trunk_xdp)?;
+        self.status.trunk_xdp = match self.dp.trunk_xdp() {
+            Ok(()) => "attached (native)".into(),
+            Err(why) => format!("not attached: {why}"),
+        };
+        match self.dp.trunk_xdp() {
+            Ok(()) => info!("{trunk}: XDP pre-filter attached (native mode)"),
+            Err(why) if self.cfg.node.trunk_xdp => warn!(
+                "{trunk}: XDP pre-filter not attached, TC alone enforces (denied frames cost more): {why}"
+            ),
+            Err(_) => {}
+        }
         if let Some(name) = self.cfg.node.primary_interface.clone() {
             self.dp.attach_primary(&name)?;
             info!("attached to primary interface {name}");

@@ -97,6 +97,9 @@ pub struct NodeStatus {
     /// Standard mode's source NAT: where to, or why off.
     #[serde(default)]
     pub snat: String,
+    /// The trunk's XDP pre-filter: `attached (native)`, or why not.
+    #[serde(default)]
+    pub trunk_xdp: String,
     /// What each API source holds (object counts, events).
     #[serde(default)]
     pub sources: Vec<String>,
@@ -164,6 +167,9 @@ impl NodeStatus {
         ));
         out.push_str(&format!("node-local: {}\n", self.node_local.join(", ")));
         out.push_str(&format!("source NAT: {}\n", self.snat));
+        if !self.trunk_xdp.is_empty() {
+            out.push_str(&format!("trunk XDP: {}\n", self.trunk_xdp));
+        }
         for s in &self.sources {
             out.push_str(&format!("source: {s}\n"));
         }

@@ -77,6 +77,7 @@ impl Fabric {
                 .attach(dev, hook)
                 .with_context(|| format!("attaching {name} to {dev}"))?;
         }
+        tags_in_bytes(dev)?;
         Ok(f)
     }
 
@@ -125,4 +126,60 @@ impl Fabric {
         };
         m.get(&(vlan as u32), 0).unwrap_or(0)
     }
+}
+
+/// Turns off `dev`'s tx VLAN offload, so the kernel writes the tag the egress program
+/// pushed into the frame's bytes before the veth hands it over: the trunk receives
+/// tags in the bytes, as an ENA trunk does (ENA has no VLAN offload), and its XDP
+/// program sees them. (The stack moves the tag back into metadata before TC, as on
+/// EC2.) `ethtool -K dev txvlan off`, through the legacy flags ioctl.
+fn tags_in_bytes(dev: &str) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GFLAGS: u32 = 0x25;
+    const ETHTOOL_SFLAGS: u32 = 0x26;
+    const ETH_FLAG_TXVLAN: u32 = 1 << 7;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    anyhow::ensure!(dev.len() < libc::IFNAMSIZ, "interface name {dev} too long");
+    // SAFETY: a plain socket call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd nothing else owns.
+    let _sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_GFLAGS,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
+    for cmd in [ETHTOOL_GFLAGS, ETHTOOL_SFLAGS] {
+        // SAFETY: `value` and `req` outlive the call; `req.data` points at `value`.
+        unsafe { (*req.data).cmd = cmd };
+        if cmd == ETHTOOL_SFLAGS {
+            // SAFETY: as above.
+            unsafe { (*req.data).data &= !ETH_FLAG_TXVLAN };
+        }
+        // SAFETY: the kernel reads the interface name and reads/writes `value`
+        // through `req.data`; both live for the call.
+        let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
+        anyhow::ensure!(
+            r == 0,
+            "{dev}: turning tx VLAN offload off: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }

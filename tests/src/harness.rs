@@ -166,17 +166,20 @@ impl Harness {
             .unwrap()
     }
 
-    /// Runs one frame through a program: (return value, frame out).
+    /// Runs one frame through a program (TC or XDP): (return value, frame out).
     pub fn run(&mut self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 64];
-        let p = self.dp.program(prog).unwrap();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        };
+        let r = match self.dp.ebpf().program(prog).unwrap() {
+            aya::programs::Program::Xdp(p) => p.test_run(opts),
+            aya::programs::Program::SchedClassifier(p) => p.test_run(opts),
+            other => panic!("{prog}: no test_run for {:?}", other.prog_type()),
+        }
+        .unwrap();
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }

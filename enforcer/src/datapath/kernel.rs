@@ -12,7 +12,7 @@ use aya::{
 };
 use enforcer_common::*;
 
-use crate::datapath::links::{self, Attached, LinkKind, TcLink};
+use crate::datapath::links::{self, Attached, LinkKind, Prog, TcLink};
 use crate::datapath::migrate;
 use crate::datapath::peers;
 use crate::datapath::pins::{adopt_unversioned, check_layout, ensure_bpffs};
@@ -29,6 +29,8 @@ pub struct Datapath {
     pub(super) lens: [peers::LenCounts; 2],
     pin_dir: Option<PathBuf>,
     trunk: Option<TcLink>,
+    /// The trunk's XDP pre-filter, or why it is not attached.
+    trunk_xdp: Result<TcLink, String>,
     primary: Option<TcLink>,
     /// (host interface name, which of its two hooks) -> the link
     pod_links: HashMap<(String, LinkKind), TcLink>,
@@ -95,13 +97,16 @@ impl Datapath {
             .load(OBJECT)
             .context("loading the eBPF object into the kernel (are we root, with BPF enabled?)")?;
         for name in prog_names::ALL {
-            let p: &mut SchedClassifier = ebpf
+            let p = ebpf
                 .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            p.load()
-                .with_context(|| format!("verifier rejected program {name}"))?;
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+            let loaded = match p {
+                aya::programs::Program::Xdp(p) => p.load(),
+                p => <&mut SchedClassifier>::try_from(p)?.load(),
+            };
+            loaded.with_context(|| format!("verifier rejected program {name}"))?;
             // How close each program is to the verifier's limit of 1 000 000.
+            let p = ebpf.program(name).expect("just loaded");
             if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
                 log::debug!("program {name}: the verifier walked {n} instructions");
             }
@@ -140,6 +145,7 @@ impl Datapath {
             lens: Default::default(),
             pin_dir: pin_dir.map(Path::to_path_buf),
             trunk: None,
+            trunk_xdp: Err("not attached yet".into()),
             primary: None,
             pod_links: HashMap::new(),
             adopted,
@@ -172,6 +178,7 @@ impl Datapath {
         for (kind, ifname) in links::pinned(&dir) {
             let taken = match kind {
                 LinkKind::Trunk => self.trunk.is_some(),
+                LinkKind::TrunkXdp => self.trunk_xdp.is_ok(),
                 LinkKind::Primary => self.primary.is_some(),
                 _ => self.pod_links.contains_key(&(ifname.clone(), kind)),
             };
@@ -182,6 +189,7 @@ impl Datapath {
             moved += 1;
             match kind {
                 LinkKind::Trunk => self.trunk = Some(link),
+                LinkKind::TrunkXdp => self.trunk_xdp = Ok(link),
                 LinkKind::Primary => self.primary = Some(link),
                 _ => {
                     self.pod_links.insert((ifname, kind), link);
@@ -281,8 +289,17 @@ impl Datapath {
             .ok_or_else(|| anyhow!("interface {ifname} does not exist"))?;
         let prog = kind.program();
         let pin_dir = self.pin_dir.clone();
+        let handle = match kind {
+            LinkKind::TrunkXdp => Prog::Xdp(
+                self.ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing"))?
+                    .try_into()?,
+            ),
+            _ => Prog::Tc(self.program(prog)?),
+        };
         let (link, how) = links::attach(
-            self.program(prog)?,
+            handle,
             pin_dir.as_deref(),
             kind,
             ifname,
@@ -300,12 +317,31 @@ impl Datapath {
         Ok(link)
     }
 
-    pub fn attach_trunk(&mut self, ifname: &str) -> Result<()> {
+    /// The trunk's TC program, then (with `xdp`) its XDP pre-filter in front. The
+    /// pre-filter is an optimisation: where it cannot attach (a driver without native
+    /// XDP) TC enforces the same, and the reason is kept for `status`.
+    pub fn attach_trunk(&mut self, ifname: &str, xdp: bool) -> Result<()> {
         let link = self.attach(LinkKind::Trunk, ifname).with_context(|| {
             format!("trunk interface {ifname} (does it exist, and is it the trunk?)")
         })?;
         self.trunk = Some(link);
+        self.trunk_xdp = if xdp {
+            self.attach(LinkKind::TrunkXdp, ifname)
+                .map_err(|e| format!("{e:#}"))
+        } else {
+            if let (Some(dir), Some(ifindex)) = (&self.pin_dir, crate::netdev::ifindex(ifname))
+                && links::detach_pin(dir, LinkKind::TrunkXdp, ifindex, ifname)?
+            {
+                log::info!("{ifname}: detached the XDP pre-filter (node.trunkXdp is false)");
+            }
+            Err("turned off (node.trunkXdp: false)".into())
+        };
         Ok(())
+    }
+
+    /// Whether the trunk's XDP pre-filter runs, or why not.
+    pub fn trunk_xdp(&self) -> Result<(), &str> {
+        self.trunk_xdp.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// The primary ENI's program: replies to source-NATed flows find their pod.

@@ -1,6 +1,6 @@
-//! TC attachments that outlive the daemon.
+//! TC and XDP attachments that outlive the daemon.
 //!
-//! With a pin directory, every attachment is a TCX link pinned at
+//! With a pin directory, every attachment is a TCX (or XDP) link pinned at
 //! `<bpffsDir>/links/<kind>-<ifindex>-<ifname>` (bpffs refuses dots in names, so a dot
 //! in the interface name is written `%2e`): the programs stay attached and keep
 //! enforcing with the pinned maps while no daemon runs (crash, SIGKILL, SIGTERM,
@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use aya::programs::{
-    SchedClassifier, TcAttachType,
+    SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, SchedClassifierLinkId},
+    xdp::XdpLink,
 };
 
 /// Which program a link runs, and where: the kind is part of the pin's file name.
@@ -25,6 +26,8 @@ use aya::programs::{
 pub enum LinkKind {
     /// The trunk's ingress: frames from the VPC to branch pods.
     Trunk,
+    /// The trunk's XDP hook: the pre-filter in front of `Trunk` (native mode only).
+    TrunkXdp,
     /// A pod host interface's ingress: what the pod sends.
     Pod,
     /// A pod host interface's egress: what the node sends the pod.
@@ -34,8 +37,9 @@ pub enum LinkKind {
 }
 
 impl LinkKind {
-    pub const ALL: [LinkKind; 4] = [
+    pub const ALL: [LinkKind; 5] = [
         LinkKind::Trunk,
+        LinkKind::TrunkXdp,
         LinkKind::Pod,
         LinkKind::PodIn,
         LinkKind::Primary,
@@ -46,6 +50,7 @@ impl LinkKind {
     fn tag(self) -> &'static str {
         match self {
             LinkKind::Trunk => "trunk",
+            LinkKind::TrunkXdp => "trunkxdp",
             LinkKind::Pod => "pod",
             LinkKind::PodIn => "podin",
             LinkKind::Primary => "primary",
@@ -56,6 +61,7 @@ impl LinkKind {
         use enforcer_common::prog_names::*;
         match self {
             LinkKind::Trunk => TRUNK_INGRESS,
+            LinkKind::TrunkXdp => TRUNK_XDP,
             LinkKind::Pod => POD_EGRESS,
             LinkKind::PodIn => POD_INGRESS,
             LinkKind::Primary => PRIMARY_INGRESS,
@@ -70,7 +76,55 @@ impl LinkKind {
     }
 }
 
-/// One attachment of a program to an interface's TC hook.
+/// A loaded program of either hook, ready to attach.
+pub enum Prog<'a> {
+    Tc(&'a mut SchedClassifier),
+    Xdp(&'a mut Xdp),
+}
+
+impl Prog<'_> {
+    /// A new attachment, as a kernel link named by fd (what can be pinned).
+    fn attach_fd(&mut self, kind: LinkKind, ifname: &str) -> Result<FdLink> {
+        match self {
+            Prog::Tc(p) => {
+                let id = p.attach(ifname, kind.hook())?;
+                FdLink::try_from(p.take_link(id)?).map_err(|e| {
+                    anyhow!("{ifname}: the kernel gave a netlink TC attachment, not a TCX link ({e}); TCX (Linux 6.6+) is needed to keep enforcing across restarts")
+                })
+            }
+            Prog::Xdp(p) => {
+                // Native mode or nothing: generic XDP runs after the skb is built, where
+                // it saves nothing over TC.
+                let id = p.attach(ifname, XdpMode::Driver).with_context(|| {
+                    format!("{ifname}: native XDP (does its driver support XDP?)")
+                })?;
+                FdLink::try_from(p.take_link(id)?).map_err(|e| {
+                    anyhow!("{ifname}: the kernel gave a netlink XDP attachment, not an XDP link ({e}); Linux 5.9+ is needed")
+                })
+            }
+        }
+    }
+
+    /// Runs this program in an existing link, atomically.
+    fn adopt(&mut self, fd: FdLink, path: &Path) -> Result<FdLink> {
+        match self {
+            Prog::Tc(p) => {
+                let link = SchedClassifierLink::try_from(fd)
+                    .with_context(|| format!("{} is not a TCX link", path.display()))?;
+                let id = p.attach_to_link(link)?;
+                Ok(FdLink::try_from(p.take_link(id)?)?)
+            }
+            Prog::Xdp(p) => {
+                let link = XdpLink::try_from(fd)
+                    .with_context(|| format!("{} is not an XDP link", path.display()))?;
+                let id = p.attach_to_link(link)?;
+                Ok(FdLink::try_from(p.take_link(id)?)?)
+            }
+        }
+    }
+}
+
+/// One attachment of a program to an interface's TC or XDP hook.
 pub struct TcLink {
     pub ifindex: u32,
     handle: Handle,
@@ -79,6 +133,8 @@ pub struct TcLink {
 enum Handle {
     /// Owned by the program: detached when it is dropped.
     Owned(SchedClassifierLinkId),
+    /// Owned by us, unpinned: detached when the fd closes.
+    Fd(FdLink),
     /// Pinned: attached for as long as the pin exists. The fd only lets us update it.
     Pinned { path: PathBuf, _fd: FdLink },
 }
@@ -143,36 +199,30 @@ pub fn pinned(pin_dir: &Path) -> Vec<(LinkKind, String)> {
     out
 }
 
-/// Attaches `prog` to `ifname`'s TC hook for `kind`, or adopts the pinned link already
+/// Attaches `prog` to `ifname`'s hook for `kind`, or adopts the pinned link already
 /// there.
 pub fn attach(
-    prog: &mut SchedClassifier,
+    mut prog: Prog<'_>,
     pin_dir: Option<&Path>,
     kind: LinkKind,
     ifname: &str,
     ifindex: u32,
 ) -> Result<(TcLink, Attached)> {
     let Some(pin_dir) = pin_dir else {
-        let id = prog.attach(ifname, kind.hook())?;
-        return Ok((
-            TcLink {
-                ifindex,
-                handle: Handle::Owned(id),
-            },
-            Attached::New,
-        ));
+        let handle = match &mut prog {
+            Prog::Tc(p) => Handle::Owned(p.attach(ifname, kind.hook())?),
+            Prog::Xdp(_) => Handle::Fd(prog.attach_fd(kind, ifname)?),
+        };
+        return Ok((TcLink { ifindex, handle }, Attached::New));
     };
     let path = pin_path(pin_dir, kind, ifindex, ifname);
     if path.exists() {
         let pinned = PinnedLink::from_pin(&path)
             .with_context(|| format!("opening pinned link {}", path.display()))?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .with_context(|| format!("{} is not a TCX link", path.display()))?;
         // Atomic: packets see the old program or this one, never none.
-        let id = prog
-            .attach_to_link(link)
+        let fd = prog
+            .adopt(FdLink::from(pinned), &path)
             .with_context(|| format!("replacing the program of {}", path.display()))?;
-        let fd = FdLink::try_from(prog.take_link(id)?)?;
         return Ok((
             TcLink {
                 ifindex,
@@ -183,10 +233,7 @@ pub fn attach(
     }
     std::fs::create_dir_all(links_dir(pin_dir))
         .with_context(|| format!("creating {}", links_dir(pin_dir).display()))?;
-    let id = prog.attach(ifname, kind.hook())?;
-    let fd = FdLink::try_from(prog.take_link(id)?).map_err(|e| {
-        anyhow!("{ifname}: the kernel gave a netlink TC attachment, not a TCX link ({e}); TCX (Linux 6.6+) is needed to keep enforcing across restarts")
-    })?;
+    let fd = prog.attach_fd(kind, ifname)?;
     let pinned = fd
         .pin(&path)
         .with_context(|| format!("pinning the link of {ifname} at {}", path.display()))?;
@@ -202,6 +249,18 @@ pub fn attach(
     ))
 }
 
+/// Detaches the pinned link of `kind` on `ifname`, if one is pinned (a hook this
+/// daemon's settings turned off). Returns whether there was one.
+pub fn detach_pin(pin_dir: &Path, kind: LinkKind, ifindex: u32, ifname: &str) -> Result<bool> {
+    let path = pin_path(pin_dir, kind, ifindex, ifname);
+    if !path.exists() {
+        return Ok(false);
+    }
+    detach_pinned(&path).with_context(|| format!("detaching {}", path.display()))?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(true)
+}
+
 /// Detaches on purpose: the pin goes, and with the fd dropped the link with it.
 pub fn detach(prog: Option<&mut SchedClassifier>, link: TcLink) {
     match link.handle {
@@ -210,6 +269,7 @@ pub fn detach(prog: Option<&mut SchedClassifier>, link: TcLink) {
                 let _ = p.detach(id);
             }
         }
+        Handle::Fd(fd) => drop(fd),
         Handle::Pinned { path, .. } => {
             let _ = std::fs::remove_file(path);
         }
