@@ -66,7 +66,15 @@ pub fn run(ctx: &XdpContext) -> u32 {
     if policy_allows(pod.policy_id, pkt, dir).is_some() || always_allowed(pkt, dir) {
         return xdp_action::XDP_PASS;
     }
-    emit(pkt, pod.slot, dir, Reason::DropNoRule, (0, 0), false, clock.now);
+    emit(
+        pkt,
+        pod.slot,
+        dir,
+        Reason::DropNoRule,
+        (0, 0),
+        false,
+        clock.now,
+    );
     dropped(pod.slot, Reason::DropNoRule, len)
 }
 

@@ -9,6 +9,7 @@ pub mod harness;
 pub mod kube_fake;
 pub mod moto;
 pub mod net;
+pub mod raw;
 pub mod realbench;
 pub mod scenario;
 pub mod shop;

@@ -730,13 +730,15 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
     }
     let log = n.sim.daemon_log();
     assert!(log.contains("adopted the pinned datapath"), "{log}");
-    // Nothing leaked or lost: the pins are one link per hook (the trunk, the primary
-    // ENI, both of each pod's), the pod tables hold the three pods, web kept its slot.
+    // Nothing leaked or lost: the pins are one link per hook (the trunk's TC and XDP,
+    // the primary ENI, both of each pod's), the pod tables hold the three pods, web
+    // kept its slot.
     let pins: Vec<_> = std::fs::read_dir(n.sim.bpffs_dir.join("links"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(pins.len(), 2 + 3 * 2, "{pins:?}");
+    assert_eq!(pins.len(), 3 + 3 * 2, "{pins:?}");
+    assert!(pins.iter().any(|p| p.starts_with("trunkxdp-")), "{pins:?}");
     let st = n.sim.status().unwrap();
     assert_eq!(st.maps["POD_BY_VLAN"][0], 3, "{:?}", st.maps);
     for (name, [used, _]) in &maps_before {

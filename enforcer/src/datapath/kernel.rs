@@ -298,14 +298,8 @@ impl Datapath {
             ),
             _ => Prog::Tc(self.program(prog)?),
         };
-        let (link, how) = links::attach(
-            handle,
-            pin_dir.as_deref(),
-            kind,
-            ifname,
-            ifindex,
-        )
-        .with_context(|| format!("attaching {prog} to {ifname}"))?;
+        let (link, how) = links::attach(handle, pin_dir.as_deref(), kind, ifname, ifindex)
+            .with_context(|| format!("attaching {prog} to {ifname}"))?;
         if let Some(m) = &mut self.migration
             && m.first_link_moved.is_none()
         {

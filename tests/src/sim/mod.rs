@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use crate::fabric::Fabric;
 
 pub use cni::{SimPod, pods_yaml, sim_pod};
-pub use netns::{in_netns, sh, spawn_in_netns, tcx_programs};
+pub use netns::{in_netns, sh, spawn_in_netns, tcx_programs, xdp_program};
 pub use process::write_config;
 
 use netns::{ip, ip_root, remove_leftovers, unique_prefix};

@@ -121,3 +121,14 @@ pub fn tcx_programs(ns: &str, ifname: &str) -> Vec<(u32, String)> {
     })
     .unwrap()
 }
+
+/// The id of the XDP program attached to `ifname` in `ns` (native mode), if any.
+pub fn xdp_program(ns: &str, ifname: &str) -> Option<u32> {
+    let out = sh(&["ip", "-n", ns, "-j", "-d", "link", "show", "dev", ifname]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let xdp = &v[0]["xdp"];
+    xdp["prog"]["id"]
+        .as_u64()
+        .or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+        .map(|id| id as u32)
+}
