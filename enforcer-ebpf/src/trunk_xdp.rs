@@ -57,10 +57,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     // Any entry, whatever its age or state: TC judges it (and refreshes it).
-    // SAFETY: hash values stay valid for the program's run (RCU); we only read.
-    if cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock).is_some()
-        || unsafe { FLOWS.get(key) }.is_some()
-    {
+    if cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock).is_some() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: hash values stay valid for the program's run (RCU); we only test presence.
+    if unsafe { FLOWS.get(key) }.is_some() {
         return xdp_action::XDP_PASS;
     }
     if policy_allows(pod.policy_id, pkt, dir).is_some() || always_allowed(pkt, dir) {
