@@ -30,6 +30,8 @@ pub const FLOOR_REDIRECT: &str = "sim_floor_redirect";
 /// MACs, redirect to the trunk) with no policy, for `bench --compare`.
 pub const FLOOR_FORWARD: &str = "sim_floor_forward";
 const FLOOR_FORWARD_MAP: &str = "FLOOR_FORWARD";
+/// The VPC's frame generator (XDP, live-frames test_run only).
+const XMIT: &str = "sim_fabric_xmit";
 
 pub struct Fabric {
     ebpf: aya::Ebpf,
@@ -77,7 +79,10 @@ impl Fabric {
                 .attach(dev, hook)
                 .with_context(|| format!("attaching {name} to {dev}"))?;
         }
-        tags_in_bytes(dev)?;
+        // The trunk receives tags in the bytes, as an ENA trunk does (ENA has no VLAN
+        // offload), so its XDP program sees them; the stack moves the tag into metadata
+        // before TC, as on EC2.
+        crate::ethtool::tx_vlan_offload_off(dev)?;
         Ok(f)
     }
 
@@ -110,6 +115,53 @@ impl Fabric {
         Ok((f, id))
     }
 
+    /// The VPC's frame generator: puts `frames` on the trunk from `dev` (this thread's
+    /// namespace) as XDP frames, `per_call` of each in turn, in batches of 64, through
+    /// `BPF_PROG_TEST_RUN` live-frames mode, for at least `d`. The trunk receives them
+    /// as a NIC's buffers: its XDP program runs before any skb exists. Returns the
+    /// frames sent and the kernel's own time for them: the generator, the trunk's
+    /// receive work (it runs in this thread's softirq, inside the timed loop), not the
+    /// set-up and tear-down of each call (its page pool's teardown waits for an RCU
+    /// grace period, tens of ms on this VM).
+    pub fn xmit_live(
+        dev: &str,
+        frames: &[Vec<u8>],
+        per_call: u32,
+        d: std::time::Duration,
+    ) -> Result<(u64, std::time::Duration)> {
+        use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
+        let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
+        let p: &mut Xdp = ebpf.program_mut(XMIT).context(XMIT)?.try_into()?;
+        p.load()
+            .with_context(|| format!("verifier rejected {XMIT}"))?;
+        let ifindex = crate::netdev_index(dev)?;
+        let t = std::time::Instant::now();
+        let (mut sent, mut busy) = (0u64, std::time::Duration::ZERO);
+        while t.elapsed() < d {
+            for frame in frames {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+                // rx_queue_index, egress_ifindex.
+                let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+                    .iter()
+                    .flat_map(|w| w.to_ne_bytes())
+                    .collect();
+                let r = p
+                    .test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        ctx_in: Some(&ctx),
+                        repeat: per_call,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..TestRunOptions::new()
+                    })
+                    .with_context(|| format!("{XMIT} in live-frames mode on {dev}"))?;
+                // The kernel reports the mean time per frame.
+                busy += r.duration * per_call;
+                sent += per_call as u64;
+            }
+        }
+        Ok((sent, busy))
+    }
+
     /// The kernel's id of one of the fabric's programs (the benchmarks read its run
     /// time by id).
     pub fn program_id(&self, name: &str) -> Option<u32> {
@@ -126,60 +178,4 @@ impl Fabric {
         };
         m.get(&(vlan as u32), 0).unwrap_or(0)
     }
-}
-
-/// Turns off `dev`'s tx VLAN offload, so the kernel writes the tag the egress program
-/// pushed into the frame's bytes before the veth hands it over: the trunk receives
-/// tags in the bytes, as an ENA trunk does (ENA has no VLAN offload), and its XDP
-/// program sees them. (The stack moves the tag back into metadata before TC, as on
-/// EC2.) `ethtool -K dev txvlan off`, through the legacy flags ioctl.
-fn tags_in_bytes(dev: &str) -> Result<()> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GFLAGS: u32 = 0x25;
-    const ETHTOOL_SFLAGS: u32 = 0x26;
-    const ETH_FLAG_TXVLAN: u32 = 1 << 7;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    anyhow::ensure!(dev.len() < libc::IFNAMSIZ, "interface name {dev} too long");
-    // SAFETY: a plain socket call; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: a fresh fd nothing else owns.
-    let _sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_GFLAGS,
-        data: 0,
-    };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
-        _pad: [0; 16],
-    };
-    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
-    for cmd in [ETHTOOL_GFLAGS, ETHTOOL_SFLAGS] {
-        // SAFETY: `value` and `req` outlive the call; `req.data` points at `value`.
-        unsafe { (*req.data).cmd = cmd };
-        if cmd == ETHTOOL_SFLAGS {
-            // SAFETY: as above.
-            unsafe { (*req.data).data &= !ETH_FLAG_TXVLAN };
-        }
-        // SAFETY: the kernel reads the interface name and reads/writes `value`
-        // through `req.data`; both live for the call.
-        let r = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
-        anyhow::ensure!(
-            r == 0,
-            "{dev}: turning tx VLAN offload off: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }

@@ -3,6 +3,7 @@
 //! the benchmarks. None of it ships in the product.
 pub mod agents;
 pub mod demo;
+pub mod ethtool;
 pub mod fabric;
 pub mod frames;
 pub mod harness;
@@ -46,4 +47,13 @@ fn built(name: &str) -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The index of interface `dev` in the calling thread's namespace.
+pub fn netdev_index(dev: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(dev)?;
+    // SAFETY: a NUL-terminated name, alive for the call.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(i != 0, "no interface {dev}");
+    Ok(i)
 }

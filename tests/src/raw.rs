@@ -68,21 +68,18 @@ pub fn send_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>, count: usize) -> R
     })?
 }
 
-/// Sends `frames` in turn on `dev` in `ns` for `d`, as fast as one thread can; returns
-/// how many the kernel took.
-pub fn flood_frames(ns: &str, dev: &str, frames: Vec<Vec<u8>>, d: Duration) -> Result<u64> {
-    let dev = dev.to_string();
-    in_netns(ns, move || -> Result<u64> {
-        let s = PacketSocket::open(&dev)?;
-        let end = Instant::now() + d;
-        let mut sent = 0u64;
-        while Instant::now() < end {
-            for _ in 0..64 {
-                for f in &frames {
-                    sent += s.send(f) as u64;
-                }
+/// Sends `frames` in turn on `dev` (in the calling thread's namespace) for `d`, as
+/// fast as one thread can; returns how many the kernel took.
+pub fn flood_frames(dev: &str, frames: &[Vec<u8>], d: Duration) -> Result<u64> {
+    let s = PacketSocket::open(dev)?;
+    let end = Instant::now() + d;
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        for _ in 0..64 {
+            for f in frames {
+                sent += s.send(f) as u64;
             }
         }
-        Ok(sent)
-    })?
+    }
+    Ok(sent)
 }

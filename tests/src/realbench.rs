@@ -58,6 +58,8 @@ pub struct Measured {
     pub fabric_ingress: f64,
     pub egress_established: f64,
     pub ingress_established: f64,
+    /// The trunk's XDP pre-filter on the same replies (it runs before `trunk_ingress`).
+    pub ingress_xdp: f64,
     pub egress_new_flow: f64,
     /// Back-to-back sends on one flow (warm caches): what sustained traffic costs.
     pub egress_flood: f64,
@@ -80,9 +82,9 @@ pub struct RealBench {
     sim: SimNode,
     ns: String,
     /// Ids of the programs measured: pod_egress, trunk_ingress, the fabric's ingress
-    /// and egress. Only these are read (another run's programs of the same names never
-    /// mix in).
-    ids: [u32; 4],
+    /// and egress, trunk_xdp. Only these are read (another run's programs of the same
+    /// names never mix in).
+    ids: [u32; 5],
 }
 
 impl RealBench {
@@ -116,6 +118,7 @@ impl RealBench {
             tcx("trunk0", "trunk_ingress")?,
             fabric("sim_fabric_ingress")?,
             fabric("sim_fabric_egress")?,
+            crate::sim::xdp_program(&sim.node_ns, "trunk0").context("trunk_xdp on trunk0")?,
         ];
         Ok(RealBench { sim, ns, ids })
     }
@@ -165,11 +168,12 @@ impl RealBench {
             Ok(())
         })??;
         let d = stats()?;
-        let [egress, ingress, fabric_in, fabric_out] = self.ids;
+        let [egress, ingress, fabric_in, fabric_out, xdp] = self.ids;
         Ok(Measured {
             fabric_ingress: delta(&a, &b, fabric_in),
             egress_established: delta(&a, &b, egress),
             ingress_established: delta(&a, &b, ingress),
+            ingress_xdp: delta(&a, &b, xdp),
             egress_new_flow: delta(&b, &c, egress),
             egress_flood: delta(&c, &d, egress),
             fabric_egress_flood: delta(&c, &d, fabric_out),

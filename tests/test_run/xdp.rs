@@ -25,7 +25,13 @@ fn to(src: &str, dst: &str, l4: L4) -> Frame {
 
 /// (what it proves, frame, XDP's verdict, what TC then does, the reason counted on
 /// which slot when XDP drops)
-type Case = (&'static str, Vec<u8>, u32, Option<u32>, Option<(u32, Reason)>);
+type Case = (
+    &'static str,
+    Vec<u8>,
+    u32,
+    Option<u32>,
+    Option<(u32, Reason)>,
+);
 
 #[test]
 fn xdp_drops_what_tc_would_and_passes_the_rest() {

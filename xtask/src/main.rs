@@ -29,13 +29,18 @@ enum Task {
     /// ns/packet at 1, 60 and 1000 rules (test_run and real traffic), the other paths
     /// (source NAT, reverse NAT, host-local) beside a redirect-only floor, the control
     /// plane (110 pods: resync, rule change, pod event), podsg against its peers
-    /// through the node, then the cost of each stage; writes target/bench/results.json.
+    /// through the node, denied frames flooding the trunk (XDP against TC), then the cost
+    /// of each stage; writes target/bench/results.json.
     Bench {
         /// Only podsg against its peers (no filter, the forwarding floor, iptables-nft,
         /// an nft set): 64-byte UDP pps through the node; its rows replace the last
         /// ones in results.json.
         #[arg(long)]
         compare: bool,
+        /// Only the trunk flood: denied frames with the XDP pre-filter and with TC
+        /// alone (drop rate, allowed traffic kept); its rows replace the last ones.
+        #[arg(long)]
+        xdp: bool,
     },
 }
 
@@ -250,13 +255,16 @@ fn main() -> Result<()> {
                 .current_dir(root()))?;
             run_test_bed_bin("demo", standard.then_some("--standard"))
         }
-        Task::Bench { compare } => {
+        Task::Bench { compare, xdp } => {
             setup()?;
             run(Command::new("cargo")
                 .args(["build", "--release", "-p", "enforcer"])
                 .current_dir(root()))?;
             if compare {
                 return run_test_bed_bin("bench", Some("compare"));
+            }
+            if xdp {
+                return run_test_bed_bin("bench", Some("xdp"));
             }
             for bin in ["bench", "stages"] {
                 run_test_bed_bin(bin, None)?;

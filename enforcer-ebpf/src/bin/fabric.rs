@@ -5,11 +5,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, HashMap},
     helpers::{bpf_redirect, bpf_skb_vlan_pop},
-    macros::{btf_map, classifier},
-    programs::TcContext,
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use enforcer_ebpf::{parse::parse_l2, rewrite::push_tag};
 
@@ -101,6 +101,15 @@ pub fn sim_floor_forward(ctx: TcContext) -> i32 {
     }
     // SAFETY: a plain helper call with no pointers.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// The VPC's frame generator (never attached): run by `BPF_PROG_TEST_RUN` in live-frames
+/// mode on the fabric's end of the trunk, each frame goes out of it as an XDP frame,
+/// and the trunk's driver receives it as a NIC's DMA buffer — no skb until the stack
+/// needs one, which is what an XDP program on a real trunk sees.
+#[xdp]
+pub fn sim_fabric_xmit(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

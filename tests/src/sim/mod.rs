@@ -33,6 +33,8 @@ use netns::{ip, ip_root, remove_leftovers, unique_prefix};
 /// default `hostVethPrefix` expects).
 pub const SIM_VETH_PREFIX: &str = "vlan";
 pub const FABRIC_MAC: &str = "02:fa:00:00:00:01";
+/// Queues of the trunk's veth pair, each way.
+const TRUNK_QUEUES: usize = 2;
 pub const TRUNK_MAC: &str = "02:7e:00:00:00:01";
 pub const NODE_IPV4: &str = "10.0.0.10";
 pub const NODE_IPV6: &str = "fd00:10::10";
@@ -153,10 +155,28 @@ impl SimNode {
         self.add_ns(&fab)?;
         self.add_ns(&node)?;
         // The trunk ENI carries only the branch pods' tagged frames; the node's own
-        // addresses are on its primary ENI, as EKS builds a node.
+        // addresses are on its primary ENI, as EKS builds a node. Two queues each way,
+        // one per CPU (as a NIC's RSS and XPS spread them): a flood arriving on one
+        // CPU's queue is that CPU's work, not every queue's.
         ip_root(&format!(
-            "link add trunk0 netns {node} type veth peer name fab0 netns {fab}"
+            "link add trunk0 netns {node} numtxqueues {TRUNK_QUEUES} numrxqueues {TRUNK_QUEUES} type veth peer name fab0 netns {fab} numtxqueues {TRUNK_QUEUES} numrxqueues {TRUNK_QUEUES}"
         ))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for q in 0..TRUNK_QUEUES {
+            let mask: u64 = (0..cpus.min(64))
+                .filter(|c| c % TRUNK_QUEUES == q)
+                .map(|c| 1u64 << c)
+                .sum();
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &fab,
+                "sh",
+                "-c",
+                &format!("echo {mask:x} > /sys/class/net/fab0/queues/tx-{q}/xps_cpus"),
+            ])?;
+        }
         ip_root(&format!(
             "link add eth0 netns {node} type veth peer name fab1 netns {fab}"
         ))?;

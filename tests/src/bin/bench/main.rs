@@ -19,6 +19,7 @@ mod compare;
 mod paths;
 mod reconcile;
 mod scale;
+mod xdp_flood;
 
 use enforcer_common::prog_names::POD_EGRESS;
 use integration_tests::frames::{Frame, L4};
@@ -115,6 +116,7 @@ fn real_traffic(results: &mut Vec<String>) -> anyhow::Result<()> {
                 ("floor_trivial_program", m.fabric_ingress),
                 ("established", m.egress_established),
                 ("established_trunk_ingress", m.ingress_established),
+                ("established_trunk_xdp", m.ingress_xdp),
                 ("new_flow", m.egress_new_flow),
                 ("established_flood", m.egress_flood),
                 ("floor_flood_fabric_tagger", m.fabric_egress_flood),
@@ -171,7 +173,12 @@ fn main() -> anyhow::Result<()> {
         }
         Some("compare") => {
             compare::run(&mut results, &groups(1000))?;
-            return write_results(results, true);
+            return write_results(results, Some("compare"));
+        }
+        // `cargo xtask bench --xdp`: the same, for the trunk flood's rows.
+        Some("xdp") => {
+            xdp_flood::run(&mut results)?;
+            return write_results(results, Some("xdp"));
         }
         _ => {}
     }
@@ -274,23 +281,27 @@ fn main() -> anyhow::Result<()> {
     real_traffic(&mut results)?;
     scale::run(&mut results, &groups)?;
     compare::run(&mut results, &groups(1000))?;
-    write_results(results, false)
+    xdp_flood::run(&mut results)?;
+    write_results(results, None)
 }
 
-/// Writes target/bench/results.json: `rows`, and with `keep_others` the rows of the
-/// file already there that are not of the compare run.
-fn write_results(rows: Vec<String>, keep_others: bool) -> anyhow::Result<()> {
+/// Writes target/bench/results.json: `rows`, and with `run` (one part rerun alone) the
+/// rows of the file already there that are not that part's (`<run>_*` cases, or
+/// marked `"run": "<run>"`).
+fn write_results(rows: Vec<String>, run: Option<&str>) -> anyhow::Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("results.json");
     let mut all = Vec::new();
-    if keep_others && let Ok(text) = std::fs::read_to_string(&path) {
+    if let Some(run) = run
+        && let Ok(text) = std::fs::read_to_string(&path)
+    {
         let old: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        let prefix = format!("{run}_");
         all.extend(
             old.iter()
                 .filter(|r| {
-                    !r["case"].as_str().unwrap_or("").starts_with("compare_")
-                        && r["run"] != "compare"
+                    !r["case"].as_str().unwrap_or("").starts_with(&prefix) && r["run"] != run
                 })
                 .map(|r| r.to_string()),
         );
