@@ -49,57 +49,50 @@ fn mask(a: &mut [u8], len: u32) {
     }
 }
 
-impl PeerFamily for PeerKeyV4 {
-    type Hashed = PeerHashKeyV4;
-    const TRIE: &'static str = map_names::PEER_V4;
-    const HASH: &'static str = map_names::PEER_HASH_V4;
-    const INDEX: u32 = PEER_LENS_V4;
-    fn hashed(plen: u32, k: &Self) -> PeerHashKeyV4 {
-        PeerHashKeyV4 {
-            scope: k.scope,
-            len: plen - PEER_SCOPE_BITS,
-            addr: k.addr,
+/// The two families differ only in their key types, maps and `PEER_LENS` entry.
+macro_rules! peer_family {
+    ($key:ident, $hashed:ident, $trie:ident, $hash:ident, $index:ident) => {
+        impl PeerFamily for $key {
+            type Hashed = $hashed;
+            const TRIE: &'static str = map_names::$trie;
+            const HASH: &'static str = map_names::$hash;
+            const INDEX: u32 = $index;
+            fn hashed(plen: u32, k: &Self) -> $hashed {
+                $hashed {
+                    scope: k.scope,
+                    len: plen - PEER_SCOPE_BITS,
+                    addr: k.addr,
+                }
+            }
+            fn unhashed(h: &$hashed) -> (u32, Self) {
+                let k = $key {
+                    scope: h.scope,
+                    addr: h.addr,
+                };
+                (PEER_SCOPE_BITS + h.len, k)
+            }
+            fn masked(&self, len: u32) -> Self {
+                let mut k = *self;
+                mask(&mut k.addr, len);
+                k
+            }
         }
-    }
-    fn unhashed(h: &PeerHashKeyV4) -> (u32, Self) {
-        let k = PeerKeyV4 {
-            scope: h.scope,
-            addr: h.addr,
-        };
-        (PEER_SCOPE_BITS + h.len, k)
-    }
-    fn masked(&self, len: u32) -> Self {
-        let mut k = *self;
-        mask(&mut k.addr, len);
-        k
-    }
+    };
 }
-
-impl PeerFamily for PeerKeyV6 {
-    type Hashed = PeerHashKeyV6;
-    const TRIE: &'static str = map_names::PEER_V6;
-    const HASH: &'static str = map_names::PEER_HASH_V6;
-    const INDEX: u32 = PEER_LENS_V6;
-    fn hashed(plen: u32, k: &Self) -> PeerHashKeyV6 {
-        PeerHashKeyV6 {
-            scope: k.scope,
-            len: plen - PEER_SCOPE_BITS,
-            addr: k.addr,
-        }
-    }
-    fn unhashed(h: &PeerHashKeyV6) -> (u32, Self) {
-        let k = PeerKeyV6 {
-            scope: h.scope,
-            addr: h.addr,
-        };
-        (PEER_SCOPE_BITS + h.len, k)
-    }
-    fn masked(&self, len: u32) -> Self {
-        let mut k = *self;
-        mask(&mut k.addr, len);
-        k
-    }
-}
+peer_family!(
+    PeerKeyV4,
+    PeerHashKeyV4,
+    PEER_V4,
+    PEER_HASH_V4,
+    PEER_LENS_V4
+);
+peer_family!(
+    PeerKeyV6,
+    PeerHashKeyV6,
+    PEER_V6,
+    PEER_HASH_V6,
+    PEER_LENS_V6
+);
 
 type Table<K> = HashMap<(u32, K), PeerClass>;
 
@@ -424,30 +417,32 @@ pub(super) fn diff_ports(
         Phase::Upsert => new,
         Phase::Remove => old,
     };
+    // Both maps opened once for the whole batch.
+    let [exact, trie] = ebpf.maps_disjoint_mut([map_names::PORT_EXACT, map_names::PORT_RULES]);
+    let missing = |name| anyhow::anyhow!("map {name} missing from the object");
+    let mut exact: BpfHashMap<&mut MapData, PortKey, PortRule> = exact
+        .ok_or_else(|| missing(map_names::PORT_EXACT))?
+        .try_into()?;
+    let mut trie: LpmTrie<&mut MapData, PortKey, PortRule> = trie
+        .ok_or_else(|| missing(map_names::PORT_RULES))?
+        .try_into()?;
     for (plen, k) in todo {
+        let value = values[&(*plen, *k)];
         if *plen == PORT_EXACT_BITS {
             let name = map_names::PORT_EXACT;
-            let mut m: BpfHashMap<&mut MapData, PortKey, PortRule> =
-                map_mut(ebpf, name)?.try_into()?;
             match phase {
-                Phase::Upsert => m
-                    .insert(k, values[&(*plen, *k)], 0)
-                    .map_err(|e| map_err(name, e))?,
+                Phase::Upsert => exact.insert(k, value, 0).map_err(|e| map_err(name, e))?,
                 Phase::Remove => {
-                    let _ = m.remove(k);
+                    let _ = exact.remove(k);
                 }
             }
         } else {
             let name = map_names::PORT_RULES;
-            let mut m: LpmTrie<&mut MapData, PortKey, PortRule> =
-                map_mut(ebpf, name)?.try_into()?;
             let key = Key::new(*plen, *k);
             match phase {
-                Phase::Upsert => m
-                    .insert(&key, values[&(*plen, *k)], 0)
-                    .map_err(|e| map_err(name, e))?,
+                Phase::Upsert => trie.insert(&key, value, 0).map_err(|e| map_err(name, e))?,
                 Phase::Remove => {
-                    let _ = m.remove(&key);
+                    let _ = trie.remove(&key);
                 }
             }
         }
