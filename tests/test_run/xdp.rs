@@ -23,6 +23,21 @@ fn to(src: &str, dst: &str, l4: L4) -> Frame {
     Frame::new(GW_MAC, CLIENT.mac, src, dst, l4).tagged(CLIENT.vlan)
 }
 
+/// The client opens a flow to 10.0.2.5:443 and fd00:10:2::5:443 (outbound rules):
+/// their replies (source port 443, destination 40000) have no inbound rule, only state.
+fn open_client_flows(h: &mut Harness) {
+    for dst in ["10.0.2.5", "fd00:10:2::5"] {
+        let open = out(
+            dst,
+            L4::Syn {
+                sport: 40000,
+                dport: 443,
+            },
+        );
+        assert_eq!(h.run(POD_EGRESS, &open.bytes()).0, TC_ACT_REDIRECT, "{dst}");
+    }
+}
+
 /// (what it proves, frame, XDP's verdict, what TC then does, the reason counted on
 /// which slot when XDP drops)
 type Case = (
@@ -37,18 +52,7 @@ type Case = (
 fn xdp_drops_what_tc_would_and_passes_the_rest() {
     let mut h = setup();
     let slot = h.slot("client");
-    // The client opens a flow to 10.0.2.5:443 and fd00:10:2::5:443 (outbound rules):
-    // their replies have no inbound rule, only state.
-    for dst in ["10.0.2.5", "fd00:10:2::5"] {
-        let open = out(
-            dst,
-            L4::Syn {
-                sport: 40000,
-                dport: 443,
-            },
-        );
-        assert_eq!(h.run(POD_EGRESS, &open.bytes()).0, TC_ACT_REDIRECT, "{dst}");
-    }
+    open_client_flows(&mut h);
     let reply = |src| {
         into(
             src,
@@ -242,17 +246,7 @@ fn xdp_drops_what_tc_would_and_passes_the_rest() {
 #[test]
 fn xdp_never_drops_a_frame_tc_passes() {
     let mut h = setup();
-    // Flows of the client's for replies to belong to.
-    for dst in ["10.0.2.5", "fd00:10:2::5"] {
-        let open = out(
-            dst,
-            L4::Syn {
-                sport: 40000,
-                dport: 443,
-            },
-        );
-        assert_eq!(h.run(POD_EGRESS, &open.bytes()).0, TC_ACT_REDIRECT, "{dst}");
-    }
+    open_client_flows(&mut h);
     let (mut dropped, mut passed) = (0, 0);
     for (v6, peers, dsts) in [
         (
