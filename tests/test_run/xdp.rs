@@ -305,3 +305,65 @@ fn xdp_never_drops_a_frame_tc_passes() {
     assert!(dropped > 400, "dropped {dropped}");
     assert_eq!(passed, 6, "passed");
 }
+
+/// What only TC may decide stays TC's: a pod in audit passes what its rules deny (TC
+/// tracks and reports it), and a fail-closed pod's traffic is judged by the
+/// always-allowed list. XDP leaves both to TC, and drops nothing TC would pass.
+#[test]
+fn audit_and_fail_closed_pods_are_left_to_tc() {
+    let mut cfg = node_config();
+    cfg.node.enforcement = enforcer::config::Enforcement::Audit;
+    let mut h = Harness::with_config(cfg);
+    h.apply(GROUPS, &k8s());
+    let denied = into("10.0.4.5", syn(8080)).bytes();
+    assert_eq!(h.run(TRUNK_XDP, &denied).0, XDP_PASS, "audit: left to TC");
+    assert_eq!(
+        h.run(TRUNK_INGRESS, &denied).0,
+        TC_ACT_REDIRECT,
+        "audit: TC lets it pass"
+    );
+    // Spoofing stays enforced in audit, in XDP as in TC.
+    let misaddressed = to("10.0.3.5", "10.0.1.99", syn(8080)).bytes();
+    assert_eq!(h.run(TRUNK_XDP, &misaddressed).0, XDP_DROP);
+    assert_eq!(h.run(TRUNK_INGRESS, &misaddressed).0, TC_ACT_SHOT);
+
+    // The client's only group does not exist: fail-closed.
+    let k = format!(
+        "kind: SecurityGroupPolicy\nmetadata: {{name: c, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-missing]}}}}\n{}",
+        pod_yaml(&CLIENT, "{}")
+    );
+    let mut h = Harness::new();
+    assert!(h.apply(GROUPS, &k).pods[0].error.is_some());
+    for (what, frame) in [
+        (
+            "from the VPC resolver (always allowed)",
+            into(
+                "10.0.0.2",
+                L4::Udp {
+                    sport: 53,
+                    dport: 5000,
+                },
+            )
+            .bytes(),
+        ),
+        ("from a peer", into("10.0.3.5", syn(8080)).bytes()),
+        (
+            "to another address",
+            to("10.0.3.5", "10.0.1.99", syn(8080)).bytes(),
+        ),
+    ] {
+        let xdp = h.run(TRUNK_XDP, &frame).0;
+        let tc = h.run(TRUNK_INGRESS, &frame).0;
+        assert!(
+            xdp == XDP_PASS || tc == TC_ACT_SHOT,
+            "fail-closed, {what}: XDP dropped what TC passes"
+        );
+        if what.contains("always") {
+            assert_eq!(
+                (xdp, tc),
+                (XDP_PASS, TC_ACT_REDIRECT),
+                "fail-closed, {what}"
+            );
+        }
+    }
+}
