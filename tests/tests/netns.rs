@@ -685,6 +685,8 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
         .map(|i| tcx_programs(&n.sim.node_ns, i))
         .collect();
     assert!(before.iter().all(|p| p.len() == 1), "{before:?}");
+    let xdp = |sim: &SimNode| integration_tests::sim::xdp_program(&sim.node_ns, "trunk0");
+    let xdp_before = xdp(&n.sim).expect("the trunk's XDP pre-filter");
     let web_slot = |sim: &SimNode| {
         sim.status()
             .unwrap()
@@ -706,6 +708,11 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
         .iter()
         .map(|i| tcx_programs(&n.sim.node_ns, i))
         .collect();
+    assert_eq!(
+        xdp(&n.sim),
+        Some(xdp_before),
+        "the XDP pre-filter stays too"
+    );
     let cfg = n.sim.workdir.join("enforcer.yaml");
     n.sim.start_daemon(&enforcer_bin(), &cfg).expect("restart");
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -728,6 +735,11 @@ fn killed_daemon_leaves_no_pod_unfiltered_and_a_new_one_adopts() {
             "{i}: the new daemon's program was swapped in"
         );
     }
+    let xdp_after = xdp(&n.sim).expect("the XDP pre-filter after the restart");
+    assert_ne!(
+        xdp_after, xdp_before,
+        "the new daemon's XDP program swapped in"
+    );
     let log = n.sim.daemon_log();
     assert!(log.contains("adopted the pinned datapath"), "{log}");
     // Nothing leaked or lost: the pins are one link per hook (the trunk's TC and XDP,
