@@ -525,6 +525,9 @@ impl Daemon {
                 if c.node.primary_interface != self.cfg.node.primary_interface {
                     warn!("node.primaryInterface changed; restart the daemon to move to it");
                 }
+                if c.node.trunk_xdp != self.cfg.node.trunk_xdp {
+                    warn!("node.trunkXdp changed; restart the daemon to apply it");
+                }
                 self.cfg = c;
                 let (trunk, primary) = (self.node.trunk_ifindex, self.node.primary_ifindex);
                 self.node = kernel_node_config(&self.cfg, trunk, primary);

@@ -191,6 +191,13 @@ pub fn render(st: &NodeStatus, apply_seconds: &Histogram) -> String {
         "1 while a source fails (its last good data stays enforced)",
         failing,
     );
+    let xdp = Gauge::<i64>::default();
+    xdp.set(st.trunk_xdp.starts_with("attached") as i64);
+    r.register(
+        "trunk_xdp_attached",
+        "1 while the trunk's XDP pre-filter runs (0: TC alone drops what it would, at more cost; status says why)",
+        xdp,
+    );
     let generation = Gauge::<i64>::default();
     generation.set(st.generation as i64);
     r.register("generation", "Applies so far", generation);

@@ -75,6 +75,7 @@ fn health_readiness_and_metrics_follow_the_verdicts() {
     assert!(sample(&after, r#"podsg_map_capacity{map="FLOWS"}"#) > 0);
     assert!(sample(&after, r#"podsg_map_entries{map="POD_BY_VLAN"}"#) == 1);
     assert!(sample(&after, "podsg_apply_seconds_count") >= 1);
+    assert_eq!(sample(&after, "podsg_trunk_xdp_attached"), 1);
     assert!(after.trim_end().ends_with("# EOF"), "OpenMetrics text");
 
     // Source health: the files read cleanly just now; a broken file fails, and its

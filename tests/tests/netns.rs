@@ -404,10 +404,15 @@ fn bad_input_fails_only_its_pod_and_uninstall_detaches() {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("links/trunk-") && said.contains("FLOWS"),
+        said.contains("links/trunk-") && said.contains("links/trunkxdp-") && said.contains("FLOWS"),
         "{said}"
     );
     assert!(!bpffs.exists(), "pins removed by uninstall");
+    assert_eq!(
+        integration_tests::sim::xdp_program(&sim.node_ns, "trunk0"),
+        None,
+        "the XDP pre-filter detached"
+    );
     assert!(
         !tcp_echo(sim.pod_ns("web"), "10.0.2.5:443").unwrap(),
         "detached: no redirect to the trunk"
