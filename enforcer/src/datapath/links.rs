@@ -96,7 +96,7 @@ impl Prog<'_> {
                 // Native mode or nothing: generic XDP runs after the skb is built, where
                 // it saves nothing over TC.
                 let id = p.attach(ifname, XdpMode::Driver).with_context(|| {
-                    format!("{ifname}: native XDP (does its driver support XDP?)")
+                    format!("{ifname}: native XDP refused (a driver without XDP, another XDP program there, or an MTU too large: ENA takes XDP only up to MTU 3498, and the VPC CNI sets 9001 — lower it, or set node.trunkXdp: false)")
                 })?;
                 FdLink::try_from(p.take_link(id)?).map_err(|e| {
                     anyhow!("{ifname}: the kernel gave a netlink XDP attachment, not an XDP link ({e}); Linux 5.9+ is needed")
