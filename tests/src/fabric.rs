@@ -32,6 +32,8 @@ pub const FLOOR_FORWARD: &str = "sim_floor_forward";
 const FLOOR_FORWARD_MAP: &str = "FLOOR_FORWARD";
 /// The VPC's frame generator (XDP, live-frames test_run only).
 const XMIT: &str = "sim_fabric_xmit";
+/// Another tool's XDP program (tests of the daemon's fallback).
+const PASS: &str = "sim_xdp_pass";
 
 pub struct Fabric {
     ebpf: aya::Ebpf,
@@ -113,6 +115,19 @@ impl Fabric {
             .with_context(|| format!("attaching {FLOOR_FORWARD} to {dev}"))?;
         let id = p.info()?.id();
         Ok((f, id))
+    }
+
+    /// Attaches a pass-everything XDP program to `dev` (this thread's namespace) in
+    /// native mode, as another tool might, holding the hook until dropped.
+    pub fn occupy_xdp(dev: &str) -> Result<Fabric> {
+        use aya::programs::{Xdp, XdpMode};
+        let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
+        let p: &mut Xdp = ebpf.program_mut(PASS).context(PASS)?.try_into()?;
+        p.load()
+            .with_context(|| format!("verifier rejected {PASS}"))?;
+        p.attach(dev, XdpMode::Driver)
+            .with_context(|| format!("attaching {PASS} to {dev}"))?;
+        Ok(Fabric { ebpf })
     }
 
     /// The VPC's frame generator: puts `frames` on the trunk from `dev` (this thread's

@@ -201,3 +201,59 @@ fn turned_off_tc_alone_drops_the_same() {
         "TC judged every denied frame: {tc_runs} runs"
     );
 }
+
+/// Another program holds the trunk's XDP hook: the daemon says so (status, its log) and
+/// goes on with TC alone, which enforces the same for every pod.
+#[test]
+fn where_xdp_cannot_attach_tc_alone_enforces() {
+    use integration_tests::sim::{in_netns, pods_yaml, sim_pod};
+    let web = sim_pod("shop", "web", 1);
+    let client = sim_pod("shop", "client", 2);
+    let other = sim_pod("shop", "other", 3);
+    let pods = vec![web.clone(), client.clone(), other];
+    let mut sim = integration_tests::sim::SimNode::build(&pods, REMOTE).unwrap();
+    let _occupier = in_netns(&sim.node_ns, || {
+        integration_tests::fabric::Fabric::occupy_xdp("trunk0")
+    })
+    .unwrap()
+    .unwrap();
+    let k8s = format!(
+        "{}{}",
+        policies(),
+        pods_yaml(&pods, &|p| format!("{{app: {}}}", p.name))
+    );
+    let cfg = write_config(&sim, &groups(), &k8s, "").unwrap();
+    sim.start_daemon(&enforcer_bin(), &cfg).unwrap();
+    let groups_path = sim.workdir.join("groups.json");
+    let n = Node {
+        sim,
+        web,
+        client,
+        groups_path,
+    };
+    let st = n.sim.status().unwrap();
+    assert!(
+        st.trunk_xdp.starts_with("not attached:") && st.trunk_xdp.contains("native XDP refused"),
+        "{}",
+        st.trunk_xdp
+    );
+    assert!(
+        n.sim
+            .daemon_log()
+            .contains("XDP pre-filter not attached, TC alone enforces"),
+        "{}",
+        n.sim.daemon_log()
+    );
+    let web_ns = n.sim.pod_ns("web").to_string();
+    let _web = echo_server(&web_ns, "10.0.1.11:8080").unwrap();
+    let _web6 = echo_server(&web_ns, "[fd00:10:1::11]:8080").unwrap();
+    let _vpc = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    allowed_passes(&n);
+    let tc = trunk_ingress_id(&n);
+    let _stats = StatsGuard::enable().unwrap();
+    let (_, tc_runs) = flood_denied(&n, None, tc);
+    assert!(
+        tc_runs >= denied(&n).len() as u64 * N as u64,
+        "TC judged every denied frame: {tc_runs} runs"
+    );
+}

@@ -112,6 +112,13 @@ pub fn sim_fabric_xmit(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Another tool's XDP program on the trunk (tests only): it passes everything, and
+/// holds the hook, so the daemon's pre-filter cannot attach.
+#[xdp]
+pub fn sim_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
