@@ -138,6 +138,23 @@ fn allowed_passes(n: &Node) {
     );
 }
 
+/// Without the pre-filter: allowed traffic passes, and TC judges (and drops) every
+/// denied frame, counted for the same reasons.
+fn tc_alone_enforces(n: &Node) {
+    let web_ns = n.sim.pod_ns("web").to_string();
+    let _web = echo_server(&web_ns, "10.0.1.11:8080").unwrap();
+    let _web6 = echo_server(&web_ns, "[fd00:10:1::11]:8080").unwrap();
+    let _vpc = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
+    allowed_passes(n);
+    let tc = trunk_ingress_id(n);
+    let _stats = StatsGuard::enable().unwrap();
+    let (_, tc_runs) = flood_denied(n, None, tc);
+    assert!(
+        tc_runs >= denied(n).len() as u64 * N as u64,
+        "TC judged every denied frame: {tc_runs} runs"
+    );
+}
+
 #[test]
 fn denied_frames_from_the_vpc_die_in_xdp_and_allowed_ones_pass() {
     let n = node_with_groups("", &groups());
@@ -188,18 +205,7 @@ fn turned_off_tc_alone_drops_the_same() {
         .collect();
     assert!(!pins.iter().any(|p| p.starts_with("trunkxdp-")), "{pins:?}");
 
-    let web_ns = n.sim.pod_ns("web").to_string();
-    let _web = echo_server(&web_ns, "10.0.1.11:8080").unwrap();
-    let _web6 = echo_server(&web_ns, "[fd00:10:1::11]:8080").unwrap();
-    let _vpc = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
-    allowed_passes(&n);
-    let tc = trunk_ingress_id(&n);
-    let _stats = StatsGuard::enable().unwrap();
-    let (_, tc_runs) = flood_denied(&n, None, tc);
-    assert!(
-        tc_runs >= denied(&n).len() as u64 * N as u64,
-        "TC judged every denied frame: {tc_runs} runs"
-    );
+    tc_alone_enforces(&n);
 }
 
 /// Another program holds the trunk's XDP hook: the daemon says so (status, its log) and
@@ -244,16 +250,5 @@ fn where_xdp_cannot_attach_tc_alone_enforces() {
         "{}",
         n.sim.daemon_log()
     );
-    let web_ns = n.sim.pod_ns("web").to_string();
-    let _web = echo_server(&web_ns, "10.0.1.11:8080").unwrap();
-    let _web6 = echo_server(&web_ns, "[fd00:10:1::11]:8080").unwrap();
-    let _vpc = echo_server(&n.sim.fabric_ns, "10.0.2.5:443").unwrap();
-    allowed_passes(&n);
-    let tc = trunk_ingress_id(&n);
-    let _stats = StatsGuard::enable().unwrap();
-    let (_, tc_runs) = flood_denied(&n, None, tc);
-    assert!(
-        tc_runs >= denied(&n).len() as u64 * N as u64,
-        "TC judged every denied frame: {tc_runs} runs"
-    );
+    tc_alone_enforces(&n);
 }
