@@ -80,6 +80,25 @@ pub(super) fn unique_prefix() -> String {
 /// Removes what simulated nodes of processes that no longer exist left behind: a test
 /// killed by a timeout never runs its guards.
 pub(super) fn remove_leftovers() {
+    // Pin directories of tests named `podsg-<what>-<pid>` whose process is gone (killed
+    // before its guard ran).
+    for e in std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("podsg-")
+            .and_then(|r| r.rsplit_once('-'))
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = enforcer::datapath::links::uninstall(&e.path());
+        }
+    }
     let Ok(list) = sh(&["ip", "netns", "list"]) else {
         return;
     };
