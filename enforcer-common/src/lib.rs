@@ -79,14 +79,7 @@ pub mod prog_names {
     /// XDP on the trunk: drops early what `trunk_ingress` would drop anyway (a
     /// pre-filter; TC still decides everything it passes).
     pub const TRUNK_XDP: &str = "trunk_xdp";
-    /// The TC classifiers.
-    pub const TC: [&str; 5] = [
-        TRUNK_INGRESS,
-        POD_EGRESS,
-        POD_HOST_LOCAL,
-        POD_INGRESS,
-        PRIMARY_INGRESS,
-    ];
+    /// Every program: the TC classifiers, then the XDP pre-filter.
     pub const ALL: [&str; 6] = [
         TRUNK_INGRESS,
         POD_EGRESS,

@@ -106,8 +106,11 @@ impl Datapath {
             };
             loaded.with_context(|| format!("verifier rejected program {name}"))?;
             // How close each program is to the verifier's limit of 1 000 000.
-            let p = ebpf.program(name).expect("just loaded");
-            if let Some(n) = p.info().ok().and_then(|i| i.verified_instruction_count()) {
+            if let Some(n) = ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count())
+            {
                 log::debug!("program {name}: the verifier walked {n} instructions");
             }
         }
