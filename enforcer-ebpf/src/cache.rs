@@ -20,6 +20,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use enforcer_common::flow::{next_state, timeout_ns};
 use enforcer_common::*;
+use enforcer_ebpf::rewrite::mac_words;
 
 use crate::maps::{CACHE_EPOCH, FLOW_CACHE, POD_CACHE};
 
@@ -65,11 +66,13 @@ pub struct FlowCacheEntry {
     reply: u8,
     state: u8,
     pub vlan: u16,
-    /// The pod's host interface and MAC: its packets arrive there, from that MAC.
+    /// The pod's host interface: its packets arrive there.
     pub host_ifindex: u32,
-    pub pod_mac: [u8; 6],
+    /// The forwarded frame's MACs (`rewrite::mac_words`: to the node's gateway, from the
+    /// pod). The pod's MAC is also what its packets come from: bytes 6..12 are the high
+    /// half of word 1 and word 2.
+    pub macs: [u32; 3],
     /// The node's: where the VPC's traffic goes.
-    pub gateway_mac: [u8; 6],
     pub trunk_ifindex: u32,
 }
 
@@ -271,18 +274,6 @@ pub fn fill_flow(
     e.state = v.state;
     e.vlan = pod.vlan;
     e.host_ifindex = pod.host_ifindex;
-    copy_mac(&mut e.pod_mac, &pod.mac);
-    copy_mac(&mut e.gateway_mac, &cfg.gateway_mac);
+    e.macs = mac_words(&cfg.gateway_mac, &pod.mac);
     e.trunk_ifindex = cfg.trunk_ifindex;
-}
-
-/// Byte by byte: a 6-byte array copy is a `memmove` call.
-#[inline(always)]
-fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
-    dst[0] = src[0];
-    dst[1] = src[1];
-    dst[2] = src[2];
-    dst[3] = src[3];
-    dst[4] = src[4];
-    dst[5] = src[5];
 }

@@ -39,10 +39,9 @@ pub fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEn
     };
     let key = flow_key(&t, family, Direction::Egress);
     let e = cache::egress_to_vpc(&key, skb.ifindex, tcp_flags, clock)?;
-    // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's.
-    let m = e.pod_mac;
-    let ok = (eth[0] >> 16) as u16 == u16::from_ne_bytes([m[0], m[1]])
-        && eth[1] == u32::from_ne_bytes([m[2], m[3], m[4], m[5]]);
+    // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's,
+    // which the copy's MAC words hold at the same places.
+    let ok = (eth[0] ^ e.macs[1]) >> 16 == 0 && eth[1] == e.macs[2];
     ok.then_some(e)
 }
 
@@ -113,8 +112,7 @@ fn ports(ctx: &TcContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
 /// Out of the trunk with the pod's VLAN, as the full path's `to_trunk` does.
 #[inline(always)]
 pub fn to_trunk(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
-    push_tag(ctx, e.vlan, &e.gateway_mac, &e.pod_mac)
-        .map_err(|step| Exit::Internal(e.slot, step))?;
+    push_tag(ctx, e.vlan, &e.macs).map_err(|step| Exit::Internal(e.slot, step))?;
     count(e.slot, Reason::AllowFlow, ctx.len());
     // SAFETY: a plain helper call with no pointers.
     Ok(unsafe { bpf_redirect(e.trunk_ifindex, 0) } as i32)

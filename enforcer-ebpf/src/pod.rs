@@ -10,7 +10,7 @@ use enforcer_common::*;
 use enforcer_ebpf::parse::{
     KIND_FRAGMENT, KIND_ND, KIND_NORMAL, Packet, SNAT_FORWARD, load, parse_l2, parse_l3_pulled,
 };
-use enforcer_ebpf::rewrite::{push_tag, set_macs};
+use enforcer_ebpf::rewrite::{mac_words, push_tag, set_macs};
 
 use crate::bypass::{addr_of, is_link_local, is_link_plumbing, is_link_scope};
 use crate::cache::{self, Clock};
@@ -158,7 +158,7 @@ pub fn verdict(pod: &PodInfo, v: Verdict) -> Result<Reason, Exit> {
 /// Through the VPC: tagged with the pod's VLAN, out of the trunk.
 #[inline(always)]
 fn to_trunk(ctx: &TcContext, cfg: &NodeConfig, pod: &PodInfo, reason: Reason) -> Result<i32, Exit> {
-    push_tag(ctx, pod.vlan, &cfg.gateway_mac, &pod.mac)
+    push_tag(ctx, pod.vlan, &mac_words(&cfg.gateway_mac, &pod.mac))
         .map_err(|step| Exit::Internal(pod.slot, step))?;
     count(pod.slot, reason, ctx.len());
     // SAFETY: a plain helper call with no pointers.

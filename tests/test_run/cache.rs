@@ -287,14 +287,46 @@ fn look_alikes_of_a_copied_flow_meet_the_full_checks() {
         Reason::AllowFlow,
         "the fast path serves the flow",
     );
+    // What it forwards is addressed from the pod to the node's gateway (the copy's MAC
+    // words, written whole).
+    let (_, sent) = h.run(POD_EGRESS, &dns());
+    assert_eq!(
+        sent[..6],
+        [0x02, 0xfa, 0, 0, 0, 0x01],
+        "to the gateway's MAC"
+    );
+    assert_eq!(sent[6..12], CLIENT.mac, "from the pod's MAC");
+    // The fast path compares the source MAC in two pieces (bytes 6..8, then 8..12):
+    // one byte off in either must miss it.
+    let with_mac = |i: usize| {
+        let mut f = out("10.0.2.53", udp);
+        f.src_mac = CLIENT.mac;
+        f.src_mac[i] ^= 0x10;
+        f.bytes()
+    };
     let mut other_mac = out("10.0.2.53", udp);
     other_mac.src_mac = [0x02, 0, 0, 0, 0x66, 0x66];
     let tagged = out("10.0.2.53", udp).tagged(7);
     let other_ip = Frame::new(CLIENT.mac, HOST_MAC, "10.0.1.99", "10.0.2.53", udp);
-    let rows: [(&str, Vec<u8>, Reason); 3] = [
+    let rows: [(&str, Vec<u8>, Reason); 6] = [
         (
             "another MAC, the flow's addresses and ports",
             other_mac.bytes(),
+            Reason::DropSpoofMac,
+        ),
+        (
+            "the pod's MAC but its first byte",
+            with_mac(0),
+            Reason::DropSpoofMac,
+        ),
+        (
+            "the pod's MAC but its second byte",
+            with_mac(1),
+            Reason::DropSpoofMac,
+        ),
+        (
+            "the pod's MAC but its last byte",
+            with_mac(5),
             Reason::DropSpoofMac,
         ),
         (

@@ -11,7 +11,10 @@ use aya_ebpf::{
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use enforcer_ebpf::{parse::parse_l2, rewrite::push_tag};
+use enforcer_ebpf::{
+    parse::parse_l2,
+    rewrite::{mac_words, push_tag},
+};
 
 /// Frames received per VLAN id (proves which tag a pod's traffic carried on the wire).
 #[btf_map]
@@ -46,7 +49,7 @@ pub fn sim_fabric_egress(ctx: TcContext) -> i32 {
     let Some(vlan) = (unsafe { FABRIC_VLAN_BY_MAC.get(key) }) else {
         return TC_ACT_OK;
     };
-    let _ = push_tag(&ctx, *vlan as u16, &dst, &src);
+    let _ = push_tag(&ctx, *vlan as u16, &mac_words(&dst, &src));
     TC_ACT_OK
 }
 
@@ -93,10 +96,7 @@ pub fn sim_floor_forward(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     let (ifindex, vlan) = (f[0], f[1] as u16);
-    let [a, b, c, d] = f[2].to_ne_bytes();
-    let [e, g, h, i] = f[3].to_ne_bytes();
-    let [j, k, l, m] = f[4].to_ne_bytes();
-    if push_tag(&ctx, vlan, &[a, b, c, d, e, g], &[h, i, j, k, l, m]).is_err() {
+    if push_tag(&ctx, vlan, &[f[2], f[3], f[4]]).is_err() {
         return TC_ACT_SHOT;
     }
     // SAFETY: a plain helper call with no pointers.
