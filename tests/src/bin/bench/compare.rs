@@ -13,6 +13,14 @@
 //! - `nft_set_1000`: forwarding, one nft rule looking the same rules up in an interval
 //!   set (address . protocol . port), policy DROP.
 //!
+//! - `npa_1000` (when `PODSG_BENCH_NPA` names a build of it, see `npa`): forwarding,
+//!   the AWS network policy agent's egress program on the host interface with the same
+//!   rules in its maps.
+//!
+//! For podsg and NPA the run also times, by the kernel's run-time stats of their own
+//! programs in interleaved rounds, a flood of new flows (each packet from a port of
+//! its own) and a flood of denied packets (a port no rule allows).
+//!
 //! Stateless peers: every packet walks their rules (a conntrack rule first would make
 //! them stateful like podsg; the issue's peers are the rules as written). The traffic
 //! leaves through the trunk in every case, so the fabric's ingress program runs for all
@@ -37,6 +45,12 @@ const ROUND: Duration = Duration::from_secs(1);
 /// 18 bytes of payload: a 60-byte frame, 64 on the wire with its FCS.
 const PAYLOAD: [u8; 18] = [0x5a; 18];
 const DST: &str = "10.0.2.5:7000";
+/// The same host on a port no rule allows.
+const DENIED_DST: &str = "10.0.2.5:7001";
+/// New flows per round, from ports of their own (an ephemeral port could repeat a flow):
+/// 5 rounds stay inside podsg's default per-pod share of the flow table.
+const NEW_FLOWS: u16 = 2000;
+const NEW_FLOW_PORT: u16 = 20000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
@@ -45,6 +59,7 @@ enum Path {
     Podsg,
     Iptables,
     NftSet,
+    Npa,
 }
 
 impl Path {
@@ -63,6 +78,25 @@ impl Path {
             Path::Podsg => "podsg_1000",
             Path::Iptables => "iptables_nft_1000",
             Path::NftSet => "nft_set_1000",
+            Path::Npa => "npa_1000",
+        }
+    }
+
+    /// The paths of this run: NPA's only when the operator gave its build.
+    fn of_run() -> Vec<Path> {
+        let mut v = Path::ALL.to_vec();
+        if super::npa::object().is_some() {
+            v.push(Path::Npa);
+        }
+        v
+    }
+
+    /// The results row of its program's cost on an established flow.
+    fn established_case(self) -> &'static str {
+        match self {
+            Path::Floor => "floor_redirect",
+            Path::Npa => "npa_established_flood",
+            _ => "established_flood",
         }
     }
 }
@@ -73,8 +107,11 @@ struct Bed {
     sim: SimNode,
     pod_ns: String,
     _floor: Option<Fabric>,
+    npa: Option<super::npa::Npa>,
     _sink: UdpSocket,
-    /// The program on the host interface (podsg's `pod_egress`, the floor), if any.
+    /// The remote end of the denied packets: must receive none.
+    denied_sink: UdpSocket,
+    /// The program on the host interface (podsg's `pod_egress`, the floor, NPA's), if any.
     prog: Option<u32>,
 }
 
@@ -138,7 +175,11 @@ impl Bed {
         let pod_ns = sim.pod_ns("pod").to_string();
         let mut floor = None;
         let mut prog = None;
-        if matches!(path, Path::NoFilter | Path::Iptables | Path::NftSet) {
+        let mut npa = None;
+        if matches!(
+            path,
+            Path::NoFilter | Path::Iptables | Path::NftSet | Path::Npa
+        ) {
             // The node forwards the pod's packets to the trunk as a router would.
             for kv in [
                 "net.ipv4.ip_forward=1",
@@ -205,16 +246,28 @@ impl Bed {
                     .map(|(id, _)| id);
                 ensure!(prog.is_some(), "pod_egress not attached to {host}");
             }
+            Path::Npa => {
+                let object = super::npa::object().context("PODSG_BENCH_NPA unset")?;
+                let (n, id) = in_netns(&node, move || {
+                    super::npa::Npa::attach(&object, &host, RULES, [10, 0, 2, 5])
+                })??;
+                npa = Some(n);
+                prog = Some(id);
+            }
             Path::NoFilter => {}
         }
         // A listener that never reads: the remote end of the flood, dropping cheaply.
         let sink = in_netns(&sim.fabric_ns, || UdpSocket::bind(DST))??;
+        let denied_sink = in_netns(&sim.fabric_ns, || UdpSocket::bind(DENIED_DST))??;
+        denied_sink.set_nonblocking(true)?;
         let bed = Bed {
             path,
             sim,
             pod_ns,
             _floor: floor,
+            npa,
             _sink: sink,
+            denied_sink,
             prog,
         };
         // Every path must deliver before it is timed (and podsg's rule must allow).
@@ -263,6 +316,130 @@ impl Bed {
         })??;
         Ok((sent, self.received()? - before))
     }
+
+    /// One packet from each of `n` sockets bound to ports `first..first+n` (each a new
+    /// flow) to the allowed destination; how many were sent.
+    fn new_flows(&self, first: u16, n: u16) -> Result<u64> {
+        in_netns(&self.pod_ns, move || -> Result<u64> {
+            let mut sent = 0;
+            for port in first..first + n {
+                let s = UdpSocket::bind(("0.0.0.0", port))?;
+                s.connect(DST)?;
+                if s.send(&PAYLOAD).is_ok() {
+                    sent += 1;
+                }
+            }
+            Ok(sent)
+        })?
+    }
+
+    /// Sends to a port no rule allows for `d`; (sent, received: must stay 0).
+    fn denied(&self, d: Duration) -> Result<(u64, u64)> {
+        let sent = in_netns(&self.pod_ns, move || -> Result<u64> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(DENIED_DST)?;
+            let (end, mut sent) = (Instant::now() + d, 0u64);
+            while Instant::now() < end {
+                for _ in 0..64 {
+                    if s.send(&PAYLOAD).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            Ok(sent)
+        })??;
+        let mut got = 0;
+        while self.denied_sink.recv(&mut [0u8; 64]).is_ok() {
+            got += 1;
+        }
+        Ok((sent, got))
+    }
+
+    /// Events NPA's program emitted so far (0 for the other paths).
+    fn npa_events(&self) -> u64 {
+        self.npa
+            .as_ref()
+            .map_or(0, |n| n.events.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// ns per run of program `id` over what `traffic` makes it do (kernel bpf_stats).
+fn cost_of(id: u32, traffic: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let (t0, c0) = prog_stats_of(&[id])?.get(&id).copied().unwrap_or_default();
+    traffic()?;
+    let (t1, c1) = prog_stats_of(&[id])?.get(&id).copied().unwrap_or_default();
+    ensure!(c1 > c0, "program {id} did not run");
+    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+}
+
+/// podsg's and NPA's programs on new flows and on denied packets, rounds interleaved;
+/// rows `<case>` (podsg) and `npa_<case>`.
+fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
+    let pair: Vec<&Bed> = beds
+        .iter()
+        .filter(|b| matches!(b.path, Path::Podsg | Path::Npa))
+        .collect();
+    if pair.len() < 2 {
+        return Ok(());
+    }
+    let mut ns: Vec<((Path, &str), Vec<f64>)> = Vec::new();
+    let mut push = |k: (Path, &'static str), v: f64| match ns.iter_mut().find(|(x, _)| *x == k) {
+        Some((_, l)) => l.push(v),
+        None => ns.push((k, vec![v])),
+    };
+    let npa_events = pair.iter().map(|b| b.npa_events()).sum::<u64>();
+    for round in 0..ROUNDS {
+        for k in 0..pair.len() {
+            let bed = pair[(round + k) % pair.len()];
+            let id = bed.prog.context("no program")?;
+            let first = NEW_FLOW_PORT + (round as u16) * NEW_FLOWS;
+            let nf = cost_of(id, || bed.new_flows(first, NEW_FLOWS).map(|_| ()))?;
+            push((bed.path, "new_flow_flood"), nf);
+            let mut leaked = 0;
+            let dn = cost_of(id, || {
+                leaked = bed.denied(ROUND)?.1;
+                Ok(())
+            })?;
+            ensure!(
+                leaked == 0,
+                "{}: {leaked} denied packets reached the VPC",
+                bed.path.name()
+            );
+            push((bed.path, "denied_flood"), dn);
+        }
+    }
+    // NPA reports each new flow and each denied packet; its ring was read.
+    std::thread::sleep(Duration::from_millis(50));
+    let read = pair.iter().map(|b| b.npa_events()).sum::<u64>() - npa_events;
+    ensure!(
+        read >= (ROUNDS as u64) * NEW_FLOWS as u64,
+        "NPA's events: {read} read, fewer than the new flows it allowed"
+    );
+    println!(
+        "podsg and NPA, kernel bpf_stats of their programs, {ROUNDS} interleaved rounds, medians:"
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>8}",
+        "case", "podsg ns", "NPA ns", "x NPA"
+    );
+    for case in ["new_flow_flood", "denied_flood"] {
+        let med = |p: Path| {
+            ns.iter()
+                .find(|(k, _)| *k == (p, case))
+                .map_or(f64::NAN, |(_, v)| super::median(v.clone()))
+        };
+        let (ours, theirs) = (med(Path::Podsg), med(Path::Npa));
+        println!(
+            "{case:<16} {ours:>10.1} {theirs:>10.1} {:>8.2}",
+            ours / theirs
+        );
+        for (c, v) in [(case.to_string(), ours), (format!("npa_{case}"), theirs)] {
+            results.push(format!(
+                r#"{{"case":"{c}","family":"v4","rules":{RULES},"ns_per_packet":{v:.1},"method":"bpf_stats","run":"compare"}}"#
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn load() -> String {
@@ -282,8 +459,9 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
         "{} missing: `cargo build --release -p enforcer` first",
         enforcer.display()
     );
-    println!("compare: building five nodes (load {})", load());
-    let beds: Vec<Bed> = Path::ALL
+    let paths = Path::of_run();
+    println!("compare: building {} nodes (load {})", paths.len(), load());
+    let beds: Vec<Bed> = paths
         .iter()
         .map(|p| Bed::build(*p, &enforcer, groups))
         .collect::<Result<_>>()?;
@@ -339,7 +517,7 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
     );
     for flows in [1usize, 64] {
         let (base, floor) = (med(flows, Path::NoFilter), med(flows, Path::Floor));
-        for p in Path::ALL {
+        for &p in &paths {
             let v = med(flows, p);
             println!(
                 "{:<20} {flows:>5} {v:>10.0} {:>11.2} {:>8.2}",
@@ -358,16 +536,12 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
     println!("kernel bpf_stats of the host-interface program in the same rounds (one flow):");
     for (path, v) in &prog_ns {
         let ns = super::median(v.clone());
-        let case = if *path == Path::Floor {
-            "floor_redirect"
-        } else {
-            "established_flood"
-        };
+        let case = path.established_case();
         println!("{case:<20} {ns:>8.1} ns/packet");
         results.push(format!(
             r#"{{"case":"{case}","family":"v4","rules":{},"ns_per_packet":{ns:.1},"method":"bpf_stats","run":"compare"}}"#,
             if *path == Path::Floor { 0 } else { RULES }
         ));
     }
-    Ok(())
+    policy_paths(&beds, results)
 }

@@ -16,6 +16,7 @@
 use std::io::Write;
 
 mod compare;
+mod npa;
 mod paths;
 mod reconcile;
 mod scale;
