@@ -63,12 +63,25 @@ pub mod map_names {
     pub const ALL: [&str; crate::maps::MAPS.len()] = crate::maps::names();
 }
 
+/// Slots of `TAIL_CALLS`, each set by the loader to the program named.
+pub mod tail {
+    /// `pod_host_local`.
+    pub const HOST_LOCAL: u32 = 0;
+    /// `pod_egress_full`.
+    pub const EGRESS_FULL: u32 = 1;
+    pub const SLOTS: u32 = 2;
+}
+
 /// Program names as they appear in the object file.
 pub mod prog_names {
     pub const TRUNK_INGRESS: &str = "trunk_ingress";
     pub const POD_EGRESS: &str = "pod_egress";
-    /// Tail-called by `pod_egress` for traffic to another pod of the node (slot 0 of
-    /// `TAIL_CALLS`): keeps that path out of the common one.
+    /// Tail-called by `pod_egress` for every packet its fast path does not forward
+    /// (slot `tail::EGRESS_FULL`): the full judgement. Kept apart so the fast path is a
+    /// small program of its own, a few cache lines of code under real traffic.
+    pub const POD_EGRESS_FULL: &str = "pod_egress_full";
+    /// Tail-called by `pod_egress_full` for traffic to another pod of the node (slot
+    /// `tail::HOST_LOCAL`): keeps that path out of the common one.
     pub const POD_HOST_LOCAL: &str = "pod_host_local";
     /// TC egress of a pod's host interface: what the node itself sends the pod (kubelet
     /// probes, NodeLocal DNSCache replies), judged by the pod's inbound rules.
@@ -80,9 +93,10 @@ pub mod prog_names {
     /// pre-filter; TC still decides everything it passes).
     pub const TRUNK_XDP: &str = "trunk_xdp";
     /// Every program: the TC classifiers, then the XDP pre-filter.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         TRUNK_INGRESS,
         POD_EGRESS,
+        POD_EGRESS_FULL,
         POD_HOST_LOCAL,
         POD_INGRESS,
         PRIMARY_INGRESS,

@@ -12,9 +12,9 @@ use crate::*;
 /// `<bpffsDir>/v<LAYOUT_VERSION>/`, and a daemon finding another version's maps there
 /// migrates from them (older) or refuses to start (newer).
 #[cfg(not(feature = "layout-next"))]
-pub const LAYOUT_VERSION: u32 = 8;
-#[cfg(feature = "layout-next")]
 pub const LAYOUT_VERSION: u32 = 9;
+#[cfg(feature = "layout-next")]
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// How a map's contents cross from an older layout's maps to this build's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +204,7 @@ pub const MAPS: [MapSpec; 23] = [
         COUNTER_ENTRIES,
         Counters,
     ),
-    spec(TAIL_CALLS, ProgArray, 4, 4, 1, Rebuilt),
+    spec(TAIL_CALLS, ProgArray, 4, 4, crate::tail::SLOTS, Rebuilt),
     spec(
         DEST_V4,
         LpmTrie,

@@ -9,6 +9,7 @@
 //! source MAC, the flow (its key, direction, no state change). Anything else answers
 //! `None` and takes the full path, which judges the packet from the start.
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+use enforcer_common::tail;
 use enforcer_common::*;
 use enforcer_ebpf::parse::{ETH_P_IP, ETH_P_IPV6, Tuple, load};
 use enforcer_ebpf::rewrite::push_tag;
@@ -18,13 +19,30 @@ use crate::cache::{self, Clock, FlowCacheEntry};
 use crate::conntrack::flow_key;
 use crate::counters::count;
 use crate::exit::Exit;
+use crate::maps::TAIL_CALLS;
+
+/// `pod_egress`: forwards the packet from its flow's copy, or hands it to
+/// `pod_egress_full`. A program of its own, so that under real traffic — where the
+/// stack runs between packets and evicts our code — the common packet's instructions
+/// are a few contiguous cache lines rather than pieces of the full program.
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
+    if let Some(copy) = established(ctx, Clock::read()) {
+        return to_trunk(ctx, copy);
+    }
+    // SAFETY: the slot holds our own `pod_egress_full` (set by the loader); on success
+    // control never comes back.
+    unsafe { TAIL_CALLS.tail_call(ctx, tail::EGRESS_FULL) };
+    // Only when the slot is empty (a loader bug): never let it through unjudged.
+    Err(Exit::Internal(0, "egress tail call"))
+}
 
 /// Ethernet header length (untagged: checked).
 const L3: usize = 14;
 
 /// The copy that forwards the packet in `ctx`, if it is such a packet.
 #[inline(always)]
-pub fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
+fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let skb = unsafe { &*ctx.skb.skb };
     if skb.vlan_present != 0 {
@@ -111,7 +129,7 @@ fn ports(ctx: &TcContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
 
 /// Out of the trunk with the pod's VLAN, as the full path's `to_trunk` does.
 #[inline(always)]
-pub fn to_trunk(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
+fn to_trunk(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
     push_tag(ctx, e.vlan, &e.macs).map_err(|step| Exit::Internal(e.slot, step))?;
     count(e.slot, Reason::AllowFlow, ctx.len());
     // SAFETY: a plain helper call with no pointers.

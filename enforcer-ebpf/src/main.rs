@@ -53,6 +53,13 @@ pub fn trunk_xdp(ctx: XdpContext) -> u32 {
 /// outbound rules, then out of the trunk with the pod's VLAN tag.
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
+    exit::finish(&ctx, fast::run(&ctx))
+}
+
+/// Every packet `pod_egress` does not forward by its fast path, tail-called: the full
+/// judgement, from the start.
+#[classifier]
+pub fn pod_egress_full(ctx: TcContext) -> i32 {
     exit::finish(&ctx, pod::run(&ctx))
 }
 

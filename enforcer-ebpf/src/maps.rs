@@ -100,9 +100,9 @@ pub static FRAGS: LruHashMap<FragKey, FragValue, { MAX_FRAGS as usize }> = LruHa
 #[btf_map]
 pub static COUNTERS: PerCpuArray<Counter, { COUNTER_ENTRIES as usize }> = PerCpuArray::new();
 
-/// Tail calls: slot 0 is `pod_host_local`, set by the loader.
+/// Tail calls (`enforcer_common::tail`), set by the loader.
 #[btf_map]
-pub static TAIL_CALLS: ProgramArray<1> = ProgramArray::new();
+pub static TAIL_CALLS: ProgramArray<{ tail::SLOTS as usize }> = ProgramArray::new();
 
 /// Per-CPU scratch for the parsed packet (keeps it off the 512-byte stack).
 #[btf_map]

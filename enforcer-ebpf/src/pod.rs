@@ -18,17 +18,14 @@ use crate::conntrack::mark_path;
 use crate::counters::count;
 use crate::dest::{class_of, is_node, needs_snat, same_node_pod};
 use crate::exit::Exit;
-use crate::fast;
 use crate::maps::{NODE_CONFIG, POD_BY_IFINDEX, SCRATCH, TAIL_CALLS};
 use crate::snat::translate_out;
 use crate::verdict::{State, Verdict, by_rules, by_state, decide};
 
+/// A packet the fast path did not forward (`pod_egress_full`).
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let clock = Clock::read();
-    if let Some(copy) = fast::established(ctx, clock) {
-        return fast::to_trunk(ctx, copy);
-    }
     let pod = this_pod(ctx, clock)?;
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(pod.slot, e.reason()))?;
     let src_mac =
@@ -218,7 +215,7 @@ fn to_host_local(
     pkt.sender_slot = pod.slot;
     // SAFETY: the slot holds our own `pod_host_local` (set by the loader); on success
     // control never comes back.
-    unsafe { TAIL_CALLS.tail_call(ctx, 0) };
+    unsafe { TAIL_CALLS.tail_call(ctx, tail::HOST_LOCAL) };
     // Only when the slot is empty (a loader bug): never let it through unjudged.
     Err(Exit::Internal(pod.slot, "host-local tail call"))
 }

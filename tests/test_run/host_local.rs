@@ -249,25 +249,44 @@ fn a_standard_senders_bypass_never_opens_a_strict_or_fail_closed_receiver() {
     );
 }
 
+/// Each tail call's slot emptied (a loader bug, or another process writing the pinned
+/// map): the packet it would have judged is dropped as an internal error, never passed.
 #[test]
 fn an_empty_tail_call_slot_drops_and_never_passes() {
-    let mut h = harness("strict");
-    let client = h.slot("client");
-    let mut calls: aya::maps::ProgramArray<_> =
-        h.dp.ebpf()
-            .map_mut(enforcer_common::map_names::TAIL_CALLS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-    calls.clear_index(&0).unwrap();
-    h.expect(
-        client,
-        POD_EGRESS,
-        &to_server(80),
-        TC_ACT_SHOT,
-        Reason::DropInternal,
-        "no host-local program: dropped as an internal error, not let through",
-    );
+    use enforcer_common::tail;
+    // (slot emptied, counted on, what it proves)
+    let rows = [
+        (
+            tail::HOST_LOCAL,
+            Some("client"),
+            "no host-local program: the host-local packet is dropped",
+        ),
+        (
+            tail::EGRESS_FULL,
+            None,
+            "no full egress program: a packet the fast path does not forward is dropped \
+             (counted on slot 0: the fast path names no pod)",
+        ),
+    ];
+    for (emptied, counted_on, what) in rows {
+        let mut h = harness("strict");
+        let slot = counted_on.map_or(0, |p| h.slot(p));
+        let mut calls: aya::maps::ProgramArray<_> =
+            h.dp.ebpf()
+                .map_mut(enforcer_common::map_names::TAIL_CALLS)
+                .unwrap()
+                .try_into()
+                .unwrap();
+        calls.clear_index(&emptied).unwrap();
+        h.expect(
+            slot,
+            POD_EGRESS,
+            &to_server(80),
+            TC_ACT_SHOT,
+            Reason::DropInternal,
+            what,
+        );
+    }
 }
 
 #[test]

@@ -114,19 +114,29 @@ impl Datapath {
                 log::debug!("program {name}: the verifier walked {n} instructions");
             }
         }
-        // pod_egress tail-calls pod_host_local for traffic to another pod of the node.
-        let host_local = {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(prog_names::POD_HOST_LOCAL)
-                .ok_or_else(|| anyhow!("program {} missing", prog_names::POD_HOST_LOCAL))?
-                .try_into()?;
-            p.fd()?.try_clone()?
-        };
-        {
+        // pod_egress tail-calls pod_egress_full for what its fast path does not forward,
+        // and that pod_host_local for traffic to another pod of the node.
+        for (slot, name) in [
+            (
+                enforcer_common::tail::HOST_LOCAL,
+                prog_names::POD_HOST_LOCAL,
+            ),
+            (
+                enforcer_common::tail::EGRESS_FULL,
+                prog_names::POD_EGRESS_FULL,
+            ),
+        ] {
+            let fd = {
+                let p: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("program {name} missing"))?
+                    .try_into()?;
+                p.fd()?.try_clone()?
+            };
             let mut calls: aya::maps::ProgramArray<&mut MapData> =
                 map_mut(&mut ebpf, map_names::TAIL_CALLS)?.try_into()?;
             calls
-                .set(0, &host_local, 0)
+                .set(slot, &fd, 0)
                 .map_err(|e| map_err(map_names::TAIL_CALLS, e))?;
         }
         if let (Some(m), Some(ours), false) = (&mut migration, &ours, adopted)
