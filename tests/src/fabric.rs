@@ -183,6 +183,17 @@ impl Fabric {
         self.ebpf.program(name)?.info().ok().map(|i| i.id())
     }
 
+    /// Frames to `mac` leave untagged from now on (a peer that is not on the trunk's
+    /// VLANs: the benchmarks' forwarding nodes).
+    pub fn untag(&mut self, mac: [u8; 6]) -> Result<()> {
+        let mut m: BpfHashMap<_, [u8; 8], u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut(VLAN_BY_MAC).context(VLAN_BY_MAC)?)?;
+        let mut k = [0u8; 8];
+        k[..6].copy_from_slice(&mac);
+        m.remove(&k)?;
+        Ok(())
+    }
+
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn frames_on_vlan(&self, vlan: u16) -> u64 {
         let Some(map) = self.ebpf.map(VLAN_SEEN) else {

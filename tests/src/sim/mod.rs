@@ -273,6 +273,14 @@ impl SimNode {
         self.fabric.as_ref()?.program_id(name)
     }
 
+    /// The fabric sends frames to `mac` untagged (see `Fabric::untag`).
+    pub fn fabric_untag(&mut self, mac: [u8; 6]) -> anyhow::Result<()> {
+        self.fabric
+            .as_mut()
+            .context("the simulated node has no fabric")?
+            .untag(mac)
+    }
+
     /// How many frames the fabric received from the trunk tagged with `vlan`.
     pub fn fabric_frames_on_vlan(&self, vlan: u16) -> u64 {
         self.fabric.as_ref().map_or(0, |f| f.frames_on_vlan(vlan))

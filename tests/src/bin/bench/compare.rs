@@ -14,12 +14,15 @@
 //!   set (address . protocol . port), policy DROP.
 //!
 //! - `npa_1000` (when `PODSG_BENCH_NPA` names a build of it, see `npa`): forwarding,
-//!   the AWS network policy agent's egress program on the host interface with the same
-//!   rules in its maps.
+//!   the AWS network policy agent's programs on the host interface with the same rules
+//!   in their maps; the trunk's VLAN of the pod as a VLAN interface with the pod's MAC,
+//!   so that the VPC's frames to the pod are routed to it.
 //!
 //! For podsg and NPA the run also times, by the kernel's run-time stats of their own
 //! programs in interleaved rounds, a flood of new flows (each packet from a port of
-//! its own) and a flood of denied packets (a port no rule allows).
+//! its own), a flood of denied packets (a port no rule allows), and a flood of replies
+//! from the VPC to the pod (podsg: `trunk_xdp` and `trunk_ingress`; NPA: its ingress
+//! program).
 //!
 //! Stateless peers: every packet walks their rules (a conntrack rule first would make
 //! them stateful like podsg; the issue's peers are the rules as written). The traffic
@@ -36,7 +39,7 @@ use integration_tests::fabric::Fabric;
 use integration_tests::realbench::{StatsGuard, prog_stats_of};
 use integration_tests::sim::{
     FABRIC_MAC, SIM_VETH_PREFIX, SimNode, in_netns, pods_yaml, sh, sim_pod, tcx_programs,
-    write_config,
+    write_config, xdp_program,
 };
 
 const RULES: usize = 1000;
@@ -51,6 +54,8 @@ const DENIED_DST: &str = "10.0.2.5:7001";
 /// 5 rounds stay inside podsg's default per-pod share of the flow table.
 const NEW_FLOWS: u16 = 2000;
 const NEW_FLOW_PORT: u16 = 20000;
+/// The pod's port of the flow whose replies are timed.
+const REPLY_PORT: u16 = 7100;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
@@ -85,7 +90,7 @@ impl Path {
     /// The paths of this run: NPA's only when the operator gave its build.
     fn of_run() -> Vec<Path> {
         let mut v = Path::ALL.to_vec();
-        if super::npa::object().is_some() {
+        if super::npa::objects().is_some() {
             v.push(Path::Npa);
         }
         v
@@ -108,11 +113,16 @@ struct Bed {
     pod_ns: String,
     _floor: Option<Fabric>,
     npa: Option<super::npa::Npa>,
-    _sink: UdpSocket,
+    sink: UdpSocket,
     /// The remote end of the denied packets: must receive none.
     denied_sink: UdpSocket,
     /// The program on the host interface (podsg's `pod_egress`, the floor, NPA's), if any.
     prog: Option<u32>,
+    /// The programs every frame from the VPC to the pod runs (podsg's on the trunk,
+    /// NPA's ingress program).
+    inbound: Vec<u32>,
+    /// Where the VPC sends the replies.
+    pod_ip: String,
 }
 
 /// The rules as iptables-restore input: rule i allows TCP port 1000+i to its /24, the
@@ -176,6 +186,7 @@ impl Bed {
         let mut floor = None;
         let mut prog = None;
         let mut npa = None;
+        let mut inbound = Vec::new();
         if matches!(
             path,
             Path::NoFilter | Path::Iptables | Path::NftSet | Path::Npa
@@ -245,14 +256,28 @@ impl Bed {
                     .find(|(_, n)| n == "pod_egress")
                     .map(|(id, _)| id);
                 ensure!(prog.is_some(), "pod_egress not attached to {host}");
+                inbound = tcx_programs(&node, "trunk0")
+                    .into_iter()
+                    .filter(|(_, n)| n == "trunk_ingress")
+                    .map(|(id, _)| id)
+                    .chain(xdp_program(&node, "trunk0"))
+                    .collect();
+                ensure!(inbound.len() == 2, "trunk_ingress and trunk_xdp on trunk0");
             }
             Path::Npa => {
-                let object = super::npa::object().context("PODSG_BENCH_NPA unset")?;
-                let (n, id) = in_netns(&node, move || {
-                    super::npa::Npa::attach(&object, &host, RULES, [10, 0, 2, 5])
+                let dir = super::npa::objects().context("PODSG_BENCH_NPA unset")?;
+                let (n, out_id, in_id) = in_netns(&node, move || {
+                    super::npa::Npa::attach(&dir, &host, RULES, [10, 0, 2, 5])
                 })??;
                 npa = Some(n);
-                prog = Some(id);
+                prog = Some(out_id);
+                inbound.push(in_id);
+                // The VPC's frames to the pod (addressed to its MAC) reach the node's
+                // stack, which routes them to the pod's host interface: untagged (this
+                // kernel has no VLAN devices), to a trunk that wears the pod's MAC.
+                let pod_mac: enforcer::model::mac::MacAddr = pod.mac.parse()?;
+                sim.fabric_untag(pod_mac.octets())?;
+                in_ns(&node, &["ip", "link", "set", "trunk0", "address", &pod.mac])?;
             }
             Path::NoFilter => {}
         }
@@ -266,9 +291,11 @@ impl Bed {
             pod_ns,
             _floor: floor,
             npa,
-            _sink: sink,
+            sink,
             denied_sink,
             prog,
+            inbound,
+            pod_ip: pod.ipv4.clone(),
         };
         // Every path must deliver before it is timed (and podsg's rule must allow).
         let (sent, got) = bed.flood(1, Duration::from_millis(200))?;
@@ -355,6 +382,40 @@ impl Bed {
         Ok((sent, got))
     }
 
+    /// Replies from the VPC to the pod for `d`: the pod opens the flow (one packet to
+    /// the allowed destination from `REPLY_PORT`), then the remote end sends to it;
+    /// (sent, frames the pod's interface received).
+    fn replies(&self, d: Duration) -> Result<(u64, u64)> {
+        let pod = in_netns(&self.pod_ns, || -> Result<UdpSocket> {
+            let s = UdpSocket::bind(("0.0.0.0", REPLY_PORT))?;
+            s.connect(DST)?;
+            s.send(&PAYLOAD)?;
+            Ok(s)
+        })??;
+        std::thread::sleep(Duration::from_millis(20));
+        let rx = || -> Result<u64> {
+            Ok(in_ns(
+                &self.pod_ns,
+                &["cat", "/sys/class/net/eth0/statistics/rx_packets"],
+            )?
+            .trim()
+            .parse()?)
+        };
+        let before = rx()?;
+        let to = format!("{}:{REPLY_PORT}", self.pod_ip);
+        let (end, mut sent) = (Instant::now() + d, 0u64);
+        while Instant::now() < end {
+            for _ in 0..64 {
+                if self.sink.send_to(&PAYLOAD, &to).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        let got = rx()? - before;
+        drop(pod);
+        Ok((sent, got))
+    }
+
     /// Events NPA's program emitted so far (0 for the other paths).
     fn npa_events(&self) -> u64 {
         self.npa
@@ -365,11 +426,22 @@ impl Bed {
 
 /// ns per run of program `id` over what `traffic` makes it do (kernel bpf_stats).
 fn cost_of(id: u32, traffic: impl FnOnce() -> Result<()>) -> Result<f64> {
-    let (t0, c0) = prog_stats_of(&[id])?.get(&id).copied().unwrap_or_default();
+    Ok(costs_of(&[id], traffic)?[0])
+}
+
+/// The same for each of `ids`.
+fn costs_of(ids: &[u32], traffic: impl FnOnce() -> Result<()>) -> Result<Vec<f64>> {
+    let a = prog_stats_of(ids)?;
     traffic()?;
-    let (t1, c1) = prog_stats_of(&[id])?.get(&id).copied().unwrap_or_default();
-    ensure!(c1 > c0, "program {id} did not run");
-    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+    let b = prog_stats_of(ids)?;
+    ids.iter()
+        .map(|id| {
+            let (t0, c0) = a.get(id).copied().unwrap_or_default();
+            let (t1, c1) = b.get(id).copied().unwrap_or_default();
+            ensure!(c1 > c0, "program {id} did not run");
+            Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+        })
+        .collect()
 }
 
 /// podsg's and NPA's programs on new flows and on denied packets, rounds interleaved;
@@ -406,6 +478,19 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
                 bed.path.name()
             );
             push((bed.path, "denied_flood"), dn);
+            // Every reply runs each of the bed's inbound programs once: their sum.
+            let mut got = 0;
+            let parts = costs_of(&bed.inbound, || {
+                got = bed.replies(ROUND)?.1;
+                Ok(())
+            })?;
+            ensure!(got > 0, "{}: no reply reached the pod", bed.path.name());
+            push((bed.path, "reply_flood"), parts.iter().sum());
+            if bed.path == Path::Podsg {
+                push((bed.path, "reply_flood_trunk_ingress"), parts[0]);
+                push((bed.path, "reply_flood_trunk_xdp"), parts[1]);
+            }
+            push((bed.path, "reply_pps"), got as f64 / ROUND.as_secs_f64());
         }
     }
     // NPA reports each new flow and each denied packet; its ring was read.
@@ -422,23 +507,34 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
         "{:<16} {:>10} {:>10} {:>8}",
         "case", "podsg ns", "NPA ns", "x NPA"
     );
-    for case in ["new_flow_flood", "denied_flood"] {
-        let med = |p: Path| {
-            ns.iter()
-                .find(|(k, _)| *k == (p, case))
-                .map_or(f64::NAN, |(_, v)| super::median(v.clone()))
-        };
-        let (ours, theirs) = (med(Path::Podsg), med(Path::Npa));
+    let med = |p: Path, case: &str| {
+        ns.iter()
+            .find(|(k, _)| *k == (p, case))
+            .map_or(f64::NAN, |(_, v)| super::median(v.clone()))
+    };
+    for case in ["new_flow_flood", "denied_flood", "reply_flood", "reply_pps"] {
+        let (ours, theirs) = (med(Path::Podsg, case), med(Path::Npa, case));
         println!(
             "{case:<16} {ours:>10.1} {theirs:>10.1} {:>8.2}",
             ours / theirs
         );
+        // Replies delivered per second are a rate, the rest a cost.
+        let field = if case == "reply_pps" {
+            "pps"
+        } else {
+            "ns_per_packet"
+        };
         for (c, v) in [(case.to_string(), ours), (format!("npa_{case}"), theirs)] {
             results.push(format!(
-                r#"{{"case":"{c}","family":"v4","rules":{RULES},"ns_per_packet":{v:.1},"method":"bpf_stats","run":"compare"}}"#
+                r#"{{"case":"{c}","family":"v4","rules":{RULES},"{field}":{v:.1},"method":"bpf_stats","run":"compare"}}"#
             ));
         }
     }
+    println!(
+        "podsg's reply: trunk_ingress {:.1} ns + trunk_xdp {:.1} ns",
+        med(Path::Podsg, "reply_flood_trunk_ingress"),
+        med(Path::Podsg, "reply_flood_trunk_xdp")
+    );
     Ok(())
 }
 

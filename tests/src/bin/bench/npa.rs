@@ -1,15 +1,18 @@
-//! The AWS network policy agent's egress program (NPA, `aws/aws-network-policy-agent`,
-//! `tc.v4egress.bpf.c`) as a peer in `bench compare`, when the operator hands the bench
-//! an object built from NPA's own sources: `PODSG_BENCH_NPA=<path to the .o>`. Nothing of
-//! NPA is part of this repository; this module loads what it is given, attaches it
-//! where NPA does (the pod's host interface, TC ingress: the pod's egress) and fills its
-//! maps as NPA's agent would for the bench's rules.
+//! The AWS network policy agent's IPv4 programs (NPA, `aws/aws-network-policy-agent`,
+//! `tc.v4egress.bpf.c` and `tc.v4ingress.bpf.c`) as a peer in `bench compare`, when the
+//! operator hands the bench objects built from NPA's own sources:
+//! `PODSG_BENCH_NPA=<directory holding tc.v4egress.bpf.o and tc.v4ingress.bpf.o>`.
+//! Nothing of NPA is part of this repository; this module loads what it is given,
+//! attaches the programs where NPA does (the pod's host interface: TC ingress for the
+//! pod's egress, TC egress for what reaches the pod) and fills their maps as NPA's agent
+//! would for the bench's rules.
 //!
-//! What the object must be (NPA's loader is its own Go SDK, not aya): the program
-//! `handle_egress` in a section aya knows as TC (`classifier`), and the two maps NPA
-//! shares between its programs (`aws_conntrack_map`, `policy_events`) defined in the
-//! object itself (NPA's events object defines them: LRU hash of 512 Ki flows, ring of
-//! 512 KiB), as legacy `maps` definitions.
+//! What each object must be (NPA's loader is its own Go SDK, not aya): its program
+//! (`handle_egress`, `handle_ingress`) in a section aya knows as TC (`classifier`), and
+//! the two maps NPA shares between its programs (`aws_conntrack_map`, `policy_events`)
+//! defined in the object itself (NPA's events object defines them: LRU hash of 512 Ki
+//! flows, ring of 512 KiB), as legacy `maps` definitions. The two objects share them
+//! here as in NPA: pinned by the first, opened by the second.
 //!
 //! NPA's maps for one pod, as its agent writes them (pkg/ebpf, pkg/utils):
 //! - `egress_pod_state_map`: key 0 (network policy) = 0, policies applied; key 1
@@ -30,23 +33,29 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 
-/// The environment variable naming NPA's built egress object.
+/// The environment variable naming the directory of NPA's built objects.
 pub const OBJECT_VAR: &str = "PODSG_BENCH_NPA";
-const PROGRAM: &str = "handle_egress";
+const EGRESS: (&str, &str) = ("tc.v4egress.bpf.o", "handle_egress");
+const INGRESS: (&str, &str) = ("tc.v4ingress.bpf.o", "handle_ingress");
+/// The maps NPA's programs share.
+const SHARED: [&str; 2] = ["aws_conntrack_map", "policy_events"];
 /// Slots of {protocol, start port, end port} per destination prefix (NPA's
 /// MAX_PORT_PROTOCOL).
 const SLOTS: usize = 24;
 const PROTO_TCP: u32 = 6;
 const PROTO_UDP: u32 = 17;
 
-/// The object's path, if the operator gave one.
-pub fn object() -> Option<std::path::PathBuf> {
+/// The objects' directory, if the operator gave one.
+pub fn objects() -> Option<std::path::PathBuf> {
     std::env::var_os(OBJECT_VAR).map(Into::into)
 }
 
-/// NPA's program attached to a host interface, its maps filled; detached when dropped.
+/// NPA's programs attached to a host interface, their maps filled; detached when
+/// dropped, and the shared maps' pins removed.
 pub struct Npa {
-    _ebpf: aya::Ebpf,
+    _egress: aya::Ebpf,
+    _ingress: aya::Ebpf,
+    _pins: PinDir,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
     /// Events read from its ring (checked: its paths really emitted them).
@@ -62,6 +71,58 @@ impl Drop for Npa {
     }
 }
 
+/// The shared maps' pin directory, removed when dropped (also when loading fails).
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fills a pod-state map as NPA's agent does for a pod under policy: network policy
+/// (key 0) "policies applied" (0); cluster policy (key 1) "default allow" (1), as no
+/// cluster policy exists.
+fn pod_state(ebpf: &mut aya::Ebpf, name: &str) -> Result<()> {
+    let mut state: HashMap<_, u32, u8> = HashMap::try_from(
+        ebpf.map_mut(name)
+            .with_context(|| format!("NPA object: no {name}"))?,
+    )?;
+    state.insert(0, 0, 0)?;
+    state.insert(1, 1, 0)?;
+    Ok(())
+}
+
+/// Loads `file` of `dir`, its shared maps pinned in (or opened from) `pins`.
+fn load(dir: &std::path::Path, file: &str, pins: &std::path::Path) -> Result<aya::Ebpf> {
+    let path = dir.join(file);
+    let mut loader = aya::EbpfLoader::new();
+    for m in SHARED {
+        loader.map_pin_path(m, pins.join(m));
+    }
+    loader.load_file(&path).with_context(|| {
+        format!(
+            "loading NPA's object {} ({OBJECT_VAR} names its directory; see docs/BENCHMARKS.md for what it must hold)",
+            path.display()
+        )
+    })
+}
+
+/// Loads and attaches program `name` of `ebpf` to `dev` at `hook`; its id.
+fn attach_prog(ebpf: &mut aya::Ebpf, name: &str, dev: &str, hook: TcAttachType) -> Result<u32> {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("NPA object: no program {name}"))?
+        .try_into()?;
+    p.load()
+        .with_context(|| format!("the verifier rejected NPA's {name}"))?;
+    p.attach(dev, hook)
+        .with_context(|| format!("attaching NPA's {name} to {dev}"))?;
+    let id = p.info()?.id();
+    ensure!(id != 0, "NPA's {name} has no id");
+    Ok(id)
+}
+
 /// One destination prefix's value: `rules` as (protocol, port), the rest zero.
 fn trie_value(rules: &[(u32, u32)]) -> [u32; SLOTS * 3] {
     let mut v = [0u32; SLOTS * 3];
@@ -73,33 +134,29 @@ fn trie_value(rules: &[(u32, u32)]) -> [u32; SLOTS * 3] {
 }
 
 impl Npa {
-    /// Loads `object`, fills its maps with the bench's `rules` outbound TCP rules (rule
-    /// i: port 1000+i to 10.(100+i/256).(i%256).0/24) and the UDP 7000 rule to
-    /// `udp_host`, and attaches it to `dev` (this thread's namespace). Returns it and its
-    /// program id.
+    /// Loads NPA's objects from `dir`, fills their maps with the bench's `rules`
+    /// outbound TCP rules (rule i: port 1000+i to 10.(100+i/256).(i%256).0/24) and the
+    /// UDP 7000 rule to `udp_host` (no inbound rule: only replies may reach the pod), and
+    /// attaches both to `dev` (this thread's namespace). Returns it and the ids of its
+    /// egress and ingress programs.
     pub fn attach(
-        object: &std::path::Path,
+        dir: &std::path::Path,
         dev: &str,
         rules: usize,
         udp_host: [u8; 4],
-    ) -> Result<(Npa, u32)> {
-        let mut ebpf = aya::Ebpf::load_file(object).with_context(|| {
-            format!(
-                "loading NPA's object {} (named by {OBJECT_VAR}; see docs/BENCHMARKS.md for what it must hold)",
-                object.display()
-            )
-        })?;
-        {
-            let mut state: HashMap<_, u32, u8> = HashMap::try_from(
-                ebpf.map_mut("egress_pod_state_map")
-                    .context("NPA object: no egress_pod_state_map")?,
-            )?;
-            state.insert(0, 0, 0)?;
-            state.insert(1, 1, 0)?;
-        }
+    ) -> Result<(Npa, u32, u32)> {
+        // Under the test bed's own prefix: a killed run's pins are swept by the next.
+        let pins = PinDir(format!("/sys/fs/bpf/podsg-npa-{}", std::process::id()).into());
+        std::fs::create_dir_all(&pins.0)
+            .with_context(|| format!("creating {}", pins.0.display()))?;
+        let mut egress = load(dir, EGRESS.0, &pins.0)?;
+        let mut ingress = load(dir, INGRESS.0, &pins.0)?;
+        pod_state(&mut egress, "egress_pod_state_map")?;
+        pod_state(&mut ingress, "ingress_pod_state_map")?;
         {
             let mut trie: LpmTrie<_, [u8; 4], [u32; SLOTS * 3]> = LpmTrie::try_from(
-                ebpf.map_mut("egress_map")
+                egress
+                    .map_mut("egress_map")
                     .context("NPA object: no egress_map")?,
             )?;
             for i in 0..rules {
@@ -113,7 +170,8 @@ impl Npa {
             trie.insert(&Key::new(32, udp_host), trie_value(&[(PROTO_UDP, 7000)]), 0)?;
         }
         let mut ring = RingBuf::try_from(
-            ebpf.take_map("policy_events")
+            egress
+                .take_map("policy_events")
                 .context("NPA object: no policy_events")?,
         )?;
         let (stop, events) = (
@@ -135,22 +193,16 @@ impl Npa {
                 }
             })
         };
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM)
-            .with_context(|| format!("NPA object: no program {PROGRAM}"))?
-            .try_into()?;
-        p.load()
-            .context("the verifier rejected NPA's handle_egress")?;
-        p.attach(dev, TcAttachType::Ingress)
-            .with_context(|| format!("attaching NPA's {PROGRAM} to {dev}"))?;
-        let id = p.info()?.id();
+        let out_id = attach_prog(&mut egress, EGRESS.1, dev, TcAttachType::Ingress)?;
+        let in_id = attach_prog(&mut ingress, INGRESS.1, dev, TcAttachType::Egress)?;
         let npa = Npa {
-            _ebpf: ebpf,
+            _egress: egress,
+            _ingress: ingress,
+            _pins: pins,
             stop,
             reader: Some(reader),
             events,
         };
-        ensure!(id != 0, "NPA's program has no id");
-        Ok((npa, id))
+        Ok((npa, out_id, in_id))
     }
 }
