@@ -69,12 +69,17 @@ pub mod tail {
     pub const HOST_LOCAL: u32 = 0;
     /// `pod_egress_full`.
     pub const EGRESS_FULL: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// `trunk_ingress_full`.
+    pub const TRUNK_FULL: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// Program names as they appear in the object file.
 pub mod prog_names {
     pub const TRUNK_INGRESS: &str = "trunk_ingress";
+    /// Tail-called by `trunk_ingress` for every frame its fast path does not deliver
+    /// (slot `tail::TRUNK_FULL`): the full judgement.
+    pub const TRUNK_INGRESS_FULL: &str = "trunk_ingress_full";
     pub const POD_EGRESS: &str = "pod_egress";
     /// Tail-called by `pod_egress` for every packet its fast path does not forward
     /// (slot `tail::EGRESS_FULL`): the full judgement. Kept apart so the fast path is a
@@ -93,8 +98,9 @@ pub mod prog_names {
     /// pre-filter; TC still decides everything it passes).
     pub const TRUNK_XDP: &str = "trunk_xdp";
     /// Every program: the TC classifiers, then the XDP pre-filter.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         TRUNK_INGRESS,
+        TRUNK_INGRESS_FULL,
         POD_EGRESS,
         POD_EGRESS_FULL,
         POD_HOST_LOCAL,

@@ -49,7 +49,7 @@ pub struct PodCacheEntry {
     pod: PodInfo,
 }
 
-/// A flow's copy, with what the egress fast path (`fast`) needs to forward its packets
+/// A flow's copy, with what the fast paths (`fast`) need to forward its packets
 /// without the pod's entry or the node's settings (copied from both at the fill; a
 /// change to either bumps the epoch).
 #[repr(C)]
@@ -66,12 +66,17 @@ pub struct FlowCacheEntry {
     reply: u8,
     state: u8,
     pub vlan: u16,
-    /// The pod's host interface: its packets arrive there.
+    /// The pod's host interface: its packets arrive there, and the VPC's are delivered
+    /// there.
     pub host_ifindex: u32,
-    /// The forwarded frame's MACs (`rewrite::mac_words`: to the node's gateway, from the
-    /// pod). The pod's MAC is also what its packets come from: bytes 6..12 are the high
-    /// half of word 1 and word 2.
+    /// The forwarded frame's MACs (`rewrite::mac_words`). Going out (`Egress`): to the
+    /// node's gateway, from the pod; the pod's MAC is also what its packets come from
+    /// (bytes 6..12: the high half of word 1, and word 2). Coming in: to the pod, from
+    /// its host interface.
     pub macs: [u32; 3],
+    /// The pod's address of the flow's family (IPv4: the first word): what a packet
+    /// coming in must be addressed to, as `trunk::misaddressed` requires.
+    pub pod_addr: [u32; 4],
     /// The node's: where the VPC's traffic goes.
     pub trunk_ifindex: u32,
 }
@@ -234,6 +239,45 @@ pub fn egress_to_vpc(
         .filter(|e| e.host_ifindex == ifindex && e.path == PATH_VPC)
 }
 
+/// The copy of flow `key` for the inbound fast path: a frame from the VPC on `vlan`
+/// addressed to `dst`, of a flow through the VPC of the pod on that VLAN, that changes
+/// nothing in the flow table.
+#[inline(always)]
+pub fn ingress_from_vpc(
+    key: &FlowKey,
+    vlan: u16,
+    dst: &[u32; 4],
+    tcp_flags: u8,
+    clock: Clock,
+) -> Option<&'static FlowCacheEntry> {
+    serving(key, Direction::Ingress, tcp_flags, clock).filter(|e| {
+        e.vlan == vlan
+            && e.path == PATH_VPC
+            // (a pod with no address of the family: nothing is addressed to it)
+            && (dst[0] | dst[1] | dst[2] | dst[3]) != 0
+            && ((e.pod_addr[0] ^ dst[0])
+                | (e.pod_addr[1] ^ dst[1])
+                | (e.pod_addr[2] ^ dst[2])
+                | (e.pod_addr[3] ^ dst[3]))
+                == 0
+    })
+}
+
+/// The pod's IPv6 address as words (zero when it has none: no IPv6 flow matches).
+#[inline(always)]
+fn pod_v6(pod: &PodInfo) -> [u32; 4] {
+    if pod.has_ipv6 == 0 {
+        return [0; 4];
+    }
+    let b = &pod.ipv6;
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
 /// After a flow-table hit of `pod`'s that left `v` as it is now: copies what later
 /// packets of the flow going `dir` need, if the flow may be served from a copy (TCP or
 /// UDP, past the half-open state, a timeout well above the copy's life).
@@ -274,6 +318,15 @@ pub fn fill_flow(
     e.state = v.state;
     e.vlan = pod.vlan;
     e.host_ifindex = pod.host_ifindex;
-    e.macs = mac_words(&cfg.gateway_mac, &pod.mac);
+    e.macs = if dir == Direction::Egress {
+        mac_words(&cfg.gateway_mac, &pod.mac)
+    } else {
+        mac_words(&pod.mac, &pod.host_mac)
+    };
+    e.pod_addr = if key.family == AF_V4 {
+        [u32::from_ne_bytes(pod.ipv4), 0, 0, 0]
+    } else {
+        pod_v6(pod)
+    };
     e.trunk_ifindex = cfg.trunk_ifindex;
 }

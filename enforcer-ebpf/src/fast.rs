@@ -1,18 +1,30 @@
-//! The common packet in few instructions: a pod's TCP or UDP packet, plain header (IPv4
+//! The common packet in few instructions: a TCP or UDP packet with a plain header (IPv4
 //! without options, not a fragment; IPv6 without extension headers, not to a link-scope
-//! address), untagged, of an established flow through the VPC whose copy this CPU holds
-//! (`cache`). It is recognised from a handful of header words and
-//! forwarded with what the copy holds, without the pod's entry, the node's settings or
-//! the full parse. The copy stands for the checks the full path made when it was
-//! filled — the pod found by this interface, not fail-closed, the packet's source its
-//! address — and the fast path repeats what a packet can change: the interface, the
-//! source MAC, the flow (its key, direction, no state change). Anything else answers
-//! `None` and takes the full path, which judges the packet from the start.
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
+//! address) of an established flow through the VPC whose copy this CPU holds (`cache`),
+//! either way:
+//! - out (`pod_egress`): from the pod, untagged, forwarded to the trunk with its VLAN;
+//! - in (`trunk_ingress`): from the VPC on the pod's VLAN, addressed to the pod,
+//!   delivered into the pod.
+//!
+//! It is recognised from a handful of header words and forwarded with what the copy
+//! holds, without the pod's entry, the node's settings or the full parse. The copy
+//! stands for the checks the full path made when it was filled — the pod found by this
+//! interface or VLAN, not fail-closed, the packet's source (out) or destination (in) its
+//! address — and the fast path repeats what a packet can change: the interface or VLAN,
+//! the source MAC (out), the destination address (in), the flow (its key, direction, no
+//! state change). Anything else answers `None` and is tail-called to the full program,
+//! which judges it from the start. Each fast path is a program of its own so that under
+//! real traffic, where the stack runs between packets and evicts our code, the common
+//! packet's instructions are a few contiguous cache lines rather than pieces of a large
+//! program.
+use aya_ebpf::{
+    helpers::{bpf_redirect, bpf_skb_vlan_pop},
+    programs::{TcContext, XdpContext},
+};
 use enforcer_common::tail;
 use enforcer_common::*;
-use enforcer_ebpf::parse::{ETH_P_IP, ETH_P_IPV6, Tuple, load};
-use enforcer_ebpf::rewrite::push_tag;
+use enforcer_ebpf::parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, Tuple, load};
+use enforcer_ebpf::rewrite::{push_tag, write_macs};
 
 use crate::bypass::is_link_scope;
 use crate::cache::{self, Clock, FlowCacheEntry};
@@ -20,27 +32,128 @@ use crate::conntrack::flow_key;
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::TAIL_CALLS;
+use crate::pod::into_pod;
+
+/// `skb->pkt_type` of a frame addressed to this host.
+pub const PACKET_HOST: u32 = 0;
 
 /// `pod_egress`: forwards the packet from its flow's copy, or hands it to
-/// `pod_egress_full`. A program of its own, so that under real traffic — where the
-/// stack runs between packets and evicts our code — the common packet's instructions
-/// are a few contiguous cache lines rather than pieces of the full program.
+/// `pod_egress_full`.
 #[inline(always)]
-pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
+pub fn out(ctx: &TcContext) -> Result<i32, Exit> {
     if let Some(copy) = established(ctx, Clock::read()) {
         return to_trunk(ctx, copy);
     }
-    // SAFETY: the slot holds our own `pod_egress_full` (set by the loader); on success
-    // control never comes back.
-    unsafe { TAIL_CALLS.tail_call(ctx, tail::EGRESS_FULL) };
-    // Only when the slot is empty (a loader bug): never let it through unjudged.
-    Err(Exit::Internal(0, "egress tail call"))
+    full(ctx, tail::EGRESS_FULL)
 }
 
-/// Ethernet header length (untagged: checked).
-const L3: usize = 14;
+/// `trunk_ingress`: delivers the frame from its flow's copy, or hands it to
+/// `trunk_ingress_full`.
+#[inline(always)]
+pub fn inbound(ctx: &TcContext) -> Result<i32, Exit> {
+    if let Some(copy) = from_vpc(ctx, Clock::read()) {
+        return to_pod(ctx, copy);
+    }
+    full(ctx, tail::TRUNK_FULL)
+}
 
-/// The copy that forwards the packet in `ctx`, if it is such a packet.
+/// The full program in tail-call slot `slot`.
+#[inline(always)]
+fn full(ctx: &TcContext, slot: u32) -> Result<i32, Exit> {
+    // SAFETY: the slot holds our own full program (set by the loader); on success
+    // control never comes back.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) };
+    // Only when the slot is empty (a loader bug): never let it through unjudged.
+    Err(Exit::Internal(0, "tail call to the full program"))
+}
+
+/// The copy that delivers the frame in `ctx` (the trunk's), if it is such a frame.
+#[inline(always)]
+fn from_vpc(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let skb = unsafe { &*ctx.skb.skb };
+    // The VLAN, in metadata (the stack takes it out of the bytes before TC) or in the
+    // bytes; untagged frames are the node's, and a VLAN no pod has (0) is no pod's.
+    if skb.vlan_present == 0 {
+        // Still in the bytes (as `BPF_PROG_TEST_RUN` hands it over).
+        return tagged_in_bytes(ctx, clock);
+    }
+    let vlan = (skb.vlan_tci & 0x0fff) as u16;
+    let (t, tcp_flags, family, _) = recognise::<UNTAGGED, _>(ctx)?;
+    reply_copy(vlan, &t, tcp_flags, family, clock)
+}
+
+/// For `trunk_xdp`: the frame (its tag in the bytes, as XDP sees every tag) is a
+/// reply whose copy this CPU holds, which `trunk_ingress` will deliver from it: XDP
+/// passes it at once. (XDP only pre-filters: TC still decides whatever it passes.)
+#[inline(always)]
+pub fn copied_reply(ctx: &XdpContext, clock: Clock) -> bool {
+    tagged_in_bytes(ctx, clock).is_some()
+}
+
+/// The copy for a frame whose 802.1Q tag is in its bytes: the tag's VLAN, then the
+/// frame behind it.
+#[inline(always)]
+fn tagged_in_bytes<F: Frame>(ctx: &F, clock: Clock) -> Option<&'static FlowCacheEntry> {
+    let tag: u32 = load(ctx, 12).ok()?;
+    if u16::from_be(tag as u16) != ETH_P_8021Q {
+        return None;
+    }
+    let vlan = u16::from_be((tag >> 16) as u16) & 0x0fff;
+    let (t, tcp_flags, family, _) = recognise::<TAGGED, _>(ctx)?;
+    reply_copy(vlan, &t, tcp_flags, family, clock)
+}
+
+/// The copy serving a reply with tuple `t` on `vlan` (0: no pod's).
+#[inline(always)]
+fn reply_copy(
+    vlan: u16,
+    t: &Tuple,
+    tcp_flags: u8,
+    family: u8,
+    clock: Clock,
+) -> Option<&'static FlowCacheEntry> {
+    if vlan == 0 {
+        return None;
+    }
+    let key = flow_key(t, family, Direction::Ingress);
+    cache::ingress_from_vpc(&key, vlan, &t.dst, tcp_flags, clock)
+}
+
+/// Into the pod, as the full path's `trunk::run` delivers an allowed frame.
+#[inline(always)]
+fn to_pod(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
+    // SAFETY: the helper takes the program's own skb; packet pointers are re-read after.
+    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        return Err(Exit::Internal(e.slot, "VLAN pop"));
+    }
+    write_macs(ctx, &e.macs).map_err(|step| Exit::Internal(e.slot, step))?;
+    // The VPC addressed the frame to the pod's MAC, not the trunk's.
+    ctx.change_type(PACKET_HOST)
+        .map_err(|_| Exit::Internal(e.slot, "packet type"))?;
+    count(e.slot, Reason::AllowFlow, ctx.len());
+    Ok(into_pod(e.host_ifindex))
+}
+
+/// A plain TCP or UDP packet's tuple, TCP flags and family, its network header at
+/// `L3`, with the 12 bytes before that (untagged: the source MAC and the ethertype,
+/// with the network header's first two).
+#[inline(always)]
+fn recognise<const L3: usize, F: Frame>(ctx: &F) -> Option<(Tuple, u8, u8, [u32; 3])> {
+    let eth: [u32; 3] = load(ctx, L3 - 10).ok()?;
+    let (t, tcp_flags, family) = match u16::from_be(eth[2] as u16) {
+        ETH_P_IP => v4::<L3, F>(ctx)?,
+        ETH_P_IPV6 => v6::<L3, F>(ctx)?,
+        _ => return None,
+    };
+    Some((t, tcp_flags, family, eth))
+}
+
+/// Where the network header starts: untagged, and with one 802.1Q tag in the bytes.
+const UNTAGGED: usize = 14;
+const TAGGED: usize = 18;
+
+/// The copy that forwards the packet in `ctx` (a pod's), if it is such a packet.
 #[inline(always)]
 fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
     // SAFETY: the context's skb pointer is valid for the program's run.
@@ -48,13 +161,7 @@ fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry>
     if skb.vlan_present != 0 {
         return None;
     }
-    // Bytes 4..16: the source MAC and the ethertype (with the network header's first two).
-    let eth: [u32; 3] = load(ctx, 4).ok()?;
-    let (t, tcp_flags, family) = match u16::from_be(eth[2] as u16) {
-        ETH_P_IP => v4(ctx)?,
-        ETH_P_IPV6 => v6(ctx)?,
-        _ => return None,
-    };
+    let (t, tcp_flags, family, eth) = recognise::<UNTAGGED, _>(ctx)?;
     let key = flow_key(&t, family, Direction::Egress);
     let e = cache::egress_to_vpc(&key, skb.ifindex, tcp_flags, clock)?;
     // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's,
@@ -66,7 +173,7 @@ fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry>
 /// IPv4 without options, not a fragment (nor the first of several): the tuple, the TCP
 /// flags and the family.
 #[inline(always)]
-fn v4(ctx: &TcContext) -> Option<(Tuple, u8, u8)> {
+fn v4<const L3: usize, F: Frame>(ctx: &F) -> Option<(Tuple, u8, u8)> {
     // Version, IHL, ..., protocol, addresses: five words, one bounds check.
     let h: [u32; 5] = load(ctx, L3).ok()?;
     let (vihl, frag, proto) = (
@@ -92,7 +199,7 @@ fn v4(ctx: &TcContext) -> Option<(Tuple, u8, u8)> {
 /// destination that is not link-scope: the full path keeps link-scope traffic on the
 /// node, which a copy of a VPC flow must never short-cut.
 #[inline(always)]
-fn v6(ctx: &TcContext) -> Option<(Tuple, u8, u8)> {
+fn v6<const L3: usize, F: Frame>(ctx: &F) -> Option<(Tuple, u8, u8)> {
     let h: [u32; 10] = load(ctx, L3).ok()?;
     let (version, next) = (h[0] as u8 >> 4, (h[1] >> 16) as u8);
     let dst = [h[6], h[7], h[8], h[9]];
@@ -112,7 +219,7 @@ fn v6(ctx: &TcContext) -> Option<(Tuple, u8, u8)> {
 
 /// TCP or UDP at `off`: the ports (host order) and TCP's flags (0 for UDP).
 #[inline(always)]
-fn ports(ctx: &TcContext, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
+fn ports(ctx: &impl Frame, off: usize, proto: u8) -> Option<(u16, u16, u8)> {
     let w: u32 = load(ctx, off).ok()?;
     let flags = match proto {
         // The flags byte is the high half of the word at offset 12 of the TCP header.

@@ -38,6 +38,13 @@ use aya_ebpf::{
 /// the tag and hands the frame to the pod's interface.
 #[classifier]
 pub fn trunk_ingress(ctx: TcContext) -> i32 {
+    exit::finish(&ctx, fast::inbound(&ctx))
+}
+
+/// Every frame `trunk_ingress` does not deliver by its fast path, tail-called: the full
+/// judgement, from the start.
+#[classifier]
+pub fn trunk_ingress_full(ctx: TcContext) -> i32 {
     exit::finish(&ctx, trunk::run(&ctx))
 }
 
@@ -53,7 +60,7 @@ pub fn trunk_xdp(ctx: XdpContext) -> u32 {
 /// outbound rules, then out of the trunk with the pod's VLAN tag.
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
-    exit::finish(&ctx, fast::run(&ctx))
+    exit::finish(&ctx, fast::out(&ctx))
 }
 
 /// Every packet `pod_egress` does not forward by its fast path, tail-called: the full

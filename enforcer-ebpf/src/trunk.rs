@@ -5,17 +5,16 @@ use enforcer_common::{AF_V4, Direction, PodInfo, Reason};
 use enforcer_ebpf::parse::{Packet, parse_l2, parse_l3_pulled};
 use enforcer_ebpf::rewrite::set_macs;
 
-/// `skb->pkt_type` of a frame addressed to this host.
-const PACKET_HOST: u32 = 0;
-
 use crate::bypass::{addr_of, is_link_scope};
 use crate::cache::{Clock, vlan_key};
 use crate::counters::count;
 use crate::exit::Exit;
+use crate::fast::PACKET_HOST;
 use crate::maps::POD_BY_VLAN;
 use crate::pod::{cached_pod, into_pod, scratch};
 use crate::verdict::{Verdict, decide};
 
+/// A frame the fast path did not deliver (`trunk_ingress_full`).
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
     let l2 = parse_l2(ctx).map_err(|e| Exit::Drop(0, e.reason()))?;

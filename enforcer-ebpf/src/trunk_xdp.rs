@@ -5,6 +5,9 @@
 //! which decides in full (flow state, fragments, ICMP errors, audit, fail-closed, the
 //! node's groups in standard mode).
 //!
+//! A reply whose flow copy this CPU holds (the common inbound frame) passes at once,
+//! on a handful of header words (`fast::copied_reply`).
+//!
 //! A pre-filter only: it never lets through what TC would drop, and drops nothing TC
 //! would pass, so a node where it cannot be attached enforces exactly the same (the
 //! test_run table in `tests/test_run/xdp.rs` holds the two to that).
@@ -16,6 +19,7 @@ use crate::cache::{self, Clock, vlan_key};
 use crate::conntrack::{flow_key, normalise_ports};
 use crate::counters::count;
 use crate::events::emit;
+use crate::fast;
 use crate::maps::{FLOWS, POD_BY_VLAN};
 use crate::pod::{cached_pod, scratch};
 use crate::policy::{always_allowed, policy_allows};
@@ -23,6 +27,10 @@ use crate::trunk::misaddressed;
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
+    let clock = Clock::read();
+    if fast::copied_reply(ctx, clock) {
+        return xdp_action::XDP_PASS;
+    }
     let len = (ctx.data_end() - ctx.data()) as u32;
     let Ok(l2) = parse_l2(ctx) else {
         return xdp_action::XDP_PASS;
@@ -31,7 +39,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(vlan) = l2.vlan else {
         return xdp_action::XDP_PASS;
     };
-    let clock = Clock::read();
     let Some(pod) = cached_pod(vlan_key(vlan), clock, |k| {
         // SAFETY: hash values stay valid for the program's run (RCU); we only read.
         unsafe { POD_BY_VLAN.get(k) }

@@ -15,6 +15,9 @@ pub const HOST_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x01];
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_REDIRECT: u32 = 7;
+/// XDP verdicts.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
 
 /// A branch pod of the test node.
 pub struct TestPod {

@@ -5,7 +5,9 @@
 //!
 //! Topology: `integration_tests::scenario` (the client pod on `lo`).
 use enforcer_common::prog_names::*;
-use enforcer_common::{FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FlowKey, FlowValue, Reason};
+use enforcer_common::{
+    FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FlowKey, FlowValue, Reason, map_names, tail,
+};
 use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
 use integration_tests::scenario::*;
@@ -71,6 +73,38 @@ fn open_and_copy(h: &mut Harness, slot: u32, frame: &[u8]) {
 /// Waits out the coarse clock's tick (at most 10 ms, at HZ 100).
 fn next_tick() {
     std::thread::sleep(std::time::Duration::from_millis(20));
+}
+
+/// Runs `frame` through `prog` with its full program's tail-call slot emptied, so that
+/// only the fast path can pass it (the full path also reads the copies), then puts the
+/// full program back. The verdict and the frame out.
+fn fast_path_alone(h: &mut Harness, slot: u32, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let full = match slot {
+        tail::EGRESS_FULL => POD_EGRESS_FULL,
+        _ => TRUNK_INGRESS_FULL,
+    };
+    let fd = {
+        let p: &aya::programs::SchedClassifier =
+            h.dp.ebpf().program(full).unwrap().try_into().unwrap();
+        p.fd().unwrap().try_clone().unwrap()
+    };
+    let calls = |h: &mut Harness, set: bool| {
+        let mut m: aya::maps::ProgramArray<_> =
+            h.dp.ebpf()
+                .map_mut(map_names::TAIL_CALLS)
+                .unwrap()
+                .try_into()
+                .unwrap();
+        if set {
+            m.set(slot, &fd, 0).unwrap();
+        } else {
+            m.clear_index(&slot).unwrap();
+        }
+    };
+    calls(h, false);
+    let out = h.run(prog, frame);
+    calls(h, true);
+    out
 }
 
 /// Removes every flow entry behind the daemon's back (as `bpftool map delete` would).
@@ -289,7 +323,8 @@ fn look_alikes_of_a_copied_flow_meet_the_full_checks() {
     );
     // What it forwards is addressed from the pod to the node's gateway (the copy's MAC
     // words, written whole).
-    let (_, sent) = h.run(POD_EGRESS, &dns());
+    let (ret, sent) = fast_path_alone(&mut h, tail::EGRESS_FULL, POD_EGRESS, &dns());
+    assert_eq!(ret, TC_ACT_REDIRECT, "the fast path alone serves the flow");
     assert_eq!(
         sent[..6],
         [0x02, 0xfa, 0, 0, 0, 0x01],
@@ -404,4 +439,86 @@ fn ipv6_copies_serve_vpc_flows_and_never_link_scope_ones() {
         flow,
         "the link-scope flow's copy answers in the full path: still on the node, never the trunk",
     );
+}
+
+/// The inbound fast path (`trunk_ingress`) delivers a reply of a copied flow from its
+/// copy; what a sender on the VPC side can change in such a frame must send it to the
+/// full checks. Each row: a look-alike of the copied reply, its verdict and reason.
+#[test]
+fn look_alikes_of_a_copied_reply_meet_the_full_checks() {
+    pin_to_one_cpu();
+    let mut h = setup();
+    let slot = h.slot("client");
+    let udp = L4::Udp {
+        sport: 53,
+        dport: 5353,
+    };
+    open_and_copy(&mut h, slot, &dns());
+    let reply = into("10.0.2.53", udp).bytes();
+    // The first reply is a table hit (the flow is answered); the next, a tick later,
+    // leaves this CPU a copy of the reply direction.
+    for what in ["the first reply", "a reply: a table hit, copied"] {
+        next_tick();
+        h.expect(
+            slot,
+            TRUNK_INGRESS,
+            &reply,
+            TC_ACT_REDIRECT,
+            Reason::AllowFlow,
+            what,
+        );
+    }
+    // With the table's entry gone behind the daemon's back, only the copy can deliver
+    // anything: every row below that is not the flow's own reply must be refused.
+    delete_flows_directly(&mut h);
+    let (ret, got) = fast_path_alone(&mut h, tail::TRUNK_FULL, TRUNK_INGRESS, &reply);
+    assert_eq!(ret, TC_ACT_REDIRECT, "the fast path serves the reply");
+    assert_eq!(got[..6], CLIENT.mac, "to the pod's MAC");
+    assert_eq!(got[6..12], HOST_MAC, "from its host interface's");
+    assert_eq!(got[12..14], [0x08, 0x00], "untagged");
+    let on_vlan = |vlan: u16| {
+        Frame::new(GW_MAC, CLIENT.mac, "10.0.2.53", CLIENT.ipv4, udp)
+            .tagged(vlan)
+            .bytes()
+    };
+    let other_dst = Frame::new(GW_MAC, CLIENT.mac, "10.0.2.53", "10.0.1.99", udp)
+        .tagged(CLIENT.vlan)
+        .bytes();
+    let rows: [(&str, Vec<u8>, Reason); 3] = [
+        (
+            "the reply on another pod's VLAN",
+            on_vlan(SERVER.vlan),
+            Reason::DropSpoofIp,
+        ),
+        (
+            "the reply on a VLAN no pod has",
+            on_vlan(99),
+            Reason::DropUnknownVlan,
+        ),
+        (
+            "on the pod's VLAN, to another address, the flow's ports",
+            other_dst,
+            Reason::DropSpoofIp,
+        ),
+    ];
+    // The trunk's XDP pre-filter passes the copied reply at once and still drops the
+    // look-alikes it can judge (TC decides whatever it passes).
+    assert_eq!(
+        h.run(TRUNK_XDP, &reply).0,
+        XDP_PASS,
+        "XDP: the copied reply"
+    );
+    for (what, frame, _) in &rows {
+        assert_eq!(h.run(TRUNK_XDP, frame).0, XDP_DROP, "XDP: {what}");
+    }
+    for (what, frame, reason) in rows {
+        let counted_on = if reason == Reason::DropUnknownVlan {
+            0
+        } else if what.contains("another pod's") {
+            h.slot("server")
+        } else {
+            slot
+        };
+        h.expect(counted_on, TRUNK_INGRESS, &frame, TC_ACT_SHOT, reason, what);
+    }
 }

@@ -6,8 +6,6 @@ use integration_tests::frames::{Frame, L4, as_ipv4_fragment, icmp, with_vlan};
 use integration_tests::harness::*;
 use integration_tests::scenario::*;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 /// Where the IPv4 header starts in a tagged frame.
 const L3_TAGGED: usize = 18;
 

@@ -114,8 +114,9 @@ impl Datapath {
                 log::debug!("program {name}: the verifier walked {n} instructions");
             }
         }
-        // pod_egress tail-calls pod_egress_full for what its fast path does not forward,
-        // and that pod_host_local for traffic to another pod of the node.
+        // pod_egress and trunk_ingress tail-call their full programs for what their
+        // fast paths do not forward, and pod_egress_full tail-calls pod_host_local for
+        // traffic to another pod of the node.
         for (slot, name) in [
             (
                 enforcer_common::tail::HOST_LOCAL,
@@ -124,6 +125,10 @@ impl Datapath {
             (
                 enforcer_common::tail::EGRESS_FULL,
                 prog_names::POD_EGRESS_FULL,
+            ),
+            (
+                enforcer_common::tail::TRUNK_FULL,
+                prog_names::TRUNK_INGRESS_FULL,
             ),
         ] {
             let fd = {
