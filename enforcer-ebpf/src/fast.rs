@@ -18,13 +18,13 @@
 //! packet's instructions are a few contiguous cache lines rather than pieces of a large
 //! program.
 use aya_ebpf::{
-    helpers::{bpf_redirect, bpf_skb_vlan_pop},
+    helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
 use enforcer_common::tail;
 use enforcer_common::*;
 use enforcer_ebpf::parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, Tuple, load};
-use enforcer_ebpf::rewrite::{push_tag, write_macs};
+use enforcer_ebpf::rewrite::push_tag;
 
 use crate::bypass::is_link_scope;
 use crate::cache::{self, Clock, FlowCacheEntry};
@@ -32,10 +32,7 @@ use crate::conntrack::flow_key;
 use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::TAIL_CALLS;
-use crate::pod::into_pod;
-
-/// `skb->pkt_type` of a frame addressed to this host.
-pub const PACKET_HOST: u32 = 0;
+use crate::trunk;
 
 /// `pod_egress`: forwards the packet from its flow's copy, or hands it to
 /// `pod_egress_full`.
@@ -120,19 +117,10 @@ fn reply_copy(
     cache::ingress_from_vpc(&key, vlan, &t.dst, tcp_flags, clock)
 }
 
-/// Into the pod, as the full path's `trunk::run` delivers an allowed frame.
+/// Into the pod, as the full path delivers an allowed frame.
 #[inline(always)]
 fn to_pod(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
-    // SAFETY: the helper takes the program's own skb; packet pointers are re-read after.
-    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
-        return Err(Exit::Internal(e.slot, "VLAN pop"));
-    }
-    write_macs(ctx, &e.macs).map_err(|step| Exit::Internal(e.slot, step))?;
-    // The VPC addressed the frame to the pod's MAC, not the trunk's.
-    ctx.change_type(PACKET_HOST)
-        .map_err(|_| Exit::Internal(e.slot, "packet type"))?;
-    count(e.slot, Reason::AllowFlow, ctx.len());
-    Ok(into_pod(e.host_ifindex))
+    trunk::deliver(ctx, e.slot, &e.macs, e.host_ifindex, Reason::AllowFlow)
 }
 
 /// A plain TCP or UDP packet's tuple, TCP flags and family, its network header at

@@ -3,13 +3,15 @@
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_skb_vlan_pop, programs::TcContext};
 use enforcer_common::{AF_V4, Direction, PodInfo, Reason};
 use enforcer_ebpf::parse::{Packet, parse_l2, parse_l3_pulled};
-use enforcer_ebpf::rewrite::set_macs;
+use enforcer_ebpf::rewrite::{mac_words, write_macs};
+
+/// `skb->pkt_type` of a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
 
 use crate::bypass::{addr_of, is_link_scope};
 use crate::cache::{Clock, vlan_key};
 use crate::counters::count;
 use crate::exit::Exit;
-use crate::fast::PACKET_HOST;
 use crate::maps::POD_BY_VLAN;
 use crate::pod::{cached_pod, into_pod, scratch};
 use crate::verdict::{Verdict, decide};
@@ -39,18 +41,33 @@ pub fn run(ctx: &TcContext) -> Result<i32, Exit> {
         Verdict::Allow(r) => r,
         Verdict::Drop(r) => return Err(Exit::Drop(pod.slot, r)),
     };
+    let macs = mac_words(&pod.mac, &pod.host_mac);
+    deliver(ctx, pod.slot, &macs, pod.host_ifindex, reason)
+}
+
+/// An allowed frame from the VPC into the pod of `slot`: tag popped, MACs written
+/// (`macs`: to the pod, from its host interface), counted as `reason`, handed to the
+/// pod behind `host_ifindex`. The full path and the fast path (`fast`) deliver alike.
+#[inline(always)]
+pub fn deliver(
+    ctx: &TcContext,
+    slot: u32,
+    macs: &[u32; 3],
+    host_ifindex: u32,
+    reason: Reason,
+) -> Result<i32, Exit> {
     // Pops the tag from metadata or from the bytes, whichever holds it.
     // SAFETY: the helper takes the program's own skb; packet pointers are re-read after.
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
-        return Err(Exit::Internal(pod.slot, "VLAN pop"));
+        return Err(Exit::Internal(slot, "VLAN pop"));
     }
-    set_macs(ctx, &pod.mac, &pod.host_mac).map_err(|step| Exit::Internal(pod.slot, step))?;
+    write_macs(ctx, macs).map_err(|step| Exit::Internal(slot, step))?;
     // The VPC addressed the frame to the pod's MAC, not the trunk's: the trunk took it
     // as another host's, and the pod's stack would drop it as such.
     ctx.change_type(PACKET_HOST)
-        .map_err(|_| Exit::Internal(pod.slot, "packet type"))?;
-    count(pod.slot, reason, ctx.len());
-    Ok(into_pod(pod.host_ifindex))
+        .map_err(|_| Exit::Internal(slot, "packet type"))?;
+    count(slot, reason, ctx.len());
+    Ok(into_pod(host_ifindex))
 }
 
 /// A frame on a pod's VLAN that is not addressed to the pod: the VPC delivers a branch
