@@ -113,6 +113,28 @@ pub const fn next_state(state: u8, tcp_flags: u8, reply: bool) -> u8 {
     }
 }
 
+/// The TCP flags whose presence makes a packet change a flow in `state` going the
+/// `reply` way, or `None` when every packet changes it. A packet with `tcp_flags` (0 for
+/// UDP) leaves the flow as it is exactly when this is `Some(m)` and `tcp_flags & m == 0`
+/// (tested against `next_state` for every state, flag byte and direction): the flow
+/// copies keep the mask, so a fast path checks one AND instead of the state machine.
+#[inline(always)]
+pub const fn changing_flags(state: u8, reply: bool) -> Option<u8> {
+    if next_state(state, 0, reply) != state {
+        return None;
+    }
+    let mut mask = 0;
+    let mut bit = 0;
+    while bit < 8 {
+        let flag = 1 << bit;
+        if next_state(state, flag, reply) != state {
+            mask |= flag;
+        }
+        bit += 1;
+    }
+    Some(mask)
+}
+
 /// The configured idle timeout of a state.
 #[inline(always)]
 pub const fn timeout_ns(cfg: &NodeConfig, state: u8) -> u64 {
@@ -299,6 +321,33 @@ mod tests {
             ..FlowValue::default()
         };
         assert_eq!(v.origin(), Direction::Egress);
+    }
+
+    /// The fast paths' one-AND check says "unchanged" for exactly the packets the state
+    /// machine leaves alone: every state, flag byte and direction.
+    #[test]
+    fn changing_flags_agree_with_the_state_machine() {
+        for state in 0..FLOW_STATES as u8 {
+            for reply in [false, true] {
+                let mask = changing_flags(state, reply);
+                for flags in 0..=u8::MAX {
+                    let unchanged = next_state(state, flags, reply) == state;
+                    let by_mask = mask.is_some_and(|m| flags & m == 0);
+                    assert_eq!(
+                        by_mask, unchanged,
+                        "state {state} reply {reply} flags {flags:#04x}"
+                    );
+                }
+            }
+        }
+        // What the copies rely on: an established TCP flow changes on FIN or RST only;
+        // a UDP flow's first reply always changes it.
+        assert_eq!(
+            changing_flags(FLOW_TCP_ESTABLISHED, true),
+            Some(TCP_FIN | TCP_RST)
+        );
+        assert_eq!(changing_flags(FLOW_UDP, true), None);
+        assert_eq!(changing_flags(FLOW_UDP, false), Some(0));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   the flow table (apply, sweep, flush), so every CPU's copies stop serving at once;
 //!   a copy is taken with the epoch read *before* the map look-up, so a change
 //!   racing with the fill leaves a copy that is already stale by epoch;
-//! - `CACHE_NS`: no copy serves longer than this after its fill, whatever happens
+//! - `CACHE_TICKS`: no copy serves longer than this (at most a second) after its fill, whatever happens
 //!   (another process writing the pinned maps, a daemon restart's old programs);
 //! - a flow is served from its copy only when the real entry would not change: same
 //!   direction, TCP/UDP, no state transition. Anything else goes to the flow table, so
@@ -17,16 +17,20 @@
 //!
 //! The caches are per CPU (no other writer; programs do not nest on a CPU, as for
 //! `SCRATCH`) and direct-mapped: a slot holds the last key that hashed to it.
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use enforcer_common::flow::{next_state, timeout_ns};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use enforcer_common::flow::{changing_flags, timeout_ns};
 use enforcer_common::*;
 use enforcer_ebpf::rewrite::mac_words;
 
 use crate::maps::{CACHE_EPOCH, FLOW_CACHE, POD_CACHE};
 
-/// The longest a copy serves after its fill. Equal to the flow table's refresh period:
-/// an entry served only from its copy for a second has its `last_seen` at most two
-/// seconds behind, and only states whose timeout is well above that are cached.
+/// The longest a copy serves after its fill, in ticks of the kernel's `jiffies`: 100
+/// ticks are at most a second at every `CONFIG_HZ` the kernel offers (100 to 1000; 0.4 s
+/// at this machine's 250). At most the flow table's refresh period: an entry served only
+/// from its copy has its `last_seen` at most two seconds behind, and only states whose
+/// timeout is well above that (`CACHE_NS`) are cached.
+pub const CACHE_TICKS: u64 = 100;
+/// The most a copy's life can be, in ns (at `CONFIG_HZ` 100).
 pub const CACHE_NS: u64 = 1_000_000_000;
 
 /// Slots per CPU (powers of two: the index is a mask).
@@ -45,7 +49,8 @@ pub struct PodCacheEntry {
     key: u32,
     _pad: u32,
     epoch: u64,
-    filled_ns: u64,
+    /// The tick of the fill (`CopyClock`).
+    filled: u64,
     pod: PodInfo,
 }
 
@@ -56,15 +61,18 @@ pub struct PodCacheEntry {
 pub struct FlowCacheEntry {
     key: FlowKey,
     epoch: u64,
-    filled_ns: u64,
+    /// The tick of the fill (`CopyClock`).
+    filled: u64,
     pub slot: u32,
     flow_peer: u32,
     nat_port: u16,
     path: u8,
-    /// The direction this copy serves, and whether that is the flow's reply direction.
+    /// The direction this copy serves.
     dir: u8,
-    reply: u8,
-    state: u8,
+    /// The TCP flags that change the flow going `dir` (`flow::changing_flags`): a
+    /// packet with any of them goes to the flow table.
+    changing: u8,
+    _pad: u8,
     pub vlan: u16,
     /// The pod's host interface: its packets arrive there, and the VPC's are delivered
     /// there.
@@ -88,10 +96,36 @@ pub struct FlowHit {
     pub flow_peer: u32,
 }
 
-/// The epoch and the time, read together before any look-up whose answer is copied.
+/// What a copy's life is measured by: the epoch and the tick, read together before any
+/// look-up whose answer is copied. All the fast paths read: the kernel inlines
+/// `bpf_jiffies64` into a load, where the flow table's clock is a helper call.
+#[derive(Clone, Copy)]
+pub struct CopyClock {
+    pub epoch: u64,
+    /// `bpf_jiffies64`.
+    pub tick: u64,
+}
+
+impl CopyClock {
+    #[inline(always)]
+    pub fn read() -> CopyClock {
+        let epoch = CACHE_EPOCH.get(0).copied().unwrap_or(0);
+        // SAFETY: a plain helper call with no arguments.
+        let tick = unsafe { bpf_jiffies64() };
+        CopyClock { epoch, tick }
+    }
+
+    /// Whether a copy taken at (epoch, tick) `filled` may serve now.
+    #[inline(always)]
+    fn serves(self, epoch: u64, filled: u64) -> bool {
+        epoch == self.epoch && self.tick.wrapping_sub(filled) < CACHE_TICKS
+    }
+}
+
+/// The copies' clock and the flow table's.
 #[derive(Clone, Copy)]
 pub struct Clock {
-    pub epoch: u64,
+    pub copy: CopyClock,
     /// `bpf_ktime_get_coarse_ns`, the flow table's clock.
     pub now: u64,
 }
@@ -99,32 +133,31 @@ pub struct Clock {
 impl Clock {
     #[inline(always)]
     pub fn read() -> Clock {
-        let epoch = CACHE_EPOCH.get(0).copied().unwrap_or(0);
-        // SAFETY: a plain helper call with no arguments.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        Clock { epoch, now }
+        Clock::after(CopyClock::read())
     }
 
-    /// Whether a copy taken at `filled` (epoch, time) may serve now.
+    /// With the copies' clock read already.
     #[inline(always)]
-    fn serves(self, epoch: u64, filled_ns: u64) -> bool {
-        epoch == self.epoch && self.now.wrapping_sub(filled_ns) < CACHE_NS
+    pub fn after(copy: CopyClock) -> Clock {
+        // SAFETY: a plain helper call with no arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        Clock { copy, now }
     }
 }
 
 /// The cached copy of the pod under `key`, if it may serve.
 #[inline(always)]
-pub fn pod(key: u32, clock: Clock) -> Option<&'static PodInfo> {
+pub fn pod(key: u32, clock: CopyClock) -> Option<&'static PodInfo> {
     let e = POD_CACHE.get_ptr(key & (POD_CACHE_SLOTS - 1))?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
     let e = unsafe { &*e };
-    (e.key == key && clock.serves(e.epoch, e.filled_ns)).then_some(&e.pod)
+    (e.key == key && clock.serves(e.epoch, e.filled)).then_some(&e.pod)
 }
 
 /// Copies `pod` (just looked up under `key`, `clock` read before the look-up) into the
 /// cache and returns the copy, or `pod` itself when there is no slot.
 #[inline(always)]
-pub fn fill_pod(key: u32, pod: &'static PodInfo, clock: Clock) -> &'static PodInfo {
+pub fn fill_pod(key: u32, pod: &'static PodInfo, clock: CopyClock) -> &'static PodInfo {
     let Some(e) = POD_CACHE.get_ptr_mut(key & (POD_CACHE_SLOTS - 1)) else {
         return pod;
     };
@@ -134,7 +167,7 @@ pub fn fill_pod(key: u32, pod: &'static PodInfo, clock: Clock) -> &'static PodIn
     copy_words(&mut e.pod, pod);
     e.key = key;
     e.epoch = clock.epoch;
-    e.filled_ns = clock.now;
+    e.filled = clock.tick;
     &e.pod
 }
 
@@ -194,16 +227,16 @@ fn serving(
     key: &FlowKey,
     dir: Direction,
     tcp_flags: u8,
-    clock: Clock,
+    clock: CopyClock,
 ) -> Option<&'static FlowCacheEntry> {
     let w = words(key);
     let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
     // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
     let e = unsafe { &*e };
     let serves = same(&words(&e.key), &w)
-        && clock.serves(e.epoch, e.filled_ns)
+        && clock.serves(e.epoch, e.filled)
         && e.dir == dir as u8
-        && next_state(e.state, tcp_flags, e.reply != 0) == e.state;
+        && tcp_flags & e.changing == 0;
     serves.then_some(e)
 }
 
@@ -215,7 +248,7 @@ pub fn flow(
     slot: u32,
     dir: Direction,
     tcp_flags: u8,
-    clock: Clock,
+    clock: CopyClock,
 ) -> Option<FlowHit> {
     let e = serving(key, dir, tcp_flags, clock).filter(|e| e.slot == slot)?;
     Some(FlowHit {
@@ -233,7 +266,7 @@ pub fn egress_to_vpc(
     key: &FlowKey,
     ifindex: u32,
     tcp_flags: u8,
-    clock: Clock,
+    clock: CopyClock,
 ) -> Option<&'static FlowCacheEntry> {
     serving(key, Direction::Egress, tcp_flags, clock)
         .filter(|e| e.host_ifindex == ifindex && e.path == PATH_VPC)
@@ -248,7 +281,7 @@ pub fn ingress_from_vpc(
     vlan: u16,
     dst: &[u32; 4],
     tcp_flags: u8,
-    clock: Clock,
+    clock: CopyClock,
 ) -> Option<&'static FlowCacheEntry> {
     serving(key, Direction::Ingress, tcp_flags, clock).filter(|e| {
         e.vlan == vlan
@@ -299,6 +332,10 @@ pub fn fill_flow(
     {
         return;
     }
+    // (`None`: every packet going `dir` changes the flow, so no copy would serve.)
+    let Some(changing) = changing_flags(v.state, dir != v.origin()) else {
+        return;
+    };
     let w = words(key);
     let Some(e) = FLOW_CACHE.get_ptr_mut(flow_index(&w)) else {
         return;
@@ -307,15 +344,14 @@ pub fn fill_flow(
     // else writes it while we run.
     let e = unsafe { &mut *e };
     put_words(&mut e.key, &w);
-    e.epoch = clock.epoch;
-    e.filled_ns = clock.now;
+    e.epoch = clock.copy.epoch;
+    e.filled = clock.copy.tick;
     e.slot = v.slot;
     e.flow_peer = v.peer_ifindex;
     e.nat_port = v.nat_port;
     e.path = v.path;
     e.dir = dir as u8;
-    e.reply = (dir != v.origin()) as u8;
-    e.state = v.state;
+    e.changing = changing;
     e.vlan = pod.vlan;
     e.host_ifindex = pod.host_ifindex;
     e.macs = if dir == Direction::Egress {

@@ -27,7 +27,7 @@ use enforcer_ebpf::parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Frame, Tuple, load
 use enforcer_ebpf::rewrite::push_tag;
 
 use crate::bypass::is_link_scope;
-use crate::cache::{self, Clock, FlowCacheEntry};
+use crate::cache::{self, CopyClock, FlowCacheEntry};
 use crate::conntrack::flow_key;
 use crate::counters::count;
 use crate::exit::Exit;
@@ -38,7 +38,7 @@ use crate::trunk;
 /// `pod_egress_full`.
 #[inline(always)]
 pub fn out(ctx: &TcContext) -> Result<i32, Exit> {
-    if let Some(copy) = established(ctx, Clock::read()) {
+    if let Some(copy) = established(ctx, CopyClock::read()) {
         return to_trunk(ctx, copy);
     }
     full(ctx, tail::EGRESS_FULL)
@@ -48,7 +48,7 @@ pub fn out(ctx: &TcContext) -> Result<i32, Exit> {
 /// `trunk_ingress_full`.
 #[inline(always)]
 pub fn inbound(ctx: &TcContext) -> Result<i32, Exit> {
-    if let Some(copy) = from_vpc(ctx, Clock::read()) {
+    if let Some(copy) = from_vpc(ctx, CopyClock::read()) {
         return to_pod(ctx, copy);
     }
     full(ctx, tail::TRUNK_FULL)
@@ -66,7 +66,7 @@ fn full(ctx: &TcContext, slot: u32) -> Result<i32, Exit> {
 
 /// The copy that delivers the frame in `ctx` (the trunk's), if it is such a frame.
 #[inline(always)]
-fn from_vpc(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
+fn from_vpc(ctx: &TcContext, clock: CopyClock) -> Option<&'static FlowCacheEntry> {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let skb = unsafe { &*ctx.skb.skb };
     // The VLAN, in metadata (the stack takes it out of the bytes before TC) or in the
@@ -76,29 +76,31 @@ fn from_vpc(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
         return tagged_in_bytes(ctx, clock);
     }
     let vlan = (skb.vlan_tci & 0x0fff) as u16;
-    let (t, tcp_flags, family, _) = recognise::<UNTAGGED, _>(ctx)?;
-    reply_copy(vlan, &t, tcp_flags, family, clock)
+    recognise::<UNTAGGED, _, _>(ctx, |t, tcp_flags, family, _| {
+        reply_copy(vlan, t, tcp_flags, family, clock)
+    })
 }
 
 /// For `trunk_xdp`: the frame (its tag in the bytes, as XDP sees every tag) is a
 /// reply whose copy this CPU holds, which `trunk_ingress` will deliver from it: XDP
 /// passes it at once. (XDP only pre-filters: TC still decides whatever it passes.)
 #[inline(always)]
-pub fn copied_reply(ctx: &XdpContext, clock: Clock) -> bool {
+pub fn copied_reply(ctx: &XdpContext, clock: CopyClock) -> bool {
     tagged_in_bytes(ctx, clock).is_some()
 }
 
 /// The copy for a frame whose 802.1Q tag is in its bytes: the tag's VLAN, then the
 /// frame behind it.
 #[inline(always)]
-fn tagged_in_bytes<F: Frame>(ctx: &F, clock: Clock) -> Option<&'static FlowCacheEntry> {
+fn tagged_in_bytes<F: Frame>(ctx: &F, clock: CopyClock) -> Option<&'static FlowCacheEntry> {
     let tag: u32 = load(ctx, 12).ok()?;
     if u16::from_be(tag as u16) != ETH_P_8021Q {
         return None;
     }
     let vlan = u16::from_be((tag >> 16) as u16) & 0x0fff;
-    let (t, tcp_flags, family, _) = recognise::<TAGGED, _>(ctx)?;
-    reply_copy(vlan, &t, tcp_flags, family, clock)
+    recognise::<TAGGED, _, _>(ctx, |t, tcp_flags, family, _| {
+        reply_copy(vlan, t, tcp_flags, family, clock)
+    })
 }
 
 /// The copy serving a reply with tuple `t` on `vlan` (0: no pod's).
@@ -108,7 +110,7 @@ fn reply_copy(
     t: &Tuple,
     tcp_flags: u8,
     family: u8,
-    clock: Clock,
+    clock: CopyClock,
 ) -> Option<&'static FlowCacheEntry> {
     if vlan == 0 {
         return None;
@@ -123,18 +125,28 @@ fn to_pod(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
     trunk::deliver(ctx, e.slot, &e.macs, e.host_ifindex, Reason::AllowFlow)
 }
 
-/// A plain TCP or UDP packet's tuple, TCP flags and family, its network header at
-/// `L3`, with the 12 bytes before that (untagged: the source MAC and the ethertype,
-/// with the network header's first two).
+/// `then` of a plain TCP or UDP packet's tuple, TCP flags and family, its network
+/// header at `L3`, and the 12 bytes before that (untagged: the end of the destination
+/// MAC, the source MAC, the ethertype). `then` is inlined once per family, so each
+/// family's path has its key words known (IPv4's half zero) instead of one path for
+/// both that keeps the key on the stack.
 #[inline(always)]
-fn recognise<const L3: usize, F: Frame>(ctx: &F) -> Option<(Tuple, u8, u8, [u32; 3])> {
+fn recognise<const L3: usize, F: Frame, R>(
+    ctx: &F,
+    then: impl Fn(&Tuple, u8, u8, &[u32; 3]) -> Option<R>,
+) -> Option<R> {
     let eth: [u32; 3] = load(ctx, L3 - 10).ok()?;
-    let (t, tcp_flags, family) = match u16::from_be(eth[2] as u16) {
-        ETH_P_IP => v4::<L3, F>(ctx)?,
-        ETH_P_IPV6 => v6::<L3, F>(ctx)?,
-        _ => return None,
-    };
-    Some((t, tcp_flags, family, eth))
+    match u16::from_be(eth[2] as u16) {
+        ETH_P_IP => {
+            let (t, tcp_flags, family) = v4::<L3, F>(ctx)?;
+            then(&t, tcp_flags, family, &eth)
+        }
+        ETH_P_IPV6 => {
+            let (t, tcp_flags, family) = v6::<L3, F>(ctx)?;
+            then(&t, tcp_flags, family, &eth)
+        }
+        _ => None,
+    }
 }
 
 /// Where the network header starts: untagged, and with one 802.1Q tag in the bytes.
@@ -143,15 +155,31 @@ const TAGGED: usize = 18;
 
 /// The copy that forwards the packet in `ctx` (a pod's), if it is such a packet.
 #[inline(always)]
-fn established(ctx: &TcContext, clock: Clock) -> Option<&'static FlowCacheEntry> {
+fn established(ctx: &TcContext, clock: CopyClock) -> Option<&'static FlowCacheEntry> {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let skb = unsafe { &*ctx.skb.skb };
     if skb.vlan_present != 0 {
         return None;
     }
-    let (t, tcp_flags, family, eth) = recognise::<UNTAGGED, _>(ctx)?;
-    let key = flow_key(&t, family, Direction::Egress);
-    let e = cache::egress_to_vpc(&key, skb.ifindex, tcp_flags, clock)?;
+    recognise::<UNTAGGED, _, _>(ctx, |t, tcp_flags, family, eth| {
+        egress_copy(skb.ifindex, eth, t, tcp_flags, family, clock)
+    })
+}
+
+/// The copy of the flow of a packet from interface `ifindex` with tuple `t` whose
+/// first 12 bytes from byte 4 are `eth` (the end of the destination MAC, the source
+/// MAC, the ethertype), if it serves.
+#[inline(always)]
+fn egress_copy(
+    ifindex: u32,
+    eth: &[u32; 3],
+    t: &Tuple,
+    tcp_flags: u8,
+    family: u8,
+    clock: CopyClock,
+) -> Option<&'static FlowCacheEntry> {
+    let key = flow_key(t, family, Direction::Egress);
+    let e = cache::egress_to_vpc(&key, ifindex, tcp_flags, clock)?;
     // The source MAC (bytes 6..12: the high half of word 4..8, then 8..12) is the pod's,
     // which the copy's MAC words hold at the same places.
     let ok = (eth[0] ^ e.macs[1]) >> 16 == 0 && eth[1] == e.macs[2];

@@ -294,11 +294,11 @@ pub fn cached_pod(
     clock: Clock,
     lookup: impl FnOnce(u32) -> Option<&'static PodInfo>,
 ) -> Option<&'static PodInfo> {
-    if let Some(p) = cache::pod(key, clock) {
+    if let Some(p) = cache::pod(key, clock.copy) {
         return Some(p);
     }
     let found = lookup(key & 0x7fff_ffff)?;
-    Some(cache::fill_pod(key, found, clock))
+    Some(cache::fill_pod(key, found, clock.copy))
 }
 
 /// The per-CPU parsed packet (too large for the BPF stack).

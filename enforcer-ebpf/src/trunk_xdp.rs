@@ -15,7 +15,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use enforcer_common::{Direction, PodInfo, Reason};
 use enforcer_ebpf::parse::{KIND_NORMAL, ParseError, parse_l2, parse_l3};
 
-use crate::cache::{self, Clock, vlan_key};
+use crate::cache::{self, Clock, CopyClock, vlan_key};
 use crate::conntrack::{flow_key, normalise_ports};
 use crate::counters::count;
 use crate::events::emit;
@@ -27,10 +27,11 @@ use crate::trunk::misaddressed;
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let clock = Clock::read();
-    if fast::copied_reply(ctx, clock) {
+    let copy = CopyClock::read();
+    if fast::copied_reply(ctx, copy) {
         return xdp_action::XDP_PASS;
     }
+    let clock = Clock::after(copy);
     let len = (ctx.data_end() - ctx.data()) as u32;
     let Ok(l2) = parse_l2(ctx) else {
         return xdp_action::XDP_PASS;
@@ -64,7 +65,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     // Any entry, whatever its age or state: TC judges it (and refreshes it).
-    if cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock).is_some() {
+    if cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock.copy).is_some() {
         return xdp_action::XDP_PASS;
     }
     // SAFETY: hash values stay valid for the program's run (RCU); we only test presence.

@@ -76,7 +76,7 @@ pub fn by_state(pod: &PodInfo, pkt: &mut Packet, dir: Direction, clock: Clock) -
     let mut key = flow_key(&pkt.outer, pkt.family, dir);
     normalise_ports(&mut key);
     if pkt.kind != KIND_ICMP_ERROR {
-        if let Some(hit) = cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock) {
+        if let Some(hit) = cache::flow(&key, pod.slot, dir, pkt.tcp_flags, clock.copy) {
             pkt.flow_path = hit.path;
             pkt.nat_port = hit.nat_port;
             pkt.flow_peer = hit.flow_peer;

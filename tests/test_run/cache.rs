@@ -148,7 +148,7 @@ fn a_copy_serves_until_the_daemon_changes_anything_and_never_past_a_second() {
     );
 
     // Behind the daemon's back the entry goes: the copy still serves — this proves the
-    // copies are in use on this CPU — but for at most CACHE_NS.
+    // copies are in use on this CPU — but for at most CACHE_TICKS (a second at most).
     delete_flows_directly(&mut h);
     h.expect(
         slot,
