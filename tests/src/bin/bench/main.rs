@@ -19,20 +19,20 @@ mod compare;
 mod npa;
 mod paths;
 mod reconcile;
+mod rule_counts;
 mod scale;
 mod xdp_flood;
 
-use enforcer_common::prog_names::POD_EGRESS;
 use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
 
 pub(crate) const REPEAT: u32 = 200_000;
-const NEW_FLOWS: u16 = 20_000;
+pub(crate) const NEW_FLOWS: u16 = 20_000;
 pub(crate) const ROUNDS: usize = 5;
 
 /// `n` outbound tcp rules over 5 groups; rule i allows port 1000+i to a /24 (v4) or /64
 /// (v6) of its own. Returns the groups JSON and the destination of the last rule.
-fn groups(n: usize) -> String {
+pub(crate) fn groups(n: usize) -> String {
     let per = n.div_ceil(5);
     let mut groups = Vec::new();
     for g in 0..5 {
@@ -57,7 +57,7 @@ fn groups(n: usize) -> String {
     format!(r#"{{"SecurityGroups":[{}]}}"#, groups.join(","))
 }
 
-fn k8s() -> String {
+pub(crate) fn k8s() -> String {
     format!(
         "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: test}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-0, sg-1, sg-2, sg-3, sg-4]}}}}\n{}",
         pod_yaml(&CLIENT, "{}")
@@ -139,12 +139,15 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
-    // `bench paths` / `bench reconcile`: only those rows (quick to rerun; printed, not
+    // `bench paths` / `bench rules` / `bench reconcile`: only those rows (quick to rerun; printed, not
     // written to results.json).
     match std::env::args().nth(1).as_deref() {
         Some("paths") => {
             paths::run(&mut results);
             return Ok(());
+        }
+        Some("rules") => {
+            return rule_counts::run(&mut results);
         }
         Some("rss") => {
             reconcile::idle_rss(&mut results)?;
@@ -183,99 +186,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    println!(
-        "{:<12} {:<4} {:>6} {:>10}",
-        "case", "fam", "rules", "ns/packet"
-    );
-    for rules in [1usize, 60, 1000] {
-        for v6 in [false, true] {
-            // 20 000 new flows from one pod: past the default per-pod share, so the
-            // bench gives the pod the whole table.
-            let mut cfg = integration_tests::harness::node_config();
-            cfg.node.flows_per_pod = enforcer_common::MAX_FLOWS;
-            let mut h = Harness::with_config(cfg);
-            h.cfg.node.quotas.rules_per_group_per_family = 1000;
-            // n rules per family: 2n EC2 rules, over the default 1000 per pod.
-            h.cfg.node.quotas.rules_per_pod = 5000;
-            let plan = h.apply(&groups(rules), &k8s());
-            anyhow::ensure!(
-                plan.pods[0].error.is_none(),
-                "bench policy rejected: {:?}",
-                plan.pods[0].error
-            );
-            let i = rules - 1;
-            let (src, dst) = if v6 {
-                (
-                    CLIENT.ipv6.to_string(),
-                    format!("fd00:{:x}:{:x}::9", 100 + i / 256, i % 256),
-                )
-            } else {
-                (
-                    CLIENT.ipv4.to_string(),
-                    format!("10.{}.{}.9", 100 + i / 256, i % 256),
-                )
-            };
-            let port = 1000 + i as u16;
-            let frame = |sport, dport| {
-                Frame::new(CLIENT.mac, HOST_MAC, &src, &dst, L4::Syn { sport, dport }).bytes()
-            };
-            let fam = if v6 { "v6" } else { "v4" };
-
-            let overhead = single_run_overhead(&mut h);
-            // Established: create the flow once, then time hits.
-            let est = frame(40000, port);
-            assert_eq!(h.run(POD_EGRESS, &est).0, TC_ACT_REDIRECT);
-            let established = median(
-                (0..ROUNDS)
-                    .map(|_| {
-                        let mut total = 0.0;
-                        for _ in 0..SINGLE_RUNS {
-                            let (ret, ns) = h.time(POD_EGRESS, &est, 1);
-                            assert_eq!(ret, TC_ACT_REDIRECT);
-                            total += ns;
-                        }
-                        total / SINGLE_RUNS as f64 - overhead
-                    })
-                    .collect(),
-            );
-
-            // New flows: each packet a new source port.
-            let mut per_round = Vec::new();
-            for r in 0..ROUNDS as u16 {
-                let mut total = 0.0;
-                for k in 0..NEW_FLOWS / ROUNDS as u16 {
-                    let f = frame(1024 + r * (NEW_FLOWS / ROUNDS as u16) + k, port);
-                    let (ret, ns) = h.time(POD_EGRESS, &f, 1);
-                    assert_eq!(ret, TC_ACT_REDIRECT);
-                    total += ns;
-                }
-                per_round.push(total / (NEW_FLOWS / ROUNDS as u16) as f64 - overhead);
-            }
-            let new_flow = median(per_round);
-
-            let deny = frame(40001, port + 1);
-            let denied = median(
-                (0..ROUNDS)
-                    .map(|_| {
-                        let (ret, ns) = h.time(POD_EGRESS, &deny, REPEAT);
-                        assert_eq!(ret, TC_ACT_SHOT);
-                        ns
-                    })
-                    .collect(),
-            );
-
-            for (case, ns) in [
-                ("established", established),
-                ("new_flow", new_flow),
-                ("denied", denied),
-            ] {
-                println!("{case:<12} {fam:<4} {rules:>6} {ns:>10.1}");
-                results.push(format!(
-                    r#"{{"case":"{case}","family":"{fam}","rules":{rules},"ns_per_packet":{ns:.1},"method":"test_run"}}"#
-                ));
-            }
-        }
-    }
+    rule_counts::run(&mut results)?;
     paths::run(&mut results);
     reconcile::run(&mut results);
     reconcile::idle_rss(&mut results)?;
