@@ -16,7 +16,7 @@ use integration_tests::fabric::FLOOR_REDIRECT;
 use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
 
-use crate::{REPEAT, ROUNDS, SINGLE_RUNS, median, single_run_overhead};
+use crate::{PerCall, REPEAT, ROUNDS, SINGLE_RUNS, median, single_run_overhead};
 
 const GROUPS: &str = r#"{"SecurityGroups":[
  {"GroupId":"sg-client","IpPermissions":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"10.0.0.0/8"}]}],
@@ -71,7 +71,7 @@ pub fn run(results: &mut Vec<String>) {
     let mut rows = Vec::new();
 
     let mut strict = harness("strict");
-    let overhead = single_run_overhead(&mut strict);
+    let overhead = single_run_overhead(&mut strict, PerCall::Mean);
     let vpc = syn(CLIENT.ipv4, "10.0.2.5", 40000, 443);
     assert_eq!(strict.run(POD_EGRESS, &vpc).0, TC_ACT_REDIRECT);
     rows.push((

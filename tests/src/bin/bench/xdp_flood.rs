@@ -29,6 +29,8 @@ use integration_tests::sim::{
     xdp_program,
 };
 
+use super::pin;
+
 const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_secs(1);
 /// 18 bytes of payload: a 64-byte frame on the wire.
@@ -51,17 +53,6 @@ struct Bed {
     /// The victim's socket on the flood's port: a denied datagram that leaked would be
     /// read here.
     trap: UdpSocket,
-}
-
-/// Runs the current thread on `cpu` only (modulo the CPUs there are).
-fn pin(cpu: usize) {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: a zeroed cpu_set_t is an empty set; the call reads it for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu % n, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
-    }
 }
 
 impl Bed {
