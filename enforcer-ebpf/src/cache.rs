@@ -9,8 +9,9 @@
 //!   the flow table (apply, sweep, flush), so every CPU's copies stop serving at once;
 //!   a copy is taken with the epoch read *before* the map look-up, so a change
 //!   racing with the fill leaves a copy that is already stale by epoch;
-//! - `CACHE_TICKS`: no copy serves longer than this (at most a second) after its fill, whatever happens
-//!   (another process writing the pinned maps, a daemon restart's old programs);
+//! - `CACHE_TICKS`: no copy serves longer than this (at most a second) after its fill,
+//!   whatever happens (another process writing the pinned maps, a daemon restart's old
+//!   programs);
 //! - a flow is served from its copy only when the real entry would not change: same
 //!   direction, TCP/UDP, no state transition. Anything else goes to the flow table, so
 //!   the table's state machine, refresh and expiry stay the only ones.
@@ -30,8 +31,10 @@ use crate::maps::{CACHE_EPOCH, FLOW_CACHE, POD_CACHE};
 /// from its copy has its `last_seen` at most two seconds behind, and only states whose
 /// timeout is well above that (`CACHE_NS`) are cached.
 pub const CACHE_TICKS: u64 = 100;
-/// The most a copy's life can be, in ns (at `CONFIG_HZ` 100).
-pub const CACHE_NS: u64 = 1_000_000_000;
+/// The slowest tick the kernel offers (`CONFIG_HZ`).
+const MIN_HZ: u64 = 100;
+/// The most a copy's life can be, in ns (at the slowest tick).
+pub const CACHE_NS: u64 = CACHE_TICKS * 1_000_000_000 / MIN_HZ;
 
 /// Slots per CPU (powers of two: the index is a mask).
 pub const POD_CACHE_SLOTS: u32 = 64;
