@@ -16,6 +16,7 @@ pub mod pod;
 pub mod policy;
 pub mod reason;
 pub mod snat;
+pub mod vouch;
 
 pub use event::*;
 pub use flow::*;

@@ -33,6 +33,7 @@ use crate::counters::count;
 use crate::exit::Exit;
 use crate::maps::TAIL_CALLS;
 use crate::trunk;
+use crate::vouch;
 
 /// `pod_egress`: forwards the packet from its flow's copy, or hands it to
 /// `pod_egress_full`.
@@ -48,6 +49,10 @@ pub fn out(ctx: &TcContext) -> Result<i32, Exit> {
 /// `trunk_ingress_full`.
 #[inline(always)]
 pub fn inbound(ctx: &TcContext) -> Result<i32, Exit> {
+    // What `trunk_xdp` found already.
+    if let Some(v) = vouch::taken(ctx) {
+        return trunk::deliver(ctx, v.slot, &v.macs, v.host_ifindex, Reason::AllowFlow);
+    }
     if let Some(copy) = from_vpc(ctx, CopyClock::read()) {
         return to_pod(ctx, copy);
     }
@@ -81,12 +86,12 @@ fn from_vpc(ctx: &TcContext, clock: CopyClock) -> Option<&'static FlowCacheEntry
     })
 }
 
-/// For `trunk_xdp`: the frame (its tag in the bytes, as XDP sees every tag) is a
-/// reply whose copy this CPU holds, which `trunk_ingress` will deliver from it: XDP
-/// passes it at once. (XDP only pre-filters: TC still decides whatever it passes.)
+/// For `trunk_xdp`: the copy of a reply (its tag in the bytes, as XDP sees every tag)
+/// that `trunk_ingress` would deliver it from: XDP passes it at once, with its word
+/// (`vouch`) that TC delivers on.
 #[inline(always)]
-pub fn copied_reply(ctx: &XdpContext, clock: CopyClock) -> bool {
-    tagged_in_bytes(ctx, clock).is_some()
+pub fn copied_reply(ctx: &XdpContext, clock: CopyClock) -> Option<&'static FlowCacheEntry> {
+    tagged_in_bytes(ctx, clock)
 }
 
 /// The copy for a frame whose 802.1Q tag is in its bytes: the tag's VLAN, then the

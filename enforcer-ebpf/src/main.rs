@@ -28,6 +28,7 @@ mod to_pod;
 mod trunk;
 mod trunk_xdp;
 mod verdict;
+mod vouch;
 
 use aya_ebpf::{
     macros::{classifier, xdp},

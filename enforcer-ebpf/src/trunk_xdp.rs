@@ -6,7 +6,8 @@
 //! node's groups in standard mode).
 //!
 //! A reply whose flow copy this CPU holds (the common inbound frame) passes at once,
-//! on a handful of header words (`fast::copied_reply`).
+//! on a handful of header words (`fast::copied_reply`), with the copy's word for TC in
+//! the frame's metadata (`vouch`), so that `trunk_ingress` does not find it again.
 //!
 //! A pre-filter only: it never lets through what TC would drop, and drops nothing TC
 //! would pass, so a node where it cannot be attached enforces exactly the same (the
@@ -24,11 +25,13 @@ use crate::maps::{FLOWS, POD_BY_VLAN};
 use crate::pod::{cached_pod, scratch};
 use crate::policy::{always_allowed, policy_allows};
 use crate::trunk::misaddressed;
+use crate::vouch;
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let copy = CopyClock::read();
-    if fast::copied_reply(ctx, copy) {
+    if let Some(e) = fast::copied_reply(ctx, copy) {
+        vouch::give(ctx, e);
         return xdp_action::XDP_PASS;
     }
     let clock = Clock::after(copy);

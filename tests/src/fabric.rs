@@ -34,6 +34,9 @@ const FLOOR_FORWARD_MAP: &str = "FLOOR_FORWARD";
 const XMIT: &str = "sim_fabric_xmit";
 /// Another tool's XDP program (tests of the daemon's fallback).
 const PASS: &str = "sim_xdp_pass";
+/// An attacker's XDP program that forges `trunk_xdp`'s word for TC, and its setting.
+const FORGE: &str = "sim_forge_vouch";
+const FORGED: &str = "SIM_FORGED_VOUCH";
 
 pub struct Fabric {
     ebpf: aya::Ebpf,
@@ -127,6 +130,31 @@ impl Fabric {
             .with_context(|| format!("verifier rejected {PASS}"))?;
         p.attach(dev, XdpMode::Driver)
             .with_context(|| format!("attaching {PASS} to {dev}"))?;
+        Ok(Fabric { ebpf })
+    }
+
+    /// Attaches to `dev` (this thread's namespace, native mode) an XDP program that
+    /// writes `vouch` in front of every frame, as an attacker with the trunk's XDP hook
+    /// could, holding the hook until dropped.
+    pub fn forge_vouch(dev: &str, vouch: enforcer_common::vouch::Vouch) -> Result<Fabric> {
+        use aya::programs::{Xdp, XdpMode};
+        let words: [u32; 6] = [
+            vouch.cookie,
+            vouch.slot,
+            vouch.host_ifindex,
+            vouch.macs[0],
+            vouch.macs[1],
+            vouch.macs[2],
+        ];
+        let mut ebpf = aya::EbpfLoader::new()
+            .override_global(FORGED, &words, true)
+            .load(OBJECT)
+            .context("loading the fabric's object")?;
+        let p: &mut Xdp = ebpf.program_mut(FORGE).context(FORGE)?.try_into()?;
+        p.load()
+            .with_context(|| format!("verifier rejected {FORGE}"))?;
+        p.attach(dev, XdpMode::Driver)
+            .with_context(|| format!("attaching {FORGE} to {dev}"))?;
         Ok(Fabric { ebpf })
     }
 

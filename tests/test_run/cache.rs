@@ -5,6 +5,7 @@
 //!
 //! Topology: `integration_tests::scenario` (the client pod on `lo`).
 use enforcer_common::prog_names::*;
+use enforcer_common::vouch::{VOUCH_LEN, Vouch};
 use enforcer_common::{
     FLOW_TCP_CLOSING, FLOW_TCP_ESTABLISHED, FlowKey, FlowValue, Reason, map_names, tail,
 };
@@ -105,6 +106,24 @@ fn fast_path_alone(h: &mut Harness, slot: u32, prog: &str, frame: &[u8]) -> (u32
     let out = h.run(prog, frame);
     calls(h, true);
     out
+}
+
+/// The word (`enforcer_common::vouch`) XDP left in front of `frame` in `out` (test_run
+/// hands the metadata back before the frame), if any.
+fn vouch_in_front(out: &[u8], frame: &[u8]) -> Option<Vouch> {
+    let meta = out.len().checked_sub(frame.len())?;
+    assert_eq!(&out[meta..], frame, "the frame itself unchanged");
+    if meta != VOUCH_LEN {
+        assert_eq!(meta, 0, "metadata of another length");
+        return None;
+    }
+    let word = |i: usize| u32::from_ne_bytes(out[4 * i..4 * i + 4].try_into().unwrap());
+    Some(Vouch {
+        cookie: word(0),
+        slot: word(1),
+        host_ifindex: word(2),
+        macs: [word(3), word(4), word(5)],
+    })
 }
 
 /// Removes every flow entry behind the daemon's back (as `bpftool map delete` would).
@@ -501,16 +520,51 @@ fn look_alikes_of_a_copied_reply_meet_the_full_checks() {
             Reason::DropSpoofIp,
         ),
     ];
-    // The trunk's XDP pre-filter passes the copied reply at once and still drops the
-    // look-alikes it can judge (TC decides whatever it passes).
+    // The trunk's XDP pre-filter passes the copied reply at once, with its word for TC
+    // in the metadata: this load's cookie, the pod's slot and interface (lo, 1 here),
+    // the MACs TC writes. It still drops the look-alikes it can judge (TC decides
+    // whatever it passes).
+    let (ret, got) = h.run(TRUNK_XDP, &reply);
+    assert_eq!(ret, XDP_PASS, "XDP: the copied reply");
+    let v = vouch_in_front(&got, &reply).expect("XDP vouches for the copied reply");
+    assert_ne!(v.cookie, 0, "the load's cookie");
     assert_eq!(
-        h.run(TRUNK_XDP, &reply).0,
-        XDP_PASS,
-        "XDP: the copied reply"
+        (v.slot, v.host_ifindex),
+        (slot, 1),
+        "the pod's slot and interface"
+    );
+    let macs: Vec<u8> = v.macs.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    assert_eq!(
+        macs,
+        [CLIENT.mac, HOST_MAC].concat(),
+        "to the pod, from its host interface"
     );
     for (what, frame, _) in &rows {
         assert_eq!(h.run(TRUNK_XDP, frame).0, XDP_DROP, "XDP: {what}");
     }
+    // A frame XDP passes with no copy to go by carries no word: TC judges it alone.
+    let new_flow = into(
+        "10.0.3.5",
+        L4::Syn {
+            sport: 50000,
+            dport: 8080,
+        },
+    )
+    .bytes();
+    let (ret, got) = h.run(TRUNK_XDP, &new_flow);
+    assert_eq!(ret, XDP_PASS, "XDP: an allowed new flow");
+    assert_eq!(
+        got, new_flow,
+        "XDP: no word for a frame it found no copy of"
+    );
+    // With the copies stale (the daemon changed something) and the table's entry gone,
+    // XDP does not go by the copy: the reply is a new flow no inbound rule allows.
+    h.dp.new_cache_epoch().unwrap();
+    assert_eq!(
+        h.run(TRUNK_XDP, &reply).0,
+        XDP_DROP,
+        "XDP: the reply, its copy stale"
+    );
     for (what, frame, reason) in rows {
         let counted_on = if reason == Reason::DropUnknownVlan {
             0

@@ -8,7 +8,9 @@ use integration_tests::net::{echo_server, tcp_echo};
 use integration_tests::raw::send_frames;
 use integration_tests::realbench::{StatsGuard, prog_stats_of};
 use integration_tests::shop::*;
-use integration_tests::sim::{FABRIC_MAC, SimPod, tcx_programs, write_config, xdp_program};
+use integration_tests::sim::{
+    FABRIC_MAC, SimPod, in_netns, sh, tcx_programs, write_config, xdp_program,
+};
 
 /// web admits TCP 8080 from the VPC's 10.0.2.0/24 and fd00:10:2::/64 and may reach
 /// 10.0.2.5:443; client and other as in the shop.
@@ -251,4 +253,109 @@ fn where_xdp_cannot_attach_tc_alone_enforces() {
         n.sim.daemon_log()
     );
     tc_alone_enforces(&n);
+}
+
+/// The cookie the running `trunk_ingress` (program `id`) believes: the global's place in
+/// the object's .rodata (`vouch::VOUCH_COOKIE`), read from the program's .rodata map —
+/// as only root, who could load programs anyway, can.
+fn believed_cookie(id: u32) -> u32 {
+    use object::{Object, ObjectSymbol};
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&sh(&[&["bpftool", "-j"], args].concat()).unwrap()).unwrap()
+    };
+    let obj = object::File::parse(enforcer::datapath::kernel::OBJECT).unwrap();
+    let at = obj
+        .symbol_by_name(enforcer_common::vouch::VOUCH_COOKIE)
+        .expect("the cookie's symbol")
+        .address() as usize;
+    let prog = json(&["prog", "show", "id", &id.to_string()]);
+    for m in prog["map_ids"].as_array().expect("map ids") {
+        let m = m.to_string();
+        if json(&["map", "show", "id", &m])["name"] != ".rodata" {
+            continue;
+        }
+        let bytes: Vec<u8> = json(&["map", "dump", "id", &m])[0]["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        return u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    }
+    panic!("no .rodata map on program {id}");
+}
+
+/// An attacker's XDP program on the trunk (the pre-filter off, so the hook is free)
+/// writes `trunk_xdp`'s word for TC in front of frames no rule allows, claiming them
+/// for web. TC believes only its own load's cookie: with any other word the frames
+/// are judged, and dropped; with the cookie itself — which only root can read — they
+/// are delivered, which shows the word does reach TC (so the first row can fail).
+#[test]
+fn a_word_forged_in_front_of_a_frame_is_not_believed() {
+    use enforcer_common::vouch::Vouch;
+    use integration_tests::fabric::Fabric;
+    let n = node_with_groups("  trunkXdp: false\n", &groups());
+    assert_eq!(
+        xdp_program(&n.sim.node_ns, "trunk0"),
+        None,
+        "the hook is free"
+    );
+    let st = n.sim.status().unwrap();
+    let web = st.pods.iter().find(|p| p.name == "web").unwrap();
+    let iface = web.interface.clone().expect("web's host interface");
+    let host_ifindex = in_netns(&n.sim.node_ns, move || {
+        integration_tests::netdev_index(&iface)
+    })
+    .unwrap()
+    .unwrap();
+    let cookie = believed_cookie(trunk_ingress_id(&n));
+    assert_ne!(cookie, 0, "the daemon set a cookie");
+    let mac = |s: &str| s.parse::<enforcer::model::mac::MacAddr>().unwrap().octets();
+    let macs = [mac(&n.web.mac).as_slice(), &[0; 6]].concat();
+    let word = |i: usize| u32::from_ne_bytes(macs[4 * i..4 * i + 4].try_into().unwrap());
+    // UDP to a port nobody listens on: what web sends back (rate-limited ICMP errors)
+    // stays far below N, where TCP resets would not.
+    let frame = Frame::new(
+        mac(FABRIC_MAC),
+        mac(&n.web.mac),
+        "10.0.9.9",
+        &n.web.ipv4,
+        L4::Udp {
+            sport: 1000,
+            dport: 9,
+        },
+    )
+    .tagged(n.web.vlan)
+    .bytes();
+    let (denied, allowed) = ("drop_no_rule", "allow_flow");
+    for (what, cookie, counted_as, not_as) in [
+        (
+            "a word without the cookie",
+            cookie ^ 0x5a5a_5a5a,
+            denied,
+            allowed,
+        ),
+        ("no cookie at all", 0, denied, allowed),
+        ("the cookie itself", cookie, allowed, denied),
+    ] {
+        let vouch = Vouch {
+            cookie,
+            slot: web.slot,
+            host_ifindex,
+            macs: [word(0), word(1), word(2)],
+        };
+        let _forger = in_netns(&n.sim.node_ns, move || Fabric::forge_vouch("trunk0", vouch))
+            .unwrap()
+            .unwrap();
+        let before = |r| counted(&n, Some("web"), r);
+        let (was, other_was) = (before(counted_as), before(not_as));
+        let sent = send_frames(&n.sim.fabric_ns, "fab0", vec![frame.clone()], N).unwrap();
+        assert_eq!(sent, N as u64, "{what}: frames sent");
+        n.sim
+            .wait_status(&format!("{what}: {N} counted as {counted_as}"), |_| {
+                counted(&n, Some("web"), counted_as) >= was + N as u64
+            });
+        let other = counted(&n, Some("web"), not_as) - other_was;
+        assert!(other < N as u64 / 10, "{what}: {other} counted as {not_as}");
+    }
 }

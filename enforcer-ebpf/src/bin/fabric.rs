@@ -7,7 +7,7 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     btf_maps::{Array, HashMap},
-    helpers::{bpf_redirect, bpf_skb_vlan_pop},
+    helpers::{bpf_redirect, bpf_skb_vlan_pop, bpf_xdp_adjust_meta},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -116,6 +116,30 @@ pub fn sim_fabric_xmit(_ctx: XdpContext) -> u32 {
 /// holds the hook, so the daemon's pre-filter cannot attach.
 #[xdp]
 pub fn sim_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// What `sim_forge_vouch` writes (set by the test at load): the words of a
+/// `enforcer_common::vouch::Vouch`.
+#[unsafe(no_mangle)]
+static SIM_FORGED_VOUCH: [u32; 6] = [0; 6];
+
+/// An attacker's XDP program on the trunk (tests only): it writes `SIM_FORGED_VOUCH`
+/// in front of every frame, claiming for it what `trunk_xdp` says of a copied reply.
+#[xdp]
+pub fn sim_forge_vouch(ctx: XdpContext) -> u32 {
+    // SAFETY: a read of our own global (volatile: the loader rewrites it).
+    let words = unsafe { core::ptr::read_volatile(&SIM_FORGED_VOUCH) };
+    let len = core::mem::size_of_val(&words);
+    // SAFETY: the helper takes the program's own context; pointers are read after.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(len as i32)) } != 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let meta = ctx.metadata();
+    if meta + len <= ctx.data() {
+        // SAFETY: bounds-checked against the start of the frame just above.
+        unsafe { core::ptr::write_unaligned(meta as *mut [u32; 6], words) };
+    }
     xdp_action::XDP_PASS
 }
 

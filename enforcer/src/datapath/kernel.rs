@@ -49,6 +49,23 @@ pub(super) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya:
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
 }
 
+/// A random non-zero word for this load's `trunk_xdp` to vouch for replies to its
+/// `trunk_ingress` with (`enforcer_common::vouch`): another load's or another program's
+/// metadata never matches it. `PODSG_VOUCH=off` in the environment sets none, so TC
+/// finds every reply's copy itself (to compare the two, or to rule the metadata out).
+fn vouch_cookie() -> Result<u32> {
+    use std::io::Read;
+    if std::env::var("PODSG_VOUCH").is_ok_and(|v| v == "off") {
+        log::info!("PODSG_VOUCH=off: trunk_xdp vouches for no reply");
+        return Ok(0);
+    }
+    let mut word = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut word))
+        .context("reading /dev/urandom for the XDP-to-TC cookie")?;
+    Ok(u32::from_ne_bytes(word).max(1))
+}
+
 pub(super) fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
     ebpf.map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
@@ -63,7 +80,9 @@ impl Datapath {
     /// `finish_migration` once the links may move); a newer one's, or one that can't be
     /// carried, is refused and left running.
     pub fn load(pin_dir: Option<&Path>) -> Result<Datapath> {
+        let cookie = vouch_cookie()?;
         let mut loader = EbpfLoader::new();
+        loader.override_global(enforcer_common::vouch::VOUCH_COOKIE, &cookie, true);
         let mut adopted = false;
         let mut migration = None;
         let ours = pin_dir.map(migrate::our_dir);
