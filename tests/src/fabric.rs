@@ -123,21 +123,14 @@ impl Fabric {
     /// Attaches a pass-everything XDP program to `dev` (this thread's namespace) in
     /// native mode, as another tool might, holding the hook until dropped.
     pub fn occupy_xdp(dev: &str) -> Result<Fabric> {
-        use aya::programs::{Xdp, XdpMode};
-        let mut ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
-        let p: &mut Xdp = ebpf.program_mut(PASS).context(PASS)?.try_into()?;
-        p.load()
-            .with_context(|| format!("verifier rejected {PASS}"))?;
-        p.attach(dev, XdpMode::Driver)
-            .with_context(|| format!("attaching {PASS} to {dev}"))?;
-        Ok(Fabric { ebpf })
+        let ebpf = aya::Ebpf::load(OBJECT).context("loading the fabric's object")?;
+        Fabric::hold_xdp(ebpf, PASS, dev)
     }
 
     /// Attaches to `dev` (this thread's namespace, native mode) an XDP program that
     /// writes `vouch` in front of every frame, as an attacker with the trunk's XDP hook
     /// could, holding the hook until dropped.
     pub fn forge_vouch(dev: &str, vouch: enforcer_common::vouch::Vouch) -> Result<Fabric> {
-        use aya::programs::{Xdp, XdpMode};
         let words: [u32; 6] = [
             vouch.cookie,
             vouch.slot,
@@ -146,15 +139,24 @@ impl Fabric {
             vouch.macs[1],
             vouch.macs[2],
         ];
-        let mut ebpf = aya::EbpfLoader::new()
+        let ebpf = aya::EbpfLoader::new()
             .override_global(FORGED, &words, true)
             .load(OBJECT)
             .context("loading the fabric's object")?;
-        let p: &mut Xdp = ebpf.program_mut(FORGE).context(FORGE)?.try_into()?;
+        Fabric::hold_xdp(ebpf, FORGE, dev)
+    }
+
+    /// Loads XDP program `name` of `ebpf` and attaches it to `dev` in native mode.
+    fn hold_xdp(mut ebpf: aya::Ebpf, name: &str, dev: &str) -> Result<Fabric> {
+        use aya::programs::{Xdp, XdpMode};
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .context(name.to_string())?
+            .try_into()?;
         p.load()
-            .with_context(|| format!("verifier rejected {FORGE}"))?;
+            .with_context(|| format!("verifier rejected {name}"))?;
         p.attach(dev, XdpMode::Driver)
-            .with_context(|| format!("attaching {FORGE} to {dev}"))?;
+            .with_context(|| format!("attaching {name} to {dev}"))?;
         Ok(Fabric { ebpf })
     }
 
