@@ -27,4 +27,4 @@ pub struct Vouch {
 
 /// Its size: XDP metadata is whole words, at most 32 bytes.
 pub const VOUCH_LEN: usize = core::mem::size_of::<Vouch>();
-const _: () = assert!(VOUCH_LEN % 4 == 0 && VOUCH_LEN <= 32);
+const _: () = assert!(VOUCH_LEN.is_multiple_of(4) && VOUCH_LEN <= 32);
