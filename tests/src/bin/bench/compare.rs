@@ -22,7 +22,9 @@
 //! programs in interleaved rounds, a flood of new flows (each packet from a port of
 //! its own), a flood of denied packets (a port no rule allows), and a flood of replies
 //! from the VPC to the pod (podsg: `trunk_xdp` and `trunk_ingress`; NPA: its ingress
-//! program).
+//! program). A sixth podsg node with `trunkXdp: false` (`podsg_tc_only_1000`, built
+//! only then, kept out of the through-node rounds) is timed on the replies in the same
+//! rounds: `trunk_ingress` alone, as a node without the pre-filter runs.
 //!
 //! Stateless peers: every packet walks their rules (a conntrack rule first would make
 //! them stateful like podsg; the issue's peers are the rules as written). The traffic
@@ -69,6 +71,9 @@ enum Path {
     Iptables,
     NftSet,
     Npa,
+    /// podsg with `trunkXdp: false`: TC alone on the trunk. Timed on replies only, beside
+    /// NPA (its outbound programs are podsg's).
+    PodsgTcOnly,
 }
 
 impl Path {
@@ -88,6 +93,7 @@ impl Path {
             Path::Iptables => "iptables_nft_1000",
             Path::NftSet => "nft_set_1000",
             Path::Npa => "npa_1000",
+            Path::PodsgTcOnly => "podsg_tc_only_1000",
         }
     }
 
@@ -243,17 +249,18 @@ impl Bed {
                 floor = Some(f);
                 prog = Some(id);
             }
-            Path::Podsg => {
+            Path::Podsg | Path::PodsgTcOnly => {
                 let k8s = format!(
                     "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: bench}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-0, sg-1, sg-2, sg-3, sg-4]}}}}\n{}",
                     pods_yaml(std::slice::from_ref(&pod), &|_| "{}".into())
                 );
-                let cfg = write_config(
-                    &sim,
-                    groups,
-                    &k8s,
-                    "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n",
-                )?;
+                let mut node_cfg =
+                    "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n"
+                        .to_string();
+                if path == Path::PodsgTcOnly {
+                    node_cfg.push_str("  trunkXdp: false\n");
+                }
+                let cfg = write_config(&sim, groups, &k8s, &node_cfg)?;
                 sim.start_daemon(enforcer, &cfg)?;
                 prog = tcx_programs(&node, &host)
                     .into_iter()
@@ -266,7 +273,12 @@ impl Bed {
                     .map(|(id, _)| id)
                     .chain(xdp_program(&node, "trunk0"))
                     .collect();
-                ensure!(inbound.len() == 2, "trunk_ingress and trunk_xdp on trunk0");
+                let want = if path == Path::Podsg { 2 } else { 1 };
+                ensure!(
+                    inbound.len() == want,
+                    "{}: {inbound:?} on trunk0",
+                    path.name()
+                );
             }
             Path::Npa => {
                 let dir = super::npa::objects().context("PODSG_BENCH_NPA unset")?;
@@ -453,9 +465,9 @@ fn costs_of(ids: &[u32], traffic: impl FnOnce() -> Result<()>) -> Result<Vec<f64
 fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
     let pair: Vec<&Bed> = beds
         .iter()
-        .filter(|b| matches!(b.path, Path::Podsg | Path::Npa))
+        .filter(|b| matches!(b.path, Path::Podsg | Path::Npa | Path::PodsgTcOnly))
         .collect();
-    if pair.len() < 2 {
+    if !pair.iter().any(|b| b.path == Path::Npa) {
         return Ok(());
     }
     let mut ns: Vec<((Path, &str), Vec<f64>)> = Vec::new();
@@ -467,6 +479,17 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
     for round in 0..ROUNDS {
         for k in 0..pair.len() {
             let bed = pair[(round + k) % pair.len()];
+            if bed.path == Path::PodsgTcOnly {
+                let mut got = 0;
+                let ns = cost_of(bed.inbound[0], || {
+                    got = bed.replies(ROUND)?.1;
+                    Ok(())
+                })?;
+                ensure!(got > 0, "{}: no reply reached the pod", bed.path.name());
+                push((bed.path, "reply_flood"), ns);
+                push((bed.path, "reply_pps"), got as f64 / ROUND.as_secs_f64());
+                continue;
+            }
             let id = bed.prog.context("no program")?;
             let first = NEW_FLOW_PORT + (round as u16) * NEW_FLOWS;
             let nf = cost_of(id, || bed.new_flows(first, NEW_FLOWS).map(|_| ()))?;
@@ -539,6 +562,26 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
         med(Path::Podsg, "reply_flood_trunk_ingress"),
         med(Path::Podsg, "reply_flood_trunk_xdp")
     );
+    if pair.iter().any(|b| b.path == Path::PodsgTcOnly) {
+        let (ns, pps) = (
+            med(Path::PodsgTcOnly, "reply_flood"),
+            med(Path::PodsgTcOnly, "reply_pps"),
+        );
+        let (npa_ns, npa_pps) = (med(Path::Npa, "reply_flood"), med(Path::Npa, "reply_pps"));
+        println!(
+            "podsg with trunkXdp: false, reply: trunk_ingress {ns:.1} ns ({:.2}x NPA), {pps:.0} per second ({:.2}x NPA)",
+            ns / npa_ns,
+            pps / npa_pps
+        );
+        for (c, field, v) in [
+            ("reply_flood_tc_only", "ns_per_packet", ns),
+            ("reply_pps_tc_only", "pps", pps),
+        ] {
+            results.push(format!(
+                r#"{{"case":"{c}","family":"v4","rules":{RULES},"{field}":{v:.1},"method":"bpf_stats","run":"compare"}}"#
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -565,6 +608,11 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
         .iter()
         .map(|p| Bed::build(*p, &enforcer, groups))
         .collect::<Result<_>>()?;
+    // Beside NPA on replies only: the trunk without the pre-filter.
+    let tc_only = match paths.contains(&Path::Npa) {
+        true => Some(Bed::build(Path::PodsgTcOnly, &enforcer, groups)?),
+        false => None,
+    };
     let _stats = StatsGuard::enable()?;
     let ids: Vec<u32> = beds.iter().filter_map(|b| b.prog).collect();
     // pps per (flows, path) per round; run time and runs of the measured programs.
@@ -643,5 +691,6 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
             if *path == Path::Floor { 0 } else { RULES }
         ));
     }
-    policy_paths(&beds, results)
+    let all: Vec<Bed> = beds.into_iter().chain(tc_only).collect();
+    policy_paths(&all, results)
 }
