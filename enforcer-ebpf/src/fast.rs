@@ -81,9 +81,11 @@ fn from_vpc(ctx: &TcContext, clock: CopyClock) -> Option<&'static FlowCacheEntry
         return tagged_in_bytes(ctx, clock);
     }
     let vlan = (skb.vlan_tci & 0x0fff) as u16;
-    recognise::<UNTAGGED, _, _>(ctx, |t, tcp_flags, family, _| {
-        reply_copy(vlan, t, tcp_flags, family, clock)
-    })
+    recognise::<UNTAGGED, _, _>(
+        ctx,
+        #[inline(always)]
+        |t, tcp_flags, family, _| reply_copy(vlan, t, tcp_flags, family, clock),
+    )
 }
 
 /// For `trunk_xdp`: the copy of a reply (its tag in the bytes, as XDP sees every tag)
@@ -103,9 +105,11 @@ fn tagged_in_bytes<F: Frame>(ctx: &F, clock: CopyClock) -> Option<&'static FlowC
         return None;
     }
     let vlan = u16::from_be((tag >> 16) as u16) & 0x0fff;
-    recognise::<TAGGED, _, _>(ctx, |t, tcp_flags, family, _| {
-        reply_copy(vlan, t, tcp_flags, family, clock)
-    })
+    recognise::<TAGGED, _, _>(
+        ctx,
+        #[inline(always)]
+        |t, tcp_flags, family, _| reply_copy(vlan, t, tcp_flags, family, clock),
+    )
 }
 
 /// The copy serving a reply with tuple `t` on `vlan` (0: no pod's).
@@ -134,7 +138,9 @@ fn to_pod(ctx: &TcContext, e: &FlowCacheEntry) -> Result<i32, Exit> {
 /// header at `L3`, and the 12 bytes before that (untagged: the end of the destination
 /// MAC, the source MAC, the ethertype). `then` is inlined once per family, so each
 /// family's path has its key words known (IPv4's half zero) instead of one path for
-/// both that keeps the key on the stack.
+/// both that keeps the key on the stack. Each caller marks its closure
+/// `#[inline(always)]`: called from two places, LLVM kept the inbound ones as
+/// BPF-to-BPF calls, the tuple passed on the stack.
 #[inline(always)]
 fn recognise<const L3: usize, F: Frame, R>(
     ctx: &F,
@@ -166,9 +172,11 @@ fn established(ctx: &TcContext, clock: CopyClock) -> Option<&'static FlowCacheEn
     if skb.vlan_present != 0 {
         return None;
     }
-    recognise::<UNTAGGED, _, _>(ctx, |t, tcp_flags, family, eth| {
-        egress_copy(skb.ifindex, eth, t, tcp_flags, family, clock)
-    })
+    recognise::<UNTAGGED, _, _>(
+        ctx,
+        #[inline(always)]
+        |t, tcp_flags, family, eth| egress_copy(skb.ifindex, eth, t, tcp_flags, family, clock),
+    )
 }
 
 /// The copy of the flow of a packet from interface `ifindex` with tuple `t` whose

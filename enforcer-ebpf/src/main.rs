@@ -5,6 +5,9 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+// `#[inline(always)]` on the fast paths' closures (`fast::recognise` calls them twice,
+// once per family, and LLVM otherwise keeps them as BPF-to-BPF calls).
+#![feature(stmt_expr_attributes)]
 #![expect(
     internal_features,
     reason = "atomic_xadd: core atomics have no read-modify-write on the BPF target"

@@ -46,9 +46,10 @@ pub fn give(ctx: &XdpContext, e: &FlowCacheEntry) {
         host_ifindex: e.host_ifindex,
         macs: e.macs,
     };
-    // SAFETY: bounds-checked above against the start of the frame; the metadata is
-    // word-aligned.
-    unsafe { core::ptr::write_unaligned(meta as *mut Vouch, v) };
+    // SAFETY: bounds-checked above against the start of the frame. A typed store, as
+    // `parse::load` reads: packet memory needs no alignment where we run, and
+    // `write_unaligned` would be 24 byte stores.
+    unsafe { *(meta as *mut Vouch) = v };
 }
 
 /// The word in front of the frame in `ctx`, if it carries this load's cookie.
@@ -64,8 +65,8 @@ pub fn taken(ctx: &TcContext) -> Option<Vouch> {
     if meta + VOUCH_LEN > data {
         return None;
     }
-    // SAFETY: bounds-checked above against the start of the frame; copied out, as
-    // delivering moves the frame.
-    let v = unsafe { core::ptr::read_unaligned(meta as *const Vouch) };
+    // SAFETY: bounds-checked above against the start of the frame; a typed load (see
+    // `give`), copied out, as delivering moves the frame.
+    let v = unsafe { *(meta as *const Vouch) };
     (v.cookie == cookie).then_some(v)
 }
