@@ -18,6 +18,19 @@ pub mod reason;
 pub mod snat;
 pub mod vouch;
 
+/// A frame's first 12 bytes — destination MAC, then source MAC — as the three words
+/// that hold them in memory. A path that forwards many packets alike keeps these words
+/// (the flow copies and the pre-filter's word do) and writes a header with three
+/// stores: from byte arrays, the same rewrite is ~30 single-byte loads and shifts.
+#[inline(always)]
+pub fn mac_words(dst: &[u8; 6], src: &[u8; 6]) -> [u32; 3] {
+    [
+        u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]),
+        u32::from_ne_bytes([dst[4], dst[5], src[0], src[1]]),
+        u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
+    ]
+}
+
 pub use event::*;
 pub use flow::*;
 pub use node::*;
@@ -164,6 +177,7 @@ mod user {
         SnatValue,
         FlowEvent,
         EventBucket,
+        crate::vouch::Vouch,
     );
 }
 

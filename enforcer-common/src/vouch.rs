@@ -20,9 +20,19 @@ pub struct Vouch {
     pub slot: u32,
     /// The pod's host interface.
     pub host_ifindex: u32,
-    /// The delivered frame's MACs (`rewrite::mac_words`): to the pod, from its host
+    /// The delivered frame's MACs ([`crate::mac_words`]): to the pod, from its host
     /// interface.
     pub macs: [u32; 3],
+}
+
+impl Vouch {
+    /// No word (what a loader's global starts as).
+    pub const NONE: Vouch = Vouch {
+        cookie: 0,
+        slot: 0,
+        host_ifindex: 0,
+        macs: [0; 3],
+    };
 }
 
 /// Its size: XDP metadata is whole words, at most 32 bytes.

@@ -6,18 +6,7 @@ use crate::parse::ETH_P_8021Q;
 /// The step of a rewrite that failed, named in the internal-error log.
 pub type Step = &'static str;
 
-/// A frame's first 12 bytes — destination MAC, then source MAC — as the three words
-/// that hold them in memory. A path that forwards many packets alike keeps these words
-/// (the flow copies do) and writes a header with three stores: from byte arrays, the
-/// same rewrite is ~30 single-byte loads and shifts.
-#[inline(always)]
-pub fn mac_words(dst: &[u8; 6], src: &[u8; 6]) -> [u32; 3] {
-    [
-        u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]),
-        u32::from_ne_bytes([dst[4], dst[5], src[0], src[1]]),
-        u32::from_ne_bytes([src[2], src[3], src[4], src[5]]),
-    ]
-}
+pub use enforcer_common::mac_words;
 
 /// Rewrites both MAC addresses in place (packet pointers re-read: the helper that ran
 /// before may have moved the data).

@@ -131,16 +131,8 @@ impl Fabric {
     /// writes `vouch` in front of every frame, as an attacker with the trunk's XDP hook
     /// could, holding the hook until dropped.
     pub fn forge_vouch(dev: &str, vouch: enforcer_common::vouch::Vouch) -> Result<Fabric> {
-        let words: [u32; 6] = [
-            vouch.cookie,
-            vouch.slot,
-            vouch.host_ifindex,
-            vouch.macs[0],
-            vouch.macs[1],
-            vouch.macs[2],
-        ];
         let ebpf = aya::EbpfLoader::new()
-            .override_global(FORGED, &words, true)
+            .override_global(FORGED, &vouch, true)
             .load(OBJECT)
             .context("loading the fabric's object")?;
         Fabric::hold_xdp(ebpf, FORGE, dev)

@@ -117,13 +117,9 @@ fn vouch_in_front(out: &[u8], frame: &[u8]) -> Option<Vouch> {
         assert_eq!(meta, 0, "metadata of another length");
         return None;
     }
-    let word = |i: usize| u32::from_ne_bytes(out[4 * i..4 * i + 4].try_into().unwrap());
-    Some(Vouch {
-        cookie: word(0),
-        slot: word(1),
-        host_ifindex: word(2),
-        macs: [word(3), word(4), word(5)],
-    })
+    // SAFETY: `out` holds VOUCH_LEN bytes before the frame (checked above), and every
+    // bit pattern is a Vouch (plain words); read unaligned, as a Vec<u8> gives no more.
+    Some(unsafe { std::ptr::read_unaligned(out.as_ptr().cast::<Vouch>()) })
 }
 
 /// Removes every flow entry behind the daemon's back (as `bpftool map delete` would).

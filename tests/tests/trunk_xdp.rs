@@ -311,8 +311,7 @@ fn a_word_forged_in_front_of_a_frame_is_not_believed() {
     let cookie = believed_cookie(trunk_ingress_id(&n));
     assert_ne!(cookie, 0, "the daemon set a cookie");
     let mac = |s: &str| s.parse::<enforcer::model::mac::MacAddr>().unwrap().octets();
-    let macs = [mac(&n.web.mac).as_slice(), &[0; 6]].concat();
-    let word = |i: usize| u32::from_ne_bytes(macs[4 * i..4 * i + 4].try_into().unwrap());
+    let macs = enforcer_common::mac_words(&mac(&n.web.mac), &[0; 6]);
     // UDP to a port nobody listens on: what web sends back (rate-limited ICMP errors)
     // stays far below N, where TCP resets would not.
     let frame = Frame::new(
@@ -328,21 +327,24 @@ fn a_word_forged_in_front_of_a_frame_is_not_believed() {
     .tagged(n.web.vlan)
     .bytes();
     let (denied, allowed) = ("drop_no_rule", "allow_flow");
-    for (what, cookie, counted_as, not_as) in [
+    // The last column: also flood every pod with every denied kind, and pass allowed
+    // traffic, under the forger (the other pods are enforced as ever).
+    for (what, cookie, counted_as, not_as, every_pod) in [
         (
             "a word without the cookie",
             cookie ^ 0x5a5a_5a5a,
             denied,
             allowed,
+            true,
         ),
-        ("no cookie at all", 0, denied, allowed),
-        ("the cookie itself", cookie, allowed, denied),
+        ("no cookie at all", 0, denied, allowed, false),
+        ("the cookie itself", cookie, allowed, denied, false),
     ] {
         let vouch = Vouch {
             cookie,
             slot: web.slot,
             host_ifindex,
-            macs: [word(0), word(1), word(2)],
+            macs,
         };
         let _forger = in_netns(&n.sim.node_ns, move || Fabric::forge_vouch("trunk0", vouch))
             .unwrap()
@@ -357,5 +359,8 @@ fn a_word_forged_in_front_of_a_frame_is_not_believed() {
             });
         let other = counted(&n, Some("web"), not_as) - other_was;
         assert!(other < N as u64 / 10, "{what}: {other} counted as {not_as}");
+        if every_pod {
+            tc_alone_enforces(&n);
+        }
     }
 }

@@ -11,6 +11,7 @@ use aya_ebpf::{
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use enforcer_common::vouch::{VOUCH_LEN, Vouch};
 use enforcer_ebpf::{
     parse::parse_l2,
     rewrite::{mac_words, push_tag},
@@ -119,26 +120,25 @@ pub fn sim_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// What `sim_forge_vouch` writes (set by the test at load): the words of a
-/// `enforcer_common::vouch::Vouch`.
+/// What `sim_forge_vouch` writes (set by the test at load).
 #[unsafe(no_mangle)]
-static SIM_FORGED_VOUCH: [u32; 6] = [0; 6];
+static SIM_FORGED_VOUCH: Vouch = Vouch::NONE;
 
 /// An attacker's XDP program on the trunk (tests only): it writes `SIM_FORGED_VOUCH`
 /// in front of every frame, claiming for it what `trunk_xdp` says of a copied reply.
 #[xdp]
 pub fn sim_forge_vouch(ctx: XdpContext) -> u32 {
     // SAFETY: a read of our own global (volatile: the loader rewrites it).
-    let words = unsafe { core::ptr::read_volatile(&SIM_FORGED_VOUCH) };
-    let len = core::mem::size_of_val(&words);
+    let v = unsafe { core::ptr::read_volatile(&SIM_FORGED_VOUCH) };
     // SAFETY: the helper takes the program's own context; pointers are read after.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(len as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(VOUCH_LEN as i32)) } != 0 {
         return xdp_action::XDP_PASS;
     }
     let meta = ctx.metadata();
-    if meta + len <= ctx.data() {
-        // SAFETY: bounds-checked against the start of the frame just above.
-        unsafe { core::ptr::write_unaligned(meta as *mut [u32; 6], words) };
+    if meta + VOUCH_LEN <= ctx.data() {
+        // SAFETY: bounds-checked against the start of the frame just above; a typed
+        // store, as `trunk_xdp` writes its own.
+        unsafe { *(meta as *mut Vouch) = v };
     }
     xdp_action::XDP_PASS
 }
