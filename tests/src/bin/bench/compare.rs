@@ -14,17 +14,20 @@
 //!   set (address . protocol . port), policy DROP.
 //!
 //! - `npa_1000` (when `PODSG_BENCH_NPA` names a build of it, see `npa`): forwarding,
-//!   the AWS network policy agent's programs on the host interface with the same rules
-//!   in their maps; the trunk's VLAN of the pod as a VLAN interface with the pod's MAC,
-//!   so that the VPC's frames to the pod are routed to it.
+//!   the AWS network policy agent's IPv4 programs on the host interface with the same
+//!   rules in their maps; the VPC's frames to the pod come untagged to a trunk that
+//!   wears the pod's MAC, so that the node routes them to it.
 //!
 //! For podsg and NPA the run also times, by the kernel's run-time stats of their own
 //! programs in interleaved rounds, a flood of new flows (each packet from a port of
 //! its own), a flood of denied packets (a port no rule allows), and a flood of replies
 //! from the VPC to the pod (podsg: `trunk_xdp` and `trunk_ingress`; NPA: its ingress
-//! program). A sixth podsg node with `trunkXdp: false` (`podsg_tc_only_1000`, built
-//! only then, kept out of the through-node rounds) is timed on the replies in the same
-//! rounds: `trunk_ingress` alone, as a node without the pre-filter runs.
+//! program), in each family. Built only then, and kept out of the through-node rounds
+//! (IPv4 floods):
+//! - `npa6_1000`: a node of NPA's IPv6 programs (NPA runs one family's per cluster),
+//!   the same rules' IPv6 prefixes in their maps, the IPv6 peer of the same podsg node;
+//! - `podsg_tc_only_1000`: podsg with `trunkXdp: false`, timed on the replies in the
+//!   same rounds: `trunk_ingress` alone, as a node without the pre-filter runs.
 //!
 //! Stateless peers: every packet walks their rules (a conntrack rule first would make
 //! them stateful like podsg; the issue's peers are the rules as written). The traffic
@@ -53,15 +56,64 @@ const PPS_ROUNDS: usize = 9;
 const ROUND: Duration = Duration::from_secs(1);
 /// 18 bytes of payload: a 60-byte frame, 64 on the wire with its FCS.
 const PAYLOAD: [u8; 18] = [0x5a; 18];
-const DST: &str = "10.0.2.5:7000";
-/// The same host on a port no rule allows.
-const DENIED_DST: &str = "10.0.2.5:7001";
+/// The remote host, in each family.
+const REMOTE: [&str; 2] = ["10.0.2.5", "fd00:10:2::5"];
+/// The port the rules allow it on, and one no rule allows.
+const PORT: u16 = 7000;
+const DENIED_PORT: u16 = 7001;
 /// New flows per round, from ports of their own (an ephemeral port could repeat a flow):
 /// 5 rounds stay inside podsg's default per-pod share of the flow table.
 const NEW_FLOWS: u16 = 2000;
 const NEW_FLOW_PORT: u16 = 20000;
+/// Every flood is sent from this CPU, and the whole path runs in its softirq there: a
+/// sender the scheduler moved between CPUs would move the path (and the per-CPU state
+/// of the programs that have it) with it, mid-round.
+const SENDER_CPU: usize = 1;
 /// The pod's port of the flow whose replies are timed.
 const REPLY_PORT: u16 = 7100;
+
+/// The family of a flood: where it goes, from what.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fam {
+    V4,
+    V6,
+}
+
+impl Fam {
+    const BOTH: [Fam; 2] = [Fam::V4, Fam::V6];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fam::V4 => "v4",
+            Fam::V6 => "v6",
+        }
+    }
+
+    fn at(self) -> usize {
+        self as usize
+    }
+
+    fn any(self) -> std::net::IpAddr {
+        match self {
+            Fam::V4 => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            Fam::V6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        }
+    }
+
+    fn remote(self) -> std::net::IpAddr {
+        REMOTE[self.at()].parse().expect("a literal address")
+    }
+
+    /// The remote host's allowed port.
+    fn dst(self) -> std::net::SocketAddr {
+        (self.remote(), PORT).into()
+    }
+
+    /// The remote host on a port no rule allows.
+    fn denied_dst(self) -> std::net::SocketAddr {
+        (self.remote(), DENIED_PORT).into()
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
@@ -71,6 +123,8 @@ enum Path {
     Iptables,
     NftSet,
     Npa,
+    /// NPA's IPv6 programs: the IPv6 peer on new flows, denied and replies.
+    Npa6,
     /// podsg with `trunkXdp: false`: TC alone on the trunk. Timed on replies only, beside
     /// NPA (its outbound programs are podsg's).
     PodsgTcOnly,
@@ -93,6 +147,7 @@ impl Path {
             Path::Iptables => "iptables_nft_1000",
             Path::NftSet => "nft_set_1000",
             Path::Npa => "npa_1000",
+            Path::Npa6 => "npa6_1000",
             Path::PodsgTcOnly => "podsg_tc_only_1000",
         }
     }
@@ -104,6 +159,11 @@ impl Path {
             v.push(Path::Npa);
         }
         v
+    }
+
+    /// The family its node is checked in (NPA's IPv6 programs pass IPv4 unseen).
+    fn family(self) -> Fam {
+        if self == Path::Npa6 { Fam::V6 } else { Fam::V4 }
     }
 
     /// The results row of its program's cost on an established flow.
@@ -123,16 +183,17 @@ struct Bed {
     pod_ns: String,
     _floor: Option<Fabric>,
     npa: Option<super::npa::Npa>,
-    sink: UdpSocket,
+    /// The remote end of the floods, per family (`Fam::at`).
+    sink: [UdpSocket; 2],
     /// The remote end of the denied packets: must receive none.
-    denied_sink: UdpSocket,
+    denied_sink: [UdpSocket; 2],
     /// The program on the host interface (podsg's `pod_egress`, the floor, NPA's), if any.
     prog: Option<u32>,
     /// The programs every frame from the VPC to the pod runs (podsg's on the trunk,
     /// NPA's ingress program).
     inbound: Vec<u32>,
-    /// Where the VPC sends the replies.
-    pod_ip: String,
+    /// Where the VPC sends the replies, per family.
+    pod_ip: [std::net::IpAddr; 2],
 }
 
 /// The rules as iptables-restore input: rule i allows TCP port 1000+i to its /24, the
@@ -189,7 +250,7 @@ fn load_rules(ns: &str, tool: &[&str], text: &str) -> Result<()> {
 impl Bed {
     fn build(path: Path, enforcer: &std::path::Path, groups: &str) -> Result<Bed> {
         let pod = sim_pod("bench", "pod", 1);
-        let mut sim = SimNode::build(std::slice::from_ref(&pod), &["10.0.2.5"])?;
+        let mut sim = SimNode::build(std::slice::from_ref(&pod), &REMOTE)?;
         let node = sim.node_ns.clone();
         let host = enforcer::config::host_veth_name(SIM_VETH_PREFIX, &pod.namespace, &pod.name);
         let pod_ns = sim.pod_ns("pod").to_string();
@@ -199,7 +260,7 @@ impl Bed {
         let mut inbound = Vec::new();
         if matches!(
             path,
-            Path::NoFilter | Path::Iptables | Path::NftSet | Path::Npa
+            Path::NoFilter | Path::Iptables | Path::NftSet | Path::Npa | Path::Npa6
         ) {
             // The node forwards the pod's packets to the trunk as a router would.
             for kv in [
@@ -229,6 +290,21 @@ impl Bed {
                 ],
             )?;
         }
+        if path == Path::Npa6 {
+            in_ns(&node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+            in_ns(
+                &node,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "replace",
+                    "fd00:10:2::/64",
+                    "dev",
+                    "trunk0",
+                ],
+            )?;
+        }
         match path {
             Path::Iptables => {
                 load_rules(&node, &["iptables-nft-restore"], &iptables_rules(&pod.ipv4))?
@@ -254,8 +330,9 @@ impl Bed {
                     "kind: SecurityGroupPolicy\nmetadata: {{name: b, namespace: bench}}\nspec: {{podSelector: {{}}, securityGroups: {{groupIds: [sg-0, sg-1, sg-2, sg-3, sg-4]}}}}\n{}",
                     pods_yaml(std::slice::from_ref(&pod), &|_| "{}".into())
                 );
+                // Room for both families' new flows of every round.
                 let mut node_cfg =
-                    "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n"
+                    "  quotas: {groupsPerPod: 5, rulesPerGroupPerFamily: 1000, rulesPerPod: 5000}\n  flowsPerPod: 65536\n"
                         .to_string();
                 if path == Path::PodsgTcOnly {
                     node_cfg.push_str("  trunkXdp: false\n");
@@ -280,10 +357,11 @@ impl Bed {
                     path.name()
                 );
             }
-            Path::Npa => {
+            Path::Npa | Path::Npa6 => {
                 let dir = super::npa::objects().context("PODSG_BENCH_NPA unset")?;
+                let remote = path.family().remote();
                 let (n, out_id, in_id) = in_netns(&node, move || {
-                    super::npa::Npa::attach(&dir, &host, RULES, [10, 0, 2, 5])
+                    super::npa::Npa::attach(&dir, &host, RULES, remote)
                 })??;
                 npa = Some(n);
                 prog = Some(out_id);
@@ -294,13 +372,37 @@ impl Bed {
                 let pod_mac: enforcer::model::mac::MacAddr = pod.mac.parse()?;
                 sim.fabric_untag(pod_mac.octets())?;
                 in_ns(&node, &["ip", "link", "set", "trunk0", "address", &pod.mac])?;
+                // A new MAC flushes the device's neighbours, and the fabric answers no
+                // neighbour solicitation for the remote host (on its loopback).
+                let remote = REMOTE[path.family().at()];
+                in_ns(
+                    &node,
+                    &[
+                        "ip",
+                        "neigh",
+                        "replace",
+                        remote,
+                        "lladdr",
+                        FABRIC_MAC,
+                        "dev",
+                        "trunk0",
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
             }
             Path::NoFilter => {}
         }
-        // A listener that never reads: the remote end of the flood, dropping cheaply.
-        let sink = in_netns(&sim.fabric_ns, || UdpSocket::bind(DST))??;
-        let denied_sink = in_netns(&sim.fabric_ns, || UdpSocket::bind(DENIED_DST))??;
-        denied_sink.set_nonblocking(true)?;
+        // Listeners that never read: the remote ends of the floods, dropping cheaply.
+        let (sink, denied_sink) = in_netns(&sim.fabric_ns, || -> Result<_> {
+            let bind = |f: fn(Fam) -> std::net::SocketAddr| -> Result<[UdpSocket; 2]> {
+                Ok([UdpSocket::bind(f(Fam::V4))?, UdpSocket::bind(f(Fam::V6))?])
+            };
+            Ok((bind(Fam::dst)?, bind(Fam::denied_dst)?))
+        })??;
+        for s in &denied_sink {
+            s.set_nonblocking(true)?;
+        }
         let bed = Bed {
             path,
             sim,
@@ -311,10 +413,10 @@ impl Bed {
             denied_sink,
             prog,
             inbound,
-            pod_ip: pod.ipv4.clone(),
+            pod_ip: [pod.ipv4.parse()?, pod.ipv6.parse()?],
         };
         // Every path must deliver before it is timed (and podsg's rule must allow).
-        let (sent, got) = bed.flood(1, Duration::from_millis(200))?;
+        let (sent, got) = bed.flood(path.family(), 1, Duration::from_millis(200))?;
         ensure!(
             got * 2 >= sent && got > 0,
             "{}: {got} of {sent} packets arrived: not forwarding",
@@ -334,13 +436,14 @@ impl Bed {
     }
 
     /// Sends from the pod on `flows` sockets (one flow each) for `d`; (sent, received).
-    fn flood(&self, flows: usize, d: Duration) -> Result<(u64, u64)> {
+    fn flood(&self, fam: Fam, flows: usize, d: Duration) -> Result<(u64, u64)> {
         let before = self.received()?;
         let sent = in_netns(&self.pod_ns, move || -> Result<u64> {
+            super::pin(SENDER_CPU);
             let socks: Vec<UdpSocket> = (0..flows)
                 .map(|_| {
-                    let s = UdpSocket::bind("0.0.0.0:0")?;
-                    s.connect(DST)?;
+                    let s = UdpSocket::bind((fam.any(), 0))?;
+                    s.connect(fam.dst())?;
                     Ok(s)
                 })
                 .collect::<Result<_>>()?;
@@ -362,12 +465,13 @@ impl Bed {
 
     /// One packet from each of `n` sockets bound to ports `first..first+n` (each a new
     /// flow) to the allowed destination; how many were sent.
-    fn new_flows(&self, first: u16, n: u16) -> Result<u64> {
+    fn new_flows(&self, fam: Fam, first: u16, n: u16) -> Result<u64> {
         in_netns(&self.pod_ns, move || -> Result<u64> {
+            super::pin(SENDER_CPU);
             let mut sent = 0;
             for port in first..first + n {
-                let s = UdpSocket::bind(("0.0.0.0", port))?;
-                s.connect(DST)?;
+                let s = UdpSocket::bind((fam.any(), port))?;
+                s.connect(fam.dst())?;
                 if s.send(&PAYLOAD).is_ok() {
                     sent += 1;
                 }
@@ -377,10 +481,11 @@ impl Bed {
     }
 
     /// Sends to a port no rule allows for `d`; (sent, received: must stay 0).
-    fn denied(&self, d: Duration) -> Result<(u64, u64)> {
+    fn denied(&self, fam: Fam, d: Duration) -> Result<(u64, u64)> {
         let sent = in_netns(&self.pod_ns, move || -> Result<u64> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.connect(DENIED_DST)?;
+            super::pin(SENDER_CPU);
+            let s = UdpSocket::bind((fam.any(), 0))?;
+            s.connect(fam.denied_dst())?;
             let (end, mut sent) = (Instant::now() + d, 0u64);
             while Instant::now() < end {
                 for _ in 0..64 {
@@ -392,7 +497,7 @@ impl Bed {
             Ok(sent)
         })??;
         let mut got = 0;
-        while self.denied_sink.recv(&mut [0u8; 64]).is_ok() {
+        while self.denied_sink[fam.at()].recv(&mut [0u8; 64]).is_ok() {
             got += 1;
         }
         Ok((sent, got))
@@ -401,10 +506,12 @@ impl Bed {
     /// Replies from the VPC to the pod for `d`: the pod opens the flow (one packet to
     /// the allowed destination from `REPLY_PORT`), then the remote end sends to it;
     /// (sent, frames the pod's interface received).
-    fn replies(&self, d: Duration) -> Result<(u64, u64)> {
-        let pod = in_netns(&self.pod_ns, || -> Result<UdpSocket> {
-            let s = UdpSocket::bind(("0.0.0.0", REPLY_PORT))?;
-            s.connect(DST)?;
+    fn replies(&self, fam: Fam, d: Duration) -> Result<(u64, u64)> {
+        let _pinned = super::Pinned::to(SENDER_CPU);
+        let pod = in_netns(&self.pod_ns, move || -> Result<UdpSocket> {
+            super::pin(SENDER_CPU);
+            let s = UdpSocket::bind((fam.any(), REPLY_PORT))?;
+            s.connect(fam.dst())?;
             s.send(&PAYLOAD)?;
             Ok(s)
         })??;
@@ -418,11 +525,12 @@ impl Bed {
             .parse()?)
         };
         let before = rx()?;
-        let to = format!("{}:{REPLY_PORT}", self.pod_ip);
+        let to = std::net::SocketAddr::from((self.pod_ip[fam.at()], REPLY_PORT));
+        let sink = &self.sink[fam.at()];
         let (end, mut sent) = (Instant::now() + d, 0u64);
         while Instant::now() < end {
             for _ in 0..64 {
-                if self.sink.send_to(&PAYLOAD, &to).is_ok() {
+                if sink.send_to(&PAYLOAD, to).is_ok() {
                     sent += 1;
                 }
             }
@@ -460,29 +568,50 @@ fn costs_of(ids: &[u32], traffic: impl FnOnce() -> Result<()>) -> Result<Vec<f64
         .collect()
 }
 
-/// podsg's and NPA's programs on new flows and on denied packets, rounds interleaved;
-/// rows `<case>` (podsg) and `npa_<case>`.
+/// podsg's and NPA's programs on new flows, denied packets and replies, rounds
+/// interleaved, in each family NPA's programs were built for; rows `<case>` (podsg) and
+/// `npa_<case>`, by family.
 fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
-    let pair: Vec<&Bed> = beds
-        .iter()
-        .filter(|b| matches!(b.path, Path::Podsg | Path::Npa | Path::PodsgTcOnly))
-        .collect();
-    if !pair.iter().any(|b| b.path == Path::Npa) {
-        return Ok(());
+    let npa_events = beds.iter().map(|b| b.npa_events()).sum::<u64>();
+    let mut fams = 0;
+    for fam in Fam::BOTH {
+        let peer = match fam {
+            Fam::V4 => Path::Npa,
+            Fam::V6 => Path::Npa6,
+        };
+        let pair: Vec<&Bed> = beds
+            .iter()
+            .filter(|b| matches!(b.path, Path::Podsg | Path::PodsgTcOnly) || b.path == peer)
+            .collect();
+        if pair.iter().any(|b| b.path == peer) {
+            policy_rounds(fam, peer, &pair, results)?;
+            fams += 1;
+        }
     }
+    // NPA reports each new flow and each denied packet; its rings were read.
+    std::thread::sleep(Duration::from_millis(50));
+    let read = beds.iter().map(|b| b.npa_events()).sum::<u64>() - npa_events;
+    ensure!(
+        read >= fams * (ROUNDS as u64) * NEW_FLOWS as u64,
+        "NPA's events: {read} read, fewer than the new flows it allowed"
+    );
+    Ok(())
+}
+
+/// `policy_paths` in family `fam`, against NPA's node `peer`.
+fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>) -> Result<()> {
     let mut ns: Vec<((Path, &str), Vec<f64>)> = Vec::new();
     let mut push = |k: (Path, &'static str), v: f64| match ns.iter_mut().find(|(x, _)| *x == k) {
         Some((_, l)) => l.push(v),
         None => ns.push((k, vec![v])),
     };
-    let npa_events = pair.iter().map(|b| b.npa_events()).sum::<u64>();
     for round in 0..ROUNDS {
         for k in 0..pair.len() {
             let bed = pair[(round + k) % pair.len()];
             if bed.path == Path::PodsgTcOnly {
                 let mut got = 0;
                 let ns = cost_of(bed.inbound[0], || {
-                    got = bed.replies(ROUND)?.1;
+                    got = bed.replies(fam, ROUND)?.1;
                     Ok(())
                 })?;
                 ensure!(got > 0, "{}: no reply reached the pod", bed.path.name());
@@ -491,27 +620,43 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
                 continue;
             }
             let id = bed.prog.context("no program")?;
+            // IPv4's established flow is timed in the through-node rounds.
+            if fam == Fam::V6 {
+                let mut got = 0;
+                let est = cost_of(id, || {
+                    got = bed.flood(fam, 1, ROUND)?.1;
+                    Ok(())
+                })?;
+                ensure!(got > 0, "{} (v6): nothing forwarded", bed.path.name());
+                push((bed.path, "established_flood"), est);
+            }
             let first = NEW_FLOW_PORT + (round as u16) * NEW_FLOWS;
-            let nf = cost_of(id, || bed.new_flows(first, NEW_FLOWS).map(|_| ()))?;
+            let nf = cost_of(id, || bed.new_flows(fam, first, NEW_FLOWS).map(|_| ()))?;
             push((bed.path, "new_flow_flood"), nf);
             let mut leaked = 0;
             let dn = cost_of(id, || {
-                leaked = bed.denied(ROUND)?.1;
+                leaked = bed.denied(fam, ROUND)?.1;
                 Ok(())
             })?;
             ensure!(
                 leaked == 0,
-                "{}: {leaked} denied packets reached the VPC",
-                bed.path.name()
+                "{} ({}): {leaked} denied packets reached the VPC",
+                bed.path.name(),
+                fam.name()
             );
             push((bed.path, "denied_flood"), dn);
             // Every reply runs each of the bed's inbound programs once: their sum.
             let mut got = 0;
             let parts = costs_of(&bed.inbound, || {
-                got = bed.replies(ROUND)?.1;
+                got = bed.replies(fam, ROUND)?.1;
                 Ok(())
             })?;
-            ensure!(got > 0, "{}: no reply reached the pod", bed.path.name());
+            ensure!(
+                got > 0,
+                "{} ({}): no reply reached the pod",
+                bed.path.name(),
+                fam.name()
+            );
             push((bed.path, "reply_flood"), parts.iter().sum());
             if bed.path == Path::Podsg {
                 push((bed.path, "reply_flood_trunk_ingress"), parts[0]);
@@ -520,15 +665,10 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
             push((bed.path, "reply_pps"), got as f64 / ROUND.as_secs_f64());
         }
     }
-    // NPA reports each new flow and each denied packet; its ring was read.
-    std::thread::sleep(Duration::from_millis(50));
-    let read = pair.iter().map(|b| b.npa_events()).sum::<u64>() - npa_events;
-    ensure!(
-        read >= (ROUNDS as u64) * NEW_FLOWS as u64,
-        "NPA's events: {read} read, fewer than the new flows it allowed"
-    );
+    let f = fam.name();
     println!(
-        "podsg and NPA, kernel bpf_stats of their programs, {ROUNDS} interleaved rounds, medians:"
+        "podsg and NPA ({}, {f}), kernel bpf_stats of their programs, {ROUNDS} interleaved rounds, medians:",
+        peer.name()
     );
     println!(
         "{:<16} {:>10} {:>10} {:>8}",
@@ -539,8 +679,19 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
             .find(|(k, _)| *k == (p, case))
             .map_or(f64::NAN, |(_, v)| super::median(v.clone()))
     };
-    for case in ["new_flow_flood", "denied_flood", "reply_flood", "reply_pps"] {
-        let (ours, theirs) = (med(Path::Podsg, case), med(Path::Npa, case));
+    let row = |c: &str, field: &str, v: f64| {
+        format!(
+            r#"{{"case":"{c}","family":"{f}","rules":{RULES},"{field}":{v:.1},"method":"bpf_stats","run":"compare"}}"#
+        )
+    };
+    let established = (fam == Fam::V6).then_some("established_flood");
+    for case in established.into_iter().chain([
+        "new_flow_flood",
+        "denied_flood",
+        "reply_flood",
+        "reply_pps",
+    ]) {
+        let (ours, theirs) = (med(Path::Podsg, case), med(peer, case));
         println!(
             "{case:<16} {ours:>10.1} {theirs:>10.1} {:>8.2}",
             ours / theirs
@@ -551,11 +702,8 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
         } else {
             "ns_per_packet"
         };
-        for (c, v) in [(case.to_string(), ours), (format!("npa_{case}"), theirs)] {
-            results.push(format!(
-                r#"{{"case":"{c}","family":"v4","rules":{RULES},"{field}":{v:.1},"method":"bpf_stats","run":"compare"}}"#
-            ));
-        }
+        results.push(row(case, field, ours));
+        results.push(row(&format!("npa_{case}"), field, theirs));
     }
     println!(
         "podsg's reply: trunk_ingress {:.1} ns + trunk_xdp {:.1} ns",
@@ -567,20 +715,14 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
             med(Path::PodsgTcOnly, "reply_flood"),
             med(Path::PodsgTcOnly, "reply_pps"),
         );
-        let (npa_ns, npa_pps) = (med(Path::Npa, "reply_flood"), med(Path::Npa, "reply_pps"));
+        let (npa_ns, npa_pps) = (med(peer, "reply_flood"), med(peer, "reply_pps"));
         println!(
             "podsg with trunkXdp: false, reply: trunk_ingress {ns:.1} ns ({:.2}x NPA), {pps:.0} per second ({:.2}x NPA)",
             ns / npa_ns,
             pps / npa_pps
         );
-        for (c, field, v) in [
-            ("reply_flood_tc_only", "ns_per_packet", ns),
-            ("reply_pps_tc_only", "pps", pps),
-        ] {
-            results.push(format!(
-                r#"{{"case":"{c}","family":"v4","rules":{RULES},"{field}":{v:.1},"method":"bpf_stats","run":"compare"}}"#
-            ));
-        }
+        results.push(row("reply_flood_tc_only", "ns_per_packet", ns));
+        results.push(row("reply_pps_tc_only", "pps", pps));
     }
     Ok(())
 }
@@ -608,10 +750,14 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
         .iter()
         .map(|p| Bed::build(*p, &enforcer, groups))
         .collect::<Result<_>>()?;
-    // Beside NPA on replies only: the trunk without the pre-filter.
-    let tc_only = match paths.contains(&Path::Npa) {
-        true => Some(Bed::build(Path::PodsgTcOnly, &enforcer, groups)?),
-        false => None,
+    // Beside NPA only: its IPv6 node, and the trunk without the pre-filter (replies).
+    let beside_npa: Vec<Bed> = if paths.contains(&Path::Npa) {
+        [Path::Npa6, Path::PodsgTcOnly]
+            .into_iter()
+            .map(|p| Bed::build(p, &enforcer, groups))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
     };
     let _stats = StatsGuard::enable()?;
     let ids: Vec<u32> = beds.iter().filter_map(|b| b.prog).collect();
@@ -626,7 +772,7 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
                 let bed = &beds[(round + k) % beds.len()];
                 let a = prog_stats_of(&ids)?;
                 let t = Instant::now();
-                let (_, got) = bed.flood(flows, ROUND)?;
+                let (_, got) = bed.flood(Fam::V4, flows, ROUND)?;
                 let rate = got as f64 / t.elapsed().as_secs_f64();
                 let b = prog_stats_of(&ids)?;
                 match pps.iter_mut().find(|(k, _)| *k == (flows, bed.path)) {
@@ -691,6 +837,6 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
             if *path == Path::Floor { 0 } else { RULES }
         ));
     }
-    let all: Vec<Bed> = beds.into_iter().chain(tc_only).collect();
+    let all: Vec<Bed> = beds.into_iter().chain(beside_npa).collect();
     policy_paths(&all, results)
 }

@@ -1,7 +1,9 @@
-//! The AWS network policy agent's IPv4 programs (NPA, `aws/aws-network-policy-agent`,
-//! `tc.v4egress.bpf.c` and `tc.v4ingress.bpf.c`) as a peer in `bench compare`, when the
-//! operator hands the bench objects built from NPA's own sources:
-//! `PODSG_BENCH_NPA=<directory holding tc.v4egress.bpf.o and tc.v4ingress.bpf.o>`.
+//! The AWS network policy agent's programs (NPA, `aws/aws-network-policy-agent`,
+//! `tc.v4egress.bpf.c` and `tc.v4ingress.bpf.c`, or their `v6` twins) as a peer in
+//! `bench compare`, when the operator hands the bench objects built from NPA's own
+//! sources: `PODSG_BENCH_NPA=<directory holding tc.v{4,6}{egress,ingress}.bpf.o>`. NPA
+//! runs one family's programs on a node (a cluster is IPv4 or IPv6); the bench builds
+//! a node of each.
 //! Nothing of NPA is part of this repository; this module loads what it is given,
 //! attaches the programs where NPA does (the pod's host interface: TC ingress for the
 //! pod's egress, TC egress for what reaches the pod) and fills their maps as NPA's agent
@@ -17,7 +19,8 @@
 //! NPA's maps for one pod, as its agent writes them (pkg/ebpf, pkg/utils):
 //! - `egress_pod_state_map`: key 0 (network policy) = 0, policies applied; key 1
 //!   (cluster policy) = 1, default allow (no cluster policy here, so it passes);
-//! - `egress_map`: an LPM trie keyed by destination prefix, each value 24 slots of
+//! - `egress_map`: an LPM trie keyed by destination prefix (4 or 16 bytes after the
+//!   length, by family), each value 24 slots of
 //!   {protocol, start port, end port}, unused slots zero (the program walks all 24);
 //! - `cp_egress_map` stays empty (no cluster policy).
 //!
@@ -33,10 +36,19 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
 
+/// The objects of a family's egress and ingress programs.
+fn files(v6: bool) -> [&'static str; 2] {
+    if v6 {
+        ["tc.v6egress.bpf.o", "tc.v6ingress.bpf.o"]
+    } else {
+        ["tc.v4egress.bpf.o", "tc.v4ingress.bpf.o"]
+    }
+}
+
 /// The environment variable naming the directory of NPA's built objects.
 pub const OBJECT_VAR: &str = "PODSG_BENCH_NPA";
-const EGRESS: (&str, &str) = ("tc.v4egress.bpf.o", "handle_egress");
-const INGRESS: (&str, &str) = ("tc.v4ingress.bpf.o", "handle_ingress");
+const EGRESS: &str = "handle_egress";
+const INGRESS: &str = "handle_ingress";
 /// The maps NPA's programs share.
 const SHARED: [&str; 2] = ["aws_conntrack_map", "policy_events"];
 /// Slots of {protocol, start port, end port} per destination prefix (NPA's
@@ -123,6 +135,21 @@ fn attach_prog(ebpf: &mut aya::Ebpf, name: &str, dev: &str, hook: TcAttachType) 
     Ok(id)
 }
 
+/// Writes `entries` (prefix length, network, value) into `egress_map`.
+fn fill<const N: usize>(
+    ebpf: &mut aya::Ebpf,
+    entries: impl IntoIterator<Item = (u32, [u8; N], [u32; SLOTS * 3])>,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, [u8; N], [u32; SLOTS * 3]> = LpmTrie::try_from(
+        ebpf.map_mut("egress_map")
+            .context("NPA object: no egress_map")?,
+    )?;
+    for (len, net, value) in entries {
+        trie.insert(&Key::new(len, net), value, 0)?;
+    }
+    Ok(())
+}
+
 /// One destination prefix's value: `rules` as (protocol, port), the rest zero.
 fn trie_value(rules: &[(u32, u32)]) -> [u32; SLOTS * 3] {
     let mut v = [0u32; SLOTS * 3];
@@ -134,40 +161,56 @@ fn trie_value(rules: &[(u32, u32)]) -> [u32; SLOTS * 3] {
 }
 
 impl Npa {
-    /// Loads NPA's objects from `dir`, fills their maps with the bench's `rules`
-    /// outbound TCP rules (rule i: port 1000+i to 10.(100+i/256).(i%256).0/24) and the
-    /// UDP 7000 rule to `udp_host` (no inbound rule: only replies may reach the pod), and
-    /// attaches both to `dev` (this thread's namespace). Returns it and the ids of its
-    /// egress and ingress programs.
+    /// Loads NPA's objects of `udp_host`'s family from `dir`, fills their maps with the
+    /// bench's `rules` outbound TCP rules (rule i: port 1000+i to 10.(100+i/256).(i%256).0/24,
+    /// or fd00:(100+i/256):(i%256)::/64) and the UDP 7000 rule to `udp_host` (no inbound
+    /// rule: only replies may reach the pod), and attaches both to `dev` (this thread's
+    /// namespace). Returns it and the ids of its egress and ingress programs.
     pub fn attach(
         dir: &std::path::Path,
         dev: &str,
         rules: usize,
-        udp_host: [u8; 4],
+        udp_host: std::net::IpAddr,
     ) -> Result<(Npa, u32, u32)> {
+        use std::net::IpAddr;
+        let v6 = udp_host.is_ipv6();
         // Under the test bed's own prefix: a killed run's pins are swept by the next.
-        let pins = PinDir(format!("/sys/fs/bpf/podsg-npa-{}", std::process::id()).into());
+        // One directory per family: their conntrack maps differ in key.
+        let pins = PinDir(
+            format!(
+                "/sys/fs/bpf/podsg-npa-{}-v{}",
+                std::process::id(),
+                if v6 { 6 } else { 4 }
+            )
+            .into(),
+        );
         std::fs::create_dir_all(&pins.0)
             .with_context(|| format!("creating {}", pins.0.display()))?;
-        let mut egress = load(dir, EGRESS.0, &pins.0)?;
-        let mut ingress = load(dir, INGRESS.0, &pins.0)?;
+        let [egress_file, ingress_file] = files(v6);
+        let mut egress = load(dir, egress_file, &pins.0)?;
+        let mut ingress = load(dir, ingress_file, &pins.0)?;
         pod_state(&mut egress, "egress_pod_state_map")?;
         pod_state(&mut ingress, "ingress_pod_state_map")?;
-        {
-            let mut trie: LpmTrie<_, [u8; 4], [u32; SLOTS * 3]> = LpmTrie::try_from(
-                egress
-                    .map_mut("egress_map")
-                    .context("NPA object: no egress_map")?,
-            )?;
-            for i in 0..rules {
-                let net = [10, (100 + i / 256) as u8, (i % 256) as u8, 0];
-                trie.insert(
-                    &Key::new(24, net),
-                    trie_value(&[(PROTO_TCP, 1000 + i as u32)]),
-                    0,
-                )?;
-            }
-            trie.insert(&Key::new(32, udp_host), trie_value(&[(PROTO_UDP, 7000)]), 0)?;
+        let tcp = |i: usize| trie_value(&[(PROTO_TCP, 1000 + i as u32)]);
+        let udp = trie_value(&[(PROTO_UDP, 7000)]);
+        let (a, b) = (|i: usize| (100 + i / 256) as u8, |i: usize| (i % 256) as u8);
+        match udp_host {
+            IpAddr::V4(h) => fill(
+                &mut egress,
+                (0..rules)
+                    .map(|i| (24, [10, a(i), b(i), 0], tcp(i)))
+                    .chain([(32, h.octets(), udp)]),
+            )?,
+            IpAddr::V6(h) => fill(
+                &mut egress,
+                (0..rules)
+                    .map(|i| {
+                        let mut net = [0u8; 16];
+                        net[..6].copy_from_slice(&[0xfd, 0, 0, a(i), 0, b(i)]);
+                        (64, net, tcp(i))
+                    })
+                    .chain([(128, h.octets(), udp)]),
+            )?,
         }
         let mut ring = RingBuf::try_from(
             egress
@@ -193,8 +236,8 @@ impl Npa {
                 }
             })
         };
-        let out_id = attach_prog(&mut egress, EGRESS.1, dev, TcAttachType::Ingress)?;
-        let in_id = attach_prog(&mut ingress, INGRESS.1, dev, TcAttachType::Egress)?;
+        let out_id = attach_prog(&mut egress, EGRESS, dev, TcAttachType::Ingress)?;
+        let in_id = attach_prog(&mut ingress, INGRESS, dev, TcAttachType::Egress)?;
         let npa = Npa {
             _egress: egress,
             _ingress: ingress,
