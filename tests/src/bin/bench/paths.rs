@@ -11,7 +11,13 @@
 //!   back, into the pod).
 //! - host_local_established: strict pod to strict pod on the node (the sender's flow
 //!   hit, the tail call, the receiver's flow hit, into the pod).
-use enforcer_common::prog_names::{POD_EGRESS, PRIMARY_INGRESS};
+//! - denied_<program>: a denied packet through the program its hook runs (`pod_egress`,
+//!   `trunk_ingress`: the fast path misses, then the tail call) and through the full
+//!   program it tail-calls, run directly (`<program>_full`): the difference is what the
+//!   fast path's miss and the tail call cost every packet the fast path does not forward.
+use enforcer_common::prog_names::{
+    POD_EGRESS, POD_EGRESS_FULL, PRIMARY_INGRESS, TRUNK_INGRESS, TRUNK_INGRESS_FULL,
+};
 use integration_tests::fabric::FLOOR_REDIRECT;
 use integration_tests::frames::{Frame, L4};
 use integration_tests::harness::*;
@@ -67,6 +73,66 @@ fn syn(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     Frame::new(CLIENT.mac, HOST_MAC, src, dst, L4::Syn { sport, dport }).bytes()
 }
 
+/// The `denied_*` rows (see the module doc): for each side, the hook's program and the
+/// full program on the same denied frame, in interleaved rounds of `REPEAT` runs (the
+/// test_run loop's own cost is the same in both, and cancels in the difference).
+fn tail_calls(h: &mut Harness, results: &mut Vec<String>) {
+    // Strict: the client may reach 10.0.0.0/8 only, and be reached from it only.
+    let out = syn(CLIENT.ipv4, INET, 40000, 443);
+    let into = Frame::new(
+        GW_MAC,
+        CLIENT.mac,
+        "192.0.2.1",
+        CLIENT.ipv4,
+        L4::Syn {
+            sport: 40000,
+            dport: 80,
+        },
+    )
+    .tagged(CLIENT.vlan)
+    .bytes();
+    for (frame, hook, full, cases) in [
+        (
+            &out,
+            POD_EGRESS,
+            POD_EGRESS_FULL,
+            ["denied_pod_egress", "denied_pod_egress_full"],
+        ),
+        (
+            &into,
+            TRUNK_INGRESS,
+            TRUNK_INGRESS_FULL,
+            ["denied_trunk_ingress", "denied_trunk_ingress_full"],
+        ),
+    ] {
+        let slot = h.slot("client");
+        let drops = h.counter(slot, enforcer_common::Reason::DropNoRule);
+        for prog in [hook, full] {
+            assert_eq!(h.run(prog, frame).0, TC_ACT_SHOT, "{prog}: denied");
+        }
+        assert_eq!(
+            h.counter(slot, enforcer_common::Reason::DropNoRule),
+            drops + 2,
+            "{hook}: both runs judged the frame as no rule allows it"
+        );
+        let (mut via_hook, mut direct) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            via_hook.push(h.time(hook, frame, REPEAT).1);
+            direct.push(h.time(full, frame, REPEAT).1);
+        }
+        let (a, b) = (median(via_hook), median(direct));
+        println!(
+            "{hook}: a denied packet {a:.1} ns via the fast path's miss and the tail call, {b:.1} ns in {full} directly: {:+.1} ns",
+            a - b
+        );
+        for (case, ns) in [(cases[0], a), (cases[1], b)] {
+            results.push(format!(
+                r#"{{"case":"{case}","family":"v4","rules":1,"ns_per_packet":{ns:.1},"method":"test_run_repeat"}}"#
+            ));
+        }
+    }
+}
+
 pub fn run(results: &mut Vec<String>) {
     let mut rows = Vec::new();
 
@@ -96,6 +162,7 @@ pub fn run(results: &mut Vec<String>) {
             .collect(),
     );
     rows.push(("floor_redirect", floor));
+    tail_calls(&mut strict, results);
 
     let mut standard = harness("standard");
     let out = syn(CLIENT.ipv4, INET, 40000, 443);
