@@ -232,6 +232,17 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
     sh(&a)
 }
 
+/// The node's permanent neighbour entry for `fam`'s remote host, behind the trunk.
+fn remote_neighbour(node: &str, fam: Fam) -> Result<()> {
+    let remote = REMOTE[fam.at()];
+    let args = ["ip", "neigh", "replace", remote, "lladdr", FABRIC_MAC];
+    in_ns(
+        node,
+        &[&args[..], &["dev", "trunk0", "nud", "permanent"]].concat(),
+    )?;
+    Ok(())
+}
+
 /// Loads `text` with `tool` (`iptables-nft-restore`, `nft -f -`) inside `ns`.
 fn load_rules(ns: &str, tool: &[&str], text: &str) -> Result<()> {
     use std::io::Write;
@@ -274,21 +285,7 @@ impl Bed {
                 &node,
                 &["ip", "route", "replace", "10.0.2.0/24", "dev", "trunk0"],
             )?;
-            in_ns(
-                &node,
-                &[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    "10.0.2.5",
-                    "lladdr",
-                    FABRIC_MAC,
-                    "dev",
-                    "trunk0",
-                    "nud",
-                    "permanent",
-                ],
-            )?;
+            remote_neighbour(&node, Fam::V4)?;
         }
         if path == Path::Npa6 {
             in_ns(&node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
@@ -374,22 +371,7 @@ impl Bed {
                 in_ns(&node, &["ip", "link", "set", "trunk0", "address", &pod.mac])?;
                 // A new MAC flushes the device's neighbours, and the fabric answers no
                 // neighbour solicitation for the remote host (on its loopback).
-                let remote = REMOTE[path.family().at()];
-                in_ns(
-                    &node,
-                    &[
-                        "ip",
-                        "neigh",
-                        "replace",
-                        remote,
-                        "lladdr",
-                        FABRIC_MAC,
-                        "dev",
-                        "trunk0",
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
+                remote_neighbour(&node, path.family())?;
             }
             Path::NoFilter => {}
         }
