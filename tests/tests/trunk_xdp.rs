@@ -327,8 +327,9 @@ fn a_word_forged_in_front_of_a_frame_is_not_believed() {
     .tagged(n.web.vlan)
     .bytes();
     let (denied, allowed) = ("drop_no_rule", "allow_flow");
-    // The last column: also flood every pod with every denied kind, and pass allowed
-    // traffic, under the forger (the other pods are enforced as ever).
+    // The last column: under that forger, also every denied kind (no rule in both
+    // families, a VLAN no pod has, the client's address on web's VLAN) is still judged
+    // and dropped by TC, and allowed traffic (both families, web's own flow) passes.
     for (what, cookie, counted_as, not_as, every_pod) in [
         (
             "a word without the cookie",
