@@ -229,15 +229,21 @@ fn v4<const L3: usize, F: Frame>(ctx: &F) -> Option<(Tuple, u8, u8)> {
 /// node, which a copy of a VPC flow must never short-cut.
 #[inline(always)]
 fn v6<const L3: usize, F: Frame>(ctx: &F) -> Option<(Tuple, u8, u8)> {
-    let h: [u32; 10] = load(ctx, L3).ok()?;
-    let (version, next) = (h[0] as u8 >> 4, (h[1] >> 16) as u8);
-    let dst = [h[6], h[7], h[8], h[9]];
+    // The fixed header as five double words: the flow key holds the addresses as double
+    // words too, so the halves split here are joined again for free, where ten word
+    // loads were joined pair by pair (and spilled to the stack meanwhile).
+    let h: [u64; 5] = load(ctx, L3).ok()?;
+    let (version, next) = (h[0] as u8 >> 4, (h[0] >> 48) as u8);
+    let halves = |x: u64| (x as u32, (x >> 32) as u32);
+    let ((s0, s1), (s2, s3)) = (halves(h[1]), halves(h[2]));
+    let ((d0, d1), (d2, d3)) = (halves(h[3]), halves(h[4]));
+    let dst = [d0, d1, d2, d3];
     if version != 6 || is_link_scope(&dst) {
         return None;
     }
     let (sport, dport, flags) = ports(ctx, L3 + 40, next)?;
     let t = Tuple {
-        src: [h[2], h[3], h[4], h[5]],
+        src: [s0, s1, s2, s3],
         dst,
         sport,
         dport,

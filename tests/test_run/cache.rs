@@ -436,6 +436,13 @@ fn ipv6_copies_serve_vpc_flows_and_never_link_scope_ones() {
         flow,
         "the fast path serves the v6 flow",
     );
+    // pod_egress's own fast path, its full program (which reads the copies too) out of
+    // reach.
+    let (ret, _) = fast_path_alone(&mut h, tail::EGRESS_FULL, POD_EGRESS, &dns6);
+    assert_eq!(
+        ret, TC_ACT_REDIRECT,
+        "pod_egress's fast path alone: the v6 flow"
+    );
     let mut other_mac = out("fd00:10:2::53", udp(53));
     other_mac.src_mac = [0x02, 0, 0, 0, 0x66, 0x66];
     h.expect(
@@ -453,6 +460,47 @@ fn ipv6_copies_serve_vpc_flows_and_never_link_scope_ones() {
         TC_ACT_OK,
         flow,
         "the link-scope flow's copy answers in the full path: still on the node, never the trunk",
+    );
+
+    // Inbound: a v6 reply's copy (a flow of its own: a flow's copy holds one direction)
+    // serves trunk_ingress's own fast path, and XDP writes its word for it.
+    let dns6b = out(
+        "fd00:10:2::53",
+        L4::Udp {
+            sport: 5354,
+            dport: 53,
+        },
+    )
+    .bytes();
+    open_and_copy(&mut h, slot, &dns6b);
+    let reply6 = Frame::new(
+        GW_MAC,
+        CLIENT.mac,
+        "fd00:10:2::53",
+        CLIENT.ipv6,
+        L4::Udp {
+            sport: 53,
+            dport: 5354,
+        },
+    )
+    .tagged(CLIENT.vlan)
+    .bytes();
+    for what in ["the first v6 reply", "a v6 reply: a table hit, copied"] {
+        next_tick();
+        h.expect(slot, TRUNK_INGRESS, &reply6, TC_ACT_REDIRECT, flow, what);
+    }
+    delete_flows_directly(&mut h);
+    let (ret, got) = fast_path_alone(&mut h, tail::TRUNK_FULL, TRUNK_INGRESS, &reply6);
+    assert_eq!(
+        ret, TC_ACT_REDIRECT,
+        "trunk_ingress's fast path alone: the v6 reply"
+    );
+    assert_eq!(got[..6], CLIENT.mac, "to the pod's MAC");
+    let (ret, got) = h.run(TRUNK_XDP, &reply6);
+    assert_eq!(ret, XDP_PASS, "XDP: the v6 copied reply");
+    assert!(
+        vouch_in_front(&got, &reply6).is_some(),
+        "XDP vouches for the v6 copied reply"
     );
 }
 

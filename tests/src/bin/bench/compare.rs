@@ -561,9 +561,16 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
             Fam::V4 => Path::Npa,
             Fam::V6 => Path::Npa6,
         };
+        // IPv4's floor is timed in the through-node rounds; its program is the same for
+        // either family (it reads no IP header).
+        let floor = (fam == Fam::V6).then_some(Path::Floor);
         let pair: Vec<&Bed> = beds
             .iter()
-            .filter(|b| matches!(b.path, Path::Podsg | Path::PodsgTcOnly) || b.path == peer)
+            .filter(|b| {
+                matches!(b.path, Path::Podsg | Path::PodsgTcOnly)
+                    || b.path == peer
+                    || Some(b.path) == floor
+            })
             .collect();
         if pair.iter().any(|b| b.path == peer) {
             policy_rounds(fam, peer, &pair, results)?;
@@ -603,6 +610,16 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
             }
             let id = bed.prog.context("no program")?;
             // IPv4's established flow is timed in the through-node rounds.
+            if bed.path == Path::Floor {
+                let mut got = 0;
+                let ns = cost_of(id, || {
+                    got = bed.flood(fam, 1, ROUND)?.1;
+                    Ok(())
+                })?;
+                ensure!(got > 0, "floor ({}): nothing forwarded", fam.name());
+                push((bed.path, "established_flood"), ns);
+                continue;
+            }
             if fam == Fam::V6 {
                 let mut got = 0;
                 let est = cost_of(id, || {
@@ -686,6 +703,19 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         };
         results.push(row(case, field, ours));
         results.push(row(&format!("npa_{case}"), field, theirs));
+    }
+    if pair.iter().any(|b| b.path == Path::Floor) {
+        let (ours, floor) = (
+            med(Path::Podsg, "established_flood"),
+            med(Path::Floor, "established_flood"),
+        );
+        println!(
+            "established, podsg {ours:.1} ns against the floor's {floor:.1} ns: {:+.1} ns",
+            ours - floor
+        );
+        results.push(format!(
+            r#"{{"case":"floor_redirect","family":"{f}","rules":0,"ns_per_packet":{floor:.1},"method":"bpf_stats","run":"compare"}}"#
+        ));
     }
     println!(
         "podsg's reply: trunk_ingress {:.1} ns + trunk_xdp {:.1} ns",
