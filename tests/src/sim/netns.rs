@@ -97,6 +97,8 @@ pub(super) fn remove_leftovers() {
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = enforcer::datapath::links::uninstall(&e.path());
+            // What is not a datapath's (the bench's pins of NPA's maps) goes too.
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
     let Ok(list) = sh(&["ip", "netns", "list"]) else {

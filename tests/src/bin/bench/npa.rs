@@ -174,13 +174,14 @@ impl Npa {
     ) -> Result<(Npa, u32, u32)> {
         use std::net::IpAddr;
         let v6 = udp_host.is_ipv6();
-        // Under the test bed's own prefix: a killed run's pins are swept by the next.
-        // One directory per family: their conntrack maps differ in key.
+        // Under the test bed's own prefix, the pid last (`podsg-<what>-<pid>`): a killed
+        // run's pins are swept by the next. One directory per family: their conntrack
+        // maps differ in key.
         let pins = PinDir(
             format!(
-                "/sys/fs/bpf/podsg-npa-{}-v{}",
-                std::process::id(),
-                if v6 { 6 } else { 4 }
+                "/sys/fs/bpf/podsg-npa{}-{}",
+                if v6 { 6 } else { 4 },
+                std::process::id()
             )
             .into(),
         );
