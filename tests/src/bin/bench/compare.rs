@@ -609,17 +609,8 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
                 continue;
             }
             let id = bed.prog.context("no program")?;
-            // IPv4's established flow is timed in the through-node rounds.
-            if bed.path == Path::Floor {
-                let mut got = 0;
-                let ns = cost_of(id, || {
-                    got = bed.flood(fam, 1, ROUND)?.1;
-                    Ok(())
-                })?;
-                ensure!(got > 0, "floor ({}): nothing forwarded", fam.name());
-                push((bed.path, "established_flood"), ns);
-                continue;
-            }
+            // IPv4's established flow is timed in the through-node rounds; the floor
+            // has nothing else to time here.
             if fam == Fam::V6 {
                 let mut got = 0;
                 let est = cost_of(id, || {
@@ -628,6 +619,9 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
                 })?;
                 ensure!(got > 0, "{} (v6): nothing forwarded", bed.path.name());
                 push((bed.path, "established_flood"), est);
+            }
+            if bed.path == Path::Floor {
+                continue;
             }
             let first = NEW_FLOW_PORT + (round as u16) * NEW_FLOWS;
             let nf = cost_of(id, || bed.new_flows(fam, first, NEW_FLOWS).map(|_| ()))?;
