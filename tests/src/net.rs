@@ -59,7 +59,10 @@ fn serve(ns: &str, addr: &str, reply: fn(&[u8], SocketAddr) -> Vec<u8>) -> Resul
             .unwrap();
         let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-            if let Ok((mut c, from)) = tcp.accept() {
+            // Every pending connection, not one per pass: a pass also waits up to 20 ms on
+            // UDP, and a backlog (128) left to fill drops SYNs, which a 2 s connect may not
+            // outlast (one of 200 connections failed so in CI).
+            while let Ok((mut c, from)) = tcp.accept() {
                 let s2 = s.clone();
                 std::thread::spawn(move || {
                     c.set_nonblocking(false).ok();
