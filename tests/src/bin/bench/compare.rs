@@ -796,9 +796,13 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
     let load_before = load();
     for round in 0..pps_rounds {
         for flows in [1usize, 64] {
-            // Each round starts with another path: none always runs first or last.
-            for k in 0..beds.len() {
-                let bed = &beds[(round + k) % beds.len()];
+            // Each round starts with another path: none always runs first or last. Every
+            // other round runs them backwards, so that podsg follows the floor in half
+            // the rounds and precedes it in the other half (no gain from going second).
+            let n = beds.len();
+            for k in 0..n {
+                let k = if round % 2 == 0 { k } else { n - 1 - k };
+                let bed = &beds[(round + k) % n];
                 let a = prog_stats_of(&ids)?;
                 let t = Instant::now();
                 let (_, got) = bed.flood(Fam::V4, flows, slice)?;
