@@ -35,9 +35,8 @@
 //! (it untags podsg's and the floor's frames). Rounds interleave the paths, a 200 ms
 //! slice each, for one flow and for 64; figures are medians, and `x_floor_paired` (the
 //! target's) the median of each round's own ratio to the floor. The sender runs in the
-//! pod and
-//! the whole path runs in its softirq on the same CPU, so pps is the sender's cost plus
-//! the path's: ratios understate the paths' differences, never invert them.
+//! pod and the whole path runs in its softirq on the same CPU, so pps is the sender's
+//! cost plus the path's: ratios understate the paths' differences, never invert them.
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -57,8 +56,9 @@ const ROUNDS: usize = 5;
 /// by up to ~30 % over seconds (not by steal: /proc/stat shows ≤ 20 ms of a second
 /// stolen). So the slices are short, each round's ratio to the floor is taken between
 /// neighbouring slices, and the median is of many rounds: with nine rounds of 1 s, the
-/// podsg / floor median moved ±5 % from run to run; with 45 of 200 ms (the same time),
-/// 0.98–1.02 in three runs where nine of 1 s gave 0.95–1.01.
+/// podsg / floor median moved ±5 % from run to run; with 45 of 200 ms (the same time)
+/// it stayed within 0.98–1.02 in ten runs (three of them alternated with three of
+/// nine 1 s rounds, which gave 0.95–1.01).
 /// `PODSG_BENCH_SLICE_MS` and `PODSG_BENCH_PPS_ROUNDS` set others, to compare.
 const PPS_ROUNDS: usize = 45;
 const PPS_SLICE: Duration = Duration::from_millis(200);
