@@ -840,27 +840,17 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
             .find(|(k, _)| *k == (flows, path))
             .map_or(Vec::new(), |(_, v)| v.clone())
     };
-    let med = |flows, path| {
-        let v = rounds_of(flows, path);
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            super::median(v)
-        }
-    };
+    let med = |flows, path| super::median(rounds_of(flows, path));
     // Each round's own ratio to the floor (the two ran a slice apart), their median.
     let paired = |flows, path| {
         let floor = rounds_of(flows, Path::Floor);
-        let r: Vec<f64> = rounds_of(flows, path)
-            .iter()
-            .zip(&floor)
-            .map(|(a, b)| a / b)
-            .collect();
-        if r.is_empty() {
-            f64::NAN
-        } else {
-            super::median(r)
-        }
+        super::median(
+            rounds_of(flows, path)
+                .iter()
+                .zip(&floor)
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
     };
     println!(
         "through the node, 64-byte UDP, {pps_rounds} interleaved rounds of {} ms, medians (load {load_before} before, {load_after} after):",

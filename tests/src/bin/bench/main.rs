@@ -195,9 +195,10 @@ impl Drop for Pinned {
     }
 }
 
+/// The median; NaN for no figures (a path that measured nothing prints as such).
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() -> anyhow::Result<()> {
