@@ -22,7 +22,8 @@
 //! programs in interleaved rounds, a flood of new flows (each packet from a port of
 //! its own), a flood of denied packets (a port no rule allows), and a flood of replies
 //! from the VPC to the pod (podsg: `trunk_xdp` and `trunk_ingress`; NPA: its ingress
-//! program), in each family. Built only then, and kept out of the through-node rounds
+//! program), in each family; each case's floods of the beds follow each other, and
+//! `x_npa_paired` is the median of each round's own podsg / NPA ratio. Built only then, and kept out of the through-node rounds
 //! (IPv4 floods):
 //! - `npa6_1000`: a node of NPA's IPv6 programs (NPA runs one family's per cluster),
 //!   the same rules' IPv6 prefixes in their maps, the IPv6 peer of the same podsg node;
@@ -49,8 +50,10 @@ use integration_tests::sim::{
 };
 
 const RULES: usize = 1000;
-/// Rounds of the bpf_stats comparisons (each path's cost per packet).
-const ROUNDS: usize = 5;
+/// Rounds of the bpf_stats comparisons (each path's cost per packet), and each flood's
+/// length there: nine of 500 ms, where there were five of 1 s, so that the paired
+/// ratios (`policy_rounds`) have more rounds to take the median of in the same time.
+const ROUNDS: usize = 9;
 /// Rounds of the through-node pps, and each path's slice of a round. The paths differ
 /// there by ~1–3 % (the sender's cost is most of a packet's), and this VM's speed drifts
 /// by up to ~30 % over seconds (not by steal: /proc/stat shows ≤ 20 ms of a second
@@ -62,8 +65,7 @@ const ROUNDS: usize = 5;
 /// `PODSG_BENCH_SLICE_MS` and `PODSG_BENCH_PPS_ROUNDS` set others, to compare.
 const PPS_ROUNDS: usize = 45;
 const PPS_SLICE: Duration = Duration::from_millis(200);
-/// One flood of the bpf_stats comparisons.
-const ROUND: Duration = Duration::from_secs(1);
+const ROUND: Duration = Duration::from_millis(500);
 /// 18 bytes of payload: a 60-byte frame, 64 on the wire with its FCS.
 const PAYLOAD: [u8; 18] = [0x5a; 18];
 /// The remote host, in each family.
@@ -72,8 +74,8 @@ const REMOTE: [&str; 2] = ["10.0.2.5", "fd00:10:2::5"];
 const PORT: u16 = 7000;
 const DENIED_PORT: u16 = 7001;
 /// New flows per round, from ports of their own (an ephemeral port could repeat a flow):
-/// 5 rounds stay inside podsg's default per-pod share of the flow table.
-const NEW_FLOWS: u16 = 2000;
+/// `ROUNDS` of them stay inside podsg's default per-pod share of the flow table.
+const NEW_FLOWS: u16 = 1000;
 const NEW_FLOW_PORT: u16 = 20000;
 /// Every flood is sent from this CPU, and the whole path runs in its softirq there: a
 /// sender the scheduler moved between CPUs would move the path (and the per-CPU state
@@ -597,7 +599,31 @@ fn policy_paths(beds: &[Bed], results: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// `policy_paths` in family `fam`, against NPA's node `peer`.
+/// What `policy_rounds` times, in a round's order.
+const POLICY_CASES: [&str; 4] = [
+    "established_flood",
+    "new_flow_flood",
+    "denied_flood",
+    "reply_flood",
+];
+
+/// Whether `path`'s bed takes part in `case` of `fam`: IPv4's established flow is timed
+/// in the through-node rounds; the floor has only an established flow, and podsg
+/// without the pre-filter only replies.
+fn times(path: Path, fam: Fam, case: &str) -> bool {
+    match (path, case) {
+        (_, "established_flood") => fam == Fam::V6 && path != Path::PodsgTcOnly,
+        (Path::Floor, _) => false,
+        (Path::PodsgTcOnly, c) => c == "reply_flood",
+        _ => true,
+    }
+}
+
+/// `policy_paths` in family `fam`, against NPA's node `peer`. A round takes each case
+/// in turn, and each case's floods of every bed one after the other (the order turning
+/// from round to round), so that the ratio of podsg to NPA can be taken within a round
+/// (`x NPA, paired`), between floods a second or two apart, rather than across the
+/// drift of this VM's speed over the several seconds between two beds' whole turns.
 fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>) -> Result<()> {
     let mut ns: Vec<((Path, &str), Vec<f64>)> = Vec::new();
     let mut push = |k: (Path, &'static str), v: f64| match ns.iter_mut().find(|(x, _)| *x == k) {
@@ -605,86 +631,44 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         None => ns.push((k, vec![v])),
     };
     for round in 0..ROUNDS {
-        for k in 0..pair.len() {
-            let bed = pair[(round + k) % pair.len()];
-            if bed.path == Path::PodsgTcOnly {
-                let mut got = 0;
-                let ns = cost_of(bed.inbound[0], || {
-                    got = bed.replies(fam, ROUND)?.1;
-                    Ok(())
-                })?;
-                ensure!(got > 0, "{}: no reply reached the pod", bed.path.name());
-                push((bed.path, "reply_flood"), ns);
-                push((bed.path, "reply_pps"), got as f64 / ROUND.as_secs_f64());
-                continue;
+        for case in POLICY_CASES {
+            let beds: Vec<&Bed> = pair
+                .iter()
+                .copied()
+                .filter(|b| times(b.path, fam, case))
+                .collect();
+            for k in 0..beds.len() {
+                let bed = beds[(round + k) % beds.len()];
+                time_case(bed, fam, case, round, &mut push)?;
             }
-            let id = bed.prog.context("no program")?;
-            // IPv4's established flow is timed in the through-node rounds; the floor
-            // has nothing else to time here.
-            if fam == Fam::V6 {
-                let mut got = 0;
-                let est = cost_of(id, || {
-                    got = bed.flood(fam, 1, ROUND)?.1;
-                    Ok(())
-                })?;
-                ensure!(got > 0, "{} (v6): nothing forwarded", bed.path.name());
-                push((bed.path, "established_flood"), est);
-            }
-            if bed.path == Path::Floor {
-                continue;
-            }
-            let first = NEW_FLOW_PORT + (round as u16) * NEW_FLOWS;
-            let nf = cost_of(id, || bed.new_flows(fam, first, NEW_FLOWS).map(|_| ()))?;
-            push((bed.path, "new_flow_flood"), nf);
-            let mut leaked = 0;
-            let dn = cost_of(id, || {
-                leaked = bed.denied(fam, ROUND)?.1;
-                Ok(())
-            })?;
-            ensure!(
-                leaked == 0,
-                "{} ({}): {leaked} denied packets reached the VPC",
-                bed.path.name(),
-                fam.name()
-            );
-            push((bed.path, "denied_flood"), dn);
-            // Every reply runs each of the bed's inbound programs once: their sum.
-            let mut got = 0;
-            let parts = costs_of(&bed.inbound, || {
-                got = bed.replies(fam, ROUND)?.1;
-                Ok(())
-            })?;
-            ensure!(
-                got > 0,
-                "{} ({}): no reply reached the pod",
-                bed.path.name(),
-                fam.name()
-            );
-            push((bed.path, "reply_flood"), parts.iter().sum());
-            if bed.path == Path::Podsg {
-                push((bed.path, "reply_flood_trunk_ingress"), parts[0]);
-                push((bed.path, "reply_flood_trunk_xdp"), parts[1]);
-            }
-            push((bed.path, "reply_pps"), got as f64 / ROUND.as_secs_f64());
         }
     }
     let f = fam.name();
-    println!(
-        "podsg and NPA ({}, {f}), kernel bpf_stats of their programs, {ROUNDS} interleaved rounds, medians:",
-        peer.name()
-    );
-    println!(
-        "{:<16} {:>10} {:>10} {:>8}",
-        "case", "podsg ns", "NPA ns", "x NPA"
-    );
-    let med = |p: Path, case: &str| {
+    let of = |p: Path, case: &str| {
         ns.iter()
             .find(|(k, _)| *k == (p, case))
-            .map_or(f64::NAN, |(_, v)| super::median(v.clone()))
+            .map_or(&[][..], |(_, v)| &v[..])
     };
-    let row = |c: &str, field: &str, v: f64| {
+    let med = |p: Path, case: &str| super::median(of(p, case).to_vec());
+    // Round by round: `a`'s figure against `b`'s of the same round (each round pushes
+    // one figure per bed and case), the median of those.
+    let paired = |a: Path, b: Path, case: &str, by: fn(f64, f64) -> f64| {
+        let v = of(a, case).iter().zip(of(b, case)).map(|(x, y)| by(*x, *y));
+        super::median(v.collect())
+    };
+    let ratio = |x: f64, y: f64| x / y;
+    println!(
+        "podsg and NPA ({}, {f}), kernel bpf_stats of their programs, {ROUNDS} interleaved rounds of {} ms floods, medians:",
+        peer.name(),
+        ROUND.as_millis()
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>8} {:>14}",
+        "case", "podsg ns", "NPA ns", "x NPA", "x NPA, paired"
+    );
+    let row = |c: &str, field: &str, v: f64, extra: &str| {
         format!(
-            r#"{{"case":"{c}","family":"{f}","rules":{RULES},"{field}":{v:.1},"method":"bpf_stats","run":"compare"}}"#
+            r#"{{"case":"{c}","family":"{f}","rules":{RULES},"{field}":{v:.1}{extra},"method":"bpf_stats","run":"compare"}}"#
         )
     };
     let established = (fam == Fam::V6).then_some("established_flood");
@@ -695,8 +679,9 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         "reply_pps",
     ]) {
         let (ours, theirs) = (med(Path::Podsg, case), med(peer, case));
+        let pair = paired(Path::Podsg, peer, case, ratio);
         println!(
-            "{case:<16} {ours:>10.1} {theirs:>10.1} {:>8.2}",
+            "{case:<16} {ours:>10.1} {theirs:>10.1} {:>8.2} {pair:>14.2}",
             ours / theirs
         );
         // Replies delivered per second are a rate, the rest a cost.
@@ -705,20 +690,26 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         } else {
             "ns_per_packet"
         };
-        results.push(row(case, field, ours));
-        results.push(row(&format!("npa_{case}"), field, theirs));
+        let extra = format!(r#","x_npa":{:.3},"x_npa_paired":{pair:.3}"#, ours / theirs);
+        results.push(row(case, field, ours, &extra));
+        results.push(row(&format!("npa_{case}"), field, theirs, ""));
     }
     if pair.iter().any(|b| b.path == Path::Floor) {
         let (ours, floor) = (
             med(Path::Podsg, "established_flood"),
             med(Path::Floor, "established_flood"),
         );
+        let over = paired(Path::Podsg, Path::Floor, "established_flood", |x, y| x - y);
         println!(
-            "established, podsg {ours:.1} ns against the floor's {floor:.1} ns: {:+.1} ns",
+            "established, podsg {ours:.1} ns against the floor's {floor:.1} ns: {:+.1} ns (paired {over:+.1} ns)",
             ours - floor
         );
         results.push(format!(
             r#"{{"case":"floor_redirect","family":"{f}","rules":0,"ns_per_packet":{floor:.1},"method":"bpf_stats","run":"compare"}}"#
+        ));
+        results.push(format!(
+            r#"{{"case":"established_over_floor","family":"{f}","rules":{RULES},"ns_per_packet":{:.1},"paired":{over:.1},"method":"bpf_stats","run":"compare"}}"#,
+            ours - floor
         ));
     }
     println!(
@@ -727,18 +718,79 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         med(Path::Podsg, "reply_flood_trunk_xdp")
     );
     if pair.iter().any(|b| b.path == Path::PodsgTcOnly) {
-        let (ns, pps) = (
-            med(Path::PodsgTcOnly, "reply_flood"),
-            med(Path::PodsgTcOnly, "reply_pps"),
+        let tc = Path::PodsgTcOnly;
+        let (ns, pps) = (med(tc, "reply_flood"), med(tc, "reply_pps"));
+        let (ns_x, pps_x) = (
+            paired(tc, peer, "reply_flood", ratio),
+            paired(tc, peer, "reply_pps", ratio),
         );
-        let (npa_ns, npa_pps) = (med(peer, "reply_flood"), med(peer, "reply_pps"));
         println!(
-            "podsg with trunkXdp: false, reply: trunk_ingress {ns:.1} ns ({:.2}x NPA), {pps:.0} per second ({:.2}x NPA)",
-            ns / npa_ns,
-            pps / npa_pps
+            "podsg with trunkXdp: false, reply: trunk_ingress {ns:.1} ns ({ns_x:.2}x NPA, paired), {pps:.0} per second ({pps_x:.2}x NPA, paired)"
         );
-        results.push(row("reply_flood_tc_only", "ns_per_packet", ns));
-        results.push(row("reply_pps_tc_only", "pps", pps));
+        let extra = |x: f64| format!(r#","x_npa_paired":{x:.3}"#);
+        results.push(row(
+            "reply_flood_tc_only",
+            "ns_per_packet",
+            ns,
+            &extra(ns_x),
+        ));
+        results.push(row("reply_pps_tc_only", "pps", pps, &extra(pps_x)));
+    }
+    Ok(())
+}
+
+/// One flood of `case` through `bed`, its cost (and for replies their rate) pushed.
+fn time_case(
+    bed: &Bed,
+    fam: Fam,
+    case: &'static str,
+    round: usize,
+    push: &mut impl FnMut((Path, &'static str), f64),
+) -> Result<()> {
+    let (name, f) = (bed.path.name(), fam.name());
+    let id = bed.prog.context("no program");
+    match case {
+        "established_flood" => {
+            let mut got = 0;
+            let est = cost_of(id?, || {
+                got = bed.flood(fam, 1, ROUND)?.1;
+                Ok(())
+            })?;
+            ensure!(got > 0, "{name} ({f}): nothing forwarded");
+            push((bed.path, case), est);
+        }
+        "new_flow_flood" => {
+            let first = NEW_FLOW_PORT + (round as u16) * NEW_FLOWS;
+            let nf = cost_of(id?, || bed.new_flows(fam, first, NEW_FLOWS).map(|_| ()))?;
+            push((bed.path, case), nf);
+        }
+        "denied_flood" => {
+            let mut leaked = 0;
+            let dn = cost_of(id?, || {
+                leaked = bed.denied(fam, ROUND)?.1;
+                Ok(())
+            })?;
+            ensure!(
+                leaked == 0,
+                "{name} ({f}): {leaked} denied packets reached the VPC"
+            );
+            push((bed.path, case), dn);
+        }
+        _ => {
+            // Every reply runs each of the bed's inbound programs once: their sum.
+            let mut got = 0;
+            let parts = costs_of(&bed.inbound, || {
+                got = bed.replies(fam, ROUND)?.1;
+                Ok(())
+            })?;
+            ensure!(got > 0, "{name} ({f}): no reply reached the pod");
+            push((bed.path, "reply_flood"), parts.iter().sum());
+            if bed.path == Path::Podsg {
+                push((bed.path, "reply_flood_trunk_ingress"), parts[0]);
+                push((bed.path, "reply_flood_trunk_xdp"), parts[1]);
+            }
+            push((bed.path, "reply_pps"), got as f64 / ROUND.as_secs_f64());
+        }
     }
     Ok(())
 }
