@@ -7,6 +7,7 @@
 //! order does not matter to the LPM tries).
 #![no_std]
 
+pub mod cache;
 pub mod csum;
 pub mod event;
 pub mod flow;

@@ -17,8 +17,10 @@
 //!   the table's state machine, refresh and expiry stay the only ones.
 //!
 //! The caches are per CPU (no other writer; programs do not nest on a CPU, as for
-//! `SCRATCH`) and direct-mapped: a slot holds the last key that hashed to it.
-use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+//! `SCRATCH`) and direct-mapped: a slot holds the last key that hashed to it. Each
+//! CPU's slots are its own stretch of one plain array (`enforcer_common::cache`).
+use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns};
+pub use enforcer_common::cache::{FLOW_CACHE_SLOTS, POD_CACHE_SLOTS};
 use enforcer_common::flow::{changing_flags, timeout_ns};
 use enforcer_common::*;
 use enforcer_ebpf::rewrite::mac_words;
@@ -35,10 +37,6 @@ pub const CACHE_TICKS: u64 = 100;
 const MIN_HZ: u64 = 100;
 /// The most a copy's life can be, in ns (at the slowest tick).
 pub const CACHE_NS: u64 = CACHE_TICKS * 1_000_000_000 / MIN_HZ;
-
-/// Slots per CPU (powers of two: the index is a mask).
-pub const POD_CACHE_SLOTS: u32 = 64;
-pub const FLOW_CACHE_SLOTS: u32 = 1024;
 
 /// A pod cache key for a VLAN (trunk side); an interface index (pod side) is its own key.
 /// Interface indexes stay below 2^31, so the two never meet.
@@ -148,11 +146,20 @@ impl Clock {
     }
 }
 
+/// The index of this CPU's slot `i` of a cache with `slots` per CPU. A CPU past what
+/// the loader sized the map for gets an index past its end, so no slot: no cache.
+#[inline(always)]
+fn mine(i: u32, slots: u32) -> u32 {
+    // SAFETY: a plain helper call with no arguments (the kernel inlines it).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    cpu.wrapping_mul(slots).wrapping_add(i)
+}
+
 /// The cached copy of the pod under `key`, if it may serve.
 #[inline(always)]
 pub fn pod(key: u32, clock: CopyClock) -> Option<&'static PodInfo> {
-    let e = POD_CACHE.get_ptr(key & (POD_CACHE_SLOTS - 1))?;
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let e = POD_CACHE.get_ptr(mine(key & (POD_CACHE_SLOTS - 1), POD_CACHE_SLOTS))?;
+    // SAFETY: this CPU's slot of the array, valid for the program's run.
     let e = unsafe { &*e };
     (e.key == key && clock.serves(e.epoch, e.filled)).then_some(&e.pod)
 }
@@ -161,11 +168,11 @@ pub fn pod(key: u32, clock: CopyClock) -> Option<&'static PodInfo> {
 /// cache and returns the copy, or `pod` itself when there is no slot.
 #[inline(always)]
 pub fn fill_pod(key: u32, pod: &'static PodInfo, clock: CopyClock) -> &'static PodInfo {
-    let Some(e) = POD_CACHE.get_ptr_mut(key & (POD_CACHE_SLOTS - 1)) else {
+    let Some(e) = POD_CACHE.get_ptr_mut(mine(key & (POD_CACHE_SLOTS - 1), POD_CACHE_SLOTS)) else {
         return pod;
     };
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; nothing
-    // else writes it while we run.
+    // SAFETY: this CPU's slot of the array, valid for the program's run; nothing else
+    // writes it while we run (only this CPU's programs, which do not nest).
     let e = unsafe { &mut *e };
     copy_words(&mut e.pod, pod);
     e.key = key;
@@ -233,8 +240,8 @@ fn serving(
     clock: CopyClock,
 ) -> Option<&'static FlowCacheEntry> {
     let w = words(key);
-    let e = FLOW_CACHE.get_ptr(flow_index(&w))?;
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run.
+    let e = FLOW_CACHE.get_ptr(mine(flow_index(&w), FLOW_CACHE_SLOTS))?;
+    // SAFETY: this CPU's slot of the array, valid for the program's run.
     let e = unsafe { &*e };
     let serves = same(&words(&e.key), &w)
         && clock.serves(e.epoch, e.filled)
@@ -340,11 +347,11 @@ pub fn fill_flow(
         return;
     };
     let w = words(key);
-    let Some(e) = FLOW_CACHE.get_ptr_mut(flow_index(&w)) else {
+    let Some(e) = FLOW_CACHE.get_ptr_mut(mine(flow_index(&w), FLOW_CACHE_SLOTS)) else {
         return;
     };
-    // SAFETY: this CPU's slot of a per-CPU array, valid for the program's run; nothing
-    // else writes it while we run.
+    // SAFETY: this CPU's slot of the array, valid for the program's run; nothing else
+    // writes it while we run (only this CPU's programs, which do not nest).
     let e = unsafe { &mut *e };
     put_words(&mut e.key, &w);
     e.epoch = clock.copy.epoch;

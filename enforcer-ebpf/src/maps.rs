@@ -149,16 +149,18 @@ pub static WOULD_DROP: PerCpuArray<u64, { MAX_PODS as usize }> = PerCpuArray::ne
 #[btf_map]
 pub static CACHE_EPOCH: Array<u64, 1> = Array::new();
 
-/// Per CPU: copies of pods by host interface or VLAN (`cache`).
+/// Every CPU's copies of pods by host interface or VLAN, CPU after CPU
+/// (`enforcer_common::cache`; the loader sizes it).
 #[btf_map]
-pub static POD_CACHE: PerCpuArray<
+pub static POD_CACHE: Array<
     crate::cache::PodCacheEntry,
-    { crate::cache::POD_CACHE_SLOTS as usize },
-> = PerCpuArray::new();
+    { enforcer_common::cache::POD_ENTRIES as usize },
+> = Array::new();
 
-/// Per CPU: copies of established flows (`cache`).
+/// Every CPU's copies of established flows, CPU after CPU (`enforcer_common::cache`;
+/// the loader sizes it).
 #[btf_map]
-pub static FLOW_CACHE: PerCpuArray<
+pub static FLOW_CACHE: Array<
     crate::cache::FlowCacheEntry,
-    { crate::cache::FLOW_CACHE_SLOTS as usize },
-> = PerCpuArray::new();
+    { enforcer_common::cache::FLOW_ENTRIES as usize },
+> = Array::new();

@@ -1,4 +1,4 @@
-//! The per-CPU copies of pods and flows (eBPF `cache`): they serve, and they never
+//! Each CPU's copies of pods and flows (eBPF `cache`): they serve, and they never
 //! outlive what the daemon changes. Each test pins itself to one CPU, where test_run
 //! runs the programs, so that the copies a packet leaves are the ones the next finds
 //! (without the pin a test could pass because the copies were on another CPU).
@@ -15,15 +15,20 @@ use integration_tests::scenario::*;
 
 /// Runs the rest of the test on CPU 0 only.
 fn pin_to_one_cpu() {
+    pin_to_cpu(0);
+}
+
+/// Runs the rest of the test on CPU `cpu` only.
+fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls write only it and the
     // calling thread's affinity.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         assert_eq!(
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
             0,
-            "pin the test to CPU 0"
+            "pin the test to CPU {cpu}"
         );
     }
 }
@@ -203,6 +208,61 @@ fn a_copy_serves_until_the_daemon_changes_anything_and_never_past_a_second() {
         TC_ACT_SHOT,
         Reason::DropNoRule,
         "flushed: judged afresh at once, never by a copy",
+    );
+}
+
+/// Every CPU's copies are a stretch of one array (`enforcer_common::cache`): a copy one
+/// CPU took must never serve another, which has not seen the flow's entry (the table
+/// may have changed since, behind the daemon's back, as here).
+#[test]
+fn a_copy_serves_only_the_cpu_that_took_it() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("one CPU: nothing to tell apart");
+        return;
+    }
+    pin_to_one_cpu();
+    let mut h = setup();
+    let slot = h.slot("client");
+    let flow = Reason::AllowFlow;
+    open_and_copy(&mut h, slot, &dns());
+    // The rule goes (the epoch with it); CPU 0 copies the surviving entry again, then
+    // the entry goes behind the daemon's back: only CPU 0's copy still says "allowed".
+    h.apply(&without_dns(), &k8s());
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "the table's, copied",
+    );
+    delete_flows_directly(&mut h);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "CPU 0: its copy",
+    );
+    pin_to_cpu(1);
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_SHOT,
+        Reason::DropNoRule,
+        "CPU 1: no copy of its own, so the table and the rules decide",
+    );
+    pin_to_one_cpu();
+    h.expect(
+        slot,
+        POD_EGRESS,
+        &dns(),
+        TC_ACT_REDIRECT,
+        flow,
+        "CPU 0: its copy still",
     );
 }
 

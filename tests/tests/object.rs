@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use enforcer::datapath::kernel::Datapath;
-use enforcer_common::{map_names, maps::MAPS, prog_names};
+use enforcer_common::{cache, map_names, maps::MAPS, prog_names};
 
 /// A pin directory of this test only, removed also when the test fails.
 struct Pins(PathBuf);
@@ -80,6 +80,24 @@ fn the_shipped_object_holds_the_product_and_nothing_else() {
             ),
             "{}: the loaded map is the table's row",
             spec.name
+        );
+    }
+    // The caches hold every CPU's slots in one array: sized by the object for one CPU,
+    // every other CPU would go without (correct, and silently slow).
+    let cpus = aya::util::nr_cpus().unwrap() as u32;
+    for (name, slots) in [
+        (cache::POD_CACHE, cache::POD_CACHE_SLOTS),
+        (cache::FLOW_CACHE, cache::FLOW_CACHE_SLOTS),
+    ] {
+        let map = dp.ebpf().map(name).unwrap();
+        let info = match map {
+            aya::maps::Map::Array(m) => m.info().unwrap(),
+            other => panic!("{name}: a plain array, not {other:?}"),
+        };
+        assert_eq!(
+            info.max_entries(),
+            slots * cpus,
+            "{name}: {slots} slots for each of the {cpus} possible CPUs"
         );
     }
 }

@@ -66,6 +66,20 @@ fn vouch_cookie() -> Result<u32> {
     Ok(u32::from_ne_bytes(word).max(1))
 }
 
+/// Sizes the programs' caches for every CPU the kernel may bring up
+/// (`enforcer_common::cache`): each CPU's slots are its own stretch of one array.
+fn size_caches(loader: &mut EbpfLoader) -> Result<()> {
+    use enforcer_common::cache::{
+        FLOW_CACHE, FLOW_CACHE_SLOTS, POD_CACHE, POD_CACHE_SLOTS, entries,
+    };
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| anyhow!("counting the possible CPUs ({what}): {e}"))?;
+    let cpus = u32::try_from(cpus).context("counting the possible CPUs")?;
+    loader.map_max_entries(POD_CACHE, entries(POD_CACHE_SLOTS, cpus));
+    loader.map_max_entries(FLOW_CACHE, entries(FLOW_CACHE_SLOTS, cpus));
+    Ok(())
+}
+
 pub(super) fn map_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a aya::maps::Map> {
     ebpf.map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))
@@ -83,6 +97,7 @@ impl Datapath {
         let cookie = vouch_cookie()?;
         let mut loader = EbpfLoader::new();
         loader.override_global(enforcer_common::vouch::VOUCH_COOKIE, &cookie, true);
+        size_caches(&mut loader)?;
         let mut adopted = false;
         let mut migration = None;
         let ours = pin_dir.map(migrate::our_dir);
