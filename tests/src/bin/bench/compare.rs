@@ -941,6 +941,23 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
             if *path == Path::Floor { 0 } else { RULES }
         ));
     }
+    // The target's gap: each round's own podsg minus floor (slices a path or two
+    // apart), the median; beside the difference of the medians.
+    let ns_of = |p: Path| {
+        prog_ns
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map_or(Vec::new(), |(_, v)| v.clone())
+    };
+    let (ours, floor) = (ns_of(Path::Podsg), ns_of(Path::Floor));
+    if !ours.is_empty() && ours.len() == floor.len() {
+        let over = super::median(ours.iter().zip(&floor).map(|(a, b)| a - b).collect());
+        let gap = super::median(ours) - super::median(floor);
+        println!("established, podsg over the floor: {gap:+.1} ns (paired {over:+.1} ns)");
+        results.push(format!(
+            r#"{{"case":"established_over_floor","family":"v4","rules":{RULES},"ns_per_packet":{gap:.1},"paired":{over:.1},"method":"bpf_stats","run":"compare"}}"#
+        ));
+    }
     let all: Vec<Bed> = beds.into_iter().chain(beside_npa).collect();
     policy_paths(&all, results)
 }
