@@ -226,44 +226,31 @@ fn a_copy_serves_only_the_cpu_that_took_it() {
     let slot = h.slot("client");
     let flow = Reason::AllowFlow;
     open_and_copy(&mut h, slot, &dns());
-    // The rule goes (the epoch with it); CPU 0 copies the surviving entry again, then
+    // The rule goes (the epoch with it): CPU 0 copies the surviving entry again, then
     // the entry goes behind the daemon's back: only CPU 0's copy still says "allowed".
     h.apply(&without_dns(), &k8s());
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        flow,
-        "the table's, copied",
-    );
-    delete_flows_directly(&mut h);
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        flow,
-        "CPU 0: its copy",
-    );
-    pin_to_cpu(1);
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_SHOT,
-        Reason::DropNoRule,
-        "CPU 1: no copy of its own, so the table and the rules decide",
-    );
-    pin_to_one_cpu();
-    h.expect(
-        slot,
-        POD_EGRESS,
-        &dns(),
-        TC_ACT_REDIRECT,
-        flow,
-        "CPU 0: its copy still",
-    );
+    // Each row: the CPU the packet runs on, whether the entry is deleted first, then
+    // the packet's verdict and reason.
+    let served = (TC_ACT_REDIRECT, flow);
+    let judged = (TC_ACT_SHOT, Reason::DropNoRule);
+    let rows = [
+        (0, false, served, "CPU 0: the table's entry, copied"),
+        (0, true, served, "CPU 0: the entry gone, its copy serves"),
+        (
+            1,
+            false,
+            judged,
+            "CPU 1: no copy of its own: the rules decide",
+        ),
+        (0, false, served, "CPU 0: its copy still"),
+    ];
+    for (cpu, delete, (ret, reason), what) in rows {
+        pin_to_cpu(cpu);
+        if delete {
+            delete_flows_directly(&mut h);
+        }
+        h.expect(slot, POD_EGRESS, &dns(), ret, reason, what);
+    }
 }
 
 #[test]
