@@ -16,9 +16,10 @@ pub const FLOW_CACHE: &str = "FLOW_CACHE";
 /// CPUs the object's maps are sized for until the loader sizes them.
 pub const BUILT_CPUS: u32 = 1;
 
-/// Entries of a cache of `slots` per CPU for `cpus` possible CPUs.
+/// Entries of a cache of `slots` per CPU for `cpus` possible CPUs (saturating: past
+/// what a map can hold the kernel refuses the size, with the map's name, at load).
 pub const fn entries(slots: u32, cpus: u32) -> u32 {
-    slots * cpus
+    slots.saturating_mul(cpus)
 }
 
 /// The object's sizes (`BUILT_CPUS`).
