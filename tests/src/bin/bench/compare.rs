@@ -650,11 +650,9 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
             .map_or(&[][..], |(_, v)| &v[..])
     };
     let med = |p: Path, case: &str| super::median(of(p, case).to_vec());
-    // Round by round: `a`'s figure against `b`'s of the same round (each round pushes
-    // one figure per bed and case), the median of those.
+    // Round by round (each round pushes one figure per bed and case).
     let paired = |a: Path, b: Path, case: &str, by: fn(f64, f64) -> f64| {
-        let v = of(a, case).iter().zip(of(b, case)).map(|(x, y)| by(*x, *y));
-        super::median(v.collect())
+        super::paired_median(of(a, case), of(b, case), by)
     };
     let ratio = |x: f64, y: f64| x / y;
     println!(
@@ -707,10 +705,7 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         results.push(format!(
             r#"{{"case":"floor_redirect","family":"{f}","rules":0,"ns_per_packet":{floor:.1},"method":"bpf_stats","run":"compare"}}"#
         ));
-        results.push(format!(
-            r#"{{"case":"established_over_floor","family":"{f}","rules":{RULES},"ns_per_packet":{:.1},"paired":{over:.1},"method":"bpf_stats","run":"compare"}}"#,
-            ours - floor
-        ));
+        results.push(over_floor_row(fam, ours - floor, over));
     }
     println!(
         "podsg's reply: trunk_ingress {:.1} ns + trunk_xdp {:.1} ns",
@@ -737,6 +732,15 @@ fn policy_rounds(fam: Fam, peer: Path, pair: &[&Bed], results: &mut Vec<String>)
         results.push(row("reply_pps_tc_only", "pps", pps, &extra(pps_x)));
     }
     Ok(())
+}
+
+/// The row of podsg's established gap to the floor in `fam`: the difference of the
+/// medians, and the paired one.
+fn over_floor_row(fam: Fam, gap: f64, paired: f64) -> String {
+    format!(
+        r#"{{"case":"established_over_floor","family":"{}","rules":{RULES},"ns_per_packet":{gap:.1},"paired":{paired:.1},"method":"bpf_stats","run":"compare"}}"#,
+        fam.name()
+    )
 }
 
 /// One flood of `case` through `bed`, its cost (and for replies their rate) pushed.
@@ -895,13 +899,10 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
     let med = |flows, path| super::median(rounds_of(flows, path));
     // Each round's own ratio to the floor (the two ran a slice apart), their median.
     let paired = |flows, path| {
-        let floor = rounds_of(flows, Path::Floor);
-        super::median(
-            rounds_of(flows, path)
-                .iter()
-                .zip(&floor)
-                .map(|(a, b)| a / b)
-                .collect(),
+        super::paired_median(
+            &rounds_of(flows, path),
+            &rounds_of(flows, Path::Floor),
+            |a, b| a / b,
         )
     };
     println!(
@@ -951,12 +952,10 @@ pub fn run(results: &mut Vec<String>, groups: &str) -> Result<()> {
     };
     let (ours, floor) = (ns_of(Path::Podsg), ns_of(Path::Floor));
     if !ours.is_empty() && ours.len() == floor.len() {
-        let over = super::median(ours.iter().zip(&floor).map(|(a, b)| a - b).collect());
+        let over = super::paired_median(&ours, &floor, |a, b| a - b);
         let gap = super::median(ours) - super::median(floor);
         println!("established, podsg over the floor: {gap:+.1} ns (paired {over:+.1} ns)");
-        results.push(format!(
-            r#"{{"case":"established_over_floor","family":"v4","rules":{RULES},"ns_per_packet":{gap:.1},"paired":{over:.1},"method":"bpf_stats","run":"compare"}}"#
-        ));
+        results.push(over_floor_row(Fam::V4, gap, over));
     }
     let all: Vec<Bed> = beds.into_iter().chain(beside_npa).collect();
     policy_paths(&all, results)

@@ -201,6 +201,13 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The median of `by(a[i], b[i])` over the rounds `a` and `b` were taken in side by
+/// side (one figure each per round): a ratio or a difference within each round, so that
+/// the VM's drift between rounds cancels. NaN for no rounds.
+pub(crate) fn paired_median(a: &[f64], b: &[f64], by: impl Fn(f64, f64) -> f64) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| by(*x, *y)).collect())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     // `bench paths` / `bench rules` / `bench reconcile`: only those rows (quick to rerun; printed, not
